@@ -1,0 +1,1008 @@
+"""Websocket fan-out benchmark: N concurrent fusion runs through real websockets.
+
+    .venv/bin/python bench/ws_fanout.py [--runs 8] [--members 3] [--rounds 3] [--json out.json]
+
+Self-contained: starts the project's scripted upstream (bench/upstream_probe.py, which is
+``chat.fusion.scripted`` plus a log of chunk send times) and Daphne on free 127.0.0.1 ports with
+a temporary SQLite database, creates one user + one conversation per concurrent run, signs each
+user in over HTTP, opens one websocket per conversation, and drives ``--rounds`` rounds of
+``--runs`` simultaneous runs. Every subprocess is stopped on exit, on error and on Ctrl-C.
+
+What it prints (see bench/README.md for how to read it):
+
+(a) upstream token → websocket frame latency, p50/p99;
+(b) fused answer's first frame versus the scripted critical path, as overhead p50/p99, with a
+    breakdown of where the overhead goes;
+(c) frames per second (total, per socket) and upstream chunks per frame (coalescing factor);
+(d) peak RSS of the Daphne process and of this client (psutil, sampled every 100 ms).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+try:
+    import httpx
+    import psutil
+    import websockets
+    from websockets.asyncio.client import connect as ws_connect
+except ImportError as exc:  # pragma: no cover - a setup problem, said plainly
+    sys.exit(f"ws_fanout: missing dev dependency ({exc.name}); run `make install-dev` (requirements-dev.txt).")
+
+from chat.fusion.scripted import generate_answer  # plain Python, no Django  # noqa: E402
+
+PASSWORD = "bench-Pa55word-not-secret"
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], p: float) -> float | None:
+    """Percentile with linear interpolation (p in 0..100); None for no data."""
+    if not values:
+        return None
+    v = sorted(values)
+    if len(v) == 1:
+        return v[0]
+    k = (len(v) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def stats(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "mean": None, "min": None, "max": None}
+    return {
+        "n": len(values),
+        "p50": pct(values, 50),
+        "p99": pct(values, 99),
+        "mean": sum(values) / len(values),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _set_pdeathsig() -> None:
+    """Children get SIGTERM if this process dies without cleaning up (Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+class Children:
+    """Subprocesses this benchmark started; each in its own process group, stopped by id."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, args: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        out = open(log, "wb")
+        try:
+            proc = subprocess.Popen(
+                args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
+            )
+        finally:
+            out.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def stop_all(self) -> None:
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for _name, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=2)
+        self.procs.clear()
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------- scripts
+
+
+def member_content(model: str, target_chars: int, seed: int) -> str:
+    """Deterministic, realistic Markdown (paragraphs, lists, a code block) of about target_chars."""
+    styles = ("structured", "narrative", "concise")
+    parts = [f"## Answer from {model}\n"]
+    k = 0
+    while sum(len(p) + 2 for p in parts) < target_chars:
+        topic = f"Question {seed}.{k}: how should a small team choose and operate a database"
+        parts.append(generate_answer(model, topic, styles[(seed + k) % 3]))
+        if k == 1:
+            parts.append("```python\nfor row in rows:\n    handle(row)  # stream, do not buffer\n```")
+        k += 1
+    return "\n\n".join(parts)[:target_chars].rstrip() + "\n"
+
+
+@dataclass
+class RunPlan:
+    conv_index: int
+    round: int
+    members: list[str]
+    analyst: str
+    writer: str
+
+
+def build_scripts(args: argparse.Namespace) -> tuple[dict[str, Any], list[list[RunPlan]], dict[str, Any]]:
+    """Scripts for every run's members, analyst and writer (unique model ids per run)."""
+    scripts: dict[str, Any] = {}
+    plans: list[list[RunPlan]] = []
+    member_timing = []
+    for m in range(args.members):
+        member_timing.append({
+            "ttft_ms": args.member_ttft_ms + args.member_ttft_step_ms * m,
+            "tokens_per_s": max(1.0, args.member_tps - args.member_tps_step * m),
+        })
+    writer_content = None
+    for c in range(args.runs):
+        row = []
+        for r in range(args.rounds):
+            prefix = f"bench/c{c:02d}r{r}"
+            members = [f"{prefix}m{m}" for m in range(args.members)]
+            for m, model in enumerate(members):
+                scripts[model] = {
+                    "content": member_content(model, args.member_chars, seed=c * 31 + r * 7 + m),
+                    "chunk_chars": args.chunk_chars,
+                    **member_timing[m],
+                }
+            analyst, writer = f"{prefix}-analyst", f"{prefix}-writer"
+            # Analyst: generated (valid) analysis JSON, no pacing: its time is exactly its ttft.
+            scripts[analyst] = {"ttft_ms": args.analyst_ttft_ms, "tokens_per_s": 0}
+            if writer_content is None:
+                writer_content = member_content("the writer", args.writer_chars, seed=999)
+            scripts[writer] = {
+                "content": writer_content,
+                "chunk_chars": args.chunk_chars,
+                "ttft_ms": args.writer_ttft_ms,
+                "tokens_per_s": args.writer_tps,
+            }
+            row.append(RunPlan(c, r, members, analyst, writer))
+        plans.append(row)
+    ts = args.time_scale
+    member_durations = [
+        (t["ttft_ms"] + (len(scripts[plans[0][0].members[m]]["content"]) / 4) / t["tokens_per_s"] * 1000) * ts
+        for m, t in enumerate(member_timing)
+    ]
+    timing = {
+        "members": member_timing,
+        "member_duration_ms": member_durations,
+        "member_chars": [len(scripts[x]["content"]) for x in plans[0][0].members],
+        "analyst_ms": args.analyst_ttft_ms * ts,
+        "writer_ttft_ms": args.writer_ttft_ms * ts,
+        "writer_chars": len(writer_content or ""),
+        "writer_duration_ms": (args.writer_ttft_ms + len(writer_content or "") / 4 / args.writer_tps * 1000) * ts,
+    }
+    timing["critical_path_ms"] = max(member_durations) + timing["analyst_ms"] + timing["writer_ttft_ms"]
+    return scripts, plans, timing
+
+
+def scripted_duration_ms(script: dict[str, Any], chars: int, ts: float) -> float:
+    rate = float(script.get("tokens_per_s") or 0)
+    pace = (chars / 4) / rate * 1000 if rate > 0 else 0.0
+    return (float(script.get("ttft_ms") or 0) + pace) * ts
+
+
+# --------------------------------------------------------------------------- setup (Django side)
+
+SETUP = r"""
+import json, sys, django
+django.setup()
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
+from chat.models import Conversation
+User = get_user_model()
+n, password = int(sys.argv[1]), sys.argv[2]
+encoded = make_password(password)  # hashed once, shared: PBKDF2 costs ~0.5 s per call
+out = []
+for i in range(n):
+    user = User.objects.create(username=f"bench{i}", password=encoded)
+    conv = Conversation.objects.create(user=user, title=f"bench {i}")
+    out.append({"user_id": user.pk, "username": user.username, "conversation_id": conv.pk})
+print("BENCH_JSON " + json.dumps(out))
+"""
+
+SESSIONS = r"""
+import json, sys, django
+from importlib import import_module
+django.setup()
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+store = import_module(settings.SESSION_ENGINE).SessionStore
+out = {}
+for user in get_user_model().objects.filter(pk__in=json.loads(sys.argv[1])):
+    s = store()
+    s[SESSION_KEY] = str(user.pk)
+    s[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    s[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    s.create()
+    out[user.pk] = s.session_key
+print("BENCH_JSON " + json.dumps({"cookie": settings.SESSION_COOKIE_NAME, "sessions": out}))
+"""
+
+
+def run_django(code: str, argv: list[str], env: dict[str, str], timeout: float) -> Any:
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "fusionsite.settings"},
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"setup subprocess failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            return json.loads(line[len("BENCH_JSON "):])
+    raise BenchError(f"setup subprocess printed no result:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+
+def http_login(base: str, username: str) -> str | None:
+    """Sign in like a browser: GET the form (CSRF cookie), POST the credentials; the sessionid."""
+    with httpx.Client(base_url=base, follow_redirects=False, timeout=20) as c:
+        r = c.get("/accounts/login/")
+        token = c.cookies.get("csrftoken")
+        if r.status_code != 200 or not token:
+            return None
+        r = c.post(
+            "/accounts/login/",
+            data={"username": username, "password": PASSWORD, "csrfmiddlewaretoken": token, "next": "/"},
+            headers={"Referer": base + "/accounts/login/"},
+        )
+        if r.status_code not in (302, 303):
+            return None
+        return c.cookies.get("sessionid")
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], name: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{name} exited with status {proc.returncode} while starting:\n{tail(log)}")
+        try:
+            if httpx.get(url, timeout=0.5).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise BenchError(f"{name} did not answer at {url} within {timeout:.0f} s:\n{tail(log)}")
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+class Sampler(threading.Thread):
+    """RSS of the watched processes every interval; peaks overall and since mark()."""
+
+    def __init__(self, procs: dict[str, int], interval: float = 0.1) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.procs = {name: psutil.Process(pid) for name, pid in procs.items()}
+        self.interval = interval
+        self.peak: dict[str, int] = {n: 0 for n in self.procs}
+        self.baseline: dict[str, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+
+    def sample(self) -> dict[str, int]:
+        now = {}
+        for name, p in self.procs.items():
+            try:
+                now[name] = p.memory_info().rss
+            except psutil.Error:
+                continue
+            self.peak[name] = max(self.peak[name], now[name])
+        self.samples += 1
+        return now
+
+    def mark_baseline(self) -> None:
+        self.baseline = self.sample()
+        self.peak = dict(self.baseline)
+
+    def cpu(self) -> dict[str, float]:
+        out = {}
+        for name, p in self.procs.items():
+            try:
+                t = p.cpu_times()
+                out[name] = t.user + t.system
+            except psutil.Error:
+                pass
+        return out
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+# --------------------------------------------------------------------------- the websocket side
+
+
+@dataclass
+class RunRecord:
+    plan: RunPlan
+    client_run_id: str
+    t_start: float = 0.0  # when the start frame was sent
+    t_end: float | None = None  # when completed/failed arrived
+    server_run: str | None = None
+    status: str = "pending"
+    error: str = ""
+    timings: dict[str, Any] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class SocketRecord:
+    index: int
+    conversation_id: int
+    frames: list[tuple[float, int, list[dict[str, Any]]]] = field(default_factory=list)
+    runs: list[RunRecord] = field(default_factory=list)
+    bytes: int = 0
+    close: str = ""
+
+
+async def reader(ws: Any, sock: SocketRecord, by_client: dict[str, RunRecord], by_server: dict[str, RunRecord]) -> None:
+    try:
+        async for raw in ws:
+            t = time.time()
+            frame = json.loads(raw)
+            events = frame.get("events", []) if frame.get("type") == "batch" else [frame]
+            sock.frames.append((t, len(raw), events))
+            sock.bytes += len(raw)
+            for ev in events:
+                kind = ev.get("type")
+                if kind == "run.started":
+                    rec = by_client.get(ev.get("client_run_id", ""))
+                    if rec is not None:
+                        rec.server_run = ev.get("run")
+                        rec.status = "running"
+                        by_server[ev["run"]] = rec
+                elif kind in ("completed", "failed"):
+                    rec = by_server.get(ev.get("run", ""))
+                    if rec is not None:
+                        rec.t_end = t
+                        rec.status = ev.get("status", kind)
+                        rec.timings = ev.get("timings") or {}
+                        if kind == "failed":
+                            rec.error = f"{ev.get('kind')}: {ev.get('message')}"
+                        rec.done.set()
+                elif kind == "error":
+                    rec = by_client.get(ev.get("run_id", ""))
+                    if rec is not None:
+                        rec.status, rec.error, rec.t_end = "error", f"{ev.get('code')}: {ev.get('message')}", t
+                        rec.done.set()
+    except websockets.ConnectionClosed as exc:
+        sock.close = f"closed: {exc}"
+    finally:
+        for rec in by_client.values():  # nobody will answer any more
+            if not rec.done.is_set() and rec.t_start:
+                rec.status, rec.error = "lost", sock.close or "socket closed"
+                rec.done.set()
+
+
+async def drive(
+    args: argparse.Namespace, base_port: int, accounts: list[dict[str, Any]], cookie_name: str,
+    plans: list[list[RunPlan]], on_connected: Any,
+) -> list[SocketRecord]:
+    origin = f"http://127.0.0.1:{base_port}"
+    socks = [SocketRecord(i, a["conversation_id"]) for i, a in enumerate(accounts)]
+    stack = contextlib.AsyncExitStack()
+    readers: list[asyncio.Task[None]] = []
+    maps: list[tuple[dict[str, RunRecord], dict[str, RunRecord]]] = []
+    conns = []
+    async with stack:
+        for sock, acc in zip(socks, accounts):
+            ws = await stack.enter_async_context(ws_connect(
+                f"ws://127.0.0.1:{base_port}/ws/conversations/{sock.conversation_id}/",
+                origin=origin, additional_headers={"Cookie": f"{cookie_name}={acc['session']}"},
+                max_size=None, open_timeout=15, ping_interval=None, close_timeout=2,
+            ))
+            conns.append(ws)
+            by_client: dict[str, RunRecord] = {}
+            by_server: dict[str, RunRecord] = {}
+            maps.append((by_client, by_server))
+            readers.append(asyncio.create_task(reader(ws, sock, by_client, by_server)))
+        # Every socket gets its connect snapshot before the first round.
+        deadline = time.monotonic() + 10
+        while any(not s.frames for s in socks) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        on_connected()
+        try:
+            for r in range(args.rounds):
+                recs = []
+                for sock, ws, (by_client, _) in zip(socks, conns, maps):
+                    plan = plans[sock.index][r]
+                    rec = RunRecord(plan, str(uuid.uuid4()))
+                    by_client[rec.client_run_id] = rec
+                    sock.runs.append(rec)
+                    recs.append(rec)
+                    panel = {
+                        "members": [{"model": m} for m in plan.members],
+                        "analyst": {"model": plan.analyst},
+                        "writer": {"model": plan.writer},
+                    }
+                    frame = json.dumps({"type": "start", "run_id": rec.client_run_id, "panel": panel,
+                                        "prompt": f"Benchmark round {r}, conversation {sock.index}: "
+                                                  "how should a small team choose a database?"})
+                    rec.t_start = time.time()
+                    await ws.send(frame)
+                left = max(1.0, args.round_timeout)
+                waits = [asyncio.create_task(rec.done.wait()) for rec in recs]
+                done, pending = await asyncio.wait(waits, timeout=left)
+                for w in pending:
+                    w.cancel()
+                for rec in recs:
+                    if not rec.done.is_set():
+                        rec.status, rec.error = "timeout", f"no completed/failed frame within {left:.0f} s"
+                bad = [rec for rec in recs if rec.status != "complete"]
+                if bad:
+                    print(f"  round {r}: {len(bad)} of {len(recs)} runs did not complete "
+                          f"(first: {bad[0].status} {bad[0].error})", file=sys.stderr)
+                    if all(rec.status != "complete" for rec in recs):
+                        break  # nothing works: stop early, report what there is
+                else:
+                    spent = max(rec.t_end or 0 for rec in recs) - min(rec.t_start for rec in recs)
+                    print(f"  round {r + 1}/{args.rounds}: {len(recs)} runs complete in {spent:.1f} s", file=sys.stderr)
+                await asyncio.sleep(args.pause_s)
+        finally:
+            for t in readers:
+                t.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+    return socks
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+@dataclass
+class StreamFrames:
+    """Delta frames of one stream (a member or the final answer) of one run."""
+
+    starts: list[int] = field(default_factory=list)  # offset of each delta (ascending)
+    ends: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    frame_ids: list[int] = field(default_factory=list)
+    chars: int = 0
+    mismatch: int = 0
+
+    def add(self, offset: int, length: int, t: float, frame_id: int) -> None:
+        if self.ends and offset != self.ends[-1]:
+            self.mismatch += 1  # a gap or an overlap: never expected on one live socket
+        self.starts.append(offset)
+        self.ends.append(offset + length)
+        self.times.append(t)
+        self.frame_ids.append(frame_id)
+        self.chars = max(self.chars, offset + length)
+
+    def frame_of(self, last_char: int) -> int | None:
+        """Index of the delta that carried character *last_char*."""
+        i = bisect.bisect_right(self.starts, last_char) - 1
+        if 0 <= i < len(self.starts) and self.starts[i] <= last_char < self.ends[i]:
+            return i
+        return None
+
+
+def analyse(
+    args: argparse.Namespace, socks: list[SocketRecord], scripts: dict[str, Any], timing: dict[str, Any],
+    sends: list[list[Any]] | None, requests: list[dict[str, Any]], dump: list[list[Any]] | None = None,
+) -> dict[str, Any]:
+    ts = args.time_scale
+    # --- per run, per stream: which frame carried which characters
+    streams: dict[tuple[str, str], StreamFrames] = {}  # (model id, "") → frames
+    run_of_model: dict[str, RunRecord] = {}
+    frame_seq = 0
+    delta_frames = 0
+    total_frames = 0
+    chunk_counts: dict[int, int] = {}  # global frame id → upstream chunks it delivered
+    delta_events_per_frame: list[int] = []
+    first_final_frame: dict[str, float] = {}
+    sock_rates = []
+    for sock in socks:
+        recs = {rec.server_run: rec for rec in sock.runs if rec.server_run}
+        for rec in sock.runs:
+            for model in [*rec.plan.members, rec.plan.writer, rec.plan.analyst]:
+                run_of_model[model] = rec
+        active = 0.0
+        n_run_frames = 0
+        for t, _size, events in sock.frames:
+            frame_seq += 1
+            is_run_frame = False
+            n_delta = 0
+            for ev in events:
+                rec = recs.get(ev.get("run", ""))
+                if rec is None:
+                    continue
+                is_run_frame = True
+                kind = ev.get("type")
+                if kind == "panel.delta":
+                    model = rec.plan.members[ev["slot"]]
+                elif kind == "final.delta":
+                    model = rec.plan.writer
+                    first_final_frame.setdefault(rec.client_run_id, t)
+                else:
+                    continue
+                n_delta += 1
+                streams.setdefault((model, ""), StreamFrames()).add(ev["offset"], len(ev["delta"]), t, frame_seq)
+            if is_run_frame:
+                total_frames += 1
+                n_run_frames += 1
+            if n_delta:
+                delta_frames += 1
+                delta_events_per_frame.append(n_delta)
+                chunk_counts.setdefault(frame_seq, 0)
+        for rec in sock.runs:
+            if rec.t_end:
+                active += rec.t_end - rec.t_start
+        if active > 0:
+            sock_rates.append(n_run_frames / active)
+
+    # --- upstream send times: measured (probe) and scheduled (request time + ttft + offset/pace)
+    req_time: dict[str, float] = {}
+    for req in requests:
+        req_time.setdefault(req["model"], req["time"])  # first request per model id
+    chunks: dict[str, list[tuple[int, int, float]]] = {}
+    ends: dict[str, float] = {}
+    gen_of: dict[str, str] = {}
+    if sends:
+        for kind, model, gen, off, length, t in sends:
+            if model not in scripts:
+                continue
+            if gen_of.setdefault(model, gen) != gen:  # a retried call: keep the latest attempt
+                if kind == "c" and off == 0:
+                    gen_of[model] = gen
+                    chunks[model] = []
+                else:
+                    continue
+            if kind == "c":
+                chunks.setdefault(model, []).append((off, length, t))
+            else:
+                ends[model] = t
+
+    def scheduled(model: str, offset: int) -> float | None:
+        if model not in req_time:
+            return None
+        s = scripts[model]
+        return req_time[model] + scripted_duration_ms(s, offset, ts) / 1000
+
+    lat_all: list[float] = []
+    lat_first: list[float] = []
+    lat_rest: list[float] = []
+    lat_final: list[float] = []
+    lat_sched: list[float] = []
+    lateness: list[float] = []
+    missing = 0
+    mismatches = sum(sf.mismatch for sf in streams.values())
+    coverage = {"expected_chars": 0, "received_chars": 0}
+    for model, script in scripts.items():
+        if model.endswith("-analyst") or model not in run_of_model:
+            continue
+        sf = streams.get((model, ""))
+        coverage["expected_chars"] += len(script["content"])
+        coverage["received_chars"] += sf.chars if sf else 0
+        if sf is None:
+            continue
+        if sends:
+            seq = chunks.get(model, [])
+        else:  # fallback: the scripted schedule, chunk by chunk
+            size = int(script.get("chunk_chars") or 16)
+            seq = [(o, min(size, len(script["content"]) - o), 0.0) for o in range(0, len(script["content"]), size)]
+        for i, (off, length, t_sent) in enumerate(seq):
+            j = sf.frame_of(off + length - 1)
+            if j is None:
+                missing += 1
+                continue
+            t_recv = sf.times[j]
+            chunk_counts[sf.frame_ids[j]] = chunk_counts.get(sf.frame_ids[j], 0) + 1
+            t_sched = scheduled(model, off)
+            if t_sched is not None:
+                lat_sched.append((t_recv - t_sched) * 1000)
+            if not sends:
+                continue
+            if t_sched is not None:
+                lateness.append((t_sent - t_sched) * 1000)
+            ms = (t_recv - t_sent) * 1000
+            if dump is not None:
+                dump.append([model, off, length, t_sent, t_recv])
+            lat_all.append(ms)
+            (lat_first if i == 0 else lat_rest).append(ms)
+            if model.endswith("-writer"):
+                lat_final.append(ms)
+    if not sends:
+        lat_all = lat_sched
+
+    # --- (b) fused answer's first frame vs the scripted critical path, and where the time goes
+    overhead: list[float] = []
+    server_overhead: list[float] = []
+    parts: dict[str, list[float]] = {k: [] for k in (
+        "start → panel requests", "upstream pacing (slowest member)", "panel done → analyst request",
+        "upstream (analyst)", "analyst answer → writer request", "upstream (writer ttft)",
+        "writer first chunk → ws frame")}
+    crit = timing["critical_path_ms"]
+    runs_total = runs_ok = 0
+    for sock in socks:
+        for rec in sock.runs:
+            runs_total += 1
+            if rec.status != "complete":
+                continue
+            runs_ok += 1
+            t_first = first_final_frame.get(rec.client_run_id)
+            if t_first is None:
+                continue
+            overhead.append((t_first - rec.t_start) * 1000 - crit)
+            if isinstance(rec.timings.get("final_ttft"), (int, float)):
+                server_overhead.append(rec.timings["final_ttft"] - crit)
+            p = rec.plan
+            if not sends or not all(m in ends for m in p.members) or p.analyst not in ends or p.writer not in chunks:
+                continue
+            gate = max(p.members, key=lambda m: ends[m])
+            t_req = req_time.get(gate)
+            a_req, w_req = req_time.get(p.analyst), req_time.get(p.writer)
+            if None in (t_req, a_req, w_req):
+                continue
+            gate_dur = scripted_duration_ms(scripts[gate], len(scripts[gate]["content"]), ts) / 1000
+            w_first = chunks[p.writer][0][2]
+            parts["start → panel requests"].append((t_req - rec.t_start) * 1000)
+            parts["upstream pacing (slowest member)"].append((ends[gate] - t_req - gate_dur) * 1000)
+            parts["panel done → analyst request"].append((a_req - ends[gate]) * 1000)
+            parts["upstream (analyst)"].append((ends[p.analyst] - a_req) * 1000 - timing["analyst_ms"])
+            parts["analyst answer → writer request"].append((w_req - ends[p.analyst]) * 1000)
+            parts["upstream (writer ttft)"].append((w_first - w_req) * 1000 - timing["writer_ttft_ms"])
+            parts["writer first chunk → ws frame"].append((t_first - w_first) * 1000)
+
+    # --- (c) frame rates
+    t0 = min((rec.t_start for s in socks for rec in s.runs if rec.t_start), default=0)
+    t1 = max((rec.t_end or 0 for s in socks for rec in s.runs), default=0)
+    span = max(1e-9, t1 - t0)
+    coalesce = [c for c in chunk_counts.values() if c > 0]
+    total_bytes = sum(s.bytes for s in socks)
+    return {
+        "runs": {"total": runs_total, "complete": runs_ok,
+                 "not_complete": [f"{rec.plan.conv_index}/{rec.plan.round}: {rec.status} {rec.error}"
+                                  for s in socks for rec in s.runs if rec.status != "complete"][:10]},
+        "latency_method": "probe" if sends else "schedule",
+        "a_latency_ms": {
+            "all": stats(lat_all), "first_chunk_of_stream": stats(lat_first), "later_chunks": stats(lat_rest),
+            "final_answer_chunks": stats(lat_final), "vs_schedule": stats(lat_sched),
+            "upstream_lateness_vs_schedule": stats(lateness),
+        },
+        "b_final_first_token": {
+            "critical_path_ms": crit, "overhead_ms": stats(overhead), "server_final_ttft_overhead_ms": stats(server_overhead),
+            "breakdown_ms": {k: stats(v) for k, v in parts.items()},
+        },
+        "c_frames": {
+            "span_s": span, "frames_total": total_frames, "frames_per_s_total": total_frames / span,
+            "frames_per_s_per_socket": stats(sock_rates), "delta_frames": delta_frames,
+            "upstream_chunks": sum(coalesce), "upstream_chunks_per_delta_frame": stats([float(c) for c in coalesce]),
+            "delta_events_per_delta_frame": stats([float(c) for c in delta_events_per_frame]),
+            "bytes_total": total_bytes, "mean_frame_bytes": total_bytes / max(1, sum(len(s.frames) for s in socks)),
+        },
+        "integrity": {**coverage, "offset_gaps_or_overlaps": mismatches, "chunks_not_found_in_frames": missing},
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def print_report(cfg: dict[str, Any], res: dict[str, Any], mem: dict[str, Any]) -> None:
+    line = "-" * 86
+    print()
+    print("Fusion websocket fan-out benchmark")
+    print(line)
+    for k, v in cfg.items():
+        print(f"  {k:<28} {v}")
+    print(line)
+    r = res["runs"]
+    print(f"  runs complete: {r['complete']}/{r['total']}")
+    for msg in r["not_complete"]:
+        print(f"    not complete: {msg}")
+
+    def row(label: str, s: dict[str, Any], unit: str = "ms", digits: int = 1) -> None:
+        print(f"  {label:<44} {fmt(s['p50'], digits):>8} {fmt(s['p99'], digits):>8} {fmt(s['max'], digits):>8}"
+              f" {s['n']:>7}  {unit}")
+
+    head = f"  {'':<44} {'p50':>8} {'p99':>8} {'max':>8} {'n':>7}"
+    a = res["a_latency_ms"]
+    method = ("upstream send time (probe) → frame receive time" if res["latency_method"] == "probe"
+              else "scripted schedule → frame receive time (no probe)")
+    print(f"\n(a) upstream token → websocket frame  [{method}]")
+    print(head)
+    row("all chunks", a["all"])
+    if res["latency_method"] == "probe":
+        row("  first chunk of each stream", a["first_chunk_of_stream"])
+        row("  later chunks", a["later_chunks"])
+        row("  fused-answer chunks", a["final_answer_chunks"])
+        row("same, against the scripted schedule", a["vs_schedule"])
+        row("  of which upstream lateness (bench artefact)", a["upstream_lateness_vs_schedule"])
+    b = res["b_final_first_token"]
+    print(f"\n(b) fused answer first token vs scripted critical path ({b['critical_path_ms']:.0f} ms)")
+    print(head)
+    row("overhead, client-measured (start sent → frame)", b["overhead_ms"])
+    row("overhead, server's timings.final_ttft", b["server_final_ttft_overhead_ms"])
+    print("  breakdown (slowest member's chain):")
+    for k, s in b["breakdown_ms"].items():
+        row("    " + k, s)
+    c = res["c_frames"]
+    print(f"\n(c) frames over {c['span_s']:.1f} s")
+    print(f"  frames received (run frames, all sockets)     {c['frames_total']}")
+    print(f"  frames/s, total                               {c['frames_per_s_total']:.1f}")
+    print(head)
+    row("frames/s per socket (over its runs)", c["frames_per_s_per_socket"], "frames/s")
+    row("upstream chunks per delta frame (coalescing)", c["upstream_chunks_per_delta_frame"], "chunks", 2)
+    row("delta events per delta frame", c["delta_events_per_delta_frame"], "events", 2)
+    print(f"  bytes received {c['bytes_total'] / 1e6:.2f} MB, mean frame {c['mean_frame_bytes']:.0f} B")
+    print("\n(d) memory (RSS, sampled every 100 ms) and CPU during the runs")
+    print(f"  {'process':<14} {'before runs':>12} {'peak':>10} {'growth':>10} {'CPU s':>8} {'CPU %':>7}")
+    for name, m in mem["processes"].items():
+        print(f"  {name:<14} {m['baseline_mb']:>10.1f}MB {m['peak_mb']:>8.1f}MB {m['peak_mb'] - m['baseline_mb']:>8.1f}MB"
+              f" {m['cpu_s']:>8.2f} {m['cpu_pct']:>6.0f}%")
+    print(f"  ({mem['samples']} samples; CPU % is of one core over {mem['window_s']:.1f} s; the machine has "
+          f"{os.cpu_count()} cores)")
+    integ = res["integrity"]
+    print(f"\n  integrity: {integ['received_chars']}/{integ['expected_chars']} streamed characters received, "
+          f"{integ['offset_gaps_or_overlaps']} offset gaps/overlaps, {integ['chunks_not_found_in_frames']} chunks unmatched")
+    print(line)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--runs", type=int, default=8, help="concurrent runs (= users = conversations = websockets)")
+    p.add_argument("--members", type=int, default=3, help="panel members per run (1-8)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of --runs simultaneous runs (one turn each)")
+    p.add_argument("--time-scale", type=float, default=1.0, help="scripted upstream time scale (<1 = faster)")
+    p.add_argument("--chunk-chars", type=int, default=16, help="characters per upstream SSE chunk (~4 tokens)")
+    p.add_argument("--member-chars", type=int, default=1600, help="length of each member's answer")
+    p.add_argument("--member-ttft-ms", type=float, default=300)
+    p.add_argument("--member-ttft-step-ms", type=float, default=200, help="member m's ttft = ttft + m × step")
+    p.add_argument("--member-tps", type=float, default=120, help="tokens/s of member 0")
+    p.add_argument("--member-tps-step", type=float, default=20, help="member m's pace = tps − m × step")
+    p.add_argument("--analyst-ttft-ms", type=float, default=400)
+    p.add_argument("--writer-ttft-ms", type=float, default=300)
+    p.add_argument("--writer-tps", type=float, default=125)
+    p.add_argument("--writer-chars", type=int, default=1000)
+    p.add_argument("--frame-interval-ms", type=int, default=None, help="FUSION_FRAME_INTERVAL_MS for Daphne (app default 40)")
+    p.add_argument("--login", choices=("http", "session"), default="http",
+                   help="sign in through /accounts/login/ (falls back to sessions) or create sessions directly")
+    p.add_argument("--pause-s", type=float, default=0.3, help="pause between rounds")
+    p.add_argument("--round-timeout", type=float, default=45.0, help="seconds a round may take")
+    p.add_argument("--timeout", type=float, default=110.0, help="hard limit for the whole benchmark, seconds")
+    p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
+    p.add_argument("--dump-chunks", metavar="PATH", help="write every chunk's send and receive time (JSON)")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (logs, database)")
+    args = p.parse_args(argv)
+    if not 1 <= args.members <= 8:
+        p.error("--members must be 1..8")
+    if args.runs < 1 or args.rounds < 1:
+        p.error("--runs and --rounds must be ≥ 1")
+    return args
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _alarm(_signum: int, _frame: Any) -> None:
+    raise BenchError("the benchmark hit its --timeout; stopping")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(max(1, int(args.timeout)))
+    t_begin = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="ws_fanout-"))
+    children = Children()
+    try:
+        return _main(args, tmp, children, t_begin)
+    except BenchError as exc:
+        print(f"\nws_fanout: FAILED: {exc}", file=sys.stderr)
+        print(f"  logs: {tmp} (kept)", file=sys.stderr)
+        args.keep_tmp = True
+        return 1
+    except KeyboardInterrupt:
+        print("\nws_fanout: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.alarm(0)
+        children.stop_all()
+        if not args.keep_tmp:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _main(args: argparse.Namespace, tmp: Path, children: Children, t_begin: float) -> int:
+    py = sys.executable
+    scripts, plans, timing = build_scripts(args)
+    scripts_file = tmp / "scripts.json"
+    scripts_file.write_text(json.dumps(scripts))
+    up_port, app_port = free_port(), free_port()
+    upstream_url = f"http://127.0.0.1:{up_port}"
+    base = f"http://127.0.0.1:{app_port}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
+        "OPENROUTER_BASE_URL": upstream_url + "/v1",
+        "OPENROUTER_API_KEY": "x",
+        "FUSION_MAX_CONCURRENT_RUNS_PER_USER": "1000",
+        "REDIS_URL": "",
+        "FUSION_DEMO": "false",
+        "DJANGO_DEBUG": "false",
+        "LOG_LEVEL": "WARNING",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    if args.frame_interval_ms is not None:
+        env["FUSION_FRAME_INTERVAL_MS"] = str(args.frame_interval_ms)
+    frame_interval = env.get("FUSION_FRAME_INTERVAL_MS") or "40 (app default)"
+
+    print(f"ws_fanout: {args.runs} runs × {args.rounds} rounds, {args.members} members; temp dir {tmp}", file=sys.stderr)
+    up_log, app_log = tmp / "upstream.log", tmp / "daphne.log"
+    upstream = children.start(
+        "upstream", [py, str(ROOT / "bench" / "upstream_probe.py"), "--port", str(up_port),
+                     "--scripts", str(scripts_file), "--time-scale", str(args.time_scale)], env=env, log=up_log)
+    subprocess.run([py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True,
+                   timeout=60, capture_output=True)
+    accounts = run_django(SETUP, [str(args.runs), PASSWORD], env, timeout=60)
+    wait_http(upstream_url + "/v1/models", upstream, "scripted upstream", up_log, 15)
+    daphne = children.start(
+        "daphne", [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(app_port), "fusionsite.asgi:application"],
+        env=env, log=app_log)
+    wait_http(base + "/healthz", daphne, "Daphne", app_log, 30)
+    print(f"  servers up after {time.monotonic() - t_begin:.1f} s", file=sys.stderr)
+
+    # --- sign in
+    cookie_name = "sessionid"
+    login_used = args.login
+    if args.login == "http":
+        t = time.monotonic()
+        for acc in accounts:
+            acc["session"] = http_login(base, acc["username"])
+        if not all(acc.get("session") for acc in accounts):
+            print("  HTTP login did not give a session for every user; creating sessions directly", file=sys.stderr)
+            login_used = "session (HTTP login failed)"
+        else:
+            print(f"  {len(accounts)} users signed in over HTTP in {time.monotonic() - t:.1f} s", file=sys.stderr)
+    if not all(acc.get("session") for acc in accounts):
+        made = run_django(SESSIONS, [json.dumps([a["user_id"] for a in accounts])], env, timeout=60)
+        cookie_name = made["cookie"]
+        for acc in accounts:
+            acc["session"] = made["sessions"][str(acc["user_id"])]
+
+    # --- drive
+    sampler = Sampler({"daphne": daphne.pid, "upstream": upstream.pid, "bench client": os.getpid()})
+    sampler.start()
+    cpu0: dict[str, float] = {}
+    wall0 = [0.0]
+
+    def on_connected() -> None:
+        sampler.mark_baseline()
+        cpu0.update(sampler.cpu())
+        wall0[0] = time.monotonic()
+
+    try:
+        socks = asyncio.run(drive(args, app_port, accounts, cookie_name, plans, on_connected))
+    except (OSError, websockets.InvalidHandshake, websockets.InvalidStatus) as exc:
+        raise BenchError(f"websocket connection failed: {exc!r}\n{tail(app_log)}") from exc
+    except websockets.ConnectionClosed as exc:
+        raise BenchError(f"websocket closed: {exc!r}\n{tail(app_log)}") from exc
+    cpu1 = sampler.cpu()
+    window = max(1e-9, time.monotonic() - wall0[0])
+    sampler.sample()
+    sampler.stop()
+
+    # --- upstream's records
+    try:
+        requests = httpx.get(upstream_url + "/_scripted/requests", timeout=10).json()["requests"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        requests = []
+    sends = None
+    try:
+        r = httpx.get(upstream_url + "/_bench/sends", timeout=10)
+        if r.status_code == 200:
+            sends = r.json()["sends"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        pass
+
+    dump: list[list[Any]] | None = [] if args.dump_chunks else None
+    res = analyse(args, socks, scripts, timing, sends, requests, dump)
+    if args.dump_chunks:
+        Path(args.dump_chunks).write_text(json.dumps({
+            "chunks": dump,  # [model, offset, length, upstream send time, frame receive time]
+            "runs": [{"conv": rec.plan.conv_index, "round": rec.plan.round, "t_start": rec.t_start, "t_end": rec.t_end,
+                      "status": rec.status} for s in socks for rec in s.runs],
+            "requests": [{"model": q["model"], "time": q["time"]} for q in requests],
+            "sends": sends,
+        }))
+    mem = {
+        "samples": sampler.samples,
+        "window_s": window,
+        "processes": {
+            name: {
+                "baseline_mb": sampler.baseline.get(name, 0) / 2**20,
+                "peak_mb": sampler.peak.get(name, 0) / 2**20,
+                "cpu_s": cpu1.get(name, 0) - cpu0.get(name, 0),
+                "cpu_pct": 100 * (cpu1.get(name, 0) - cpu0.get(name, 0)) / window,
+            }
+            for name in sampler.procs
+        },
+    }
+    cfg = {
+        "concurrent runs / sockets": f"{args.runs} (one user + conversation each)",
+        "rounds": args.rounds,
+        "panel": f"{args.members} members + analyst + writer",
+        "member timing": ", ".join(f"m{m}: ttft {t['ttft_ms']:.0f} ms, {t['tokens_per_s']:.0f} tok/s"
+                                   for m, t in enumerate(timing["members"])),
+        "member answer": f"{timing['member_chars'][0]} chars, {args.chunk_chars}-char chunks "
+                         f"(durations {', '.join(f'{d:.0f}' for d in timing['member_duration_ms'])} ms)",
+        "analyst": f"ttft {timing['analyst_ms']:.0f} ms, unpaced (generated analysis JSON)",
+        "writer": f"ttft {timing['writer_ttft_ms']:.0f} ms, {args.writer_tps:.0f} tok/s, {timing['writer_chars']} chars",
+        "scripted critical path": f"{timing['critical_path_ms']:.0f} ms to the fused answer's first token",
+        "time scale": args.time_scale,
+        "FUSION_FRAME_INTERVAL_MS": frame_interval,
+        "login": login_used,
+        "channel layer / database": "in-memory / temporary SQLite",
+        "machine": f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, "
+                   f"{platform.machine()}",
+        "total wall time": f"{time.monotonic() - t_begin:.1f} s",
+    }
+    print_report(cfg, res, mem)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"config": cfg, "timing": timing, "results": res, "memory": mem}, indent=2))
+        print(f"  wrote {args.json}")
+    return 0 if res["runs"]["complete"] == res["runs"]["total"] else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

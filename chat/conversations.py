@@ -1,0 +1,334 @@
+"""Conversations: selectors and services (HackSoft style), plus their exports.
+
+Every lookup goes through the owner: another user's conversation is "not found", exactly like a
+missing one, so ids reveal nothing.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import Http404
+from django.utils import timezone
+from django.utils.text import slugify
+
+from chat.models import Conversation, FollowUpMode, MemberResponse, Run, Turn
+from chat.panels import default_panel
+
+DEFAULT_TITLE = "New conversation"
+EXPORT_FORMAT_VERSION = 1
+
+# --------------------------------------------------------------------------- selectors
+
+
+def conversation_list_for_user(*, user: AbstractBaseUser, q: str = "") -> QuerySet[Conversation]:
+    """The user's conversations, newest activity first, optionally filtered by title."""
+    qs = Conversation.objects.filter(user=user)
+    q = (q or "").strip()
+    if q:
+        qs = qs.filter(title__icontains=q)
+    return qs.order_by("-updated_at", "-id")
+
+
+def conversation_get_for_user(*, user: AbstractBaseUser, pk: int) -> Conversation:
+    """The user's conversation ``pk``; Http404 for a missing id and for someone else's."""
+    try:
+        return Conversation.objects.get(pk=pk, user=user)
+    except Conversation.DoesNotExist:
+        raise Http404("No such conversation.") from None
+
+
+def conversation_panel(*, conversation: Conversation | None) -> dict[str, Any]:
+    """The panel the composer starts from: the conversation's own, else the server defaults."""
+    if conversation is not None and conversation.panel and conversation.panel.get("members"):
+        return conversation.panel
+    return default_panel()
+
+
+def conversation_turns(*, conversation: Conversation) -> list[tuple[Turn, Run | None]]:
+    """Each turn with its latest run (a retry or a regenerate adds runs to the same turn)."""
+    turns = list(conversation.turns.order_by("index").prefetch_related("runs"))
+    result: list[tuple[Turn, Run | None]] = []
+    for turn in turns:
+        runs = sorted(turn.runs.all(), key=lambda r: (r.created_at, str(r.pk)))
+        result.append((turn, runs[-1] if runs else None))
+    return result
+
+
+def conversation_turns_state(*, conversation: Conversation) -> list[dict[str, Any]]:
+    """The page's initial state: one run state per turn, in the snapshot shape of the protocol."""
+    from chat.runs import run_state  # chat.runs owns the snapshot shape
+
+    states: list[dict[str, Any]] = []
+    for turn, run in conversation_turns(conversation=conversation):
+        if run is None:
+            # A turn whose run never got going: show the prompt, nothing else.
+            states.append(
+                {
+                    "run": None,
+                    "client_run_id": None,
+                    "status": "error",
+                    "phase": "done",
+                    "turn": {"id": turn.pk, "index": turn.index, "prompt": turn.prompt},
+                    "members": [],
+                    "analysis": None,
+                    "final": {"content": "", "blocks_html": "", "consumed": 0},
+                    "error": {"kind": "missing", "message": "This turn has no run."},
+                }
+            )
+            continue
+        states.append(run_state(run))
+    return states
+
+
+def run_started(*, user: AbstractBaseUser, client_run_id: str) -> bool:
+    """Whether a run with this client-generated id exists (a start was received)."""
+    return Run.objects.filter(user=user, client_run_id=client_run_id).exists()
+
+
+def conversation_sidebar_groups(
+    conversations: QuerySet[Conversation] | list[Conversation], *, now: datetime | None = None
+) -> list[tuple[str, list[Conversation]]]:
+    """Split a newest-first list into Today / Yesterday / Previous 7 days / Older."""
+    now = timezone.localtime(now or timezone.now())
+    today = now.date()
+    groups: dict[str, list[Conversation]] = {}
+    for conversation in conversations:
+        day = timezone.localtime(conversation.updated_at).date()
+        if day >= today:
+            name = "Today"
+        elif day == today - timedelta(days=1):
+            name = "Yesterday"
+        elif day > today - timedelta(days=7):
+            name = "Previous 7 days"
+        else:
+            name = "Older"
+        groups.setdefault(name, []).append(conversation)
+    return list(groups.items())
+
+
+# --------------------------------------------------------------------------- services
+
+
+def conversation_create(
+    *,
+    user: AbstractBaseUser,
+    panel: dict[str, Any] | None = None,
+    follow_up_mode: str | None = None,
+) -> Conversation:
+    """A conversation to write in.
+
+    Reuses the user's newest conversation that has no turn yet, so pressing "New conversation"
+    twice does not leave a trail of empty ones in the sidebar.
+    """
+    with transaction.atomic():
+        conversation = (
+            Conversation.objects.filter(user=user, turns__isnull=True, title=DEFAULT_TITLE)
+            .order_by("-updated_at", "-id")
+            .first()
+        )
+        if conversation is None:
+            conversation = Conversation(user=user, title=DEFAULT_TITLE)
+        if panel is not None:
+            conversation.panel = panel
+        if follow_up_mode is not None:
+            conversation.follow_up_mode = follow_up_mode
+        conversation.updated_at = timezone.now()
+        conversation.save()
+    return conversation
+
+
+def conversation_rename(*, conversation: Conversation, title: str) -> Conversation:
+    """Rename without touching ``updated_at``: renaming is not activity, the order stays."""
+    conversation.title = title.strip()[:200] or DEFAULT_TITLE
+    conversation.save(update_fields=["title"])
+    return conversation
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    """Delete a conversation with its turns, runs and answers.
+
+    A run still streaming for it notices on its next checkpoint; the rows are gone either way.
+    """
+    conversation.delete()
+
+
+def conversation_update_settings(
+    *, conversation: Conversation, panel: dict[str, Any], follow_up_mode: str
+) -> Conversation:
+    """Store the panel (already validated by chat.panels.parse_panel) and the follow-up mode."""
+    if follow_up_mode not in FollowUpMode.values:
+        raise ValueError(f"unknown follow-up mode {follow_up_mode!r}")
+    conversation.panel = panel
+    conversation.follow_up_mode = follow_up_mode
+    conversation.save(update_fields=["panel", "follow_up_mode"])
+    return conversation
+
+
+# --------------------------------------------------------------------------- exports
+
+
+def _member_export(member: MemberResponse) -> dict[str, Any]:
+    error = None
+    if member.error_kind or member.error_message:
+        error = {"kind": member.error_kind, "message": member.error_message}
+    return {
+        "slot": member.slot,
+        "model": member.model,
+        "label": member.label,
+        "status": member.status,
+        "attempt": member.attempt,
+        "content": member.content,
+        "reasoning": member.reasoning,
+        "error": error,
+        "metrics": {"ttft_ms": member.ttft_ms, "duration_ms": member.duration_ms},
+        "usage": member.usage or {},
+    }
+
+
+def _run_export(run: Run) -> dict[str, Any]:
+    error = None
+    if run.error_kind or run.error_message:
+        error = {"kind": run.error_kind, "message": run.error_message}
+    return {
+        "id": str(run.pk),
+        "client_run_id": run.client_run_id,
+        "status": run.status,
+        "created_at": run.created_at.isoformat(),
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "config": run.config,
+        "members": [_member_export(m) for m in run.members.order_by("slot")],
+        "analyst_model": run.analyst_model,
+        "analysis": run.analysis,
+        "label_map": run.label_map,
+        "analysis_error": run.analysis_error,
+        "writer_model": run.writer_model,
+        "answer": run.answer,
+        "failed_models": run.failed_models,
+        "usage": run.usage,
+        "timings": run.timings,
+        "wall_ms": run.wall_ms(),
+        "calls": run.calls,
+        "error": error,
+    }
+
+
+def conversation_export_json(*, conversation: Conversation) -> dict[str, Any]:
+    """Everything stored about a conversation. ``runs`` lists every run of a turn, oldest first;
+    the last one is the one the page shows."""
+    turns = []
+    for turn in conversation.turns.order_by("index"):
+        runs = turn.runs.order_by("created_at", "pk")
+        turns.append(
+            {
+                "index": turn.index,
+                "prompt": turn.prompt,
+                "created_at": turn.created_at.isoformat(),
+                "runs": [_run_export(r) for r in runs],
+            }
+        )
+    return {
+        "format": "fusion-chatroom.conversation",
+        "version": EXPORT_FORMAT_VERSION,
+        "exported_at": timezone.now().isoformat(),
+        "conversation": {
+            "id": conversation.pk,
+            "title": conversation.title,
+            "follow_up_mode": conversation.follow_up_mode,
+            "panel": conversation.panel,
+            "created_at": conversation.created_at.isoformat(),
+            "updated_at": conversation.updated_at.isoformat(),
+        },
+        "turns": turns,
+    }
+
+
+def _fmt_ms(ms: Any) -> str:
+    if ms is None:
+        return "–"
+    ms = int(ms)
+    return f"{ms} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
+
+
+def _fmt_usage(usage: dict[str, Any] | None) -> str:
+    usage = usage or {}
+    parts = []
+    if usage.get("total_tokens") or usage.get("completion_tokens"):
+        parts.append(
+            f"{usage.get('total_tokens', 0)} tokens "
+            f"({usage.get('prompt_tokens', 0)} in, {usage.get('completion_tokens', 0)} out)"
+        )
+    if usage.get("cost") is not None:
+        parts.append(f"cost {float(usage['cost']):.6f}")
+    return ", ".join(parts) or "–"
+
+
+def _analysis_markdown(analysis: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    if analysis.get("consensus"):
+        out += ["", "**Consensus**", ""] + [f"- [x] {c}" for c in analysis["consensus"]]
+    if analysis.get("contradictions"):
+        out += ["", "**Contradictions**", ""]
+        for c in analysis["contradictions"]:
+            out.append(f"- {c.get('topic', '')}")
+            for s in c.get("stances", []):
+                out.append(f"  - {s.get('model', '')}: {s.get('stance', '')}")
+    if analysis.get("partial_coverage"):
+        out += ["", "**Partial coverage**", ""]
+        for p in analysis["partial_coverage"]:
+            out.append(f"- {p.get('point', '')} ({', '.join(p.get('models', []))})")
+    if analysis.get("unique_insights"):
+        out += ["", "**Unique insights**", ""]
+        for u in analysis["unique_insights"]:
+            out.append(f"- {u.get('model', '')}: {u.get('insight', '')}")
+    if analysis.get("blind_spots"):
+        out += ["", "**Blind spots**", ""] + [f"- {b}" for b in analysis["blind_spots"]]
+    return out
+
+
+def conversation_export_markdown(*, conversation: Conversation) -> str:
+    """A readable transcript of what the page shows: each turn's latest run."""
+    lines = [f"# {conversation.title}", ""]
+    lines.append(f"Exported {timezone.now():%Y-%m-%d %H:%M} UTC from Fusion chatroom.")
+    for turn, run in conversation_turns(conversation=conversation):
+        lines += ["", "---", "", f"## Turn {turn.index + 1}", "", "### Prompt", "", turn.prompt]
+        if run is None:
+            continue
+        lines += ["", "### Panel"]
+        for m in run.members.order_by("slot"):
+            lines += ["", f"#### {m.model} — {m.status}", ""]
+            if m.content:
+                lines.append(m.content)
+            if m.error_message:
+                lines += ["", f"> Error ({m.error_kind or 'error'}): {m.error_message}"]
+            lines += [
+                "",
+                f"*TTFT {_fmt_ms(m.ttft_ms)} · duration {_fmt_ms(m.duration_ms)} · {_fmt_usage(m.usage)}*",
+            ]
+        lines += ["", "### Analysis"]
+        if run.analysis:
+            lines += ["", f"Analyst: {run.analyst_model or '–'}"]
+            lines += _analysis_markdown(run.analysis)
+            if run.label_map:
+                lines += ["", "Labels: " + ", ".join(f"{k} = {v}" for k, v in run.label_map.items())]
+        else:
+            lines += ["", f"No analysis. {run.analysis_error}".strip()]
+        lines += ["", f"### Fused answer ({run.writer_model or 'writer'})", ""]
+        lines.append(run.answer or "*No fused answer.*")
+        if run.error_message:
+            lines += ["", f"> Run {run.status}: {run.error_message}"]
+        lines += [
+            "",
+            f"*Run {run.status} · wall time {_fmt_ms(run.wall_ms())} · {_fmt_usage(run.usage)}"
+            + (f" · failed: {', '.join(run.failed_models)}" if run.failed_models else "")
+            + "*",
+        ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def conversation_export_filename(*, conversation: Conversation, ext: str) -> str:
+    slug = slugify(conversation.title)[:60] or "conversation"
+    return f"fusion-{conversation.pk}-{slug}.{ext}"

@@ -1,0 +1,609 @@
+"""The one place that talks to LLM providers: OpenAI-compatible chat completions over httpx.
+
+``ChatClient.stream()`` is an async generator of typed events (``types.ClientEvent``). It never
+raises for provider or network trouble: it ends with exactly one terminal event, ``Finish`` or
+``StreamError``, and a ``UsageReport`` just before it when the provider reported usage.
+
+Limits (``types.Limits``) are enforced separately, with asyncio deadlines around every read
+rather than httpx's read timeout, because keep-alive comments (``: OPENROUTER PROCESSING``)
+arrive as bytes and would otherwise count as progress:
+
+* ``connect`` — TCP/TLS connect (httpx);
+* ``first_token`` — request sent → first content, reasoning or tool-call token;
+* ``idle`` — gap between two such tokens; comments and usage-only chunks do not reset it;
+* ``total`` — the whole call, retries and back-off included.
+
+Retries happen only while nothing has reached the caller: 429 (honouring Retry-After up to
+``max_retry_after``; a longer wait is reported rather than slept), 502/503/504, an error chunk
+with those codes, and dropped connections. Never 400/401/402/403/404.
+
+Consume ``stream()`` inside ``contextlib.aclosing`` (or call ``aclose()``): closing the generator
+closes the HTTP connection at once, so the provider stops generating, and billing.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import functools
+import json
+import re
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from chat.fusion.providers import ProviderRegistry, UnknownProvider
+from chat.fusion.sse import KeepAlive, SSEDecoder
+from chat.fusion.types import (
+    ERROR_MESSAGES,
+    ClientEvent,
+    Completion,
+    ContentDelta,
+    Finish,
+    Limits,
+    Message,
+    ModelSpec,
+    Provider,
+    ProviderError,
+    ReasoningDelta,
+    StreamError,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    UsageReport,
+)
+
+__all__ = ["ChatClient", "Completion", "error_kind", "parse_retry_after", "parse_usage"]
+
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+_STATUS_KINDS = {
+    400: "bad_request",
+    401: "invalid_key",
+    402: "insufficient_credits",
+    403: "moderation",
+    404: "model_not_found",
+    408: "timeout",
+    429: "rate_limited",
+}
+_MAX_ERROR_BODY = 64 * 1024
+_MAX_DETAIL = 300
+_BEARER = re.compile(r"(?i)bearer\s+\S+")
+
+
+# =========================================================================== small helpers
+
+
+def error_kind(status: int | None, message: str = "") -> str:
+    """The ErrorKind for an HTTP status (or in-stream error code) and the provider's text."""
+    if "not a valid model id" in message.lower():
+        return "model_not_found"  # OpenRouter sends this with 400 as well as 404
+    if status in _STATUS_KINDS:
+        return _STATUS_KINDS[status]
+    if status is not None and 400 <= status < 500:
+        return "bad_request"
+    return "upstream_error"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def parse_usage(raw: dict[str, Any]) -> Usage:
+    """types.Usage from an OpenAI/OpenRouter ``usage`` object (missing fields count as zero)."""
+    details = raw.get("completion_tokens_details") or {}
+    prompt = _int(raw.get("prompt_tokens"))
+    completion = _int(raw.get("completion_tokens"))
+    cost = raw.get("cost")
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        reasoning_tokens=_int(details.get("reasoning_tokens") if isinstance(details, dict) else 0),
+        total_tokens=_int(raw.get("total_tokens")) or prompt + completion,
+        cost=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
+    )
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+class _Scrubber:
+    """Removes API keys (and any bearer token) from text that may reach a user or a log."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        # Longest first, so a key that contains another is removed whole.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return _BEARER.sub("Bearer [redacted]", text)
+
+
+def _error(
+    kind: str, detail: str = "", *, scrub: _Scrubber, status: int | None = None, retry_after: float | None = None
+) -> ProviderError:
+    detail = scrub(" ".join(detail.split()))
+    if len(detail) > _MAX_DETAIL:
+        detail = detail[: _MAX_DETAIL - 1] + "…"
+    message = f"{ERROR_MESSAGES[kind]} {detail}".strip()
+    return ProviderError(kind=kind, message=message, status_code=status, retry_after=retry_after)
+
+
+# =========================================================================== call state
+
+
+@dataclass
+class _Call:
+    """Everything one stream() call accumulates, across its attempts."""
+
+    started: float
+    total_deadline: float
+    sent: float = 0.0  # when the current attempt's request went out
+    text: list[str] = field(default_factory=list)
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    tool_calls: dict[int, ToolCall] = field(default_factory=dict)
+    usage: Usage | None = None
+    malformed: int = 0
+    # Per attempt:
+    finish_reason: str | None = None
+    done: bool = False
+    error: ProviderError | None = None
+
+    @property
+    def progressed(self) -> bool:
+        return self.first_token_at is not None
+
+    def new_attempt(self, now: float) -> None:
+        self.sent = now
+        self.finish_reason = None
+        self.done = False
+        self.error = None
+
+    def read_deadline(self, limits: Limits) -> tuple[float, str]:
+        """The instant the next read must complete by, and what it means if it does not."""
+        if self.last_token_at is None:
+            deadline, why = self.sent + limits.first_token, f"No first token within {limits.first_token:g} s."
+        else:
+            deadline, why = self.last_token_at + limits.idle, f"No new output for {limits.idle:g} s."
+        if self.total_deadline <= deadline:
+            return self.total_deadline, f"The call hit its total limit of {limits.total:g} s."
+        return deadline, why
+
+    def take_delta(self, delta: dict[str, Any], now: float) -> list[ClientEvent]:
+        events: list[ClientEvent] = []
+        reasoning = _reasoning_text(delta)
+        if reasoning:
+            events.append(ReasoningDelta(reasoning))
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            self.text.append(content)
+            events.append(ContentDelta(content))
+        for raw in delta.get("tool_calls") or []:
+            if isinstance(raw, dict):
+                events.append(self._take_tool_fragment(raw))
+        if events:
+            self.first_token_at = self.first_token_at or now
+            self.last_token_at = now
+        return events
+
+    def _take_tool_fragment(self, raw: dict[str, Any]) -> ToolCallDelta:
+        function = raw.get("function") or {}
+        event = ToolCallDelta(
+            index=_int(raw.get("index")),
+            id=raw.get("id"),
+            name=function.get("name"),
+            arguments=function.get("arguments") or "",
+        )
+        call = self.tool_calls.setdefault(event.index, ToolCall(index=event.index))
+        call.id = call.id or event.id
+        call.name = call.name or event.name or ""
+        call.arguments += event.arguments
+        return event
+
+    def terminal_events(self) -> list[ClientEvent]:
+        events: list[ClientEvent] = [UsageReport(self.usage)] if self.usage else []
+        error = self.error
+        if error is None and not self.text and not self.tool_calls:
+            kind = "moderation" if self.finish_reason == "content_filter" else "empty"
+            error = ProviderError(kind=kind, message=ERROR_MESSAGES[kind])
+        if error is not None:
+            events.append(StreamError(error, partial_text="".join(self.text), malformed_chunks=self.malformed))
+        else:
+            events.append(Finish(self.finish_reason or "stop", malformed_chunks=self.malformed))
+        return events
+
+
+def _reasoning_text(delta: dict[str, Any]) -> str:
+    # OpenRouter sends the same text in both fields; take reasoning_details only when alone.
+    for key in ("reasoning", "reasoning_content"):
+        value = delta.get(key)
+        if isinstance(value, str) and value:
+            return value
+    parts = []
+    for detail in delta.get("reasoning_details") or []:
+        if not isinstance(detail, dict):
+            continue
+        if detail.get("type") == "reasoning.text" and isinstance(detail.get("text"), str):
+            parts.append(detail["text"])
+        elif detail.get("type") == "reasoning.summary" and isinstance(detail.get("summary"), str):
+            parts.append(detail["summary"])
+    return "".join(parts)
+
+
+# =========================================================================== the client
+
+
+class ChatClient:
+    def __init__(
+        self,
+        registry: ProviderRegistry,
+        *,
+        limits: Limits = Limits(),
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.registry = registry
+        self.limits = limits
+        self._http = http or httpx.AsyncClient(timeout=None, verify=_shared_ssl_context())
+        self._owns_http = http is None
+
+    def __repr__(self) -> str:
+        return f"ChatClient(registry={self.registry!r}, limits={self.limits!r})"
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> ChatClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ----------------------------------------------------------------------- public API
+
+    async def stream(
+        self,
+        spec: ModelSpec,
+        messages: list[Message],
+        *,
+        response_format: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        limits: Limits | None = None,
+    ) -> AsyncIterator[ClientEvent]:
+        limits = limits or self.limits
+        scrub = _Scrubber(self.registry.secrets())
+        try:
+            provider, model_id = self.registry.resolve(spec.model)
+        except UnknownProvider as exc:
+            yield StreamError(_error("model_not_found", str(exc), scrub=scrub))
+            return
+        request = self._build_request(provider, model_id, spec, messages, response_format, tools, tool_choice, limits)
+        loop = asyncio.get_running_loop()
+        call = _Call(started=loop.time(), total_deadline=loop.time() + limits.total)
+        attempt = 0
+        while True:
+            call.new_attempt(loop.time())
+            # aclosing: if our caller closes us mid-attempt, the response is closed right away.
+            async with contextlib.aclosing(self._attempt(request, call, limits, scrub)) as events:
+                async for event in events:
+                    yield event
+            delay = self._retry_delay(call, attempt, limits, loop.time())
+            if delay is None:
+                break
+            await asyncio.sleep(delay)
+            attempt += 1
+        for event in call.terminal_events():
+            yield event
+
+    async def complete(
+        self,
+        spec: ModelSpec,
+        messages: list[Message],
+        *,
+        response_format: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        limits: Limits | None = None,
+    ) -> Completion:
+        """The whole answer at once, built on stream() (same limits, retries and errors)."""
+        started = time.monotonic()
+        result = Completion()
+        text: list[str] = []
+        reasoning: list[str] = []
+        tool_calls: dict[int, ToolCall] = {}
+        events = self.stream(
+            spec, messages, response_format=response_format, tools=tools, tool_choice=tool_choice, limits=limits
+        )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, (ContentDelta, ReasoningDelta, ToolCallDelta)) and result.ttft_ms is None:
+                    result.ttft_ms = _ms(time.monotonic() - started)
+                if isinstance(event, ContentDelta):
+                    text.append(event.text)
+                elif isinstance(event, ReasoningDelta):
+                    reasoning.append(event.text)
+                elif isinstance(event, ToolCallDelta):
+                    call = tool_calls.setdefault(event.index, ToolCall(index=event.index))
+                    call.id = call.id or event.id
+                    call.name = call.name or event.name or ""
+                    call.arguments += event.arguments
+                elif isinstance(event, UsageReport):
+                    result.usage = event.usage
+                elif isinstance(event, Finish):
+                    result.finish_reason = event.reason
+                    result.malformed_chunks = event.malformed_chunks
+                elif isinstance(event, StreamError):
+                    result.error = event.error
+                    result.malformed_chunks = event.malformed_chunks
+        result.text = "".join(text)
+        result.reasoning = "".join(reasoning)
+        result.tool_calls = [tool_calls[i] for i in sorted(tool_calls)]
+        result.duration_ms = _ms(time.monotonic() - started)
+        return result
+
+    # ----------------------------------------------------------------------- request
+
+    def _build_request(
+        self,
+        provider: Provider,
+        model_id: str,
+        spec: ModelSpec,
+        messages: list[Message],
+        response_format: dict[str, Any] | None,
+        tools: list[dict[str, Any]] | None,
+        tool_choice: Any,
+        limits: Limits,
+    ) -> httpx.Request:
+        is_openrouter = provider.name == "openrouter" or "openrouter.ai" in provider.base_url
+        if spec.system_prompt:
+            messages = [{"role": "system", "content": spec.system_prompt}, *messages]
+        body: dict[str, Any] = {
+            "model": model_id,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if is_openrouter:
+            body["usage"] = {"include": True}
+        if spec.temperature is not None:
+            body["temperature"] = spec.temperature
+        if spec.max_tokens is not None:
+            body["max_tokens"] = spec.max_tokens
+        if spec.reasoning_effort:
+            # OpenAI proper rejects unknown parameters; it spells this reasoning_effort.
+            if is_openrouter:
+                body["reasoning"] = {"effort": spec.reasoning_effort}
+            else:
+                body["reasoning_effort"] = spec.reasoning_effort
+        if response_format is not None and provider.supports_response_format:
+            body["response_format"] = response_format
+        if tools:
+            body["tools"] = tools
+        if tool_choice is not None:
+            body["tool_choice"] = tool_choice
+        headers = {"Accept": "text/event-stream", **provider.extra_headers}
+        if provider.api_key:
+            headers["Authorization"] = f"Bearer {provider.api_key}"
+        return self._http.build_request(
+            "POST",
+            provider.base_url.rstrip("/") + "/chat/completions",
+            json=body,
+            headers=headers,
+            # Reads are bounded by our own deadlines; httpx only guards connect/write/pool.
+            timeout=httpx.Timeout(connect=limits.connect, read=None, write=limits.connect, pool=limits.connect),
+        )
+
+    # ----------------------------------------------------------------------- one attempt
+
+    async def _attempt(
+        self, request: httpx.Request, call: _Call, limits: Limits, scrub: _Scrubber
+    ) -> AsyncIterator[ClientEvent]:
+        """Send once and yield deltas; the outcome is left in ``call`` (error / finish / done)."""
+        deadline, why = call.read_deadline(limits)
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self._http.send(request, stream=True)
+        except TimeoutError:
+            call.error = _error("timeout", why, scrub=scrub)
+            return
+        except httpx.TimeoutException:
+            call.error = _error("timeout", f"Could not connect within {limits.connect:g} s.", scrub=scrub)
+            return
+        except httpx.TransportError as exc:
+            call.error = _error("network", f"{type(exc).__name__}: {exc}", scrub=scrub)
+            return
+        try:
+            if not 200 <= response.status_code < 300:
+                call.error = await self._status_error(response, call, limits, scrub)
+            elif response.headers.get("content-type", "").startswith("application/json"):
+                # Some OpenAI-compatible servers ignore stream=true and answer in one piece.
+                for event in await self._read_json_body(response, call, limits, scrub):
+                    yield event
+            else:
+                async for event in self._read_stream(response, call, limits, scrub):
+                    yield event
+        finally:
+            await response.aclose()
+
+    async def _read_stream(
+        self, response: httpx.Response, call: _Call, limits: Limits, scrub: _Scrubber
+    ) -> AsyncIterator[ClientEvent]:
+        loop = asyncio.get_running_loop()
+        decoder = SSEDecoder()
+        chunks = response.aiter_bytes()
+        while True:
+            deadline, why = call.read_deadline(limits)
+            ended = False
+            try:
+                async with asyncio.timeout_at(deadline):
+                    items = decoder.feed(await anext(chunks))
+            except StopAsyncIteration:
+                items, ended = decoder.close(), True
+            except TimeoutError:
+                call.error = _error("timeout", why, scrub=scrub)
+                return
+            except httpx.TransportError as exc:
+                if call.finish_reason is None:
+                    call.error = _error("incomplete", f"The connection broke: {type(exc).__name__}.", scrub=scrub)
+                return
+            for item in items:
+                if isinstance(item, KeepAlive):
+                    continue  # proves the connection is alive, but it is not progress
+                for event in self._take_payload(item.data, call, loop.time(), scrub):
+                    yield event
+                if call.error or call.done:
+                    return
+            if ended:
+                if call.finish_reason is None:
+                    call.error = _error("incomplete", "No finish reason and no [DONE].", scrub=scrub)
+                return
+
+    def _take_payload(self, data: str, call: _Call, now: float, scrub: _Scrubber) -> list[ClientEvent]:
+        if data.strip() == "[DONE]":
+            call.done = True
+            return []
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            call.malformed += 1  # one bad chunk should not cost the whole answer
+            return []
+        if chunk.get("error"):
+            call.error = self._chunk_error(chunk["error"], scrub)
+            return []
+        if isinstance(chunk.get("usage"), dict):
+            call.usage = parse_usage(chunk["usage"])
+        events: list[ClientEvent] = []
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or _int(choice.get("index")) != 0:
+                continue
+            events += call.take_delta(choice.get("delta") or {}, now)
+            if choice.get("finish_reason"):
+                call.finish_reason = str(choice["finish_reason"])
+        if call.finish_reason == "error":
+            call.error = _error("upstream_error", "The stream reported finish reason 'error'.", scrub=scrub)
+        return events
+
+    def _chunk_error(self, raw: Any, scrub: _Scrubber) -> ProviderError:
+        if not isinstance(raw, dict):
+            raw = {"message": str(raw)}
+        code = raw.get("code")
+        status = code if isinstance(code, int) and not isinstance(code, bool) else None
+        message = str(raw.get("message") or "")
+        kind = error_kind(status, message)
+        if status is not None and status < 400:
+            kind = "upstream_error"
+        return _error(kind, f"Provider said: {message}" if message else "", scrub=scrub, status=status)
+
+    async def _status_error(
+        self, response: httpx.Response, call: _Call, limits: Limits, scrub: _Scrubber
+    ) -> ProviderError:
+        status = response.status_code
+        body = b""
+        with contextlib.suppress(TimeoutError, httpx.HTTPError):
+            async with asyncio.timeout_at(call.read_deadline(limits)[0]):
+                async for part in response.aiter_bytes():
+                    body += part
+                    if len(body) > _MAX_ERROR_BODY:
+                        break
+        message = _error_message(body)
+        return _error(
+            error_kind(status, message),
+            f"Provider said (HTTP {status}): {message}" if message else f"HTTP {status}.",
+            scrub=scrub,
+            status=status,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        )
+
+    async def _read_json_body(
+        self, response: httpx.Response, call: _Call, limits: Limits, scrub: _Scrubber
+    ) -> list[ClientEvent]:
+        loop = asyncio.get_running_loop()
+        deadline, why = call.read_deadline(limits)
+        try:
+            async with asyncio.timeout_at(deadline):
+                payload = json.loads(await response.aread())
+        except TimeoutError:
+            call.error = _error("timeout", why, scrub=scrub)
+            return []
+        except (ValueError, httpx.HTTPError):
+            call.error = _error("upstream_error", "The provider sent an unreadable JSON body.", scrub=scrub)
+            return []
+        if not isinstance(payload, dict):
+            call.error = _error("upstream_error", "The provider sent an unexpected JSON body.", scrub=scrub)
+            return []
+        if payload.get("error"):
+            call.error = self._chunk_error(payload["error"], scrub)
+            return []
+        if isinstance(payload.get("usage"), dict):
+            call.usage = parse_usage(payload["usage"])
+        choice = (payload.get("choices") or [{}])[0]
+        message = dict(choice.get("message") or {})
+        # A whole message's tool calls carry no index; number them as a stream would.
+        message["tool_calls"] = [{"index": i, **tc} for i, tc in enumerate(message.get("tool_calls") or [])]
+        events = call.take_delta(message, loop.time())
+        call.finish_reason = str(choice.get("finish_reason") or "stop")
+        call.done = True
+        return events
+
+    # ----------------------------------------------------------------------- retries
+
+    def _retry_delay(self, call: _Call, attempt: int, limits: Limits, now: float) -> float | None:
+        """Seconds to wait before the next attempt, or None to stop here."""
+        error = call.error
+        if error is None or call.progressed or attempt >= limits.max_retries:
+            return None
+        if not (error.kind in ("network", "incomplete") or error.status_code in RETRYABLE_STATUS):
+            return None
+        delay = limits.backoff_base * 2**attempt
+        if error.retry_after is not None:
+            if error.retry_after > limits.max_retry_after:
+                return None  # asked to wait longer than we are willing to: report it now
+            delay = error.retry_after
+        if now + delay >= call.total_deadline:
+            return None
+        return delay
+
+
+def _error_message(body: bytes) -> str:
+    """The provider's own words from an error body (OpenAI/OpenRouter JSON, or plain text)."""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return text[:_MAX_DETAIL]
+    if isinstance(payload, dict):
+        error = payload.get("error", payload)
+        if isinstance(error, dict):
+            return str(error.get("message") or error.get("detail") or "")
+        return str(error)
+    return text[:_MAX_DETAIL]
+
+
+@functools.cache
+def _shared_ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle costs ~60 ms; one context serves every client of the process.
+    return httpx.create_ssl_context()
+
+
+def _ms(seconds: float) -> int:
+    return int(round(seconds * 1000))

@@ -1,0 +1,388 @@
+"""Typed requests, results and events of the fusion engine.
+
+Plain dataclasses, no Django. Event ``type`` strings mirror OpenRouter's fusion stream
+taxonomy (``response.fusion_call.panel.delta`` → ``panel.delta``) so clients port easily.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+# --------------------------------------------------------------------------- providers
+
+
+@dataclass(frozen=True)
+class Provider:
+    """An OpenAI-compatible endpoint. ``api_key`` never appears in repr or errors."""
+
+    name: str
+    base_url: str
+    api_key: str = field(default="", repr=False)
+    # OpenRouter and OpenAI accept response_format={"type": "json_object"}; others may not.
+    supports_response_format: bool = True
+    extra_headers: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Separate limits of one streamed call, in seconds."""
+
+    connect: float = 10.0
+    first_token: float = 60.0  # request sent → first content (or reasoning/tool) token
+    idle: float = 60.0  # gap between content chunks; keep-alive comments do not reset it
+    total: float = 600.0  # whole call, retries included
+    max_retries: int = 2  # only before any content arrived
+    backoff_base: float = 0.5
+    max_retry_after: float = 30.0
+
+
+# --------------------------------------------------------------------------- requests
+
+ReasoningEffort = Literal["max", "xhigh", "high", "medium", "low", "minimal", "none"]
+
+
+@dataclass
+class ModelSpec:
+    """One model call's settings. ``model`` is ``provider:model`` or a plain OpenRouter id."""
+
+    model: str
+    temperature: float | None = None
+    max_tokens: int | None = None
+    reasoning_effort: str | None = None
+    system_prompt: str | None = None
+    label: str | None = None  # display name only
+
+
+Message = dict[str, Any]  # {"role": "user"|"assistant"|"system", "content": str}
+
+
+@dataclass
+class FusionRequest:
+    """One fusion run.
+
+    ``messages`` is the conversation so far, ending with the current user prompt; it is what
+    the analyst and the writer see. ``member_messages`` optionally gives panel member *i* its
+    own thread instead (per-member follow-up mode); missing entries fall back to ``messages``.
+    """
+
+    messages: list[Message]
+    panel: list[ModelSpec]
+    analyst: ModelSpec
+    writer: ModelSpec
+    fallback_analyst: ModelSpec | None = None
+    fallback_writer: ModelSpec | None = None
+    member_messages: dict[int, list[Message]] | None = None
+
+    @property
+    def question(self) -> str:
+        for m in reversed(self.messages):
+            if m.get("role") == "user":
+                return str(m.get("content") or "")
+        return ""
+
+
+# --------------------------------------------------------------------------- usage
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+    cost: float | None = None  # provider-reported (OpenRouter usage.cost), in credits/USD
+
+    def add(self, other: Usage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+        self.total_tokens += other.total_tokens
+        if other.cost is not None:
+            self.cost = (self.cost or 0.0) + other.cost
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- errors
+
+# Kinds a user can act on. The client maps HTTP status / error payloads onto these.
+ErrorKind = Literal[
+    "invalid_key",  # 401
+    "insufficient_credits",  # 402
+    "rate_limited",  # 429
+    "moderation",  # 403 / content filter
+    "model_not_found",  # 404 / "not a valid model ID"
+    "bad_request",  # other 400
+    "timeout",  # connect / first token / idle / total
+    "upstream_error",  # 5xx, error object mid-stream, malformed
+    "incomplete",  # stream ended without [DONE] or finish reason
+    "empty",  # finished but produced no content
+    "cancelled",
+    "network",  # connection refused / reset
+    "invalid_output",  # the call worked but its output is unusable (e.g. analysis JSON)
+]
+
+ERROR_MESSAGES: dict[str, str] = {
+    "invalid_key": "The provider rejected the API key. Check the key configured for this provider.",
+    "insufficient_credits": "The provider account is out of credits. Add credits or pick a cheaper model.",
+    "rate_limited": "The provider is rate limiting requests. Wait a moment and retry.",
+    "moderation": "The provider's moderation refused this request.",
+    "model_not_found": "The provider does not know this model id. Check the spelling.",
+    "bad_request": "The provider rejected the request as invalid.",
+    "timeout": "The model took too long to answer.",
+    "upstream_error": "The provider returned an error.",
+    "incomplete": "The stream ended before the model finished its answer.",
+    "empty": "The model finished without writing an answer.",
+    "cancelled": "Stopped.",
+    "network": "Could not reach the provider.",
+    "invalid_output": "The model's output could not be used.",
+}
+
+
+@dataclass
+class ProviderError:
+    kind: str
+    message: str  # short, human, never contains the API key
+    status_code: int | None = None
+    retry_after: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- client events
+# What chat/fusion/client.py yields for one streamed completion.
+
+
+@dataclass
+class ContentDelta:
+    text: str
+
+
+@dataclass
+class ReasoningDelta:
+    text: str
+
+
+@dataclass
+class ToolCallDelta:
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""  # a fragment; arguments arrive split across chunks
+
+
+@dataclass
+class UsageReport:
+    usage: Usage
+
+
+@dataclass
+class Finish:
+    reason: str  # "stop", "length", "tool_calls", "content_filter", …
+    malformed_chunks: int = 0  # chunks of invalid JSON that were skipped
+
+
+@dataclass
+class StreamError:
+    error: ProviderError
+    partial_text: str = ""  # content received before the error
+    malformed_chunks: int = 0  # chunks of invalid JSON that were skipped
+
+
+ClientEvent = ContentDelta | ReasoningDelta | ToolCallDelta | UsageReport | Finish | StreamError
+
+
+@dataclass
+class ToolCall:
+    """A whole tool call, assembled from its ToolCallDelta fragments."""
+
+    index: int
+    id: str | None = None
+    name: str = ""
+    arguments: str = ""  # JSON text, as the model wrote it
+
+
+@dataclass
+class Completion:
+    """A whole completion, as ``ChatClient.complete`` returns it."""
+
+    text: str = ""
+    reasoning: str = ""
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str | None = None  # None when the call failed
+    error: ProviderError | None = None
+    ttft_ms: int | None = None  # to the first content, reasoning or tool token
+    duration_ms: int = 0
+    malformed_chunks: int = 0
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+@dataclass
+class CallRecord:
+    """What every model call records (panel member, analyst, repair, writer)."""
+
+    role: str  # "panel" | "analyst" | "writer"
+    model: str
+    status: str = "pending"  # pending | running | complete | failed | cancelled
+    ttft_ms: int | None = None
+    duration_ms: int | None = None
+    usage: Usage = field(default_factory=Usage)
+    error: ProviderError | None = None
+    malformed_chunks: int = 0
+    slot: int | None = None  # panel member's index in the request; None for analyst/writer
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["usage"] = self.usage.to_dict()
+        d["error"] = self.error.to_dict() if self.error else None
+        return d
+
+
+# --------------------------------------------------------------------------- pipeline events
+# What chat/fusion/pipeline.py yields. ``slot`` is the panel member's index in the request.
+
+
+@dataclass
+class PanelAdded:
+    """A member (re)starts. A repeated PanelAdded for a slot (attempt > 1) means the member was
+    retried: consumers reset that slot's text, the new attempt streams from scratch."""
+
+    slot: int
+    model: str
+    type: str = "panel.added"
+    attempt: int = 1
+
+
+@dataclass
+class PanelDelta:
+    slot: int
+    model: str
+    delta: str
+    type: str = "panel.delta"
+
+
+@dataclass
+class PanelReasoningDelta:
+    slot: int
+    model: str
+    delta: str
+    type: str = "panel.reasoning.delta"
+
+
+@dataclass
+class PanelCompleted:
+    slot: int
+    model: str
+    content: str
+    record: CallRecord
+    type: str = "panel.completed"
+
+
+@dataclass
+class PanelFailed:
+    slot: int
+    model: str
+    error: ProviderError
+    partial_content: str
+    record: CallRecord
+    type: str = "panel.failed"
+
+
+@dataclass
+class AnalysisStarted:
+    analyst_model: str
+    type: str = "analysis.in_progress"
+
+
+@dataclass
+class AnalysisCompleted:
+    analyst_model: str
+    analysis: dict[str, Any]  # the OpenRouter FusionAnalysisResult shape, model ids not labels
+    label_map: dict[str, str]  # "Response A" → model id ("model#2" for a model listed a second time)
+    records: list[CallRecord]
+    type: str = "analysis.completed"
+    notes: list[str] = field(default_factory=list)  # e.g. unknown labels dropped during validation
+
+
+@dataclass
+class AnalysisDegraded:
+    reason: str  # human sentence: why there is no analysis
+    records: list[CallRecord]
+    type: str = "analysis.degraded"
+
+
+@dataclass
+class FinalStarted:
+    writer_model: str
+    type: str = "final.started"
+
+
+@dataclass
+class FinalDelta:
+    delta: str
+    type: str = "final.delta"
+
+
+@dataclass
+class RunCompleted:
+    answer: str
+    analysis: dict[str, Any] | None
+    analysis_error: str | None
+    failed_models: list[str]
+    records: list[CallRecord]  # every call: panel, analyst(s), writer(s)
+    usage: Usage  # totals
+    timings: dict[str, int]  # ms: panel, analysis, synthesis, total, final_ttft
+    type: str = "completed"
+
+
+FailureKind = Literal[
+    "all_panels_failed",
+    "invalid_model",
+    "invalid_key",
+    "rate_limited",
+    "insufficient_credits",
+    "writer_failed",
+    "cancelled",
+    "invalid_request",
+]
+
+
+@dataclass
+class RunFailed:
+    kind: str  # a FailureKind
+    message: str
+    failed_models: list[str]
+    records: list[CallRecord]
+    usage: Usage
+    type: str = "failed"
+
+
+PipelineEvent = (
+    PanelAdded
+    | PanelDelta
+    | PanelReasoningDelta
+    | PanelCompleted
+    | PanelFailed
+    | AnalysisStarted
+    | AnalysisCompleted
+    | AnalysisDegraded
+    | FinalStarted
+    | FinalDelta
+    | RunCompleted
+    | RunFailed
+)
+
+
+def event_to_dict(event: PipelineEvent) -> dict[str, Any]:
+    """JSON-ready dict of a pipeline event (records and errors expanded)."""
+    d: dict[str, Any] = {}
+    for key, value in vars(event).items():
+        if isinstance(value, (CallRecord, ProviderError, Usage)):
+            d[key] = value.to_dict()
+        elif isinstance(value, list) and value and isinstance(value[0], CallRecord):
+            d[key] = [r.to_dict() for r in value]
+        else:
+            d[key] = value
+    return d

@@ -1,0 +1,822 @@
+"""Runs: the services that start and steer them, and the per-process manager that owns them.
+
+A run is owned by an ``ActiveRun`` task in this process, never by a websocket consumer:
+consumers only subscribe to the conversation's channel-layer group. The task turns engine
+events into
+
+* coalesced frames for the group (about every ``FUSION_FRAME_INTERVAL_MS``; the first delta of
+  each member at once), rendered once on the server (finished Markdown blocks + unfinished tail);
+* checkpoints of partial text to the database about once a second, and the final state in one
+  transaction, sent to clients only after it committed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from chat import panels
+from chat.engine import build_limits, build_registry
+from chat.fusion.client import ChatClient
+from chat.fusion.pipeline import FusionRun
+from chat.fusion.types import (
+    AnalysisCompleted,
+    AnalysisDegraded,
+    AnalysisStarted,
+    FinalDelta,
+    FinalStarted,
+    FusionRequest,
+    Message,
+    PanelAdded,
+    PanelCompleted,
+    PanelDelta,
+    PanelFailed,
+    PanelReasoningDelta,
+    PipelineEvent,
+    RunCompleted,
+    RunFailed,
+)
+from chat.models import Conversation, FollowUpMode, MemberResponse, MemberStatus, Run, RunStatus, Turn
+from chat.render import IncrementalRenderer, render_markdown
+
+log = logging.getLogger(__name__)
+
+PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+TITLE_CHARS = 60
+
+
+class RunError(Exception):
+    """A request about runs that cannot be honoured; ``code`` and ``message`` go to the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def group_name(conversation_id: int) -> str:
+    return f"conv_{conversation_id}"
+
+
+# --------------------------------------------------------------------------- state shapes
+
+
+def model_keys(models: list[str]) -> list[str]:
+    """The analysis's model ids per slot: a model listed twice is ``model#2`` the second time."""
+    seen: dict[str, int] = {}
+    keys = []
+    for m in models:
+        seen[m] = seen.get(m, 0) + 1
+        keys.append(m if seen[m] == 1 else f"{m}#{seen[m]}")
+    return keys
+
+
+def _metrics(ttft_ms: int | None, duration_ms: int | None, usage: dict[str, Any] | None) -> dict[str, Any]:
+    return {"ttft_ms": ttft_ms, "duration_ms": duration_ms, "usage": usage or {}}
+
+
+def _text_state(content: str, finished: bool) -> dict[str, Any]:
+    """A stream's text for a snapshot: whole HTML when finished, else blocks + consumed."""
+    if finished:
+        return {"content": content, "html": render_markdown(content) if content else "", "blocks_html": "", "consumed": len(content)}
+    renderer = IncrementalRenderer()
+    update = renderer.feed(content)
+    return {"content": content, "html": None, "blocks_html": "".join(update.blocks), "consumed": renderer.consumed}
+
+
+def run_state(run: Run) -> dict[str, Any]:
+    """The snapshot shape of docs/protocol.md, from the database (history, or another process's run)."""
+    members = list(run.members.all())
+    keys = model_keys([m.model for m in members])
+    done = run.status != RunStatus.RUNNING
+    member_states = []
+    for m in members:
+        finished = done or m.status in (MemberStatus.COMPLETE, MemberStatus.FAILED, MemberStatus.STOPPED)
+        state = {
+            "slot": m.slot,
+            "model": m.model,
+            "key": keys[m.slot] if m.slot < len(keys) else m.model,
+            "label": m.label,
+            "status": m.status if not (done and m.status in (MemberStatus.WAITING, MemberStatus.STREAMING)) else MemberStatus.STOPPED,
+            "reasoning": m.reasoning,
+            "error": {"kind": m.error_kind, "message": m.error_message} if m.error_kind else None,
+            "metrics": _metrics(m.ttft_ms, m.duration_ms, m.usage),
+            "attempt": m.attempt,
+        }
+        state.update(_text_state(m.content, finished))
+        member_states.append(state)
+    if run.status == RunStatus.RUNNING:
+        phase = "final" if run.answer or run.writer_model and run.analysis is not None else "panel"
+    else:
+        phase = "done"
+    return {
+        "run": str(run.pk),
+        "client_run_id": run.client_run_id,
+        "status": run.status,
+        "phase": phase,
+        "turn": {"id": run.turn_id, "index": run.turn.index, "prompt": run.turn.prompt},
+        "members": member_states,
+        "analyst": run.analyst_model,
+        "writer": run.writer_model,
+        "analysis": run.analysis,
+        "label_map": run.label_map,
+        "models": {k: i for i, k in enumerate(keys)},
+        "analysis_error": run.analysis_error,
+        "final": _text_state(run.answer, done),
+        "usage": run.usage,
+        "timings": run.timings,
+        "failed_models": run.failed_models,
+        "error": {"kind": run.error_kind, "message": run.error_message} if run.error_kind else None,
+        "started_at": run.created_at.isoformat(),
+        "can_retry": run.status in (RunStatus.INTERRUPTED, RunStatus.ERROR, RunStatus.CANCELLED, RunStatus.TIMEOUT),
+    }
+
+
+# --------------------------------------------------------------------------- the live run
+
+
+@dataclass
+class _Stream:
+    """One streamed text (a member's answer or the fused answer) and its live renderer."""
+
+    text: str = ""
+    reasoning: str = ""
+    renderer: IncrementalRenderer = field(default_factory=IncrementalRenderer)
+    blocks: list[str] = field(default_factory=list)
+    html: str | None = None
+    first_sent: bool = False
+
+    def reset(self) -> None:
+        self.text, self.reasoning, self.html, self.first_sent = "", "", None, False
+        self.renderer = IncrementalRenderer()
+        self.blocks = []
+
+    def feed(self, delta: str) -> dict[str, Any]:
+        offset = len(self.text)
+        self.text += delta
+        update = self.renderer.feed(delta)
+        self.blocks.extend(update.blocks)
+        return {"offset": offset, "delta": delta, "blocks": list(update.blocks), "consumed": self.renderer.consumed}
+
+    def state(self) -> dict[str, Any]:
+        if self.html is not None:
+            return {"content": self.text, "html": self.html, "blocks_html": "", "consumed": len(self.text)}
+        return {"content": self.text, "html": None, "blocks_html": "".join(self.blocks), "consumed": self.renderer.consumed}
+
+
+class ActiveRun:
+    """A running pipeline: engine events → frames for the group + database checkpoints."""
+
+    def __init__(self, *, run: Run, request: FusionRequest, client: ChatClient, fusion: FusionRun) -> None:
+        self.run_id = run.pk
+        self.client_run_id = run.client_run_id
+        self.user_id = run.user_id
+        self.conversation_id = run.conversation_id
+        self.turn = {"id": run.turn_id, "index": run.turn.index, "prompt": run.turn.prompt}
+        self.request = request
+        self.client = client
+        self.fusion = fusion
+        self.started_at = run.created_at
+        self.t0 = time.monotonic()
+        models = [m.model for m in request.panel]
+        self.keys = model_keys(models)
+        self.members: list[dict[str, Any]] = [
+            {
+                "slot": i,
+                "model": spec.model,
+                "key": self.keys[i],
+                "label": spec.label or "",
+                "status": MemberStatus.WAITING.value,
+                "error": None,
+                "metrics": _metrics(None, None, None),
+                "attempt": 1,
+            }
+            for i, spec in enumerate(request.panel)
+        ]
+        self.streams = [_Stream() for _ in request.panel]
+        self.final = _Stream()
+        self.phase = "panel"
+        self.analyst = run.analyst_model
+        self.writer = run.writer_model
+        self.analysis: dict[str, Any] | None = run.analysis
+        self.label_map: dict[str, str] = run.label_map or {}
+        self.analysis_error = ""
+        self.analysis_calls: list[dict[str, Any]] = []
+        self.status = RunStatus.RUNNING.value
+        self.result: RunCompleted | RunFailed | None = None
+        self._pending: list[dict[str, Any]] = []
+        self._pending_delta: dict[tuple[str, int], int] = {}
+        self._dirty = False
+        self._flush_now = asyncio.Event()
+        self.done = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    # ----------------------------------------------------------------- snapshot
+
+    def snapshot(self) -> dict[str, Any]:
+        members = []
+        for m, s in zip(self.members, self.streams):
+            state = dict(m)
+            state["reasoning"] = s.reasoning
+            state.update(s.state())
+            members.append(state)
+        return {
+            "run": str(self.run_id),
+            "client_run_id": self.client_run_id,
+            "status": self.status,
+            "phase": self.phase,
+            "turn": self.turn,
+            "members": members,
+            "analyst": self.analyst,
+            "writer": self.writer,
+            "analysis": self.analysis,
+            "label_map": self.label_map,
+            "models": {k: i for i, k in enumerate(self.keys)},
+            "analysis_error": self.analysis_error,
+            "final": self.final.state(),
+            "usage": self.result.usage.to_dict() if self.result else {},
+            "timings": getattr(self.result, "timings", {}) if self.result else {},
+            "failed_models": self.result.failed_models if self.result else [],
+            "error": None,
+            "started_at": self.started_at.isoformat(),
+            "can_retry": False,
+        }
+
+    # ----------------------------------------------------------------- frames
+
+    def _emit(self, frame: dict[str, Any], *, now: bool = False) -> None:
+        frame["run"] = str(self.run_id)
+        kind = frame["type"]
+        if kind in ("panel.delta", "panel.reasoning.delta", "final.delta"):
+            key = (kind, frame.get("slot", -1))
+            idx = self._pending_delta.get(key)
+            if idx is not None:
+                merged = self._pending[idx]
+                merged["delta"] += frame["delta"]
+                if "blocks" in frame:
+                    merged["blocks"].extend(frame["blocks"])
+                    merged["consumed"] = frame["consumed"]
+            else:
+                self._pending_delta[key] = len(self._pending)
+                self._pending.append(frame)
+        else:
+            # Any other event is a barrier: later deltas must not merge into earlier ones.
+            self._pending_delta.clear()
+            self._pending.append(frame)
+        if now:
+            self._flush_now.set()
+
+    async def _send(self, frames: list[dict[str, Any]]) -> None:
+        if not frames:
+            return
+        payload = frames[0] if len(frames) == 1 else {"type": "batch", "events": frames}
+        await get_channel_layer().group_send(group_name(self.conversation_id), {"type": "run.frame", "frame": payload})
+
+    async def flush(self) -> None:
+        frames, self._pending = self._pending, []
+        self._pending_delta.clear()
+        await self._send(frames)
+
+    async def _flusher(self) -> None:
+        interval = settings.FUSION_FRAME_INTERVAL_MS / 1000
+        while True:
+            try:
+                await asyncio.wait_for(self._flush_now.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            self._flush_now.clear()
+            await self.flush()
+
+    async def _checkpointer(self) -> None:
+        while True:
+            await asyncio.sleep(settings.FUSION_CHECKPOINT_INTERVAL_S)
+            if self._dirty:
+                self._dirty = False
+                try:
+                    await database_sync_to_async(self._checkpoint)()
+                except Exception:  # a failed checkpoint must not kill the run; the final write retries
+                    log.exception("checkpoint of run %s failed", self.run_id)
+
+    def _checkpoint(self) -> None:
+        for m, s in zip(self.members, self.streams):
+            MemberResponse.objects.filter(run_id=self.run_id, slot=m["slot"]).update(
+                content=s.text, reasoning=s.reasoning, status=m["status"]
+            )
+        Run.objects.filter(pk=self.run_id, status=RunStatus.RUNNING).update(
+            answer=self.final.text, heartbeat_at=timezone.now(), analysis=self.analysis, label_map=self.label_map,
+            writer_model=self.writer,
+        )
+
+    # ----------------------------------------------------------------- driving
+
+    async def drive(self) -> None:
+        flusher = asyncio.create_task(self._flusher())
+        checkpointer = asyncio.create_task(self._checkpointer())
+        try:
+            async for event in self.fusion.events():
+                self._apply(event)
+        except Exception as exc:  # a bug in the engine: fail the run loudly, keep what we have
+            log.exception("run %s crashed", self.run_id)
+            self.result = None
+            self.status = RunStatus.ERROR.value
+            self._error = ("internal", f"The run stopped on an internal error ({type(exc).__name__}).")
+        finally:
+            checkpointer.cancel()
+            await self.client.aclose()
+            try:
+                await database_sync_to_async(self._finalize)()
+            except Exception:
+                log.exception("final write of run %s failed", self.run_id)
+            self._emit(self._terminal_frame())
+            flusher.cancel()
+            await self.flush()
+            self.done.set()
+
+    def _apply(self, event: PipelineEvent) -> None:
+        self._dirty = True
+        if isinstance(event, PanelAdded):
+            m, s = self.members[event.slot], self.streams[event.slot]
+            attempt = getattr(event, "attempt", 1)
+            if attempt > 1:
+                s.reset()
+                m.update(error=None, metrics=_metrics(None, None, None))
+            m.update(status=MemberStatus.WAITING.value, attempt=attempt)
+            self._emit({"type": "panel.added", "slot": event.slot, "model": event.model, "attempt": attempt}, now=True)
+        elif isinstance(event, PanelDelta):
+            m, s = self.members[event.slot], self.streams[event.slot]
+            m["status"] = MemberStatus.STREAMING.value
+            frame = {"type": "panel.delta", "slot": event.slot, **s.feed(event.delta)}
+            first = not s.first_sent
+            s.first_sent = True
+            self._emit(frame, now=first)
+        elif isinstance(event, PanelReasoningDelta):
+            s = self.streams[event.slot]
+            offset = len(s.reasoning)
+            s.reasoning += event.delta
+            if self.members[event.slot]["status"] == MemberStatus.WAITING.value:
+                self.members[event.slot]["status"] = "thinking"
+            self._emit({"type": "panel.reasoning.delta", "slot": event.slot, "offset": offset, "delta": event.delta})
+        elif isinstance(event, PanelCompleted):
+            m, s = self.members[event.slot], self.streams[event.slot]
+            s.text = event.content
+            s.html = render_markdown(event.content)
+            metrics = _metrics(event.record.ttft_ms, event.record.duration_ms, event.record.usage.to_dict())
+            m.update(status=MemberStatus.COMPLETE.value, metrics=metrics)
+            self._emit({"type": "panel.completed", "slot": event.slot, "model": event.model, "html": s.html, "metrics": metrics})
+        elif isinstance(event, PanelFailed):
+            m, s = self.members[event.slot], self.streams[event.slot]
+            status = MemberStatus.STOPPED.value if event.error.kind == "cancelled" else MemberStatus.FAILED.value
+            s.text = event.partial_content or s.text
+            s.html = render_markdown(s.text) if s.text else ""
+            metrics = _metrics(event.record.ttft_ms, event.record.duration_ms, event.record.usage.to_dict())
+            error = {"kind": event.error.kind, "message": event.error.message}
+            m.update(status=status, error=error, metrics=metrics)
+            self._emit(
+                {"type": "panel.failed", "slot": event.slot, "model": event.model, "status": status, "error": error,
+                 "metrics": metrics, "html": s.html},
+                now=True,
+            )
+        elif isinstance(event, AnalysisStarted):
+            self.phase, self.analyst = "analysis", event.analyst_model
+            self._emit({"type": "analysis.in_progress", "analyst_model": event.analyst_model}, now=True)
+        elif isinstance(event, AnalysisCompleted):
+            self.analysis, self.label_map = event.analysis, event.label_map
+            self.analyst = event.analyst_model
+            self.analysis_calls = [r.to_dict() for r in event.records]
+            self._emit(
+                {"type": "analysis.completed", "analysis": event.analysis, "label_map": event.label_map,
+                 "analyst_model": event.analyst_model, "models": {k: i for i, k in enumerate(self.keys)}},
+                now=True,
+            )
+        elif isinstance(event, AnalysisDegraded):
+            self.analysis, self.analysis_error = None, event.reason
+            self.analysis_calls = [r.to_dict() for r in event.records]
+            self._emit({"type": "analysis.degraded", "reason": event.reason}, now=True)
+        elif isinstance(event, FinalStarted):
+            self.phase, self.writer = "final", event.writer_model
+            self.final.reset()  # a fallback writer starts the answer over
+            self._emit({"type": "final.started", "writer_model": event.writer_model}, now=True)
+        elif isinstance(event, FinalDelta):
+            frame = {"type": "final.delta", **self.final.feed(event.delta)}
+            first = not self.final.first_sent
+            self.final.first_sent = True
+            self._emit(frame, now=first)
+        elif isinstance(event, RunCompleted):
+            self.result, self.phase, self.status = event, "done", RunStatus.COMPLETE.value
+            self.final.text = event.answer
+            self.final.html = render_markdown(event.answer)
+        elif isinstance(event, RunFailed):
+            self.result, self.phase = event, "done"
+            self.status = RunStatus.CANCELLED.value if event.kind == "cancelled" else RunStatus.ERROR.value
+            if self.final.text:
+                self.final.html = render_markdown(self.final.text)
+
+    def _terminal_frame(self) -> dict[str, Any]:
+        r = self.result
+        if isinstance(r, RunCompleted):
+            return {"type": "completed", "status": "complete", "html": self.final.html or "", "usage": r.usage.to_dict(),
+                    "timings": r.timings, "failed_models": r.failed_models}
+        if isinstance(r, RunFailed):
+            return {"type": "failed", "status": self.status, "kind": r.kind, "message": r.message,
+                    "usage": r.usage.to_dict(), "failed_models": r.failed_models, "html": self.final.html or ""}
+        kind, message = getattr(self, "_error", ("internal", "The run stopped unexpectedly."))
+        return {"type": "failed", "status": RunStatus.ERROR.value, "kind": kind, "message": message, "usage": {},
+                "failed_models": [], "html": ""}
+
+    def _finalize(self) -> None:
+        """Write the final state in one transaction; clients hear of it only afterwards."""
+        r = self.result
+        wall_ms = int((time.monotonic() - self.t0) * 1000)
+        with transaction.atomic():
+            for m, s in zip(self.members, self.streams):
+                status = m["status"]
+                if status in (MemberStatus.WAITING.value, MemberStatus.STREAMING.value, "thinking"):
+                    status = MemberStatus.STOPPED.value
+                    m["status"] = status
+                metrics = m["metrics"]
+                err = m["error"] or {}
+                MemberResponse.objects.filter(run_id=self.run_id, slot=m["slot"]).update(
+                    content=s.text, reasoning=s.reasoning, status=status, attempt=m["attempt"],
+                    error_kind=err.get("kind", ""), error_message=err.get("message", ""),
+                    ttft_ms=metrics["ttft_ms"], duration_ms=metrics["duration_ms"], usage=metrics["usage"],
+                )
+            fields: dict[str, Any] = {
+                "status": self.status,
+                "answer": self.final.text,
+                "analysis": self.analysis,
+                "label_map": self.label_map,
+                "analysis_error": self.analysis_error,
+                "analyst_model": self.analyst or "",
+                "writer_model": self.writer or "",
+                "finished_at": timezone.now(),
+                "heartbeat_at": timezone.now(),
+            }
+            if isinstance(r, (RunCompleted, RunFailed)):
+                fields["usage"] = r.usage.to_dict()
+                fields["failed_models"] = r.failed_models
+                fields["calls"] = [rec.to_dict() for rec in r.records if rec.role != "panel"] or self.analysis_calls
+            if isinstance(r, RunCompleted):
+                fields["timings"] = {**r.timings, "total": r.timings.get("total", wall_ms)}
+            else:
+                fields["timings"] = {"total": wall_ms}
+            if isinstance(r, RunFailed):
+                fields["error_kind"], fields["error_message"] = r.kind, r.message
+            elif r is None:
+                fields["error_kind"], fields["error_message"] = getattr(self, "_error", ("internal", "Stopped unexpectedly."))
+            Run.objects.filter(pk=self.run_id).update(**fields)
+            Conversation.objects.filter(pk=self.conversation_id).update(updated_at=timezone.now())
+
+
+class RunManager:
+    """Owns this process's running pipelines, keyed by run id."""
+
+    def __init__(self) -> None:
+        self.active: dict[uuid.UUID, ActiveRun] = {}
+
+    def get(self, run_id: uuid.UUID) -> ActiveRun | None:
+        return self.active.get(run_id)
+
+    def launch(self, active: ActiveRun) -> None:
+        self.active[active.run_id] = active
+
+        async def _run() -> None:
+            try:
+                await active.drive()
+            finally:
+                self.active.pop(active.run_id, None)
+
+        active.task = asyncio.get_running_loop().create_task(_run(), name=f"run-{active.run_id}")
+
+    async def shutdown(self) -> None:
+        """Cancel every run (tests, and a process that is going away)."""
+        runs = list(self.active.values())
+        for a in runs:
+            a.fusion.cancel()
+        for a in runs:
+            try:
+                await asyncio.wait_for(a.done.wait(), timeout=10)
+            except TimeoutError:
+                if a.task:
+                    a.task.cancel()
+
+
+manager = RunManager()
+
+
+# --------------------------------------------------------------------------- services
+
+
+def _history(conversation: Conversation, before_index: int, *, panel_size: int) -> tuple[list[Message], dict[int, list[Message]]]:
+    """The conversation so far: fused history for everyone, and each member's own thread."""
+    fused: list[Message] = []
+    threads: dict[int, list[Message]] = {i: [] for i in range(panel_size)}
+    turns = conversation.turns.filter(index__lt=before_index).order_by("index").prefetch_related("runs__members")
+    for turn in turns:
+        runs = sorted(turn.runs.all(), key=lambda r: (r.created_at, str(r.pk)))
+        done = [r for r in runs if r.status == RunStatus.COMPLETE and r.answer] or runs
+        run = done[-1] if done else None
+        fused.append({"role": "user", "content": turn.prompt})
+        if run and run.answer:
+            fused.append({"role": "assistant", "content": run.answer})
+        answers = {m.slot: m.content for m in run.members.all() if m.status == MemberStatus.COMPLETE} if run else {}
+        for slot in threads:
+            threads[slot].append({"role": "user", "content": turn.prompt})
+            own = answers.get(slot) or (run.answer if run else "")
+            if own:
+                threads[slot].append({"role": "assistant", "content": own})
+    return fused, threads
+
+
+def _build_request(conversation: Conversation, turn: Turn, panel: dict[str, Any]) -> FusionRequest:
+    members = [panels.spec_from_dict(m) for m in panel["members"]]
+    fused, threads = _history(conversation, turn.index, panel_size=len(members))
+    question = {"role": "user", "content": turn.prompt}
+    member_messages = None
+    if conversation.follow_up_mode == FollowUpMode.PER_MEMBER:
+        member_messages = {slot: thread + [question] for slot, thread in threads.items()}
+    return FusionRequest(
+        messages=fused + [question],
+        panel=members,  # type: ignore[arg-type]
+        analyst=panels.spec_from_dict(panel["analyst"]),  # type: ignore[arg-type]
+        writer=panels.spec_from_dict(panel["writer"]),  # type: ignore[arg-type]
+        fallback_analyst=panels.spec_from_dict(panel.get("fallback_analyst")),
+        fallback_writer=panels.spec_from_dict(panel.get("fallback_writer")),
+        member_messages=member_messages,
+    )
+
+
+def _check_limits(*, user: Any, conversation: Conversation) -> None:
+    if Run.objects.filter(conversation=conversation, status=RunStatus.RUNNING).exists():
+        raise RunError("busy", "A run is already going in this conversation. Stop it or wait for it to finish.")
+    limit = settings.FUSION_MAX_CONCURRENT_RUNS_PER_USER
+    if Run.objects.filter(user=user, status=RunStatus.RUNNING).count() >= limit:
+        raise RunError("limit", f"You already have {limit} runs going. Wait for one to finish or stop one.")
+
+
+def _create_run(*, user: Any, conversation: Conversation, turn: Turn, client_run_id: str, panel: dict[str, Any],
+                writer: str | None = None, reuse: dict[int, MemberResponse] | None = None) -> Run:
+    run = Run.objects.create(
+        user=user, conversation=conversation, turn=turn, client_run_id=client_run_id, config=panel,
+        analyst_model=panel["analyst"]["model"], writer_model=writer or panel["writer"]["model"],
+        process_id=PROCESS_ID,
+    )
+    reuse = reuse or {}
+    MemberResponse.objects.bulk_create(
+        [
+            MemberResponse(
+                run=run, slot=i, model=m["model"], label=m.get("label", ""),
+                **(
+                    {"status": MemberStatus.COMPLETE, "content": reuse[i].content, "reasoning": reuse[i].reasoning,
+                     "ttft_ms": reuse[i].ttft_ms, "duration_ms": reuse[i].duration_ms, "usage": reuse[i].usage}
+                    if i in reuse else {}
+                ),
+            )
+            for i, m in enumerate(panel["members"])
+        ]
+    )
+    return run
+
+
+def _start_sync(*, user: Any, conversation_id: int, client_run_id: str, prompt: str, panel_data: Any,
+                follow_up_mode: str | None) -> tuple[Run, FusionRequest | None]:
+    """Validate and write the turn and the run; return (run, request) or (existing run, None)."""
+    existing = Run.objects.filter(user=user, client_run_id=client_run_id).select_related("turn").first()
+    if existing is not None:
+        if existing.conversation_id != conversation_id:
+            raise RunError("not_found", "No such run.")
+        return existing, None
+    conversation = Conversation.objects.filter(user=user, pk=conversation_id).first()
+    if conversation is None:
+        raise RunError("not_found", "No such conversation.")
+    prompt = prompt.strip()
+    if not prompt:
+        raise RunError("invalid", "Write a prompt first.")
+    if len(prompt) > settings.FUSION_MAX_PROMPT_CHARS:
+        raise RunError(
+            "invalid", f"The prompt is {len(prompt)} characters; the limit is {settings.FUSION_MAX_PROMPT_CHARS}."
+        )
+    try:
+        panel = panels.parse_panel(panel_data if panel_data is not None else (conversation.panel or panels.default_panel()))
+    except panels.PanelError as exc:
+        raise RunError("invalid", str(exc)) from None
+    _check_limits(user=user, conversation=conversation)
+    try:
+        with transaction.atomic():
+            index = conversation.turns.count()
+            turn = Turn.objects.create(conversation=conversation, index=index, prompt=prompt)
+            run = _create_run(user=user, conversation=conversation, turn=turn, client_run_id=client_run_id, panel=panel)
+            conversation.panel = panel
+            if follow_up_mode in (FollowUpMode.FUSED, FollowUpMode.PER_MEMBER):
+                conversation.follow_up_mode = follow_up_mode
+            if index == 0 and conversation.title in ("", "New conversation"):
+                conversation.title = title_from_prompt(prompt)
+            conversation.updated_at = timezone.now()
+            conversation.save()
+    except IntegrityError:
+        # Another tab started a run here a moment ago, or the same client run id raced in.
+        existing = Run.objects.filter(user=user, client_run_id=client_run_id).first()
+        if existing is not None and existing.conversation_id == conversation_id:
+            return existing, None
+        raise RunError("busy", "A run is already going in this conversation. Stop it or wait for it to finish.") from None
+    return run, _build_request(conversation, turn, panel)
+
+
+def title_from_prompt(prompt: str) -> str:
+    line = " ".join(prompt.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+def _launch(run: Run, request: FusionRequest, **fusion_kw: Any) -> ActiveRun:
+    client = ChatClient(build_registry(), limits=build_limits())
+    fusion = FusionRun(request, client, **fusion_kw)
+    active = ActiveRun(run=run, request=request, client=client, fusion=fusion)
+    manager.launch(active)
+    return active
+
+
+def _run_started_frame(run: Run, request: FusionRequest, replaces: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "run.started",
+        "run": str(run.pk),
+        "client_run_id": run.client_run_id,
+        "turn": {"id": run.turn_id, "index": run.turn.index, "prompt": run.turn.prompt},
+        "members": [{"slot": i, "model": s.model, "label": s.label or ""} for i, s in enumerate(request.panel)],
+        "analyst": request.analyst.model,
+        "writer": run.writer_model,
+        "replaces": replaces,
+        "started_at": run.created_at.isoformat(),
+    }
+
+
+async def run_start(*, user: Any, conversation_id: int, client_run_id: str, prompt: str, panel: Any = None,
+                    follow_up_mode: str | None = None) -> tuple[dict[str, Any], bool]:
+    """Start a run, or attach to the one this client run id already started.
+
+    Returns (state or run.started frame, created).
+    """
+    run, request = await database_sync_to_async(_start_sync)(
+        user=user, conversation_id=conversation_id, client_run_id=client_run_id, prompt=prompt,
+        panel_data=panel, follow_up_mode=follow_up_mode,
+    )
+    if request is None:
+        return await run_snapshot(run_id=run.pk), False
+    frame = _run_started_frame(run, request)
+    await get_channel_layer().group_send(group_name(conversation_id), {"type": "run.frame", "frame": frame})
+    _launch(run, request)
+    return frame, True
+
+
+async def run_snapshot(*, run_id: uuid.UUID) -> dict[str, Any]:
+    active = manager.get(run_id)
+    if active is not None:
+        return active.snapshot()
+    run = await database_sync_to_async(
+        lambda: Run.objects.select_related("turn").prefetch_related("members").get(pk=run_id)
+    )()
+    return await database_sync_to_async(run_state)(run)
+
+
+def _owned_run(*, user: Any, conversation_id: int, client_run_id: str) -> Run:
+    run = (
+        Run.objects.filter(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
+        .select_related("turn", "conversation")
+        .first()
+    )
+    if run is None:
+        raise RunError("not_found", "No such run.")
+    return run
+
+
+async def _active_for(*, user: Any, conversation_id: int, client_run_id: str) -> tuple[Run, ActiveRun | None]:
+    run = await database_sync_to_async(_owned_run)(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
+    return run, manager.get(run.pk)
+
+
+async def run_stop(*, user: Any, conversation_id: int, client_run_id: str) -> None:
+    run, active = await _active_for(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
+    if active is None:
+        raise RunError("invalid", "This run is not running.")
+    active.fusion.cancel()
+
+
+async def run_stop_member(*, user: Any, conversation_id: int, client_run_id: str, slot: int) -> None:
+    run, active = await _active_for(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
+    if active is None or not 0 <= slot < len(active.members):
+        raise RunError("invalid", "That member is not running.")
+    if not active.fusion.stop_member(slot):
+        raise RunError("invalid", "That member is not running.")
+
+
+async def run_fuse_now(*, user: Any, conversation_id: int, client_run_id: str) -> None:
+    run, active = await _active_for(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
+    if active is None or not active.fusion.fuse_now():
+        raise RunError("invalid", "Fuse now works only while panel members are still answering.")
+
+
+def _rerun_sync(*, user: Any, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None
+                ) -> tuple[Run, FusionRequest, dict[int, str], AnalysisCompleted | None, str]:
+    """A new run for the same turn that reuses the old run's answers (and analysis, for regenerate)."""
+    old = _owned_run(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
+    if old.status == RunStatus.RUNNING:
+        raise RunError("busy", "Wait for the run to finish first.")
+    panel = dict(old.config)
+    members = {m.slot: m for m in old.members.all()}
+    if slot is not None and slot not in members:
+        raise RunError("invalid", "No such member.")
+    if writer is not None:
+        try:
+            panel["writer"] = panels.parse_panel({**panel, "writer": {"model": writer}})["writer"]
+        except panels.PanelError as exc:
+            raise RunError("invalid", str(exc)) from None
+    reuse = {s: m for s, m in members.items() if m.status == MemberStatus.COMPLETE and s != slot}
+    if writer is not None and not reuse:
+        raise RunError("invalid", "No member answered in this run, so there is nothing to fuse again.")
+    _check_limits(user=user, conversation=old.conversation)
+    new_client_id = f"{old.client_run_id[:40]}-{uuid.uuid4().hex[:12]}"
+    try:
+        with transaction.atomic():
+            run = _create_run(user=user, conversation=old.conversation, turn=old.turn, client_run_id=new_client_id,
+                              panel=panel, writer=panel["writer"]["model"], reuse=reuse)
+    except IntegrityError:
+        raise RunError("busy", "A run is already going in this conversation.") from None
+    reuse_analysis = None
+    if writer is not None and old.analysis is not None and slot is None:
+        reuse_analysis = AnalysisCompleted(
+            analyst_model=old.analyst_model, analysis=old.analysis, label_map=old.label_map, records=[]
+        )
+        Run.objects.filter(pk=run.pk).update(analysis=old.analysis, label_map=old.label_map, analyst_model=old.analyst_model)
+        run.analysis, run.label_map = old.analysis, old.label_map
+    request = _build_request(old.conversation, old.turn, panel)
+    return run, request, {s: m.content for s, m in reuse.items()}, reuse_analysis, str(old.pk)
+
+
+async def _rerun(*, user: Any, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None) -> dict[str, Any]:
+    run, request, answers, analysis, old_id = await database_sync_to_async(_rerun_sync)(
+        user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=slot, writer=writer
+    )
+    frame = _run_started_frame(run, request, replaces=old_id)
+    await get_channel_layer().group_send(group_name(conversation_id), {"type": "run.frame", "frame": frame})
+    _launch(run, request, reuse_answers=answers, reuse_analysis=analysis)
+    return frame
+
+
+async def run_retry_member(*, user: Any, conversation_id: int, client_run_id: str, slot: int) -> None:
+    run, active = await _active_for(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
+    if active is not None:
+        if not 0 <= slot < len(active.members) or not active.fusion.retry_member(slot):
+            raise RunError("invalid", "Only a failed or stopped member can be retried, while the panel is answering.")
+        return
+    await _rerun(user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=slot, writer=None)
+
+
+async def run_regenerate(*, user: Any, conversation_id: int, client_run_id: str, writer: str) -> None:
+    await _rerun(user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=None, writer=writer)
+
+
+def running_runs_for_conversation(*, user: Any, conversation_id: int) -> list[uuid.UUID]:
+    """Running runs of a conversation; runs whose owner process went silent become interrupted."""
+    stale_before = timezone.now() - timedelta(seconds=max(30, 10 * settings.FUSION_CHECKPOINT_INTERVAL_S))
+    runs = Run.objects.filter(user=user, conversation_id=conversation_id, status=RunStatus.RUNNING)
+    ids = []
+    for run in runs:
+        if manager.get(run.pk) is None and run.heartbeat_at < stale_before:
+            mark_interrupted(Run.objects.filter(pk=run.pk))
+        else:
+            ids.append(run.pk)
+    return ids
+
+
+def mark_interrupted(queryset: Any) -> int:
+    """Runs whose process died: keep their partial text, mark them ``interrupted``."""
+    count = 0
+    for run in queryset.filter(status=RunStatus.RUNNING):
+        with transaction.atomic():
+            run.members.filter(status__in=[MemberStatus.WAITING, MemberStatus.STREAMING]).update(
+                status=MemberStatus.STOPPED, error_kind="interrupted",
+                error_message="The server restarted while this member was answering.",
+            )
+            count += Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+                status=RunStatus.INTERRUPTED, finished_at=timezone.now(), error_kind="interrupted",
+                error_message="The server restarted during this run. Retry a member or send the prompt again.",
+            )
+    return count
+
+
+def recover_interrupted_runs(*, all_processes: bool = False) -> int:
+    """At start-up: runs left running by a process that died become ``interrupted``."""
+    qs = Run.objects.filter(status=RunStatus.RUNNING).exclude(process_id=PROCESS_ID)
+    if not all_processes:
+        qs = qs.filter(heartbeat_at__lt=timezone.now() - timedelta(seconds=30))
+    return mark_interrupted(qs)

@@ -1,0 +1,233 @@
+"""One settings module, driven by environment variables (and an optional ``.env`` file).
+
+Every variable is listed in the README. Nothing secret is a constant here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from dotenv import load_dotenv
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+load_dotenv(BASE_DIR / ".env", override=False)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    return float(value) if value else default
+
+
+def _secret_key() -> str:
+    """DJANGO_SECRET_KEY, or one generated on first run and kept in a local, git-ignored file."""
+    key = os.environ.get("DJANGO_SECRET_KEY", "").strip()
+    if key:
+        return key
+    path = Path(os.environ.get("DJANGO_SECRET_KEY_FILE", BASE_DIR / ".secret_key"))
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        key = secrets.token_urlsafe(50)
+        path.write_text(key)
+        path.chmod(0o600)
+        return key
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
+]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "fusionsite.urls"
+ASGI_APPLICATION = "fusionsite.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "chat.context_processors.site",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=0,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Checkpoints from the run manager and page requests write concurrently.
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["OPTIONS"].update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
+
+REDIS_URL = os.environ.get("REDIS_URL", "").strip()
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1500, "expiry": 30},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1500}}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+# Content-Security-Policy: no inline script, no remote anything.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+}
+
+# --------------------------------------------------------------------------- the fusion engine
+
+OPENROUTER_API_KEY = os.environ.get("OPENROUTER_API_KEY", "").strip()
+OPENROUTER_BASE_URL = os.environ.get("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1").strip().rstrip("/")
+
+
+def _extra_providers() -> dict[str, dict[str, str]]:
+    """FUSION_PROVIDERS: JSON {"name": {"base_url": ..., "api_key": ... or "api_key_env": ...}}.
+
+    Models of such a provider are addressed as ``name:model`` (``ollama:llama3.1:8b``).
+    """
+    raw = os.environ.get("FUSION_PROVIDERS", "").strip()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"FUSION_PROVIDERS is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("FUSION_PROVIDERS must be a JSON object of name → {base_url, api_key}")
+    providers: dict[str, dict[str, str]] = {}
+    for name, conf in data.items():
+        if not isinstance(conf, dict) or not conf.get("base_url"):
+            raise ValueError(f"FUSION_PROVIDERS[{name!r}] needs a base_url")
+        key = conf.get("api_key") or os.environ.get(conf.get("api_key_env", ""), "")
+        providers[name] = {
+            "base_url": str(conf["base_url"]).rstrip("/"),
+            "api_key": str(key or ""),
+            "supports_response_format": bool(conf.get("supports_response_format", True)),
+        }
+    return providers
+
+
+FUSION_PROVIDERS = _extra_providers()
+
+# Timeouts of one model call, in seconds.
+FUSION_CONNECT_TIMEOUT = env_float("FUSION_CONNECT_TIMEOUT", 10)
+FUSION_FIRST_TOKEN_TIMEOUT = env_float("FUSION_FIRST_TOKEN_TIMEOUT", 90)
+FUSION_IDLE_TIMEOUT = env_float("FUSION_IDLE_TIMEOUT", 60)
+FUSION_TOTAL_TIMEOUT = env_float("FUSION_TOTAL_TIMEOUT", 600)
+
+# Defaults of the composer's panel until presets exist.
+FUSION_DEFAULT_PANEL = [
+    m.strip()
+    for m in os.environ.get(
+        "FUSION_DEFAULT_PANEL", "anthropic/claude-opus-4.5,openai/gpt-5.1,google/gemini-3-pro-preview"
+    ).split(",")
+    if m.strip()
+]
+FUSION_DEFAULT_ANALYST = os.environ.get("FUSION_DEFAULT_ANALYST", "openai/gpt-5.1").strip()
+FUSION_DEFAULT_WRITER = os.environ.get("FUSION_DEFAULT_WRITER", "anthropic/claude-opus-4.5").strip()
+
+# Limits that produce clear errors.
+FUSION_MAX_PROMPT_CHARS = env_int("FUSION_MAX_PROMPT_CHARS", 20000)
+FUSION_MAX_CONCURRENT_RUNS_PER_USER = env_int("FUSION_MAX_CONCURRENT_RUNS_PER_USER", 3)
+FUSION_MAX_WS_MESSAGE_BYTES = env_int("FUSION_MAX_WS_MESSAGE_BYTES", 64 * 1024)
+FUSION_FRAME_INTERVAL_MS = env_int("FUSION_FRAME_INTERVAL_MS", 40)
+FUSION_CHECKPOINT_INTERVAL_S = env_float("FUSION_CHECKPOINT_INTERVAL_S", 1.0)
+
+# Set by `make demo`: marks every page as running against simulated models.
+FUSION_DEMO = env_bool("FUSION_DEMO", False)

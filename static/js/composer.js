@@ -1,0 +1,228 @@
+// The composer: prompt box (Enter sends, Shift+Enter newline), character counter, panel form.
+import { h } from "./dom.js";
+import { fmtInt, splitModel } from "./format.js";
+
+const MAX_MEMBERS = 8;
+
+/** Members textarea → [{model, temperature?}] — the same format chat/forms.py reads. */
+export function parseMembers(text) {
+  const members = [];
+  const lines = String(text || "").split(/\r?\n/);
+  for (let i = 0; i < lines.length; i += 1) {
+    const line = lines[i].trim();
+    if (!line || line.startsWith("#")) continue;
+    const parts = line.split(/\s+/);
+    if (parts.length > 2) {
+      return { error: `Line ${i + 1}: write a model id, then optionally a temperature (e.g. “openai/gpt-5.1 0.7”).` };
+    }
+    const member = { model: parts[0] };
+    if (parts.length === 2) {
+      const t = Number(parts[1]);
+      if (!Number.isFinite(t) || t < 0 || t > 2) return { error: `Line ${i + 1}: the temperature must be a number from 0 to 2.` };
+      member.temperature = t;
+    }
+    members.push(member);
+  }
+  if (!members.length) return { error: "The panel needs at least one member." };
+  if (members.length > MAX_MEMBERS) return { error: `A panel has at most ${MAX_MEMBERS} members (got ${members.length}).` };
+  return { members };
+}
+
+export class Composer {
+  /**
+   * @param {HTMLFormElement} form
+   * @param {{onSend?: (msg: {prompt, panel, follow_up_mode}) => boolean, onStop?: () => void}} hooks
+   *   With onSend the form never posts a prompt itself (the conversation page sends over the
+   *   websocket); without it (home page) the form posts to /c/new.
+   */
+  constructor(form, { onSend = null, onStop = null } = {}) {
+    this.form = form;
+    this.onSend = onSend;
+    this.onStop = onStop;
+    this.max = Number(form.dataset.max) || 20000;
+    this.textarea = form.querySelector("[data-prompt]");
+    this.counter = form.querySelector("[data-counter]");
+    this.sendButton = form.querySelector("[data-send]");
+    this.stopButton = form.querySelector("[data-stop]");
+    this.notices = form.querySelector("[data-notices]");
+    this.summary = form.querySelector("[data-panel-summary]");
+    this.settings = form.querySelector("[data-panel-settings]");
+    this.saveStatus = form.querySelector("[data-save-status]");
+    this.running = false;
+
+    this.textarea.addEventListener("input", () => this.update());
+    this.textarea.addEventListener("keydown", (e) => this.#onKey(e));
+    form.addEventListener("submit", (e) => this.#onSubmit(e));
+    form.addEventListener("input", (e) => {
+      if (e.target !== this.textarea) this.#updateSummary();
+    });
+    if (this.stopButton) this.stopButton.addEventListener("click", () => this.onStop && this.onStop());
+    this.update();
+    this.#updateSummary();
+    if (!matchMedia("(hover: none)").matches) this.textarea.focus();
+  }
+
+  get prompt() {
+    return this.textarea.value;
+  }
+
+  set prompt(value) {
+    this.textarea.value = value;
+    this.update();
+  }
+
+  focus() {
+    this.textarea.focus();
+  }
+
+  update() {
+    const el = this.textarea;
+    el.style.height = "auto";
+    el.style.height = `${Math.min(el.scrollHeight + 2, window.innerHeight * 0.4)}px`;
+    const n = el.value.trim().length;
+    this.counter.textContent = `${fmtInt(el.value.length)} / ${fmtInt(this.max)}`;
+    const over = n > this.max;
+    this.counter.classList.toggle("is-over", over);
+    this.counter.title = over ? `The limit is ${fmtInt(this.max)} characters.` : "";
+    this.sendButton.disabled = n === 0 || over || this.running;
+  }
+
+  setRunning(running) {
+    this.running = running;
+    if (this.stopButton) this.stopButton.hidden = !running;
+    this.sendButton.hidden = running;
+    this.update();
+  }
+
+  /** The panel, follow-up mode, or the first problem with them. */
+  readPanel() {
+    const get = (name) => this.form.elements.namedItem(name);
+    const parsed = parseMembers(get("members") ? get("members").value : "");
+    if (parsed.error) return { error: parsed.error };
+    const analyst = (get("analyst") ? get("analyst").value : "").trim();
+    const writer = (get("writer") ? get("writer").value : "").trim();
+    if (!analyst) return { error: "Name an analyst model." };
+    if (!writer) return { error: "Name a writer model." };
+    return {
+      panel: { members: parsed.members, analyst: { model: analyst }, writer: { model: writer } },
+      follow_up_mode: get("follow_up_mode") ? get("follow_up_mode").value : "fused",
+    };
+  }
+
+  /** A dismissible notice above the prompt box. */
+  notice(message, kind = "error") {
+    const close = h("button", { type: "button", class: "icon-btn", aria: { label: "Dismiss" } }, "×");
+    const note = h(
+      "div",
+      { class: `notice notice-${kind}`, role: kind === "error" ? "alert" : "status" },
+      h("div", { class: "notice-text" }, h("p", {}, message)),
+      close,
+    );
+    close.addEventListener("click", () => {
+      note.remove();
+      this.focus();
+    });
+    // One notice per message: repeating the same problem does not stack copies.
+    for (const old of this.notices.querySelectorAll(".notice")) {
+      if (old.textContent.startsWith(message)) old.remove();
+    }
+    this.notices.append(note);
+    while (this.notices.childElementCount > 3) this.notices.firstElementChild.remove();
+    return note;
+  }
+
+  clearNotices() {
+    this.notices.replaceChildren();
+  }
+
+  #updateSummary() {
+    if (!this.summary) return;
+    const result = this.readPanel();
+    if (result.error) {
+      this.summary.textContent = result.error;
+      return;
+    }
+    const { panel } = result;
+    const n = panel.members.length;
+    const names = panel.members.map((m) => splitModel(m.model).name);
+    this.summary.textContent = `${n} model${n === 1 ? "" : "s"} (${names.join(", ")}) · analyst ${splitModel(panel.analyst.model).name} · writer ${splitModel(panel.writer.model).name}`;
+  }
+
+  #onKey(e) {
+    if (e.key !== "Enter" || e.shiftKey || e.isComposing || e.altKey || e.ctrlKey || e.metaKey) return;
+    e.preventDefault();
+    if (!this.sendButton.disabled) this.form.requestSubmit(this.sendButton);
+    else if (this.running) this.notice("A run is going in this conversation. Stop it (Esc) or wait for it to finish.", "warn");
+  }
+
+  #onSubmit(e) {
+    const submitter = e.submitter;
+    if (submitter && submitter.hasAttribute("data-save-panel")) {
+      e.preventDefault();
+      this.#savePanel(submitter);
+      return;
+    }
+    const prompt = this.textarea.value.trim();
+    if (!prompt) {
+      e.preventDefault();
+      this.focus();
+      return;
+    }
+    if (prompt.length > this.max) {
+      e.preventDefault();
+      this.notice(`The prompt is ${fmtInt(prompt.length)} characters; the limit is ${fmtInt(this.max)}.`);
+      return;
+    }
+    const panel = this.readPanel();
+    if (panel.error) {
+      e.preventDefault();
+      if (this.settings) this.settings.open = true;
+      this.notice(panel.error);
+      return;
+    }
+    if (!this.onSend) {
+      // Home page: the browser posts the form; keep a double Enter from posting twice.
+      this.sendButton.disabled = true;
+      return;
+    }
+    e.preventDefault();
+    if (this.onSend({ prompt, panel: panel.panel, follow_up_mode: panel.follow_up_mode })) {
+      this.textarea.value = "";
+      this.update();
+      if (this.settings) this.settings.open = false;
+    }
+  }
+
+  async #savePanel(button) {
+    const panel = this.readPanel();
+    if (panel.error) {
+      this.#saved(panel.error, true);
+      return;
+    }
+    button.disabled = true;
+    this.#saved("Saving…", false);
+    try {
+      const body = new FormData(this.form);
+      body.delete("prompt");
+      const response = await fetch(button.formAction, {
+        method: "POST",
+        body,
+        headers: { Accept: "application/json" },
+        credentials: "same-origin",
+      });
+      const data = await response.json().catch(() => ({}));
+      if (response.ok && data.ok) this.#saved("Saved. New turns in this conversation start with this panel.", false);
+      else this.#saved(data.error || `Could not save (HTTP ${response.status}).`, true);
+    } catch {
+      this.#saved("Could not reach the server.", true);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  #saved(text, isError) {
+    if (!this.saveStatus) return;
+    this.saveStatus.textContent = text;
+    this.saveStatus.classList.toggle("is-error", isError);
+  }
+}

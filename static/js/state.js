@@ -1,0 +1,189 @@
+// Run state: the snapshot shape of docs/protocol.md, and how events change it. No DOM here.
+//
+// The page starts from the server's states (history), a `snapshot` replaces a run's state, and
+// every other event mutates it; the view renders from the same shape either way, so a live run
+// and a reloaded one look the same.
+
+export const TERMINAL_MEMBER = new Set(["complete", "failed", "stopped"]);
+
+function textState(raw) {
+  const t = raw || {};
+  return {
+    content: t.content || "",
+    html: t.html === undefined ? null : t.html,
+    blocks_html: t.blocks_html || "",
+    consumed: Number(t.consumed) || 0,
+  };
+}
+
+function memberState(raw) {
+  return {
+    slot: raw.slot,
+    model: raw.model || "",
+    key: raw.key || raw.model || "",
+    label: raw.label || "",
+    status: raw.status || "waiting",
+    reasoning: raw.reasoning || "",
+    error: raw.error || null,
+    metrics: raw.metrics || {},
+    attempt: raw.attempt || 1,
+    ...textState(raw),
+  };
+}
+
+/** A full run state with every field present. */
+export function normalizeRun(raw) {
+  const members = (raw.members || []).map(memberState).sort((a, b) => a.slot - b.slot);
+  return {
+    run: raw.run || null,
+    client_run_id: raw.client_run_id || null,
+    status: raw.status || "running",
+    phase: raw.phase || (raw.status && raw.status !== "running" ? "done" : "panel"),
+    turn: raw.turn || { id: null, index: null, prompt: "" },
+    members,
+    analyst: raw.analyst || "",
+    writer: raw.writer || "",
+    analysis: raw.analysis || null,
+    label_map: raw.label_map || {},
+    models: raw.models || {},
+    analysis_error: raw.analysis_error || "",
+    final: textState(raw.final),
+    usage: raw.usage || {},
+    timings: raw.timings || {},
+    failed_models: raw.failed_models || [],
+    error: raw.error || null,
+    started_at: raw.started_at || null,
+    pending: Boolean(raw.pending),
+  };
+}
+
+/** The state of a run that has just started (`run.started`). */
+export function runFromStarted(ev) {
+  return normalizeRun({
+    run: ev.run,
+    client_run_id: ev.client_run_id,
+    status: "running",
+    phase: "panel",
+    turn: ev.turn,
+    members: (ev.members || []).map((m) => ({ ...m, status: "waiting" })),
+    analyst: ev.analyst,
+    writer: ev.writer,
+    started_at: ev.started_at || new Date().toISOString(),
+  });
+}
+
+/** A placeholder shown the moment the user sends, until `run.started` (or an error) arrives. */
+export function pendingRun({ clientRunId, prompt, panel }) {
+  return normalizeRun({
+    run: null,
+    client_run_id: clientRunId,
+    status: "running",
+    phase: "panel",
+    turn: { id: null, index: null, prompt },
+    members: ((panel && panel.members) || []).map((m, slot) => ({ slot, model: m.model, status: "waiting" })),
+    analyst: panel && panel.analyst ? panel.analyst.model : "",
+    writer: panel && panel.writer ? panel.writer.model : "",
+    started_at: new Date().toISOString(),
+    pending: true,
+  });
+}
+
+export const GAP = "gap";
+
+/**
+ * Apply a text delta ({offset, delta, blocks?, consumed?}) to a stream ({content, blocks_html,
+ * consumed, html}). Returns null when nothing changed, GAP when text is missing (the caller
+ * resyncs with `subscribe`), or {blocks} — the newly finished blocks' HTML to append.
+ */
+export function applyTextDelta(stream, ev) {
+  if (stream.html !== null && stream.html !== undefined) return null; // finished: its HTML is final
+  const have = stream.content.length;
+  const offset = Number(ev.offset);
+  let delta = String(ev.delta || "");
+  const consumed = ev.consumed === undefined ? stream.consumed : Number(ev.consumed);
+  if (offset > have) return GAP;
+  if (offset < have) {
+    // Text we already have (a delta that crossed a snapshot): keep only what is new. Its blocks
+    // cover text the snapshot already rendered — unless it finished blocks we never saw, which
+    // we cannot split off, so resync then.
+    if (consumed > stream.consumed) return GAP;
+    const overlap = have - offset;
+    if (overlap >= delta.length) return null;
+    delta = delta.slice(overlap);
+    stream.content += delta;
+    return { blocks: [] };
+  }
+  stream.content += delta;
+  const blocks = consumed > stream.consumed ? ev.blocks || [] : [];
+  if (blocks.length) {
+    stream.blocks_html += blocks.join("");
+  }
+  if (consumed > stream.consumed) stream.consumed = consumed;
+  return { blocks };
+}
+
+/** Apply a reasoning delta to a member. Returns the appended text, "" for none, or GAP. */
+export function applyReasoningDelta(member, ev) {
+  const have = member.reasoning.length;
+  const offset = Number(ev.offset);
+  if (offset > have) return GAP;
+  let delta = String(ev.delta || "");
+  if (offset < have) {
+    const overlap = have - offset;
+    if (overlap >= delta.length) return "";
+    delta = delta.slice(overlap);
+  }
+  member.reasoning += delta;
+  return delta;
+}
+
+export function resetMember(member) {
+  Object.assign(member, {
+    status: "waiting",
+    content: "",
+    html: null,
+    blocks_html: "",
+    consumed: 0,
+    reasoning: "",
+    error: null,
+    metrics: {},
+  });
+}
+
+export function isRunning(run) {
+  return run.status === "running";
+}
+
+/** The slot an analysis model id refers to ("model", or "model#2" for a repeated model). */
+export function slotForModel(run, modelId) {
+  if (run.models && Object.prototype.hasOwnProperty.call(run.models, modelId)) return run.models[modelId];
+  const byKey = run.members.find((m) => m.key === modelId);
+  if (byKey) return byKey.slot;
+  const byModel = run.members.find((m) => m.model === modelId);
+  if (byModel) return byModel.slot;
+  // A label the analyst failed to map back ("Response B"): follow the stored label map.
+  if (run.label_map && run.label_map[modelId]) return slotForModel({ ...run, label_map: {} }, run.label_map[modelId]);
+  return null;
+}
+
+/** What the status pill says. */
+export function memberStatusLabel(status) {
+  return { complete: "done" }[status] || status || "waiting";
+}
+
+export function runStatusSentence(run) {
+  switch (run.status) {
+    case "complete":
+      return "Done";
+    case "cancelled":
+      return "Stopped";
+    case "timeout":
+      return "Timed out";
+    case "interrupted":
+      return "Interrupted";
+    case "error":
+      return "Failed";
+    default:
+      return "Running";
+  }
+}

@@ -1,0 +1,523 @@
+// One turn on the page: prompt, panel cards, analysis, fused answer, controls.
+//
+// `render()` draws everything from the run state (history, snapshots); the small methods below
+// update one part for a live event. Both read the same state, so live and reloaded runs match.
+import { analysisCounts, renderAnalysisBody } from "./analysis.js";
+import { appendHTML, h, icon, ICONS, setHTML } from "./dom.js";
+import { fmtCost, fmtInt, fmtMs, splitModel, tokensOf } from "./format.js";
+import { isRunning, memberStatusLabel, runStatusSentence, TERMINAL_MEMBER } from "./state.js";
+
+const ACTIVE_MEMBER = new Set(["waiting", "thinking", "streaming"]);
+
+function pill(status, label = status) {
+  return h("span", { class: `pill pill-${status}` }, label);
+}
+
+function metricList(items) {
+  const rows = items.filter(([, v]) => v !== null && v !== undefined && v !== "");
+  if (!rows.length) return null;
+  return h(
+    "dl",
+    { class: "metrics" },
+    rows.map(([k, v, title]) => h("div", { title: title || null }, h("dt", {}, k), h("dd", {}, v))),
+  );
+}
+
+function elapsedMs(run) {
+  if (!run.started_at) return null;
+  const t = Date.parse(run.started_at);
+  return Number.isNaN(t) ? null : Math.max(0, Date.now() - t);
+}
+
+export class TurnView {
+  constructor(run, { onAction }) {
+    this.run = run;
+    this.onAction = onAction;
+    this.cards = new Map();
+    this.compact = null; // null: automatic (compact once the fused answer is done)
+    this.root = h("article", { class: "turn" });
+    this.root.addEventListener("click", (e) => this.#onClick(e));
+    this.root.addEventListener("mouseover", (e) => this.#onHover(e, true));
+    this.root.addEventListener("mouseout", (e) => this.#onHover(e, false));
+    this.root.addEventListener("focusin", (e) => this.#onHover(e, true));
+    this.root.addEventListener("focusout", (e) => this.#onHover(e, false));
+    this.root.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && e.target.matches("[data-regen-input]")) {
+        e.preventDefault();
+        this.#regenerate();
+      }
+    });
+    this.render();
+  }
+
+  setRun(run) {
+    this.run = run;
+    this.render();
+  }
+
+  // ------------------------------------------------------------------ whole turn
+
+  render() {
+    const run = this.run;
+    const key = run.turn.id ?? run.client_run_id;
+    this.root.id = `turn-${key}`;
+    this.root.dataset.turn = String(run.turn.id ?? "");
+    this.root.setAttribute("aria-label", `Turn ${run.turn.index === null ? "" : run.turn.index + 1}`.trim());
+
+    this.promptEl = h("div", { class: "turn-prompt" }, h("div", { class: "prompt-bubble" }, run.turn.prompt || ""));
+
+    this.panelActions = h("div", { class: "section-actions" });
+    this.panelMeta = h("span", { class: "section-meta" });
+    this.row = h("div", { class: "panel-row", data: { cols: Math.max(1, Math.min(run.members.length, 4)) } });
+    this.panel = h(
+      "section",
+      { class: "panel", aria: { label: "Panel answers" } },
+      h("div", { class: "section-head" }, h("h3", { class: "section-title" }, "Panel"), this.panelMeta, this.panelActions),
+      this.row,
+    );
+    this.cards.clear();
+    for (const m of run.members) {
+      const card = this.#buildCard(m);
+      this.cards.set(m.slot, card);
+      this.row.append(card.root);
+      this.memberBody(m.slot);
+      this.memberChrome(m.slot);
+    }
+
+    this.analysisEl = h("div", { class: "analysis-slot" });
+    this.fusedEl = this.#buildFused();
+    this.root.replaceChildren(this.promptEl, this.panel, this.analysisEl, this.fusedEl);
+    this.analysis();
+    this.finalBody();
+    this.controls();
+  }
+
+  // ------------------------------------------------------------------ members
+
+  #buildCard(m) {
+    const { provider, name } = splitModel(m.model);
+    const card = {};
+    card.pill = h("span");
+    card.reasoningText = h("div", { class: "reasoning-text" });
+    card.reasoning = h("details", { class: "reasoning", hidden: true }, h("summary", {}, "Reasoning"), card.reasoningText);
+    card.placeholder = h("p", { class: "placeholder" });
+    card.blocks = h("div", { class: "blocks" });
+    card.tail = h("span", { class: "tail" });
+    card.body = h("div", { class: "card-body prose" }, card.placeholder, card.blocks, card.tail);
+    card.error = h("div", { class: "card-error", hidden: true });
+    card.foot = h("footer", { class: "card-foot" });
+    const title = h(
+      "div",
+      { class: "card-title" },
+      h("span", { class: "card-model", title: m.model }, m.label || name),
+      h("span", { class: "card-provider" }, provider || "default provider"),
+    );
+    card.root = h(
+      "article",
+      { class: `card hue-${m.slot % 8}`, data: { slot: m.slot }, aria: { label: `Answer from ${m.model}` } },
+      h("header", { class: "card-head" }, h("span", { class: "swatch", aria: { hidden: "true" } }), title, card.pill),
+      card.reasoning,
+      card.body,
+      card.error,
+      card.foot,
+    );
+    return card;
+  }
+
+  member(slot) {
+    return this.run.members.find((m) => m.slot === slot);
+  }
+
+  /** The answer text from scratch: final HTML, or finished blocks + the unfinished tail. */
+  memberBody(slot) {
+    const m = this.member(slot);
+    const card = this.cards.get(slot);
+    if (!m || !card) return;
+    if (m.html !== null && m.html !== undefined) {
+      setHTML(card.blocks, m.html);
+      card.tail.textContent = "";
+    } else {
+      setHTML(card.blocks, m.blocks_html);
+      card.tail.textContent = m.content.slice(m.consumed);
+    }
+    card.reasoningText.textContent = m.reasoning;
+    this.#memberPlaceholder(m, card);
+  }
+
+  /** New finished blocks and the tail after a delta. */
+  memberText(slot, blocks) {
+    const m = this.member(slot);
+    const card = this.cards.get(slot);
+    if (!m || !card) return;
+    for (const b of blocks) appendHTML(card.blocks, b);
+    card.tail.textContent = m.content.slice(m.consumed);
+    this.#memberPlaceholder(m, card);
+  }
+
+  memberReasoning(slot, text) {
+    const card = this.cards.get(slot);
+    if (!card || !text) return;
+    card.reasoningText.append(document.createTextNode(text));
+    card.reasoning.hidden = false;
+  }
+
+  #memberPlaceholder(m, card) {
+    const empty = !m.content && !(m.html || "").trim();
+    let text = "";
+    if (empty) {
+      if (m.status === "waiting") text = this.run.pending ? "Starting…" : "Waiting for the first token…";
+      else if (m.status === "thinking") text = "Thinking…";
+      else if (m.status === "streaming") text = "";
+      else if (m.status === "complete") text = "(empty answer)";
+      else text = "No answer.";
+    }
+    card.placeholder.textContent = text;
+    card.placeholder.hidden = !text;
+  }
+
+  /** Header pill, reasoning fold, error, footer metrics and buttons. */
+  memberChrome(slot) {
+    const m = this.member(slot);
+    const card = this.cards.get(slot);
+    if (!m || !card) return;
+    const status = m.status === "complete" ? "done" : m.status;
+    card.pill.replaceWith((card.pill = pill(status, memberStatusLabel(m.status))));
+    card.root.classList.toggle("is-streaming", m.status === "streaming" && m.html === null);
+    card.root.setAttribute("aria-busy", String(ACTIVE_MEMBER.has(m.status) && isRunning(this.run)));
+    card.reasoning.hidden = !m.reasoning;
+
+    // Error or stop, in a sentence a user can act on.
+    card.error.replaceChildren();
+    card.error.hidden = true;
+    if (m.status === "failed") {
+      const message = (m.error && m.error.message) || "This member failed.";
+      card.error.append(h("div", { class: "notice notice-error", role: "note" }, h("p", {}, message)));
+      card.error.hidden = false;
+    } else if (m.status === "stopped") {
+      const ms = m.metrics && m.metrics.duration_ms;
+      const custom = m.error && m.error.message && m.error.kind !== "cancelled" ? m.error.message : "";
+      const base = ms ? `Stopped after ${fmtMs(ms)}` : "Stopped";
+      const sentence = custom || `${base}${m.content ? "." : " with no tokens."}`;
+      card.error.append(h("div", { class: "notice notice-warn", role: "note" }, h("p", {}, sentence)));
+      card.error.hidden = false;
+    }
+
+    // Footer: metrics once the member is done; per-card Stop / Retry.
+    const metrics = m.metrics || {};
+    const usage = metrics.usage || {};
+    const tokens = tokensOf(usage);
+    const done = TERMINAL_MEMBER.has(m.status);
+    const list = done
+      ? metricList([
+          ["TTFT", metrics.ttft_ms === null || metrics.ttft_ms === undefined ? null : fmtMs(metrics.ttft_ms), "Time to first token"],
+          ["Time", metrics.duration_ms === null || metrics.duration_ms === undefined ? null : fmtMs(metrics.duration_ms), "Duration"],
+          ["Tokens", tokens ? fmtInt(tokens) : null, usage.prompt_tokens !== undefined ? `${fmtInt(usage.prompt_tokens || 0)} in · ${fmtInt(usage.completion_tokens || 0)} out` : null],
+          ["Cost", fmtCost(usage.cost), "Provider-reported cost"],
+        ])
+      : null;
+    const actions = h("div", { class: "card-actions" });
+    const running = isRunning(this.run) && !this.run.pending;
+    if (running && this.run.phase === "panel" && ACTIVE_MEMBER.has(m.status)) {
+      actions.append(
+        h("button", { type: "button", class: "btn btn-tiny btn-stop", data: { action: "stop_member", slot: m.slot }, aria: { label: `Stop ${m.model}` } }, icon(ICONS.stop, 12), "Stop"),
+      );
+    }
+    const canRetry = (m.status === "failed" || m.status === "stopped") && !this.run.pending && this.run.run && (!running || this.run.phase === "panel");
+    if (canRetry) {
+      actions.append(
+        h("button", { type: "button", class: "btn btn-tiny", data: { action: "retry_member", slot: m.slot }, aria: { label: `Retry ${m.model}` } }, icon(ICONS.retry, 12), "Retry"),
+      );
+    }
+    card.foot.replaceChildren(...[list, actions.childElementCount ? actions : null].filter(Boolean));
+  }
+
+  // ------------------------------------------------------------------ analysis
+
+  analysis() {
+    const run = this.run;
+    const el = this.analysisEl;
+    el.replaceChildren();
+    if (run.analysis) {
+      const details = h(
+        "details",
+        { class: "analysis", open: this.analysisOpen === false ? null : true },
+        h(
+          "summary",
+          {},
+          h("h3", { class: "section-title" }, "Analysis"),
+          h("span", { class: "analysis-counts" }, analysisCounts(run.analysis)),
+          run.analyst ? h("span", { class: "section-meta" }, `by ${splitModel(run.analyst).name}`) : null,
+        ),
+        renderAnalysisBody(run),
+      );
+      details.addEventListener("toggle", () => (this.analysisOpen = details.open));
+      el.append(details);
+    } else if (run.analysis_error) {
+      el.append(
+        h(
+          "div",
+          { class: "notice notice-warn analysis-degraded", role: "note" },
+          h("div", { class: "notice-text" }, h("p", {}, h("strong", {}, "No analysis for this turn. "), run.analysis_error), h("p", {}, "The writer worked from the raw answers.")),
+        ),
+      );
+    } else if (isRunning(run) && run.phase === "analysis") {
+      el.append(
+        h(
+          "div",
+          { class: "analysis analysis-pending", role: "status" },
+          pill("analysing", "analysing"),
+          h("span", {}, `${run.analyst ? splitModel(run.analyst).name : "The analyst"} is comparing the answers…`),
+          h("span", { class: "shimmer", aria: { hidden: "true" } }),
+        ),
+      );
+    }
+    el.hidden = !el.childElementCount;
+  }
+
+  // ------------------------------------------------------------------ fused answer
+
+  #buildFused() {
+    this.finalPill = h("span");
+    this.finalWriter = h("span", { class: "fused-writer" });
+    this.finalPlaceholder = h("p", { class: "placeholder" });
+    this.finalBlocks = h("div", { class: "blocks" });
+    this.finalTail = h("span", { class: "tail" });
+    this.finalBodyEl = h("div", { class: "fused-body prose" }, this.finalPlaceholder, this.finalBlocks, this.finalTail);
+    this.finalError = h("div", { class: "fused-error", hidden: true });
+    this.totals = h("dl", { class: "totals" });
+    this.regen = h("div", { class: "regen" });
+    this.fusedActions = h("div", { class: "section-actions" });
+    return h(
+      "section",
+      { class: "fused", aria: { label: "Fused answer" } },
+      h(
+        "div",
+        { class: "fused-head" },
+        h("h3", { class: "fused-title" }, icon(ICONS.fuse, 16), "Fused answer"),
+        this.finalWriter,
+        this.finalPill,
+        this.fusedActions,
+      ),
+      this.finalBodyEl,
+      this.finalError,
+      h("footer", { class: "fused-foot" }, this.totals, this.regen),
+    );
+  }
+
+  finalBody() {
+    const f = this.run.final;
+    if (f.html !== null && f.html !== undefined) {
+      setHTML(this.finalBlocks, f.html);
+      this.finalTail.textContent = "";
+    } else {
+      setHTML(this.finalBlocks, f.blocks_html);
+      this.finalTail.textContent = f.content.slice(f.consumed);
+    }
+    this.#finalPlaceholder();
+  }
+
+  finalText(blocks) {
+    const f = this.run.final;
+    for (const b of blocks) appendHTML(this.finalBlocks, b);
+    this.finalTail.textContent = f.content.slice(f.consumed);
+    this.#finalPlaceholder();
+  }
+
+  #finalPlaceholder() {
+    const run = this.run;
+    const f = run.final;
+    let text = "";
+    if (!f.content && !(f.html || "").trim()) {
+      if (run.pending) text = "Starting the panel…";
+      else if (isRunning(run)) {
+        text =
+          run.phase === "panel"
+            ? "The fused answer appears here once the panel has answered."
+            : run.phase === "analysis"
+              ? "Waiting for the analysis…"
+              : "Writing…";
+      } else if (run.status === "complete") text = "(empty answer)";
+    }
+    this.finalPlaceholder.textContent = text;
+    this.finalPlaceholder.hidden = !text;
+  }
+
+  // ------------------------------------------------------------------ controls, totals, status
+
+  controls() {
+    const run = this.run;
+    const running = isRunning(run);
+    const started = !run.pending && run.run;
+
+    // Panel header: count, Fuse now, Stop, Expand/Compact.
+    const n = run.members.length;
+    const done = run.members.filter((m) => m.status === "complete").length;
+    const failed = run.members.filter((m) => m.status === "failed" || m.status === "stopped").length;
+    this.panelMeta.textContent = running && run.phase === "panel"
+      ? `${done} of ${n} answered${failed ? ` · ${failed} failed or stopped` : ""}`
+      : `${n} model${n === 1 ? "" : "s"}${failed ? ` · ${failed} failed or stopped` : ""}`;
+
+    this.panelActions.replaceChildren();
+    const stillAnswering = run.members.some((m) => ACTIVE_MEMBER.has(m.status));
+    if (running && started && run.phase === "panel" && done > 0 && stillAnswering) {
+      this.panelActions.append(
+        h("button", { type: "button", class: "btn btn-small", data: { action: "fuse_now" }, title: "Stop waiting and fuse the answers that are ready" }, icon(ICONS.fuse), "Fuse now"),
+      );
+    }
+    if (running && started) {
+      this.panelActions.append(
+        h("button", { type: "button", class: "btn btn-small btn-stop", data: { action: "stop" }, title: "Stop the whole run (Esc)" }, icon(ICONS.stop, 12), "Stop all"),
+      );
+    }
+    const compact = this.#isCompact();
+    this.panel.classList.toggle("is-compact", compact);
+    if (!running && (run.final.content || run.final.html)) {
+      this.panelActions.append(
+        h(
+          "button",
+          { type: "button", class: "btn btn-small btn-ghost", data: { action: "toggle-panel" }, aria: { expanded: String(!compact) } },
+          icon(compact ? ICONS.expand : ICONS.collapse),
+          compact ? "Expand answers" : "Compact",
+        ),
+      );
+    }
+
+    // Fused header: writer and status.
+    this.finalWriter.textContent = run.writer ? `by ${splitModel(run.writer).name}` : "";
+    this.finalWriter.title = run.writer || "";
+    let status;
+    if (running) status = run.phase === "final" ? pill("streaming", "writing") : pill("waiting", "waiting");
+    else if (run.status === "complete") status = pill("done", "done");
+    else if (run.status === "cancelled") status = pill("stopped", "stopped");
+    else status = pill("failed", runStatusSentence(run).toLowerCase());
+    this.finalPill.replaceWith((this.finalPill = status));
+    this.fusedEl.classList.toggle("is-streaming", running && run.phase === "final");
+    this.fusedEl.setAttribute("aria-busy", String(running));
+
+    this.fusedActions.replaceChildren();
+    if (!running && (run.final.content || "").trim() && navigator.clipboard) {
+      this.fusedActions.append(
+        h("button", { type: "button", class: "btn btn-tiny btn-ghost", data: { action: "copy" }, title: "Copy the fused answer as Markdown" }, icon(ICONS.copy, 12), "Copy"),
+      );
+    }
+
+    // Run-level failure.
+    this.finalError.replaceChildren();
+    this.finalError.hidden = true;
+    if (!running && run.status !== "complete" && run.error) {
+      const cls = run.status === "cancelled" ? "notice notice-warn" : "notice notice-error";
+      const message = run.error.message || runStatusSentence(run);
+      this.finalError.append(h("div", { class: cls, role: "note" }, h("p", {}, message)));
+      this.finalError.hidden = false;
+    }
+
+    this.tick();
+    this.#regenControls();
+    this.#finalPlaceholder();
+  }
+
+  /** Totals; while running, the elapsed time (called every second by the page). */
+  tick() {
+    const run = this.run;
+    const usage = run.usage || {};
+    const running = isRunning(run);
+    const wall = running ? elapsedMs(run) : run.timings && run.timings.total !== undefined ? run.timings.total : null;
+    const tokens = tokensOf(usage);
+    const failed = run.failed_models || [];
+    const rows = [
+      [running ? "Elapsed" : "Wall time", wall === null ? null : fmtMs(wall), "Whole run, from send to the last token"],
+      ["Tokens", tokens ? fmtInt(tokens) : null, "All calls: panel, analyst and writer"],
+      ["Cost", fmtCost(usage.cost), "Provider-reported cost of all calls"],
+    ];
+    const items = rows
+      .filter(([, v]) => v)
+      .map(([k, v, title]) => h("div", { title }, h("dt", {}, k), h("dd", {}, v)));
+    if (failed.length) {
+      items.push(h("div", { class: "is-bad", title: failed.join(", ") }, h("dt", {}, "Failed"), h("dd", {}, `${failed.length}: ${failed.map((f) => splitModel(f).name).join(", ")}`)));
+    }
+    this.totals.replaceChildren(...items);
+  }
+
+  #regenControls() {
+    const run = this.run;
+    this.regen.replaceChildren();
+    const anyAnswer = run.members.some((m) => m.status === "complete");
+    if (isRunning(run) || !run.run || !anyAnswer) return;
+    const id = `regen-${run.run}`;
+    const input = h("input", {
+      id,
+      type: "text",
+      value: run.writer || "",
+      spellcheck: "false",
+      autocomplete: "off",
+      placeholder: "writer model id",
+      data: { regenInput: "" },
+    });
+    this.regen.append(
+      h("label", { for: id }, "Rewrite with"),
+      input,
+      h("button", { type: "button", class: "btn btn-tiny", data: { action: "regenerate" } }, icon(ICONS.retry, 12), "Rewrite"),
+    );
+  }
+
+  #isCompact() {
+    const run = this.run;
+    if (isRunning(run) || !(run.final.content || run.final.html)) return false;
+    return this.compact === null ? true : this.compact;
+  }
+
+  // ------------------------------------------------------------------ events
+
+  #regenerate() {
+    const input = this.regen.querySelector("[data-regen-input]");
+    const writer = input ? input.value.trim() : "";
+    if (!writer) {
+      input && input.focus();
+      return;
+    }
+    this.onAction("regenerate", this.run, { writer });
+  }
+
+  #onClick(e) {
+    const button = e.target.closest("[data-action]");
+    if (!button || !this.root.contains(button)) return;
+    const action = button.dataset.action;
+    const slot = button.dataset.slot === undefined ? undefined : Number(button.dataset.slot);
+    if (action === "toggle-panel") {
+      this.compact = !this.#isCompact();
+      this.controls();
+      return;
+    }
+    if (action === "show-member") {
+      const card = this.cards.get(slot);
+      if (card) {
+        card.root.scrollIntoView({ block: "nearest", inline: "nearest", behavior: "smooth" });
+        this.#highlight(slot, true);
+      }
+      return;
+    }
+    if (action === "copy") {
+      navigator.clipboard.writeText(this.run.final.content).then(
+        () => this.onAction("copied", this.run, {}),
+        () => {},
+      );
+      return;
+    }
+    if (action === "regenerate") {
+      this.#regenerate();
+      return;
+    }
+    button.disabled = true; // until the server answers with new state
+    this.onAction(action, this.run, { slot });
+  }
+
+  #onHover(e, on) {
+    const tag = e.target.closest && e.target.closest(".mtag[data-slot]");
+    if (!tag) return;
+    this.#highlight(Number(tag.dataset.slot), on);
+  }
+
+  #highlight(slot, on) {
+    for (const [s, card] of this.cards) card.root.classList.toggle("is-highlighted", on && s === slot);
+  }
+}
