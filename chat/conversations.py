@@ -50,7 +50,7 @@ def conversation_panel(*, conversation: Conversation | None) -> dict[str, Any]:
 
 def conversation_turns(*, conversation: Conversation) -> list[tuple[Turn, Run | None]]:
     """Each turn with its latest run (a retry or a regenerate adds runs to the same turn)."""
-    turns = list(conversation.turns.order_by("index").prefetch_related("runs"))
+    turns = list(conversation.turns.order_by("index").prefetch_related("runs__members"))
     result: list[tuple[Turn, Run | None]] = []
     for turn in turns:
         runs = sorted(turn.runs.all(), key=lambda r: (r.created_at, str(r.pk)))
@@ -151,8 +151,12 @@ def conversation_rename(*, conversation: Conversation, title: str) -> Conversati
 def conversation_delete(*, conversation: Conversation) -> None:
     """Delete a conversation with its turns, runs and answers.
 
-    A run still streaming for it notices on its next checkpoint; the rows are gone either way.
+    A run still streaming in it is stopped first, so its upstream streams close (and stop
+    billing); its last writes then match no rows.
     """
+    from chat.runs import manager
+
+    manager.cancel_conversation(conversation.pk)
     conversation.delete()
 
 

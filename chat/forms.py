@@ -5,14 +5,30 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm, UserCreationForm
 
 from chat.models import FollowUpMode
 from chat.panels import MAX_MEMBERS, PanelError, parse_panel
 
 
-class SignUpForm(UserCreationForm):
+class _PlainLabels:
+    """Labels without Django's trailing colon, to match the rest of the app."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+
+
+class SignUpForm(_PlainLabels, UserCreationForm):
     """Django's own form: username + password twice, checked by AUTH_PASSWORD_VALIDATORS."""
+
+
+class SignInForm(_PlainLabels, AuthenticationForm):
+    pass
+
+
+class ChangePasswordForm(_PlainLabels, PasswordChangeForm):
+    pass
 
 
 class RenameForm(forms.Form):
@@ -60,7 +76,13 @@ class PanelForm(forms.Form):
     )
     analyst = forms.CharField(max_length=200, widget=forms.TextInput(attrs={"spellcheck": "false", "autocomplete": "off"}))
     writer = forms.CharField(max_length=200, widget=forms.TextInput(attrs={"spellcheck": "false", "autocomplete": "off"}))
-    follow_up_mode = forms.ChoiceField(choices=FollowUpMode.choices, initial=FollowUpMode.FUSED)
+    follow_up_mode = forms.ChoiceField(
+        choices=[
+            (FollowUpMode.FUSED, "Shared: everyone sees the fused answers"),
+            (FollowUpMode.PER_MEMBER, "Per member: each sees its own answers"),
+        ],
+        initial=FollowUpMode.FUSED,
+    )
 
     @classmethod
     def initial_for(cls, *, panel: dict[str, Any], follow_up_mode: str) -> dict[str, Any]:

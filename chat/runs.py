@@ -179,7 +179,8 @@ class _Stream:
 class ActiveRun:
     """A running pipeline: engine events → frames for the group + database checkpoints."""
 
-    def __init__(self, *, run: Run, request: FusionRequest, client: ChatClient, fusion: FusionRun) -> None:
+    def __init__(self, *, run: Run, request: FusionRequest, client: ChatClient, fusion: FusionRun,
+                 reused: dict[int, dict[str, Any]] | None = None) -> None:
         self.run_id = run.pk
         self.client_run_id = run.client_run_id
         self.user_id = run.user_id
@@ -206,6 +207,9 @@ class ActiveRun:
             for i, spec in enumerate(request.panel)
         ]
         self.streams = [_Stream() for _ in request.panel]
+        # Answers carried over from an earlier run of the turn keep that run's metrics.
+        self.reused = reused or {}
+        self.loop = asyncio.get_running_loop()
         self.final = _Stream()
         self.phase = "panel"
         self.analyst = run.analyst_model
@@ -372,7 +376,9 @@ class ActiveRun:
             m, s = self.members[event.slot], self.streams[event.slot]
             s.text = event.content
             s.html = render_markdown(event.content)
-            metrics = _metrics(event.record.ttft_ms, event.record.duration_ms, event.record.usage.to_dict())
+            metrics = self.reused.get(event.slot) or _metrics(
+                event.record.ttft_ms, event.record.duration_ms, event.record.usage.to_dict()
+            )
             m.update(status=MemberStatus.COMPLETE.value, metrics=metrics)
             self._emit({"type": "panel.completed", "slot": event.slot, "model": event.model, "html": s.html, "metrics": metrics})
         elif isinstance(event, PanelFailed):
@@ -498,6 +504,12 @@ class RunManager:
                 self.active.pop(active.run_id, None)
 
         active.task = asyncio.get_running_loop().create_task(_run(), name=f"run-{active.run_id}")
+
+    def cancel_conversation(self, conversation_id: int) -> None:
+        """Stop the runs of a conversation from any thread (a sync view deleting it)."""
+        for active in list(self.active.values()):
+            if active.conversation_id == conversation_id:
+                active.loop.call_soon_threadsafe(active.fusion.cancel)
 
     async def shutdown(self) -> None:
         """Cancel every run (tests, and a process that is going away)."""
@@ -638,10 +650,11 @@ def title_from_prompt(prompt: str) -> str:
     return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
 
 
-def _launch(run: Run, request: FusionRequest, **fusion_kw: Any) -> ActiveRun:
+def _launch(run: Run, request: FusionRequest, *, reused: dict[int, dict[str, Any]] | None = None,
+            **fusion_kw: Any) -> ActiveRun:
     client = ChatClient(build_registry(), limits=build_limits())
     fusion = FusionRun(request, client, **fusion_kw)
-    active = ActiveRun(run=run, request=request, client=client, fusion=fusion)
+    active = ActiveRun(run=run, request=request, client=client, fusion=fusion, reused=reused)
     manager.launch(active)
     return active
 
@@ -726,7 +739,7 @@ async def run_fuse_now(*, user: Any, conversation_id: int, client_run_id: str) -
 
 
 def _rerun_sync(*, user: Any, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None
-                ) -> tuple[Run, FusionRequest, dict[int, str], AnalysisCompleted | None, str]:
+                ) -> tuple[Run, FusionRequest, dict[int, MemberResponse], AnalysisCompleted | None, str]:
     """A new run for the same turn that reuses the old run's answers (and analysis, for regenerate)."""
     old = _owned_run(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
     if old.status == RunStatus.RUNNING:
@@ -759,16 +772,19 @@ def _rerun_sync(*, user: Any, conversation_id: int, client_run_id: str, slot: in
         Run.objects.filter(pk=run.pk).update(analysis=old.analysis, label_map=old.label_map, analyst_model=old.analyst_model)
         run.analysis, run.label_map = old.analysis, old.label_map
     request = _build_request(old.conversation, old.turn, panel)
-    return run, request, {s: m.content for s, m in reuse.items()}, reuse_analysis, str(old.pk)
+    return run, request, reuse, reuse_analysis, str(old.pk)
 
 
 async def _rerun(*, user: Any, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None) -> dict[str, Any]:
-    run, request, answers, analysis, old_id = await database_sync_to_async(_rerun_sync)(
+    run, request, reuse, analysis, old_id = await database_sync_to_async(_rerun_sync)(
         user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=slot, writer=writer
     )
     frame = _run_started_frame(run, request, replaces=old_id)
     await get_channel_layer().group_send(group_name(conversation_id), {"type": "run.frame", "frame": frame})
-    _launch(run, request, reuse_answers=answers, reuse_analysis=analysis)
+    _launch(
+        run, request, reuse_answers={s: m.content for s, m in reuse.items()}, reuse_analysis=analysis,
+        reused={s: _metrics(m.ttft_ms, m.duration_ms, m.usage) for s, m in reuse.items()},
+    )
     return frame
 
 

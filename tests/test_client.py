@@ -82,6 +82,7 @@ class TestStreaming:
         assert sum(isinstance(e, ContentDelta) for e in events) == len(range(0, len(TEXT), 7))
         assert isinstance(events[-2], UsageReport)
         assert events[-1] == Finish("stop", malformed_chunks=0)
+        assert up.disconnects == []  # reading to [DONE] is not a hang-up
 
     async def test_reasoning_arrives_once_although_sent_in_two_fields(self, upstream: Factory) -> None:
         up = await upstream({"m/a": {"content": "Answer.", "reasoning": "Let me think about it carefully."}})
@@ -218,6 +219,7 @@ class TestBrokenStreams:
         assert (error.error.kind, error.error.status_code) == ("upstream_error", 502)
         assert "Upstream overloaded" in error.error.message
         assert len(up.requests) == 1  # content had reached the caller: no retry
+        assert up.disconnects == []
 
     async def test_error_chunk_before_any_content_is_retried(self, upstream: Factory) -> None:
         up = await upstream({"m/a": {"content": TEXT, "faults": [{"type": "error_mid_stream", "after_chars": 0}]}})
@@ -463,3 +465,17 @@ class TestProviderRegistry:
         async with ChatClient(self.registry(default="nowhere"), limits=FAST) as client:
             events = await collect(client, "openai/gpt-4o")
         assert the_error(events).error.kind == "model_not_found"
+
+
+class TestReasoningFields:
+    def test_reasoning_details_alone_are_read_as_reasoning(self) -> None:
+        from chat.fusion.client import _reasoning_text
+
+        details = [
+            {"type": "reasoning.text", "text": "step one, "},
+            {"type": "reasoning.encrypted", "data": "opaque"},
+            {"type": "reasoning.summary", "summary": "summary."},
+        ]
+        assert _reasoning_text({"reasoning_details": details}) == "step one, summary."
+        assert _reasoning_text({"reasoning": "same", "reasoning_details": [{"type": "reasoning.text", "text": "same"}]}) == "same"
+        assert _reasoning_text({"reasoning_content": "vllm style"}) == "vllm style"

@@ -134,6 +134,12 @@ class TestChatCompletions:
         assert b"\r\n\r\n" in raw and b"\n\n" not in raw.replace(b"\r\n", b"")
         assert "\n" in events[1].data and json.loads(events[1].data)["choices"][0]["delta"]["content"] == "abc"
 
+    async def test_keepalive_comments_are_sent_while_waiting(self, http: httpx.AsyncClient, up: ScriptedUpstream) -> None:
+        up.set_scripts({"m/k": {"content": "late", "ttft_ms": 30_000, "keepalive_ms": 2000}})  # 30 ms, every 2 ms
+        raw, events = await sse_events(http, {"model": "m/k", "messages": []})
+        assert raw.count(b": OPENROUTER PROCESSING\n\n") >= 5
+        assert json.loads(events[1].data)["choices"][0]["delta"]["content"] == "late"
+
     async def test_tool_calls_stream_as_fragments(self, http: httpx.AsyncClient, up: ScriptedUpstream) -> None:
         up.set_scripts({"m/t": {"tool_calls": [{"name": "web_fetch", "arguments": {"url": "https://example.com/a/long/path"}}], "chunk_chars": 5}})
         _, events = await sse_events(http, {"model": "m/t", "messages": []})
@@ -164,6 +170,11 @@ class TestAnalystAndWriter:
         chunks = [json.loads(e.data) for e in events if not e.done]
         text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
         assert json.loads(text)["contradictions"]
+
+    async def test_response_format_with_labelled_blocks_also_gets_analysis(self, http: httpx.AsyncClient) -> None:
+        messages = [{"role": "user", "content": analyst_messages(ANSWERS)[1]["content"]}]  # no marker
+        response = await chat(http, "sim/analyst", messages, response_format={"type": "json_object"})
+        assert "consensus" in json.loads(text_of(response))
 
     async def test_invalid_json_fault_then_valid_json(self, http: httpx.AsyncClient, up: ScriptedUpstream) -> None:
         up.set_scripts({"m/analyst": {"faults": [{"type": "invalid_json", "times": 1}]}})

@@ -211,10 +211,7 @@ class _Call:
             name=function.get("name"),
             arguments=function.get("arguments") or "",
         )
-        call = self.tool_calls.setdefault(event.index, ToolCall(index=event.index))
-        call.id = call.id or event.id
-        call.name = call.name or event.name or ""
-        call.arguments += event.arguments
+        _merge_fragment(self.tool_calls, event)
         return event
 
     def terminal_events(self) -> list[ClientEvent]:
@@ -228,6 +225,14 @@ class _Call:
         else:
             events.append(Finish(self.finish_reason or "stop", malformed_chunks=self.malformed))
         return events
+
+
+def _merge_fragment(calls: dict[int, ToolCall], event: ToolCallDelta) -> None:
+    """Add one streamed fragment to the tool call it belongs to (by index)."""
+    call = calls.setdefault(event.index, ToolCall(index=event.index))
+    call.id = call.id or event.id
+    call.name = call.name or event.name or ""
+    call.arguments += event.arguments
 
 
 def _reasoning_text(delta: dict[str, Any]) -> str:
@@ -295,7 +300,11 @@ class ChatClient:
         except UnknownProvider as exc:
             yield StreamError(_error("model_not_found", str(exc), scrub=scrub))
             return
-        request = self._build_request(provider, model_id, spec, messages, response_format, tools, tool_choice, limits)
+        try:
+            request = self._build_request(provider, model_id, spec, messages, response_format, tools, tool_choice, limits)
+        except httpx.InvalidURL:
+            yield StreamError(_error("network", f"The base URL of provider {provider.name!r} is invalid.", scrub=scrub))
+            return
         loop = asyncio.get_running_loop()
         call = _Call(started=loop.time(), total_deadline=loop.time() + limits.total)
         attempt = 0
@@ -341,10 +350,7 @@ class ChatClient:
                 elif isinstance(event, ReasoningDelta):
                     reasoning.append(event.text)
                 elif isinstance(event, ToolCallDelta):
-                    call = tool_calls.setdefault(event.index, ToolCall(index=event.index))
-                    call.id = call.id or event.id
-                    call.name = call.name or event.name or ""
-                    call.arguments += event.arguments
+                    _merge_fragment(tool_calls, event)
                 elif isinstance(event, UsageReport):
                     result.usage = event.usage
                 elif isinstance(event, Finish):
@@ -424,8 +430,11 @@ class ChatClient:
         except TimeoutError:
             call.error = _error("timeout", why, scrub=scrub)
             return
-        except httpx.TimeoutException:
+        except httpx.ConnectTimeout:
             call.error = _error("timeout", f"Could not connect within {limits.connect:g} s.", scrub=scrub)
+            return
+        except httpx.TimeoutException as exc:  # write or connection-pool timeout
+            call.error = _error("timeout", f"{type(exc).__name__}.", scrub=scrub)
             return
         except httpx.TransportError as exc:
             call.error = _error("network", f"{type(exc).__name__}: {exc}", scrub=scrub)
@@ -438,8 +447,9 @@ class ChatClient:
                 for event in await self._read_json_body(response, call, limits, scrub):
                     yield event
             else:
-                async for event in self._read_stream(response, call, limits, scrub):
-                    yield event
+                async with contextlib.aclosing(self._read_stream(response, call, limits, scrub)) as events:
+                    async for event in events:
+                        yield event
         finally:
             await response.aclose()
 
@@ -507,6 +517,8 @@ class ChatClient:
         if not isinstance(raw, dict):
             raw = {"message": str(raw)}
         code = raw.get("code")
+        if isinstance(code, str) and code.isdigit():
+            code = int(code)
         status = code if isinstance(code, int) and not isinstance(code, bool) else None
         message = str(raw.get("message") or "")
         kind = error_kind(status, message)
@@ -525,7 +537,8 @@ class ChatClient:
                     body += part
                     if len(body) > _MAX_ERROR_BODY:
                         break
-        message = _error_message(body)
+        # An HTML error page (a proxy's 502) says nothing a user can act on.
+        message = "" if "html" in response.headers.get("content-type", "") else _error_message(body)
         return _error(
             error_kind(status, message),
             f"Provider said (HTTP {status}): {message}" if message else f"HTTP {status}.",

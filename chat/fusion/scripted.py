@@ -51,7 +51,8 @@ ids get OpenRouter's ``404 "… is not a valid model ID"``). Every key is option
 
 Generated content (when ``content`` is absent) depends on what is asked:
 
-* **analyst** — a message contains ``FUSION_ANALYSIS_JSON``: valid FusionAnalysisResult JSON
+* **analyst** — a message contains ``FUSION_ANALYSIS_JSON`` (or ``response_format`` is set and
+  there are ``<response label=…>`` blocks): valid FusionAnalysisResult JSON
   (consensus, contradictions, partial_coverage, unique_insights, blind_spots) built from the
   ``<response label="Response A">…</response>`` blocks, naming responses by their labels;
 * **writer** — labelled ``<response …>`` or ``<answer model="…">`` blocks but no marker: a short
@@ -87,7 +88,9 @@ the classic rate-limit case. Types:
 run the same scripts at a hundredth of the speed.
 
 Python: ``async with ScriptedUpstream(scripts, time_scale=0.01) as up: ... up.base_url``, or
-``up = ScriptedUpstream(scripts).start_in_thread(); ...; up.stop()``.
+``up = ScriptedUpstream(scripts).start_in_thread(); ...; up.stop()``. ``scripts=None`` serves
+``DEMO_SCRIPTS``. ``up.requests``, ``up.requests_for(model)``, ``up.disconnects`` and
+``await up.wait_for_disconnect(model)`` (hang-ups are noticed asynchronously) serve assertions.
 CLI: ``python -m chat.fusion.scripted --port 8787 [--scripts file.json] [--time-scale 1]``.
 """
 from __future__ import annotations
@@ -105,7 +108,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-ANALYSIS_MARKER = "FUSION_ANALYSIS_JSON"
+from chat.fusion.prompts import ANALYSIS_MARKER  # the pipeline puts it in every analyst prompt
 
 SCRIPT_KEYS = frozenset(
     {
@@ -296,7 +299,7 @@ def generate_answer(model: str, question: str, style: str | None = None) -> str:
             f"*Answer drafted by {model}.*"
         )
     numbered = "\n".join(f"{i}. {text}" for i, (_, text) in enumerate(picked[:3], start=1))
-    return f"**In brief:** {shared}\n\n{numbered}\n\n_{model}_"
+    return f"**In brief**\n\n{shared}\n\n{numbered}\n\n_{model}_"
 
 
 _STOPWORDS = frozenset(
@@ -321,64 +324,81 @@ def _keywords(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z][a-z'-]{5,}", _plain(text).lower()) if w not in _STOPWORDS}
 
 
+def _norm(sentence: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", sentence.lower()))
+
+
 def generate_analysis(blocks: list[tuple[str, str]], question: str) -> dict[str, Any]:
-    """FusionAnalysisResult JSON built from labelled answers, referring to them by label."""
-    labels = [label for label, _ in blocks]
-    keywords = {label: _keywords(text) for label, text in blocks}
-    sentences = {label: _sentences(text) or [_plain(text).strip()[:200]] for label, text in blocks}
-    topic = _topic(question)
+    """FusionAnalysisResult JSON built from labelled answers, referring to them by label.
+
+    Sentences said by every answer are consensus, by some of them partial coverage, by one of
+    them a unique insight; each answer's first substantial sentence not all share is its stance.
+    """
     if not blocks:
         return {"consensus": [], "contradictions": [], "partial_coverage": [], "unique_insights": [],
                 "blind_spots": ["No responses were provided to compare."]}  # fmt: skip
+    labels = [label for label, _ in blocks]
+    count = len(blocks)
+    sentences = {label: _sentences(text) or [_plain(text).strip()[:200]] for label, text in blocks}
+    owners: dict[str, list[str]] = {}  # normalised sentence → labels of the answers saying it
+    wording: dict[str, str] = {}
+    for label in labels:
+        for sentence in sentences[label]:
+            key = _norm(sentence)
+            wording.setdefault(key, sentence)
+            if label not in owners.setdefault(key, []):
+                owners[key].append(label)
 
-    common = set.intersection(*keywords.values()) if len(blocks) > 1 else set()
-    consensus = [f"All {len(blocks)} responses address “{topic}” directly."]
-    if common:
-        consensus.append("They all discuss " + ", ".join(sorted(common)[:3]) + ".")
+    def is_stance(sentence: str) -> bool:  # says something, and not what everyone says
+        return len(owners[_norm(sentence)]) < count and len(_keywords(sentence)) >= 2
+
+    consensus = [f"All {count} responses address “{_topic(question)}” directly."]
+    if count > 1:
+        consensus += [wording[k] for k, o in owners.items() if len(o) == count][:2]
+        common = set.intersection(*(_keywords(text) for _, text in blocks))
+        if common:
+            consensus.append("They all discuss " + ", ".join(sorted(common)[:3]) + ".")
 
     contradictions = []
-    if len(blocks) > 1:
-        # A stance is the first sentence saying something not every answer says.
+    if count > 1:
         stances = [
-            {"model": label, "stance": next((s for s in sentences[label] if _keywords(s) - common), sentences[label][0])[:240]}
+            {"model": label, "stance": next((s for s in sentences[label] if is_stance(s)), sentences[label][0])[:240]}
             for label in labels
         ]
         contradictions.append({"topic": "What to emphasise first", "stances": stances})
 
-    partial_coverage = []
-    owners: dict[str, list[str]] = {}
-    for label in labels:
-        for word in keywords[label] - common:
-            owners.setdefault(word, []).append(label)
-    shared_by_some = sorted((w for w, o in owners.items() if 1 < len(o) < len(blocks)), key=lambda w: (-len(owners[w]), w))
-    for word in shared_by_some[:3]:
-        partial_coverage.append({"models": owners[word], "point": f"Only some responses mention {word}."})
+    partial_coverage = [{"models": o, "point": wording[k]} for k, o in owners.items() if 1 < len(o) < count][:3]
 
     unique_insights = []
     for label in labels:
-        own = {w for w, o in owners.items() if o == [label]}
-        for sentence in sentences[label]:
-            if own & _keywords(sentence):
-                unique_insights.append({"model": label, "insight": sentence[:240]})
-                break
+        own = [s for s in sentences[label][1:] or sentences[label] if owners[_norm(s)] == [label]]
+        if own:
+            best = max(own, key=lambda s: len(_keywords(s)))  # the most substantial one
+            unique_insights.append({"model": label, "insight": best[:240]})
 
-    blind_spots = ["None of the responses cites sources or says how to verify its claims."]
     return {
         "consensus": consensus,
         "contradictions": contradictions,
         "partial_coverage": partial_coverage,
         "unique_insights": unique_insights,
-        "blind_spots": blind_spots,
+        "blind_spots": [
+            "No response says what evidence would change its recommendation."
+            if any("http" in text for _, text in blocks)
+            else "None of the responses cites sources or says how to verify its claims."
+        ],
     }
 
 
 def generate_fused(blocks: list[tuple[str, str]], question: str) -> str:
     """A short fused Markdown answer taking one sentence from each answer."""
+    used: set[str] = set()
     bullets = []
-    for index, (_, text) in enumerate(blocks):
+    for _, text in blocks:
         sentences = _sentences(text) or [_plain(text).strip()]
-        # Take a different position from each answer so the fused text is not all openings.
-        bullets.append(f"- {sentences[min(index + 1, len(sentences) - 1)]}")
+        # A substantial sentence the fused answer does not have yet, else the first one.
+        pick = next((s for s in sentences if len(_keywords(s)) >= 3 and _norm(s) not in used), sentences[0])
+        used.add(_norm(pick))
+        bullets.append(f"- {pick}")
     body = "\n".join(bullets) or "- The panel gave no usable answers."
     return (
         f"## Answer\n\nTaking the answers together, “{_topic(question)}” comes down to a few points:\n\n"
@@ -437,7 +457,7 @@ def make_plan(model: str, script: dict[str, Any], body: dict[str, Any], fault: d
     elif tool_calls:
         content = ""
     else:
-        content = _generated_content(model, script, messages)
+        content = _generated_content(model, script, body)
     finish = script.get("finish_reason") or ("tool_calls" if tool_calls else "stop")
 
     # Honour max_tokens like a real model: cut the answer and report "length".
@@ -451,10 +471,12 @@ def make_plan(model: str, script: dict[str, Any], body: dict[str, Any], fault: d
     return plan
 
 
-def _generated_content(model: str, script: dict[str, Any], messages: list[dict[str, Any]]) -> str:
+def _generated_content(model: str, script: dict[str, Any], body: dict[str, Any]) -> str:
+    messages = body.get("messages") or []
     blocks = labelled_blocks(messages)
     question = question_of(messages)
-    if any(ANALYSIS_MARKER in message_text(m) for m in messages):
+    asks_json = bool(body.get("response_format")) and any(_RESPONSE_BLOCK.search(message_text(m)) for m in messages)
+    if asks_json or any(ANALYSIS_MARKER in message_text(m) for m in messages):
         text = json.dumps(generate_analysis(blocks, question), ensure_ascii=False, indent=2)
         return f"```json\n{text}\n```" if script.get("fence_json") else text
     if blocks:
@@ -474,7 +496,10 @@ def _usage(plan: Plan, script: dict[str, Any], messages: list[dict[str, Any]]) -
         "completion_tokens_details": {"reasoning_tokens": reasoning},
         "cost": round(prompt * float(pricing["prompt"]) + completion * float(pricing["completion"]), 10),
     }
-    usage.update(script.get("usage") or {})
+    overrides = script.get("usage") or {}
+    usage.update(overrides)
+    if "total_tokens" not in overrides:
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     return usage
 
 
@@ -621,7 +646,9 @@ class SSEWriter:
         await self.raw(f": {text}{self.newline}{self.newline}")
 
     async def end(self) -> None:
-        await self.conn.write(b"0\r\n\r\n")
+        # The response is complete from here on: a client closing now has not cut it short.
+        with contextlib.suppress(ClientGone):
+            await self.conn.write(b"0\r\n\r\n")
 
 
 # =========================================================================== the server
@@ -852,7 +879,7 @@ class ScriptedUpstream:
         return (len(piece) / 4) / rate * self.time_scale if rate > 0 else 0.0
 
     async def _wait(self, conn: Connection, sse: SSEWriter | None, seconds: float, keepalive: float) -> None:
-        """Wait *seconds* (forever if None-like inf), sending keep-alive comments if asked."""
+        """Wait *seconds* (math.inf: until the client leaves), with keep-alive comments if asked."""
         deadline = time.monotonic() + seconds
         while True:
             left = deadline - time.monotonic()
@@ -869,8 +896,7 @@ class ScriptedUpstream:
         sse = SSEWriter(conn, script)
         await sse.open()
         keepalive = self._delay(script.get("keepalive_ms"))
-        fault_type = fault["type"] if fault else None
-        if fault_type == "keepalive_only":
+        if fault and fault["type"] == "keepalive_only":
             await self._wait(conn, sse, math.inf, keepalive or self._delay(1000))
         await self._wait(conn, sse, self._delay(script.get("ttft_ms")), keepalive)
 
@@ -879,26 +905,13 @@ class ScriptedUpstream:
         await sse.data(chunk.delta({"role": "assistant", "content": ""}))
         for piece in _pieces(plan.reasoning, size):
             details = [{"type": "reasoning.text", "text": piece, "format": "unknown", "index": 0}]
-            await sse.data(chunk.delta({"role": "assistant", "content": "", "reasoning": piece, "reasoning_details": details}))
+            await sse.data(chunk.delta({"content": "", "reasoning": piece, "reasoning_details": details}))
             await conn.sleep(self._chunk_delay(script, piece))
 
         cut = int(fault.get("after_chars", len(plan.content) // 2)) if fault else len(plan.content)
         await self._stream_content(conn, sse, chunk, script, plan.content[:cut], size)
-        if fault_type == "error_mid_stream":
-            error = {"code": int(fault.get("code", 502)), "message": str(fault.get("message", "Provider returned error"))}
-            await sse.data({**chunk.delta({"content": ""}, finish="error"), "error": error})
-            await sse.end()
+        if fault and not await self._stream_fault(conn, sse, chunk, fault, keepalive):
             return
-        if fault_type == "eof":
-            if fault.get("abrupt"):
-                conn.writer.transport.abort()
-            else:
-                await sse.end()
-            return
-        if fault_type == "hang":
-            await self._wait(conn, sse, math.inf, keepalive)
-        if fault_type == "malformed_chunk":
-            await sse.data('{"id": "gen-broken", "choices": [{"index": 0, "delta": {"content": "')
         await self._stream_content(conn, sse, chunk, script, plan.content[cut:], size)
 
         for index, call in enumerate(plan.tool_calls):
@@ -920,6 +933,28 @@ class ScriptedUpstream:
         for piece in _pieces(text, size):
             await sse.data(chunk.delta({"content": piece}))
             await conn.sleep(self._chunk_delay(script, piece))
+
+    async def _stream_fault(
+        self, conn: Connection, sse: SSEWriter, chunk: _ChunkFactory, fault: dict[str, Any], keepalive: float
+    ) -> bool:
+        """Misbehave at the fault's point in the content; False when that ends the response."""
+        kind = fault["type"]
+        if kind == "error_mid_stream":
+            error = {"code": int(fault.get("code", 502)), "message": str(fault.get("message", "Provider returned error"))}
+            await sse.data({**chunk.delta({"content": ""}, finish="error"), "error": error})
+            await sse.end()
+            return False
+        if kind == "eof":
+            if fault.get("abrupt"):
+                conn.writer.transport.abort()
+            else:
+                await sse.end()
+            return False
+        if kind == "hang":
+            await self._wait(conn, sse, math.inf, keepalive)
+        if kind == "malformed_chunk":
+            await sse.data('{"id": "gen-broken", "choices": [{"index": 0, "delta": {"content": "')
+        return True
 
     async def _complete(self, conn: Connection, plan: Plan, script: dict[str, Any], fault: dict[str, Any] | None) -> None:
         fault_type = fault["type"] if fault else None
@@ -980,8 +1015,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     scripts = DEMO_SCRIPTS
     if args.scripts:
-        with open(args.scripts, encoding="utf-8") as handle:
-            scripts = json.load(handle)
+        try:
+            with open(args.scripts, encoding="utf-8") as handle:
+                scripts = validate_scripts(json.load(handle))
+        except (OSError, ValueError) as exc:
+            parser.error(f"--scripts {args.scripts}: {exc}")
 
     async def serve() -> None:
         async with ScriptedUpstream(scripts, host=args.host, port=args.port, time_scale=args.time_scale) as up:

@@ -61,7 +61,9 @@ export function renderAnalysisBody(run) {
   const consensus = asArray(a.consensus);
   if (consensus.length) {
     sections.push(
-      section("Consensus", consensus.length, h("ul", { class: "an-list an-check" }, consensus.map((c) => h("li", {}, text(c))))),
+      section("Consensus", consensus.length, h("ul", { class: "an-list an-check" }, consensus.map((c) => h("li", {}, text(c)))), {
+        wide: true,
+      }),
     );
   }
 

@@ -145,7 +145,7 @@ export class Composer {
     const { panel } = result;
     const n = panel.members.length;
     const names = panel.members.map((m) => splitModel(m.model).name);
-    this.summary.textContent = `${n} model${n === 1 ? "" : "s"} (${names.join(", ")}) · analyst ${splitModel(panel.analyst.model).name} · writer ${splitModel(panel.writer.model).name}`;
+    this.summary.textContent = `${n} model${n === 1 ? "" : "s"} (${names.join(", ")}) · analyst: ${splitModel(panel.analyst.model).name} · writer: ${splitModel(panel.writer.model).name}`;
   }
 
   #onKey(e) {

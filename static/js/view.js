@@ -75,9 +75,12 @@ export class TurnView {
       h("div", { class: "section-head" }, h("h3", { class: "section-title" }, "Panel"), this.panelMeta, this.panelActions),
       this.row,
     );
+    // A redraw keeps what the reader opened.
+    const openReasoning = new Set([...this.cards].filter(([, c]) => c.reasoning.open).map(([slot]) => slot));
     this.cards.clear();
     for (const m of run.members) {
       const card = this.#buildCard(m);
+      card.reasoning.open = openReasoning.has(m.slot);
       this.cards.set(m.slot, card);
       this.row.append(card.root);
       this.memberBody(m.slot);
@@ -340,6 +343,8 @@ export class TurnView {
     }
     this.finalPlaceholder.textContent = text;
     this.finalPlaceholder.hidden = !text;
+    // A run that ended without writing anything shows only its reason, not an empty box.
+    this.finalBodyEl.hidden = !text && !f.content && !(f.html || "").trim();
   }
 
   // ------------------------------------------------------------------ controls, totals, status

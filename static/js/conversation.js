@@ -1,0 +1,519 @@
+// The conversation page: history and live runs from one state shape, over one websocket.
+//
+// The server embeds every turn's state (#turns-data); the socket then sends `snapshot`s and
+// events per docs/protocol.md. Both go through upsert()/apply() below into TurnView, so a run
+// looks the same live and after a reload.
+import { Composer } from "./composer.js";
+import { readJSON } from "./dom.js";
+import { splitModel, uuid4 } from "./format.js";
+import { ReconnectingSocket } from "./socket.js";
+import {
+  applyReasoningDelta,
+  applyTextDelta,
+  GAP,
+  isRunning,
+  normalizeRun,
+  pendingRun,
+  resetMember,
+  runFromStarted,
+} from "./state.js";
+import { TurnView } from "./view.js";
+
+const ACTIVE = new Set(["waiting", "thinking", "streaming"]);
+const DEFAULT_TITLE = "New conversation";
+const TITLE_CHARS = 60;
+
+/** Follows the newest text only while the reader has not scrolled away from the bottom. */
+class Scroller {
+  constructor(el, jump) {
+    this.el = el;
+    this.jump = jump;
+    this.follow = true;
+    this.frame = 0;
+    el.addEventListener("scroll", () => {
+      this.follow = this.atBottom();
+      this.jump.hidden = this.follow;
+    }, { passive: true });
+    el.addEventListener("wheel", (e) => {
+      if (e.deltaY < 0) this.follow = false;
+    }, { passive: true });
+    jump.addEventListener("click", () => this.toBottom(true));
+  }
+
+  atBottom() {
+    return this.el.scrollHeight - this.el.scrollTop - this.el.clientHeight < 48;
+  }
+
+  /** After content changed: keep following, or offer the "Latest" button. */
+  after() {
+    if (this.follow) {
+      if (!this.frame) {
+        this.frame = requestAnimationFrame(() => {
+          this.frame = 0;
+          if (this.follow) this.el.scrollTop = this.el.scrollHeight;
+        });
+      }
+    } else {
+      this.jump.hidden = this.atBottom();
+    }
+  }
+
+  toBottom(smooth = false) {
+    this.follow = true;
+    this.jump.hidden = true;
+    this.el.scrollTo({ top: this.el.scrollHeight, behavior: smooth ? "smooth" : "auto" });
+  }
+}
+
+/** Polite announcements of status changes (not of streaming text). */
+class Announcer {
+  constructor(el) {
+    this.el = el;
+    this.queue = [];
+    this.timer = 0;
+  }
+
+  say(text) {
+    this.queue.push(text);
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.el.textContent = this.queue.join(" ");
+      this.queue = [];
+    }, 250);
+  }
+}
+
+class ConversationPage {
+  constructor(config) {
+    this.config = config;
+    this.turnsEl = document.querySelector("[data-turns]");
+    this.emptyEl = document.querySelector("[data-empty]");
+    this.connEl = document.querySelector("[data-conn]");
+    this.titleEl = document.querySelector("[data-conv-title]");
+    this.scroller = new Scroller(document.querySelector("[data-thread]"), document.querySelector("[data-jump]"));
+    this.announcer = new Announcer(document.querySelector("[data-announcer]"));
+    this.entries = new Set(); // {run, view}
+    this.byRun = new Map(); // server run id → entry
+    this.byTurn = new Map(); // turn id → entry
+    this.byClient = new Map(); // client run id → entry
+    this.byRoot = new WeakMap(); // turn element → entry
+    this.pending = new Map(); // client run id → start frame not yet acknowledged by run.started
+    this.resyncAt = 0;
+    this.refetching = false;
+
+    this.composer = new Composer(document.querySelector("[data-composer]"), {
+      onSend: (msg) => this.send(msg),
+      onStop: () => this.stopAll(),
+    });
+
+    for (const raw of readJSON("turns-data") || []) this.upsert(normalizeRun(raw));
+    this.scroller.toBottom();
+
+    this.socket = new ReconnectingSocket(config.ws_path, {
+      onOpen: () => this.onOpen(),
+      onMessage: (frame) => this.onFrame(frame),
+      onState: (state, message) => this.onSocketState(state, message),
+    });
+
+    const pendingStart = readJSON("pending-start");
+    if (pendingStart && pendingStart.run_id && pendingStart.prompt) {
+      // The home page's first prompt: the server made the conversation and the run id; send
+      // `start` once connected. A repeated start with the same id only attaches.
+      this.start({ clientRunId: pendingStart.run_id, prompt: pendingStart.prompt, panel: null, follow_up_mode: null });
+    }
+
+    document.addEventListener("keydown", (e) => {
+      if (e.key === "Escape" && !e.defaultPrevented && this.runningEntries().length) {
+        e.preventDefault();
+        this.stopAll();
+      }
+    });
+    setInterval(() => {
+      for (const entry of this.runningEntries()) entry.view.tick();
+    }, 1000);
+    this.syncComposer();
+  }
+
+  // ------------------------------------------------------------------ bookkeeping
+
+  runningEntries() {
+    return [...this.entries].filter((e) => isRunning(e.run));
+  }
+
+  find(run) {
+    return (
+      (run.run && this.byRun.get(run.run)) ||
+      (run.turn && run.turn.id !== null && this.byTurn.get(run.turn.id)) ||
+      (run.client_run_id && this.byClient.get(run.client_run_id)) ||
+      null
+    );
+  }
+
+  /** Show a run's state: a new turn, or the new state of the turn it belongs to. */
+  upsert(run) {
+    let entry = this.find(run);
+    if (entry) {
+      entry.run = run;
+      entry.view.setRun(run);
+    } else {
+      entry = { run, view: null };
+      entry.view = new TurnView(run, { onAction: (action, r, extra) => this.onAction(action, r, extra) });
+      this.entries.add(entry);
+      this.byRoot.set(entry.view.root, entry);
+      this.#insert(entry);
+    }
+    if (run.run) this.byRun.set(run.run, entry);
+    if (run.turn && run.turn.id !== null && run.turn.id !== undefined) this.byTurn.set(run.turn.id, entry);
+    if (run.client_run_id) this.byClient.set(run.client_run_id, entry);
+    this.emptyEl.hidden = this.entries.size > 0;
+    return entry;
+  }
+
+  #insert(entry) {
+    // Turns in index order; a turn still waiting for its index (just sent) goes last.
+    const index = entry.run.turn.index;
+    if (index !== null && index !== undefined) {
+      for (const el of this.turnsEl.children) {
+        const other = this.byRoot.get(el);
+        const j = other && other.run.turn.index;
+        if (j === null || j === undefined || j > index) {
+          this.turnsEl.insertBefore(entry.view.root, el);
+          return;
+        }
+      }
+    }
+    this.turnsEl.append(entry.view.root);
+  }
+
+  remove(entry) {
+    entry.view.root.remove();
+    this.entries.delete(entry);
+    for (const map of [this.byRun, this.byTurn, this.byClient]) {
+      for (const [k, v] of map) if (v === entry) map.delete(k);
+    }
+    this.emptyEl.hidden = this.entries.size > 0;
+  }
+
+  /** The current entry of a run event, or null (unknown → resync; superseded → ignore). */
+  entryFor(ev) {
+    const entry = this.byRun.get(ev.run);
+    if (!entry) {
+      this.resync();
+      return null;
+    }
+    return entry.run.run === ev.run ? entry : null;
+  }
+
+  syncComposer() {
+    this.composer.setRunning(this.runningEntries().length > 0);
+  }
+
+  // ------------------------------------------------------------------ socket
+
+  onOpen() {
+    this.socket.send({ type: "subscribe" });
+    for (const frame of this.pending.values()) this.socket.send(frame);
+  }
+
+  onSocketState(state, message) {
+    const text = { connecting: "Connecting…", open: "Live", reconnecting: "Reconnecting…", closed: "Reconnecting…", failed: "Disconnected" }[state];
+    this.connEl.dataset.state = state;
+    this.connEl.querySelector(".conn-text").textContent = text || state;
+    this.connEl.title = state === "open" ? "Connected: answers stream live" : message || "Not connected; retrying";
+    if (state === "failed" && message) {
+      this.composer.notice(message);
+      this.announcer.say(message);
+    }
+  }
+
+  resync() {
+    if (Date.now() - this.resyncAt < 2000) return;
+    this.resyncAt = Date.now();
+    this.socket.send({ type: "subscribe" });
+  }
+
+  onFrame(frame) {
+    if (frame.type === "batch") for (const ev of frame.events || []) this.apply(ev);
+    else this.apply(frame);
+    this.scroller.after();
+    this.syncComposer();
+  }
+
+  apply(ev) {
+    switch (ev.type) {
+      case "pong":
+        return;
+      case "error":
+        this.onError(ev);
+        return;
+      case "snapshot":
+        this.onSnapshot(ev);
+        return;
+      case "run.started":
+        this.onStarted(ev);
+        return;
+      default:
+        this.onRunEvent(ev);
+    }
+  }
+
+  onSnapshot(ev) {
+    this.resyncAt = 0;
+    const seen = new Set();
+    for (const raw of ev.runs || []) {
+      const run = normalizeRun(raw);
+      seen.add(run.run);
+      this.pending.delete(run.client_run_id);
+      this.upsert(run);
+    }
+    // Runs shown as running that the server no longer runs ended while we were disconnected.
+    if (this.runningEntries().some((e) => e.run.run && !seen.has(e.run.run))) this.refetchState();
+  }
+
+  async refetchState() {
+    if (this.refetching) return;
+    this.refetching = true;
+    try {
+      const response = await fetch(this.config.state_url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (!response.ok) return;
+      const data = await response.json();
+      for (const raw of data.turns || []) {
+        const run = normalizeRun(raw);
+        if (isRunning(run)) continue; // live events and snapshots own running runs
+        const entry = this.find(run);
+        if (!entry || isRunning(entry.run) || entry.run.run !== run.run) this.upsert(run);
+      }
+      this.syncComposer();
+    } catch {
+      // Offline again: the next reconnect tries once more.
+    } finally {
+      this.refetching = false;
+    }
+  }
+
+  onStarted(ev) {
+    this.pending.delete(ev.client_run_id);
+    const entry = this.upsert(runFromStarted(ev));
+    if (ev.turn && ev.turn.index === 0) this.#titleFromPrompt(ev.turn.prompt);
+    this.announcer.say(ev.replaces ? "Run restarted." : `Started: ${entry.run.members.length} models answering.`);
+  }
+
+  onError(ev) {
+    const id = ev.run_id;
+    if (id && this.pending.has(id)) {
+      // The start was refused: take the turn away again and give the prompt back.
+      this.pending.delete(id);
+      const entry = this.byClient.get(id);
+      if (entry && entry.run.pending) {
+        this.remove(entry);
+        if (!this.composer.prompt.trim()) this.composer.prompt = entry.run.turn.prompt;
+      }
+    }
+    const kind = ev.code === "busy" || ev.code === "limit" ? "warn" : "error";
+    this.composer.notice(ev.message || "The server could not do that.", kind);
+    this.announcer.say(ev.message || "Error.");
+    // Buttons were disabled while waiting for an answer: draw them again.
+    for (const entry of this.entries) entry.view.render();
+  }
+
+  onRunEvent(ev) {
+    if (!ev.run) return;
+    const entry = this.entryFor(ev);
+    if (!entry) return;
+    const run = entry.run;
+    const view = entry.view;
+    const member = ev.slot === undefined ? null : run.members.find((m) => m.slot === ev.slot);
+    const name = (m) => (m ? m.label || splitModel(m.model).name : "A member");
+
+    switch (ev.type) {
+      case "panel.added": {
+        if (!member) return;
+        if ((ev.attempt || 1) > 1) resetMember(member);
+        member.attempt = ev.attempt || 1;
+        if (!ACTIVE.has(member.status) && (ev.attempt || 1) > 1) member.status = "waiting";
+        view.memberBody(member.slot);
+        view.memberChrome(member.slot);
+        view.controls();
+        if ((ev.attempt || 1) > 1) this.announcer.say(`${name(member)}: retrying.`);
+        return;
+      }
+      case "panel.delta": {
+        if (!member) return;
+        const result = applyTextDelta(member, ev);
+        if (result === GAP) return this.resync();
+        if (!result) return;
+        if (member.status === "waiting" || member.status === "thinking") {
+          member.status = "streaming";
+          view.memberChrome(member.slot);
+          view.controls();
+        }
+        view.memberText(member.slot, result.blocks);
+        return;
+      }
+      case "panel.reasoning.delta": {
+        if (!member) return;
+        const text = applyReasoningDelta(member, ev);
+        if (text === GAP) return this.resync();
+        if (member.status === "waiting") {
+          member.status = "thinking";
+          view.memberChrome(member.slot);
+        }
+        view.memberReasoning(member.slot, text);
+        return;
+      }
+      case "panel.completed": {
+        if (!member) return;
+        member.status = "complete";
+        member.html = ev.html || "";
+        member.metrics = ev.metrics || member.metrics;
+        member.error = null;
+        view.memberBody(member.slot);
+        view.memberChrome(member.slot);
+        view.controls();
+        this.announcer.say(`${name(member)} answered.`);
+        return;
+      }
+      case "panel.failed": {
+        if (!member) return;
+        member.status = ev.status === "stopped" ? "stopped" : "failed";
+        member.error = ev.error || null;
+        member.metrics = ev.metrics || member.metrics;
+        if (typeof ev.html === "string") member.html = ev.html;
+        view.memberBody(member.slot);
+        view.memberChrome(member.slot);
+        view.controls();
+        this.announcer.say(member.status === "stopped" ? `${name(member)} stopped.` : `${name(member)} failed: ${(member.error && member.error.message) || "error"}`);
+        return;
+      }
+      case "analysis.in_progress":
+        run.phase = "analysis";
+        if (ev.analyst_model) run.analyst = ev.analyst_model;
+        view.analysis();
+        view.controls();
+        this.announcer.say("The analyst is comparing the answers.");
+        return;
+      case "analysis.completed":
+        run.analysis = ev.analysis || {};
+        run.label_map = ev.label_map || {};
+        if (ev.models) run.models = ev.models;
+        if (ev.analyst_model) run.analyst = ev.analyst_model;
+        run.analysis_error = "";
+        view.analysis();
+        this.announcer.say("Analysis ready.");
+        return;
+      case "analysis.degraded":
+        run.analysis = null;
+        run.analysis_error = ev.reason || "The analyst did not return a usable comparison.";
+        view.analysis();
+        this.announcer.say(`No analysis: ${run.analysis_error}`);
+        return;
+      case "final.started":
+        run.phase = "final";
+        if (ev.writer_model) run.writer = ev.writer_model;
+        run.final = { content: "", html: null, blocks_html: "", consumed: 0 };
+        view.finalBody();
+        view.controls();
+        this.announcer.say("Writing the fused answer.");
+        return;
+      case "final.delta": {
+        const result = applyTextDelta(run.final, ev);
+        if (result === GAP) return this.resync();
+        if (result) view.finalText(result.blocks);
+        return;
+      }
+      case "completed":
+      case "failed": {
+        run.status = ev.type === "completed" ? "complete" : ev.status || "error";
+        run.phase = "done";
+        if (typeof ev.html === "string" && (ev.html || !run.final.content)) run.final.html = ev.html;
+        if (ev.usage) run.usage = ev.usage;
+        if (ev.timings) run.timings = ev.timings;
+        else if (!run.timings || run.timings.total === undefined) {
+          const t = Date.parse(run.started_at);
+          if (!Number.isNaN(t)) run.timings = { ...(run.timings || {}), total: Date.now() - t };
+        }
+        if (ev.failed_models) run.failed_models = ev.failed_models;
+        if (ev.type === "failed") run.error = { kind: ev.kind || "error", message: ev.message || "" };
+        for (const m of run.members) if (ACTIVE.has(m.status)) m.status = "stopped";
+        view.render();
+        this.announcer.say(ev.type === "completed" ? "Fused answer ready." : `Run ${run.status === "cancelled" ? "stopped" : "failed"}. ${ev.message || ""}`);
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  // ------------------------------------------------------------------ user actions
+
+  send({ prompt, panel, follow_up_mode }) {
+    if (this.runningEntries().length) {
+      this.composer.notice("A run is going in this conversation. Stop it (Esc) or wait for it to finish.", "warn");
+      return false;
+    }
+    this.start({ clientRunId: uuid4(), prompt, panel, follow_up_mode });
+    return true;
+  }
+
+  start({ clientRunId, prompt, panel, follow_up_mode }) {
+    const frame = { type: "start", run_id: clientRunId, prompt };
+    if (panel) frame.panel = panel;
+    if (follow_up_mode) frame.follow_up_mode = follow_up_mode;
+    this.pending.set(clientRunId, frame);
+    const shown = panel || this.composer.readPanel().panel || null;
+    this.upsert(pendingRun({ clientRunId, prompt, panel: shown }));
+    this.composer.clearNotices();
+    this.scroller.toBottom();
+    this.syncComposer();
+    this.socket.send(frame); // when not connected, onOpen sends it
+  }
+
+  stopAll() {
+    let any = false;
+    for (const entry of this.runningEntries()) {
+      if (entry.run.pending || !entry.run.run) continue;
+      this.socket.send({ type: "stop", run_id: entry.run.client_run_id });
+      any = true;
+    }
+    if (any) this.announcer.say("Stopping.");
+  }
+
+  onAction(action, run, extra) {
+    const frames = {
+      stop: () => ({ type: "stop", run_id: run.client_run_id }),
+      fuse_now: () => ({ type: "fuse_now", run_id: run.client_run_id }),
+      stop_member: () => ({ type: "stop_member", run_id: run.client_run_id, slot: extra.slot }),
+      retry_member: () => ({ type: "retry_member", run_id: run.client_run_id, slot: extra.slot }),
+      regenerate: () => ({ type: "regenerate", run_id: run.client_run_id, writer: extra.writer }),
+    };
+    if (action === "copied") {
+      this.announcer.say("Copied the fused answer.");
+      return;
+    }
+    const make = frames[action];
+    if (!make) return;
+    if (!this.socket.send(make())) {
+      this.composer.notice("Not connected to the server right now; trying again. Retry in a moment.", "warn");
+      const entry = this.find(run);
+      if (entry) entry.view.render();
+    }
+  }
+
+  #titleFromPrompt(prompt) {
+    const current = this.titleEl.textContent.trim();
+    if (current !== DEFAULT_TITLE) return;
+    const line = String(prompt).split(/\s+/).filter(Boolean).join(" ");
+    const title = line.length <= TITLE_CHARS ? line : `${line.slice(0, TITLE_CHARS - 1).trimEnd()}…`;
+    this.titleEl.textContent = title;
+    document.title = `${title} · Fusion chatroom`;
+    const link = document.querySelector("[data-current-title]");
+    if (link) {
+      link.textContent = title;
+      const item = link.closest("[data-conv-item]");
+      if (item) item.dataset.title = title.toLowerCase();
+    }
+  }
+}
+
+const config = readJSON("page-config");
+if (config) new ConversationPage(config);
