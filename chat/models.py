@@ -20,6 +20,9 @@ class Conversation(models.Model):
     follow_up_mode = models.CharField(max_length=20, choices=FollowUpMode.choices, default=FollowUpMode.FUSED)
     # The panel chosen for this conversation: {"members": [{model, temperature, ...}], "analyst": {...}, ...}
     panel = models.JSONField(default=dict, blank=True)
+    # The preset the panel came from: a user's preset, or a built-in's key ("quality", …).
+    preset = models.ForeignKey("Preset", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    builtin_preset = models.CharField(max_length=40, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now, db_index=True)
 
@@ -77,6 +80,10 @@ class Run(models.Model):
     error_kind = models.CharField(max_length=40, blank=True)
     error_message = models.TextField(blank=True)
     process_id = models.CharField(max_length=80, blank=True)
+    # Spend control: the upper estimate held while running, released when the run ends;
+    # ``cost`` is what the providers reported.
+    reserved_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     heartbeat_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -143,3 +150,82 @@ class MemberResponse(models.Model):
             "duration_ms": self.duration_ms,
             "usage": self.usage,
         }
+
+
+# --------------------------------------------------------------------------- presets, keys, spend
+
+
+class Preset(models.Model):
+    """A user's saved panel. Built-in presets are not rows: they live in settings.FUSION_BUILTIN_PRESETS.
+
+    ``config`` holds: members [{model, label, temperature, max_tokens, reasoning_effort,
+    system_prompt}], analyst, writer, fallback_analyst, fallback_writer, follow_up_mode, and
+    research {web_tools, max_tool_calls, excluded_domains, blocked_domains} (used by the tools).
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="presets")
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True, max_length=2000)
+    config = models.JSONField(default=dict)
+    is_default = models.BooleanField(default=False)
+    # Unguessable, revocable; regenerating replaces it so the old link stops working.
+    share_token = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    copied_from_share = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["user"], condition=models.Q(is_default=True), name="one_default_preset_per_user"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ProviderKey(models.Model):
+    """A user's own API key for one provider, encrypted at rest; shown only as its last four characters."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="provider_keys")
+    provider = models.CharField(max_length=50)
+    encrypted_key = models.TextField()
+    last4 = models.CharField(max_length=4)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["provider"]
+        constraints = [models.UniqueConstraint(fields=["user", "provider"], name="one_key_per_provider")]
+
+    def __str__(self) -> str:
+        return f"{self.provider} key …{self.last4}"
+
+
+class UserLimits(models.Model):
+    """Per-user overrides of the administrator's defaults (edited in the admin)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="limits")
+    # Null: settings.FUSION_DAILY_SPEND_LIMIT_USD applies.
+    daily_spend_limit_usd = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
+    # Null: settings.FUSION_ALLOW_SERVER_KEY applies.
+    allow_server_key = models.BooleanField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "user limits"
+
+    def __str__(self) -> str:
+        return f"limits of {self.user}"
+
+
+class CatalogueCache(models.Model):
+    """The last good copy of one provider's GET /models, so an unreachable provider changes nothing."""
+
+    provider = models.CharField(max_length=50, unique=True)
+    models_json = models.JSONField(default=list)
+    fetched_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"catalogue of {self.provider}"

@@ -233,3 +233,69 @@ FUSION_CHECKPOINT_INTERVAL_S = env_float("FUSION_CHECKPOINT_INTERVAL_S", 1.0)
 
 # Set by `make demo`: marks every page as running against simulated models.
 FUSION_DEMO = env_bool("FUSION_DEMO", False)
+
+# --------------------------------------------------------------------------- presets, keys, spend
+
+# Built-in presets every user sees and can copy. The one place their model ids live; override the
+# whole dict with FUSION_BUILTIN_PRESETS (JSON of the same shape). "~…-latest" ids are
+# OpenRouter's aliases for the newest model of a family.
+_FRONTIER_ANALYST = {"model": "~openai/gpt-latest"}
+_FRONTIER_WRITER = {"model": "~anthropic/claude-opus-latest"}
+FUSION_BUILTIN_PRESETS: dict[str, dict] = {
+    "quality": {
+        "name": "Quality",
+        "description": "A frontier panel: the latest Claude Opus, GPT and Gemini Pro, with frontier analyst and writer.",
+        "members": [
+            {"model": "~anthropic/claude-opus-latest"},
+            {"model": "~openai/gpt-latest"},
+            {"model": "~google/gemini-pro-latest"},
+        ],
+        "analyst": _FRONTIER_ANALYST,
+        "writer": _FRONTIER_WRITER,
+    },
+    "budget": {
+        "name": "Budget",
+        "description": "A cheap trio (Gemini Flash, Kimi, DeepSeek) with a frontier analyst.",
+        "members": [
+            {"model": "google/gemini-2.5-flash"},
+            {"model": "moonshotai/kimi-k2"},
+            {"model": "deepseek/deepseek-chat-v3.1"},
+        ],
+        "analyst": _FRONTIER_ANALYST,
+        "writer": {"model": "google/gemini-2.5-flash"},
+    },
+    "fast": {
+        "name": "Fast",
+        "description": "Members with similar time to first token, so none gates the others.",
+        "members": [
+            {"model": "~anthropic/claude-haiku-latest"},
+            {"model": "google/gemini-2.5-flash"},
+            {"model": "openai/gpt-4.1-mini"},
+        ],
+        "analyst": {"model": "openai/gpt-4.1-mini"},
+        "writer": {"model": "~anthropic/claude-haiku-latest"},
+    },
+    "self-panel": {
+        "name": "Self-panel",
+        "description": "One strong model twice: fusion gains even over itself.",
+        "members": [
+            {"model": "~anthropic/claude-opus-latest", "temperature": 0.7},
+            {"model": "~anthropic/claude-opus-latest", "temperature": 1.0},
+        ],
+        "analyst": _FRONTIER_WRITER,
+        "writer": _FRONTIER_WRITER,
+    },
+}
+if os.environ.get("FUSION_BUILTIN_PRESETS", "").strip():
+    FUSION_BUILTIN_PRESETS = json.loads(os.environ["FUSION_BUILTIN_PRESETS"])
+
+# Users' own provider keys are encrypted with the first of these Fernet keys; all of them decrypt,
+# so a new key can be put first and the keys re-encrypted (manage.py rotate_keys) before the old
+# one is dropped. Unset: derived from DJANGO_SECRET_KEY (fine for one box; set it in production).
+FUSION_KEY_ENCRYPTION_KEYS = [k.strip() for k in os.environ.get("FUSION_KEY_ENCRYPTION_KEYS", "").split(",") if k.strip()]
+# Whether users without their own key may use the server-wide keys (per-user override in the admin).
+FUSION_ALLOW_SERVER_KEY = env_bool("FUSION_ALLOW_SERVER_KEY", False)
+# Daily spend per user in USD (per-user override in the admin); 0 means no limit.
+FUSION_DAILY_SPEND_LIMIT_USD = env_float("FUSION_DAILY_SPEND_LIMIT_USD", 5.0)
+# How often the model catalogue (GET /models of each provider) is refreshed in the background.
+FUSION_CATALOGUE_TTL_S = env_int("FUSION_CATALOGUE_TTL_S", 3600)
