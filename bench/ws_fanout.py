@@ -119,6 +119,16 @@ class Children:
         self.procs.append((name, proc))
         return proc
 
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 8) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
     def stop_all(self) -> None:
         for _name, proc in reversed(self.procs):
             if proc.poll() is None:
@@ -181,7 +191,7 @@ def build_scripts(args: argparse.Namespace) -> tuple[dict[str, Any], list[list[R
     for m in range(args.members):
         member_timing.append({
             "ttft_ms": args.member_ttft_ms + args.member_ttft_step_ms * m,
-            "tokens_per_s": max(1.0, args.member_tps - args.member_tps_step * m),
+            "tokens_per_s": max(args.member_tps / 4, args.member_tps - args.member_tps_step * m),
         })
     writer_content = None
     for c in range(args.runs):
@@ -371,6 +381,7 @@ class RunRecord:
     client_run_id: str
     t_start: float = 0.0  # when the start frame was sent
     t_end: float | None = None  # when completed/failed arrived
+    t_started: float | None = None  # when run.started arrived (the turn and run are in the database)
     server_run: str | None = None
     status: str = "pending"
     error: str = ""
@@ -403,6 +414,7 @@ async def reader(ws: Any, sock: SocketRecord, by_client: dict[str, RunRecord], b
                     if rec is not None:
                         rec.server_run = ev.get("run")
                         rec.status = "running"
+                        rec.t_started = t
                         by_server[ev["run"]] = rec
                 elif kind in ("completed", "failed"):
                     rec = by_server.get(ev.get("run", ""))
@@ -427,9 +439,26 @@ async def reader(ws: Any, sock: SocketRecord, by_client: dict[str, RunRecord], b
                 rec.done.set()
 
 
+class LoopLag:
+    """The bench client's own event-loop lag: if it stalls, its receive times are late too."""
+
+    def __init__(self, period: float = 0.01) -> None:
+        self.period = period
+        self.gaps: list[float] = []  # ms beyond the period
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.period)
+            now = time.monotonic()
+            self.gaps.append((now - last - self.period) * 1000)
+            last = now
+
+
 async def drive(
     args: argparse.Namespace, base_port: int, accounts: list[dict[str, Any]], cookie_name: str,
-    plans: list[list[RunPlan]], on_connected: Any,
+    plans: list[list[RunPlan]], on_connected: Any, lag: LoopLag,
 ) -> list[SocketRecord]:
     origin = f"http://127.0.0.1:{base_port}"
     socks = [SocketRecord(i, a["conversation_id"]) for i, a in enumerate(accounts)]
@@ -454,6 +483,7 @@ async def drive(
         while any(not s.frames for s in socks) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         on_connected()
+        lag.task = asyncio.create_task(lag.run())
         try:
             for r in range(args.rounds):
                 recs = []
@@ -483,7 +513,7 @@ async def drive(
                         rec.status, rec.error = "timeout", f"no completed/failed frame within {left:.0f} s"
                 bad = [rec for rec in recs if rec.status != "complete"]
                 if bad:
-                    print(f"  round {r}: {len(bad)} of {len(recs)} runs did not complete "
+                    print(f"  round {r + 1}/{args.rounds}: {len(bad)} of {len(recs)} runs did not complete "
                           f"(first: {bad[0].status} {bad[0].error})", file=sys.stderr)
                     if all(rec.status != "complete" for rec in recs):
                         break  # nothing works: stop early, report what there is
@@ -492,9 +522,10 @@ async def drive(
                     print(f"  round {r + 1}/{args.rounds}: {len(recs)} runs complete in {spent:.1f} s", file=sys.stderr)
                 await asyncio.sleep(args.pause_s)
         finally:
+            lag.task.cancel()
             for t in readers:
                 t.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            await asyncio.gather(*readers, lag.task, return_exceptions=True)
     return socks
 
 
@@ -535,7 +566,7 @@ def analyse(
 ) -> dict[str, Any]:
     ts = args.time_scale
     # --- per run, per stream: which frame carried which characters
-    streams: dict[tuple[str, str], StreamFrames] = {}  # (model id, "") → frames
+    streams: dict[str, StreamFrames] = {}  # model id (unique per run and role) → its delta frames
     run_of_model: dict[str, RunRecord] = {}
     frame_seq = 0
     delta_frames = 0
@@ -569,7 +600,7 @@ def analyse(
                 else:
                     continue
                 n_delta += 1
-                streams.setdefault((model, ""), StreamFrames()).add(ev["offset"], len(ev["delta"]), t, frame_seq)
+                streams.setdefault(model, StreamFrames()).add(ev["offset"], len(ev["delta"]), t, frame_seq)
             if is_run_frame:
                 total_frames += 1
                 n_run_frames += 1
@@ -611,6 +642,7 @@ def analyse(
         s = scripts[model]
         return req_time[model] + scripted_duration_ms(s, offset, ts) / 1000
 
+    per_round: dict[int, dict[str, list[float]]] = {}
     lat_all: list[float] = []
     lat_first: list[float] = []
     lat_rest: list[float] = []
@@ -623,7 +655,7 @@ def analyse(
     for model, script in scripts.items():
         if model.endswith("-analyst") or model not in run_of_model:
             continue
-        sf = streams.get((model, ""))
+        sf = streams.get(model)
         coverage["expected_chars"] += len(script["content"])
         coverage["received_chars"] += sf.chars if sf else 0
         if sf is None:
@@ -643,28 +675,31 @@ def analyse(
             t_sched = scheduled(model, off)
             if t_sched is not None:
                 lat_sched.append((t_recv - t_sched) * 1000)
-            if not sends:
-                continue
-            if t_sched is not None:
-                lateness.append((t_sent - t_sched) * 1000)
+                if sends:
+                    lateness.append((t_sent - t_sched) * 1000)
+            if not sends:  # fallback: latency against the schedule
+                if t_sched is None:
+                    continue
+                t_sent = t_sched
             ms = (t_recv - t_sent) * 1000
             if dump is not None:
                 dump.append([model, off, length, t_sent, t_recv])
             lat_all.append(ms)
+            per_round.setdefault(run_of_model[model].plan.round, {"a": [], "b": []})["a"].append(ms)
             (lat_first if i == 0 else lat_rest).append(ms)
             if model.endswith("-writer"):
                 lat_final.append(ms)
-    if not sends:
-        lat_all = lat_sched
 
     # --- (b) fused answer's first frame vs the scripted critical path, and where the time goes
     overhead: list[float] = []
     server_overhead: list[float] = []
     parts: dict[str, list[float]] = {k: [] for k in (
-        "start → panel requests", "upstream pacing (slowest member)", "panel done → analyst request",
+        "start sent → panel request upstream", "upstream pacing (slowest member)", "panel done → analyst request",
         "upstream (analyst)", "analyst answer → writer request", "upstream (writer ttft)",
         "writer first chunk → ws frame")}
     crit = timing["critical_path_ms"]
+    started_frame: list[float] = []
+    app_overhead: list[float] = []
     runs_total = runs_ok = 0
     for sock in socks:
         for rec in sock.runs:
@@ -676,8 +711,11 @@ def analyse(
             if t_first is None:
                 continue
             overhead.append((t_first - rec.t_start) * 1000 - crit)
+            per_round.setdefault(rec.plan.round, {"a": [], "b": []})["b"].append(overhead[-1])
             if isinstance(rec.timings.get("final_ttft"), (int, float)):
                 server_overhead.append(rec.timings["final_ttft"] - crit)
+            if rec.t_started:
+                started_frame.append((rec.t_started - rec.t_start) * 1000)
             p = rec.plan
             if not sends or not all(m in ends for m in p.members) or p.analyst not in ends or p.writer not in chunks:
                 continue
@@ -688,13 +726,16 @@ def analyse(
                 continue
             gate_dur = scripted_duration_ms(scripts[gate], len(scripts[gate]["content"]), ts) / 1000
             w_first = chunks[p.writer][0][2]
-            parts["start → panel requests"].append((t_req - rec.t_start) * 1000)
+            parts["start sent → panel request upstream"].append((t_req - rec.t_start) * 1000)
             parts["upstream pacing (slowest member)"].append((ends[gate] - t_req - gate_dur) * 1000)
             parts["panel done → analyst request"].append((a_req - ends[gate]) * 1000)
             parts["upstream (analyst)"].append((ends[p.analyst] - a_req) * 1000 - timing["analyst_ms"])
             parts["analyst answer → writer request"].append((w_req - ends[p.analyst]) * 1000)
             parts["upstream (writer ttft)"].append((w_first - w_req) * 1000 - timing["writer_ttft_ms"])
             parts["writer first chunk → ws frame"].append((t_first - w_first) * 1000)
+            upstream_late = parts["upstream pacing (slowest member)"][-1] + parts["upstream (analyst)"][-1] \
+                + parts["upstream (writer ttft)"][-1]
+            app_overhead.append(overhead[-1] - upstream_late)
 
     # --- (c) frame rates
     t0 = min((rec.t_start for s in socks for rec in s.runs if rec.t_start), default=0)
@@ -714,6 +755,7 @@ def analyse(
         },
         "b_final_first_token": {
             "critical_path_ms": crit, "overhead_ms": stats(overhead), "server_final_ttft_overhead_ms": stats(server_overhead),
+            "app_overhead_ms": stats(app_overhead), "start_to_run_started_frame_ms": stats(started_frame),
             "breakdown_ms": {k: stats(v) for k, v in parts.items()},
         },
         "c_frames": {
@@ -723,7 +765,39 @@ def analyse(
             "delta_events_per_delta_frame": stats([float(c) for c in delta_events_per_frame]),
             "bytes_total": total_bytes, "mean_frame_bytes": total_bytes / max(1, sum(len(s.frames) for s in socks)),
         },
+        "per_round": {r: {"a_latency_ms": stats(v["a"]), "b_overhead_ms": stats(v["b"])} for r, v in sorted(per_round.items())},
         "integrity": {**coverage, "offset_gaps_or_overlaps": mismatches, "chunks_not_found_in_frames": missing},
+    }
+
+
+def summarise_probe(path: Path, t_runs: float, t_end: float | None = None) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    gaps = [g for t, g in data.get("gaps", []) if t >= t_runs]
+    gcs = [ms for t, _gen, ms in data.get("gcs", []) if t >= t_runs]
+    counts: dict[str, int] = {}
+    for t, stack in data.get("samples", []):
+        if t < t_runs:
+            continue
+        own = [f for f in stack if "chat/" in f or "fusionsite/" in f] or stack[-1:]
+        key = " ← ".join(reversed(own[-3:]))
+        counts[key] = counts.get(key, 0) + 1
+    prof: dict[str, int] = {}
+    n_prof = 0
+    for t, where in data.get("profile", []):
+        if t >= t_runs and (t_end is None or t <= t_end):
+            prof[where] = prof.get(where, 0) + 1
+            n_prof += 1
+    busy = n_prof - prof.get("idle", 0)
+    return {
+        "busy_pct_of_samples": 100 * busy / max(1, n_prof),
+        "profile_top": [(w, 100 * n / max(1, n_prof)) for w, n in sorted(prof.items(), key=lambda kv: -kv[1])
+                        if w != "idle"][:8],
+        "file": str(path), "stalls": len(gaps), "max_stall_ms": max(gaps, default=None), "stall_ms_total": sum(gaps),
+        "gc_pauses": len(gcs), "max_gc_ms": max(gcs, default=None), "gc_ms_total": sum(gcs),
+        "top_stacks": sorted(counts.items(), key=lambda kv: -kv[1])[:5],
     }
 
 
@@ -764,10 +838,19 @@ def print_report(cfg: dict[str, Any], res: dict[str, Any], mem: dict[str, Any]) 
     print(f"\n(b) fused answer first token vs scripted critical path ({b['critical_path_ms']:.0f} ms)")
     print(head)
     row("overhead, client-measured (start sent → frame)", b["overhead_ms"])
-    row("overhead, server's timings.final_ttft", b["server_final_ttft_overhead_ms"])
-    print("  breakdown (slowest member's chain):")
-    for k, s in b["breakdown_ms"].items():
-        row("    " + k, s)
+    row("  app's share (minus upstream lateness)", b["app_overhead_ms"])
+    row("overhead, server's timings.final_ttft (no start)", b["server_final_ttft_overhead_ms"])
+    if any(s["n"] for s in b["breakdown_ms"].values()):
+        print("  breakdown (slowest member's chain):")
+        for k, s in b["breakdown_ms"].items():
+            row("    " + k, s)
+    row("(start sent → run.started frame)", b["start_to_run_started_frame_ms"])
+    if len(res["per_round"]) > 1:
+        print("  per round (round 1 includes the server's first-use costs):")
+        for rnd, v in res["per_round"].items():
+            a_, b_ = v["a_latency_ms"], v["b_overhead_ms"]
+            print(f"    round {rnd + 1}: (a) p50 {fmt(a_['p50'])} / p99 {fmt(a_['p99'])} ms;"
+                  f"  (b) overhead p50 {fmt(b_['p50'])} / max {fmt(b_['max'])} ms")
     c = res["c_frames"]
     print(f"\n(c) frames over {c['span_s']:.1f} s")
     print(f"  frames received (run frames, all sockets)     {c['frames_total']}")
@@ -784,6 +867,22 @@ def print_report(cfg: dict[str, Any], res: dict[str, Any], mem: dict[str, Any]) 
               f" {m['cpu_s']:>8.2f} {m['cpu_pct']:>6.0f}%")
     print(f"  ({mem['samples']} samples; CPU % is of one core over {mem['window_s']:.1f} s; the machine has "
           f"{os.cpu_count()} cores)")
+    print(f"  whole machine {mem['machine_cpu_pct']:.0f}% busy, of which processes outside the benchmark "
+          f"{mem['other_processes_cpu_pct']:.0f}%"
+          + ("  ← NOISY: other work was competing for the cores" if mem["other_processes_cpu_pct"] > 25 else ""))
+    cl = mem["client_loop_lag_ms"]
+    print(f"  bench client event-loop lag: p99 {fmt(cl['p99'])} ms, max {fmt(cl['max'])} ms, "
+          f"{mem['client_loop_stalls_over_20ms']} stalls > 20 ms (its receive times are late by as much)")
+    if mem.get("daphne_loop_probe"):
+        lp = mem["daphne_loop_probe"]
+        print(f"  Daphne loop probe: {lp['stalls']} stalls > 40 ms (max {fmt(lp['max_stall_ms'])} ms, "
+              f"{lp['stall_ms_total']:.0f} ms in all); {lp['gc_pauses']} GC pauses > 5 ms "
+              f"(max {fmt(lp['max_gc_ms'])} ms); stack samples in {lp['file']}")
+        for stack, n in lp["top_stacks"][:3]:
+            print(f"    {n:>4} stall samples: {stack}")
+        print(f"  Daphne main thread busy in {lp['busy_pct_of_samples']:.0f}% of 5-ms samples; where:")
+        for where, share in lp["profile_top"]:
+            print(f"    {share:5.1f}%  {where}")
     integ = res["integrity"]
     print(f"\n  integrity: {integ['received_chars']}/{integ['expected_chars']} streamed characters received, "
           f"{integ['offset_gaps_or_overlaps']} offset gaps/overlaps, {integ['chunks_not_found_in_frames']} chunks unmatched")
@@ -804,7 +903,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--member-ttft-ms", type=float, default=300)
     p.add_argument("--member-ttft-step-ms", type=float, default=200, help="member m's ttft = ttft + m × step")
     p.add_argument("--member-tps", type=float, default=120, help="tokens/s of member 0")
-    p.add_argument("--member-tps-step", type=float, default=20, help="member m's pace = tps − m × step")
+    p.add_argument("--member-tps-step", type=float, default=20, help="member m's pace = max(tps/4, tps − m × step)")
     p.add_argument("--analyst-ttft-ms", type=float, default=400)
     p.add_argument("--writer-ttft-ms", type=float, default=300)
     p.add_argument("--writer-tps", type=float, default=125)
@@ -816,6 +915,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--round-timeout", type=float, default=45.0, help="seconds a round may take")
     p.add_argument("--timeout", type=float, default=110.0, help="hard limit for the whole benchmark, seconds")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
+    p.add_argument("--no-probe", action="store_true",
+                   help="run plain `python -m chat.fusion.scripted`; (a) is then measured against the scripted schedule")
+    p.add_argument("--loop-probe", action="store_true",
+                   help="run Daphne through bench/daphne_probe.py: event-loop stalls, GC pauses, stack samples")
     p.add_argument("--dump-chunks", metavar="PATH", help="write every chunk's send and receive time (JSON)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (logs, database)")
     args = p.parse_args(argv)
@@ -837,6 +940,7 @@ def _alarm(_signum: int, _frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(max(1, int(args.timeout)))
     t_begin = time.monotonic()
@@ -874,6 +978,8 @@ def _main(args: argparse.Namespace, tmp: Path, children: Children, t_begin: floa
         "DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
         "OPENROUTER_BASE_URL": upstream_url + "/v1",
         "OPENROUTER_API_KEY": "x",
+        "FUSION_ALLOW_SERVER_KEY": "true",  # the bench accounts have no keys of their own
+        "FUSION_DAILY_SPEND_LIMIT_USD": "0",  # no limit: rounds of runs must not be refused
         "FUSION_MAX_CONCURRENT_RUNS_PER_USER": "1000",
         "REDIS_URL": "",
         "FUSION_DEMO": "false",
@@ -883,6 +989,7 @@ def _main(args: argparse.Namespace, tmp: Path, children: Children, t_begin: floa
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("DJANGO_SETTINGS_MODULE", None)
+    env["BENCH_LOOP_PROBE_OUT"] = str(tmp / "daphne_probe.json")
     if args.frame_interval_ms is not None:
         env["FUSION_FRAME_INTERVAL_MS"] = str(args.frame_interval_ms)
     frame_interval = env.get("FUSION_FRAME_INTERVAL_MS") or "40 (app default)"
@@ -890,14 +997,17 @@ def _main(args: argparse.Namespace, tmp: Path, children: Children, t_begin: floa
     print(f"ws_fanout: {args.runs} runs × {args.rounds} rounds, {args.members} members; temp dir {tmp}", file=sys.stderr)
     up_log, app_log = tmp / "upstream.log", tmp / "daphne.log"
     upstream = children.start(
-        "upstream", [py, str(ROOT / "bench" / "upstream_probe.py"), "--port", str(up_port),
+        "upstream", [py, *(["-m", "chat.fusion.scripted"] if args.no_probe else [str(ROOT / "bench" / "upstream_probe.py")]),
+                     "--port", str(up_port),
                      "--scripts", str(scripts_file), "--time-scale", str(args.time_scale)], env=env, log=up_log)
-    subprocess.run([py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True,
-                   timeout=60, capture_output=True)
+    mig = subprocess.run([py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env,
+                         timeout=60, capture_output=True, text=True)
+    if mig.returncode != 0:
+        raise BenchError(f"manage.py migrate failed (exit {mig.returncode}):\n{mig.stderr[-3000:]}")
     accounts = run_django(SETUP, [str(args.runs), PASSWORD], env, timeout=60)
     wait_http(upstream_url + "/v1/models", upstream, "scripted upstream", up_log, 15)
     daphne = children.start(
-        "daphne", [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(app_port), "fusionsite.asgi:application"],
+        "daphne", [py, *([str(ROOT / "bench" / "daphne_probe.py")] if args.loop_probe else ["-m", "daphne"]), "-b", "127.0.0.1", "-p", str(app_port), "fusionsite.asgi:application"],
         env=env, log=app_log)
     wait_http(base + "/healthz", daphne, "Daphne", app_log, 30)
     print(f"  servers up after {time.monotonic() - t_begin:.1f} s", file=sys.stderr)
@@ -924,21 +1034,30 @@ def _main(args: argparse.Namespace, tmp: Path, children: Children, t_begin: floa
     sampler = Sampler({"daphne": daphne.pid, "upstream": upstream.pid, "bench client": os.getpid()})
     sampler.start()
     cpu0: dict[str, float] = {}
+    lag = LoopLag()
+    sys_cpu0: list[Any] = []
     wall0 = [0.0]
 
     def on_connected() -> None:
         sampler.mark_baseline()
         cpu0.update(sampler.cpu())
+        sys_cpu0.append(psutil.cpu_times())
         wall0[0] = time.monotonic()
 
     try:
-        socks = asyncio.run(drive(args, app_port, accounts, cookie_name, plans, on_connected))
+        socks = asyncio.run(drive(args, app_port, accounts, cookie_name, plans, on_connected, lag))
     except (OSError, websockets.InvalidHandshake, websockets.InvalidStatus) as exc:
         raise BenchError(f"websocket connection failed: {exc!r}\n{tail(app_log)}") from exc
     except websockets.ConnectionClosed as exc:
         raise BenchError(f"websocket closed: {exc!r}\n{tail(app_log)}") from exc
     cpu1 = sampler.cpu()
+    sys_cpu1 = psutil.cpu_times()
     window = max(1e-9, time.monotonic() - wall0[0])
+    busy = 0.0
+    if sys_cpu0:
+        a, b = sys_cpu0[0], sys_cpu1
+        busy = (b.user + b.system + getattr(b, "nice", 0) + getattr(b, "irq", 0) + getattr(b, "softirq", 0)) - (
+            a.user + a.system + getattr(a, "nice", 0) + getattr(a, "irq", 0) + getattr(a, "softirq", 0))
     sampler.sample()
     sampler.stop()
 
@@ -955,6 +1074,11 @@ def _main(args: argparse.Namespace, tmp: Path, children: Children, t_begin: floa
     except (httpx.HTTPError, ValueError, KeyError):
         pass
 
+    probe = None
+    if args.loop_probe:
+        children.stop(daphne)  # the probe writes its record on shutdown
+        probe = summarise_probe(tmp / "daphne_probe.json", min((r.t_start for s in socks for r in s.runs), default=0),
+                                max((r.t_end or 0 for s in socks for r in s.runs), default=None))
     dump: list[list[Any]] | None = [] if args.dump_chunks else None
     res = analyse(args, socks, scripts, timing, sends, requests, dump)
     if args.dump_chunks:
@@ -965,9 +1089,15 @@ def _main(args: argparse.Namespace, tmp: Path, children: Children, t_begin: floa
             "requests": [{"model": q["model"], "time": q["time"]} for q in requests],
             "sends": sends,
         }))
+    ours = sum(cpu1.get(n, 0) - cpu0.get(n, 0) for n in sampler.procs)
     mem = {
         "samples": sampler.samples,
         "window_s": window,
+        "machine_cpu_pct": 100 * busy / window,
+        "other_processes_cpu_pct": max(0.0, 100 * (busy - ours) / window),
+        "client_loop_lag_ms": stats(lag.gaps),
+        "client_loop_stalls_over_20ms": sum(1 for g in lag.gaps if g > 20),
+        "daphne_loop_probe": probe,
         "processes": {
             name: {
                 "baseline_mb": sampler.baseline.get(name, 0) / 2**20,
@@ -982,12 +1112,14 @@ def _main(args: argparse.Namespace, tmp: Path, children: Children, t_begin: floa
         "concurrent runs / sockets": f"{args.runs} (one user + conversation each)",
         "rounds": args.rounds,
         "panel": f"{args.members} members + analyst + writer",
-        "member timing": ", ".join(f"m{m}: ttft {t['ttft_ms']:.0f} ms, {t['tokens_per_s']:.0f} tok/s"
-                                   for m, t in enumerate(timing["members"])),
+        "member timing": ", ".join(
+            f"m{m}: ttft {t['ttft_ms'] * args.time_scale:.0f} ms, {t['tokens_per_s'] / args.time_scale:.0f} tok/s"
+            for m, t in enumerate(timing["members"])),
         "member answer": f"{timing['member_chars'][0]} chars, {args.chunk_chars}-char chunks "
                          f"(durations {', '.join(f'{d:.0f}' for d in timing['member_duration_ms'])} ms)",
         "analyst": f"ttft {timing['analyst_ms']:.0f} ms, unpaced (generated analysis JSON)",
-        "writer": f"ttft {timing['writer_ttft_ms']:.0f} ms, {args.writer_tps:.0f} tok/s, {timing['writer_chars']} chars",
+        "writer": f"ttft {timing['writer_ttft_ms']:.0f} ms, {args.writer_tps / args.time_scale:.0f} tok/s, "
+                  f"{timing['writer_chars']} chars",
         "scripted critical path": f"{timing['critical_path_ms']:.0f} ms to the fused answer's first token",
         "time scale": args.time_scale,
         "FUSION_FRAME_INTERVAL_MS": frame_interval,

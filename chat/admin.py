@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from chat.models import Conversation, MemberResponse, Run, Turn
+from chat.models import CatalogueCache, Conversation, MemberResponse, Preset, ProviderKey, Run, Turn, UserLimits
 
 
 class TurnInline(admin.TabularInline):
@@ -61,3 +61,57 @@ class MemberResponseAdmin(admin.ModelAdmin):
     list_filter = ("status",)
     search_fields = ("model", "run__id")
     raw_id_fields = ("run",)
+
+
+@admin.register(Preset)
+class PresetAdmin(admin.ModelAdmin):
+    list_display = ("name", "user", "is_default", "is_shared", "copied_from_share", "updated_at")
+    list_filter = ("is_default", "copied_from_share")
+    search_fields = ("name", "user__username")
+    raw_id_fields = ("user",)
+    readonly_fields = ("created_at", "updated_at")
+
+    @admin.display(boolean=True, description="shared")
+    def is_shared(self, obj: Preset) -> bool:
+        return bool(obj.share_token)
+
+
+# --------------------------------------------------------------------------- keys, limits, catalogue
+
+
+@admin.register(UserLimits)
+class UserLimitsAdmin(admin.ModelAdmin):
+    """Per-user overrides: empty fields fall back to FUSION_DAILY_SPEND_LIMIT_USD / FUSION_ALLOW_SERVER_KEY."""
+
+    list_display = ("user", "daily_spend_limit_usd", "allow_server_key")
+    search_fields = ("user__username",)
+    raw_id_fields = ("user",)
+
+
+@admin.register(ProviderKey)
+class ProviderKeyAdmin(admin.ModelAdmin):
+    """Which users stored a key for which provider. The key itself is never shown, not even encrypted."""
+
+    list_display = ("user", "provider", "masked", "updated_at")
+    list_filter = ("provider",)
+    search_fields = ("user__username", "provider")
+    fields = ("user", "provider", "masked", "created_at", "updated_at")
+    readonly_fields = fields
+
+    @admin.display(description="key")
+    def masked(self, obj: ProviderKey) -> str:
+        return f"…{obj.last4}"
+
+    def has_add_permission(self, request: object) -> bool:
+        return False  # users add their own keys in Settings → Keys
+
+
+@admin.register(CatalogueCache)
+class CatalogueCacheAdmin(admin.ModelAdmin):
+    list_display = ("provider", "model_count", "fetched_at", "last_attempt_at", "last_error")
+    fields = ("provider", "model_count", "fetched_at", "last_attempt_at", "last_error")
+    readonly_fields = fields
+
+    @admin.display(description="models")
+    def model_count(self, obj: CatalogueCache) -> int:
+        return len(obj.models_json or [])

@@ -43,6 +43,17 @@ def _run_ref(value: Any) -> str:
     return value
 
 
+def _preset_ref(value: Any) -> str | int | None:
+    """A preset in a start frame: one of the user's preset ids, or "builtin:<key>"."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str) and 0 < len(value) <= 80 and (value.startswith("builtin:") or value.isdigit()):
+        return value
+    raise FrameError("preset must be a preset id or \"builtin:<name>\".")
+
+
 def _slot(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 8:
         raise FrameError("slot must be a member number from 0 to 7.")
@@ -119,9 +130,12 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         mode = frame.get("follow_up_mode")
         if mode is not None and mode not in ("fused", "per_member"):
             raise FrameError("follow_up_mode must be 'fused' or 'per_member'.")
+        preset = _preset_ref(frame.get("preset"))
+        if preset is not None and panel is not None:
+            raise FrameError("Send either a panel or a preset, not both.")
         state, created = await runs.run_start(
             user=self.scope["user"], conversation_id=self.conversation_id, client_run_id=run_id,
-            prompt=prompt, panel=panel, follow_up_mode=mode,
+            prompt=prompt, panel=panel, follow_up_mode=mode, preset=preset,
         )
         if not created:  # attached to the existing run: send where it is now
             await self._send({"type": "snapshot", "runs": [state]})

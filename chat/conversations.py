@@ -163,12 +163,16 @@ def conversation_delete(*, conversation: Conversation) -> None:
 def conversation_update_settings(
     *, conversation: Conversation, panel: dict[str, Any], follow_up_mode: str
 ) -> Conversation:
-    """Store the panel (already validated by chat.panels.parse_panel) and the follow-up mode."""
+    """Store the panel (already validated by chat.panels.parse_panel) and the follow-up mode.
+
+    A panel written by hand is no longer a preset's: the preset references are cleared.
+    """
     if follow_up_mode not in FollowUpMode.values:
         raise ValueError(f"unknown follow-up mode {follow_up_mode!r}")
     conversation.panel = panel
     conversation.follow_up_mode = follow_up_mode
-    conversation.save(update_fields=["panel", "follow_up_mode"])
+    conversation.preset, conversation.builtin_preset = None, ""
+    conversation.save(update_fields=["panel", "follow_up_mode", "preset", "builtin_preset"])
     return conversation
 
 
@@ -190,6 +194,9 @@ def _member_export(member: MemberResponse) -> dict[str, Any]:
         "error": error,
         "metrics": {"ttft_ms": member.ttft_ms, "duration_ms": member.duration_ms},
         "usage": member.usage or {},
+        "tool_calls": member.tool_calls or [],
+        "sources": member.sources or [],
+        "notes": member.notes or [],
     }
 
 
@@ -216,6 +223,8 @@ def _run_export(run: Run) -> dict[str, Any]:
         "timings": run.timings,
         "wall_ms": run.wall_ms(),
         "calls": run.calls,
+        "sources": run.sources or [],
+        "tool_usage": run.tool_usage or {},
         "error": error,
     }
 
@@ -293,6 +302,23 @@ def _analysis_markdown(analysis: dict[str, Any]) -> list[str]:
     return out
 
 
+def _md_link(source: dict[str, Any]) -> str:
+    """A source as a Markdown link; brackets in the title and spaces/parentheses in the URL escaped."""
+    url = str(source.get("url") or "")
+    title = " ".join(str(source.get("title") or "").split()) or url
+    title = title.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+    url = url.replace(" ", "%20").replace("(", "%28").replace(")", "%29")
+    return f"[{title}]({url})"
+
+
+def _tool_call_line(call: dict[str, Any]) -> str:
+    args = call.get("arguments") or {}
+    what = args.get("query") or args.get("url") or call.get("name") or "tool"
+    outcome = call.get("summary") or call.get("status") or ""
+    mark = "✗" if call.get("ok") is False else "✓"
+    return f"- {mark} {call.get('name') or 'tool'}: {what} — {outcome}".rstrip(" —")
+
+
 def conversation_export_markdown(*, conversation: Conversation) -> str:
     """A readable transcript of what the page shows: each turn's latest run."""
     lines = [f"# {conversation.title}", ""]
@@ -304,8 +330,14 @@ def conversation_export_markdown(*, conversation: Conversation) -> str:
         lines += ["", "### Panel"]
         for m in run.members.order_by("slot"):
             lines += ["", f"#### {m.model} — {m.status}", ""]
+            for note in m.notes or []:
+                lines += [f"> {note}", ""]
+            if m.tool_calls:
+                lines += ["Web research:", ""] + [_tool_call_line(c) for c in m.tool_calls] + [""]
             if m.content:
                 lines.append(m.content)
+            if m.sources:
+                lines += ["", "Sources:", ""] + [f"- {_md_link(src)}" for src in m.sources]
             if m.error_message:
                 lines += ["", f"> Error ({m.error_kind or 'error'}): {m.error_message}"]
             lines += [
@@ -322,6 +354,11 @@ def conversation_export_markdown(*, conversation: Conversation) -> str:
             lines += ["", f"No analysis. {run.analysis_error}".strip()]
         lines += ["", f"### Fused answer ({run.writer_model or 'writer'})", ""]
         lines.append(run.answer or "*No fused answer.*")
+        if run.sources:
+            lines += ["", "### Sources", ""]
+            for src in run.sources:
+                used_by = ", ".join(src.get("members") or [])
+                lines.append(f"- {_md_link(src)}" + (f" ({used_by})" if used_by else ""))
         if run.error_message:
             lines += ["", f"> Run {run.status}: {run.error_message}"]
         lines += [

@@ -1,13 +1,26 @@
 """The bridge from Django settings to the framework-free engine in chat/fusion/."""
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
+from typing import Any
+
 from django.conf import settings
 
+from chat import keys
 from chat.fusion.providers import ProviderRegistry
-from chat.fusion.types import Limits, Provider
+from chat.fusion.types import Limits, Provider, ResearchSettings
+
+log = logging.getLogger(__name__)
 
 
-def build_registry() -> ProviderRegistry:
+def build_registry(*, user: Any = None) -> ProviderRegistry:
+    """The providers with the server's keys, or, for *user*, the keys a run of theirs may use.
+
+    For a user: their own key for each provider where they stored one; otherwise the server's
+    key only if they are allowed it (chat.keys.server_key_allowed), else no key — runs that
+    need such a provider are refused up front by chat.keys.key_problems.
+    """
     providers = {
         "openrouter": Provider(
             name="openrouter",
@@ -23,6 +36,13 @@ def build_registry() -> ProviderRegistry:
             api_key=conf.get("api_key", ""),
             supports_response_format=bool(conf.get("supports_response_format", True)),
         )
+    if user is not None:
+        own = keys.user_keys_decrypted(user=user)
+        allowed = keys.server_key_allowed(user=user)
+        for name, provider in providers.items():
+            mine = own.get(name)
+            api_key = mine if isinstance(mine, str) else (provider.api_key if allowed else "")
+            providers[name] = replace(provider, api_key=api_key)
     return ProviderRegistry(providers, default="openrouter")
 
 
@@ -32,4 +52,92 @@ def build_limits() -> Limits:
         first_token=settings.FUSION_FIRST_TOKEN_TIMEOUT,
         idle=settings.FUSION_IDLE_TIMEOUT,
         total=settings.FUSION_TOTAL_TIMEOUT,
+    )
+
+
+# --------------------------------------------------------------------------- web research tools
+
+
+def research_settings(research: dict[str, Any] | None) -> ResearchSettings | None:
+    """A panel's ``research`` dict (chat.panels.parse_research) as the engine's settings."""
+    if not research or not research.get("web_tools"):
+        return None
+    return ResearchSettings(
+        web_tools=True,
+        max_tool_calls=int(research.get("max_tool_calls") or 4),
+        server_tools=bool(research.get("server_tools")),
+        excluded_domains=tuple(research.get("excluded_domains") or ()),
+        blocked_domains=tuple(research.get("blocked_domains") or ()),
+        allowed_domains=tuple(research.get("allowed_domains") or ()),
+    )
+
+
+def _search_backend() -> tuple[Any, str | None]:
+    """(backend or None, why there is none)."""
+    from chat.fusion.tools import make_search_backend
+
+    if not settings.FUSION_SEARCH_BACKEND:
+        return None, "No search backend is configured on this server (FUSION_SEARCH_BACKEND), so only web_fetch is offered."
+    try:
+        backend = make_search_backend(
+            {
+                "backend": settings.FUSION_SEARCH_BACKEND,
+                "url": settings.FUSION_SEARCH_URL,
+                "api_key": settings.FUSION_SEARCH_API_KEY,
+            }
+        )
+    except ValueError as exc:
+        log.error("web search is off: %s", exc)
+        return None, f"The search backend is misconfigured ({exc}), so only web_fetch is offered."
+    return backend, None
+
+
+def search_unavailable_reason() -> str | None:
+    """Why web_search is not offered (a sentence for the UI), or None when it is."""
+    return _search_backend()[1]
+
+
+def _fetch_policy() -> Any:
+    from chat.fusion.tools import FetchPolicy
+
+    hosts: set[str] = set()
+    ports: set[int] = {80, 443}
+    for entry in settings.FUSION_FETCH_TRUSTED_HOSTS:
+        host, port = entry, None
+        if entry.startswith("["):  # [::1]:8080
+            host, _, rest = entry[1:].partition("]")
+            port = rest.lstrip(":") or None
+        elif entry.count(":") == 1:
+            host, port = entry.split(":")
+        hosts.add(host)
+        if port:
+            ports.add(int(port))
+    return FetchPolicy(
+        allowed_ports=frozenset(ports),
+        trusted_hosts=frozenset(hosts),
+        max_bytes=settings.FUSION_FETCH_MAX_BYTES,
+        max_chars=settings.FUSION_FETCH_MAX_CHARS,
+        timeout=settings.FUSION_FETCH_TIMEOUT_S,
+    )
+
+
+def build_web_tools(research: dict[str, Any] | ResearchSettings | None) -> Any:
+    """The run's ``WebTools`` when its research settings ask for web tools, else None.
+
+    Without a search backend the tools offer web_fetch only; ``search_unavailable_reason()``
+    says why. The domain lists of the settings are fixed into the tools here.
+    """
+    from chat.fusion.tools import WebTools
+
+    if isinstance(research, dict) or research is None:
+        research = research_settings(research)
+    if research is None or not research.web_tools:
+        return None
+    backend, _ = _search_backend()
+    return WebTools(
+        search=backend,
+        fetch_policy=_fetch_policy(),
+        allowed_domains=research.allowed_domains,
+        excluded_domains=research.excluded_domains,
+        blocked_domains=research.blocked_domains,
     )

@@ -63,6 +63,10 @@ def parse_members_text(text: str) -> list[dict[str, Any]]:
     return members
 
 
+# data-model-picker: static/js/picker.js completes the id from the model catalogue.
+MODEL_INPUT_ATTRS = {"spellcheck": "false", "autocomplete": "off", "data-model-picker": ""}
+
+
 class PanelForm(forms.Form):
     """The composer's panel: members (one per line), analyst, writer and the follow-up mode.
 
@@ -71,11 +75,11 @@ class PanelForm(forms.Form):
     """
 
     members = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "autocomplete": "off"}),
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "autocomplete": "off", "data-model-picker": ""}),
         help_text=f"One model per line, up to {MAX_MEMBERS}; an optional temperature after a space.",
     )
-    analyst = forms.CharField(max_length=200, widget=forms.TextInput(attrs={"spellcheck": "false", "autocomplete": "off"}))
-    writer = forms.CharField(max_length=200, widget=forms.TextInput(attrs={"spellcheck": "false", "autocomplete": "off"}))
+    analyst = forms.CharField(max_length=200, widget=forms.TextInput(attrs=MODEL_INPUT_ATTRS))
+    writer = forms.CharField(max_length=200, widget=forms.TextInput(attrs=MODEL_INPUT_ATTRS))
     follow_up_mode = forms.ChoiceField(
         choices=[
             (FollowUpMode.FUSED, "Shared: everyone sees the fused answers"),

@@ -84,6 +84,10 @@ class Run(models.Model):
     # ``cost`` is what the providers reported.
     reserved_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    # Web research: every source of the run [{url, title, members}] and the tool counts
+    # {searches, fetches, server_tool_use, search_cost_usd}.
+    sources = models.JSONField(default=list, blank=True)
+    tool_usage = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     heartbeat_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -131,6 +135,11 @@ class MemberResponse(models.Model):
     duration_ms = models.IntegerField(null=True, blank=True)
     usage = models.JSONField(default=dict, blank=True)
     attempt = models.PositiveSmallIntegerField(default=1)
+    # Web research of this member: [{id, name, arguments, status, ok, summary, sources}],
+    # the pages it used [{url, title, kind}], and notes such as "answered without tools".
+    tool_calls = models.JSONField(default=list, blank=True)
+    sources = models.JSONField(default=list, blank=True)
+    notes = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["slot"]

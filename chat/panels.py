@@ -73,7 +73,11 @@ def _spec(data: Any, where: str) -> ModelSpec:
 
 
 def parse_panel(data: Any) -> dict[str, Any]:
-    """Validate a panel dict; return it normalised (what gets stored and run)."""
+    """Validate a panel dict; return it normalised (what gets stored and run).
+
+    Only the panel's own keys are kept (plus ``research`` when given): a preset's config can be
+    passed as it is.
+    """
     if not isinstance(data, dict):
         raise PanelError("The panel must be an object with members, analyst and writer.")
     members = data.get("members")
@@ -90,13 +94,115 @@ def parse_panel(data: Any) -> dict[str, Any]:
     def dump(s: ModelSpec | None) -> dict[str, Any] | None:
         return None if s is None else {k: v for k, v in asdict(s).items() if v is not None}
 
-    return {
+    panel = {
         "members": [dump(s) for s in specs],
         "analyst": dump(analyst),
         "writer": dump(writer),
         "fallback_analyst": dump(fb_analyst),
         "fallback_writer": dump(fb_writer),
     }
+    # Research settings travel with the panel (and so into Run.config) when a preset set them.
+    if data.get("research") is not None:
+        panel["research"] = parse_research(data["research"])
+    return panel
+
+
+# --------------------------------------------------------------------------- research settings
+#
+# Stored with presets and panels now so the format does not change when the tools arrive
+# (chat/fusion/tools/); the names follow OpenRouter's Fusion plugin.
+
+MAX_TOOL_CALLS_LIMIT = 16
+DEFAULT_MAX_TOOL_CALLS = 4
+MAX_DOMAINS = 50
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def default_research() -> dict[str, Any]:
+    return {"web_tools": False, "max_tool_calls": DEFAULT_MAX_TOOL_CALLS, "excluded_domains": [], "blocked_domains": []}
+
+
+def parse_domain(value: Any, where: str) -> str:
+    """A hostname such as ``example.com`` (lower-cased, IDN as punycode); PanelError otherwise."""
+    if not isinstance(value, str) or not value.strip():
+        raise PanelError(f"{where}: a domain must be a host name such as example.com.")
+    raw = value.strip()
+    shown = raw[:60]
+    if "://" in raw or "/" in raw or "@" in raw or ":" in raw:
+        raise PanelError(f"{where}: {shown!r} is not a domain; write only the host name, e.g. example.com.")
+    host = raw.lower().rstrip(".")
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise PanelError(f"{where}: {shown!r} is not a valid domain.") from None
+    labels = host.split(".")
+    if len(host) > 253 or len(labels) < 2 or not all(_LABEL_RE.match(label) for label in labels):
+        raise PanelError(f"{where}: {shown!r} is not a valid domain (expected something like example.com).")
+    return host
+
+
+def _domain_list(value: Any, where: str) -> list[str]:
+    if value in (None, ""):
+        return []
+    if not isinstance(value, list):
+        raise PanelError(f"{where}: expected a list of domains.")
+    if len(value) > MAX_DOMAINS:
+        raise PanelError(f"{where}: at most {MAX_DOMAINS} domains (got {len(value)}).")
+    domains: list[str] = []
+    for item in value:
+        domain = parse_domain(item, where)
+        if domain not in domains:
+            domains.append(domain)
+    return domains
+
+
+def parse_research(data: Any) -> dict[str, Any]:
+    """Validate research settings: web_tools, max_tool_calls (1–16), excluded/blocked domains."""
+    if data in (None, ""):
+        return default_research()
+    if not isinstance(data, dict):
+        raise PanelError("Research settings must be an object.")
+    web_tools = data.get("web_tools", False)
+    if not isinstance(web_tools, bool):
+        raise PanelError("Research: web tools must be true or false.")
+    calls = data.get("max_tool_calls")
+    if calls in (None, ""):
+        calls = DEFAULT_MAX_TOOL_CALLS
+    else:
+        try:
+            if isinstance(calls, bool) or (isinstance(calls, float) and not calls.is_integer()):
+                raise ValueError
+            calls = int(calls)
+        except (TypeError, ValueError):
+            raise PanelError(f"Research: max tool calls must be a whole number from 1 to {MAX_TOOL_CALLS_LIMIT}.") from None
+        if not 1 <= calls <= MAX_TOOL_CALLS_LIMIT:
+            raise PanelError(f"Research: max tool calls must be between 1 and {MAX_TOOL_CALLS_LIMIT} (got {calls}).")
+    research = {
+        "web_tools": web_tools,
+        "max_tool_calls": calls,
+        "excluded_domains": _domain_list(data.get("excluded_domains"), "Excluded search domains"),
+        "blocked_domains": _domain_list(data.get("blocked_domains"), "Blocked fetch domains"),
+    }
+    # Optional (kept only when set): OpenRouter's own server tools for members it serves.
+    server_tools = data.get("server_tools", False)
+    if not isinstance(server_tools, bool):
+        raise PanelError("Research: server tools must be true or false.")
+    if server_tools:
+        research["server_tools"] = True
+    return research
+
+
+def parse_preset_config(data: Any) -> dict[str, Any]:
+    """A preset's config: the panel (parse_panel) plus follow_up_mode and research, normalised."""
+    if not isinstance(data, dict):
+        raise PanelError("A preset needs members, an analyst and a writer.")
+    panel = parse_panel(data)
+    mode = data.get("follow_up_mode") or "fused"
+    if mode not in ("fused", "per_member"):
+        raise PanelError("Follow-up mode must be 'fused' or 'per_member'.")
+    panel["research"] = parse_research(data.get("research"))
+    panel["follow_up_mode"] = mode
+    return panel
 
 
 def spec_from_dict(data: dict[str, Any] | None) -> ModelSpec | None:

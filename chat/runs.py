@@ -25,11 +25,13 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.http import Http404
 from django.utils import timezone
 
-from chat import panels
-from chat.engine import build_limits, build_registry
+from chat import catalogue, keys, panels, presets, spend
+from chat.engine import build_limits, build_registry, build_web_tools, research_settings, search_unavailable_reason
 from chat.fusion.client import ChatClient
+from chat.fusion.providers import ProviderRegistry
 from chat.fusion.pipeline import FusionRun
 from chat.fusion.types import (
     AnalysisCompleted,
@@ -43,7 +45,10 @@ from chat.fusion.types import (
     PanelCompleted,
     PanelDelta,
     PanelFailed,
+    PanelNote,
     PanelReasoningDelta,
+    PanelToolFinished,
+    PanelToolStarted,
     PipelineEvent,
     RunCompleted,
     RunFailed,
@@ -109,11 +114,14 @@ def run_state(run: Run) -> dict[str, Any]:
             "model": m.model,
             "key": keys[m.slot] if m.slot < len(keys) else m.model,
             "label": m.label,
-            "status": m.status if not (done and m.status in (MemberStatus.WAITING, MemberStatus.STREAMING)) else MemberStatus.STOPPED,
+            "status": m.status if not (done and m.status in _LIVE_STATUSES) else MemberStatus.STOPPED,
             "reasoning": m.reasoning,
             "error": {"kind": m.error_kind, "message": m.error_message} if m.error_kind else None,
             "metrics": _metrics(m.ttft_ms, m.duration_ms, m.usage),
             "attempt": m.attempt,
+            "tool_calls": m.tool_calls or [],
+            "sources": m.sources or [],
+            "notes": m.notes or [],
         }
         state.update(_text_state(m.content, finished))
         member_states.append(state)
@@ -139,9 +147,48 @@ def run_state(run: Run) -> dict[str, Any]:
         "timings": run.timings,
         "failed_models": run.failed_models,
         "error": {"kind": run.error_kind, "message": run.error_message} if run.error_kind else None,
+        "sources": run.sources or [],
+        "tool_usage": run.tool_usage or {},
+        "research_notice": (run.tool_usage or {}).get("notice"),
         "started_at": run.created_at.isoformat(),
         "can_retry": run.status in (RunStatus.INTERRUPTED, RunStatus.ERROR, RunStatus.CANCELLED, RunStatus.TIMEOUT),
     }
+
+
+# Live statuses: a finished run shows a member still in one of them as stopped.
+_LIVE_STATUSES = (MemberStatus.WAITING.value, MemberStatus.STREAMING.value, "thinking", "searching")
+
+
+def _merge_sources(into: list[dict[str, Any]], sources: list[dict[str, Any]]) -> None:
+    """Add sources ({url, title, …}, URLs already normalised by the engine) not yet in *into*."""
+    known = {s.get("url") for s in into}
+    for source in sources:
+        if source.get("url") and source["url"] not in known:
+            known.add(source["url"])
+            into.append(dict(source))
+
+
+def _run_sources(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The run's sources from its members' ([{url, title, members}]), for runs that did not complete."""
+    merged: dict[str, dict[str, Any]] = {}
+    for m in members:
+        for source in m.get("sources") or []:
+            entry = merged.setdefault(source["url"], {"url": source["url"], "title": "", "members": []})
+            entry["title"] = entry["title"] or source.get("title") or ""
+            if m["key"] not in entry["members"]:
+                entry["members"].append(m["key"])
+    return list(merged.values())
+
+
+def _tool_usage(usage: dict[str, Any], notice: str | None) -> dict[str, Any]:
+    """The engine's tool counts, with the configured price of searches and the research notice."""
+    usage = dict(usage or {})
+    price = float(settings.FUSION_SEARCH_PRICE_USD or 0)
+    if price > 0 and usage.get("searches"):
+        usage["search_cost_usd"] = round(price * int(usage["searches"]), 6)
+    if notice:
+        usage["notice"] = notice
+    return usage
 
 
 # --------------------------------------------------------------------------- the live run
@@ -203,9 +250,16 @@ class ActiveRun:
                 "error": None,
                 "metrics": _metrics(None, None, None),
                 "attempt": 1,
+                "tool_calls": [],
+                "sources": [],
+                "notes": [],
             }
             for i, spec in enumerate(request.panel)
         ]
+        # Web research: why search is not offered (when asked for), the run's sources and counts.
+        self.research_notice: str | None = None
+        self.sources: list[dict[str, Any]] = []
+        self.tool_usage: dict[str, Any] = {}
         self.streams = [_Stream() for _ in request.panel]
         # Answers carried over from an earlier run of the turn keep that run's metrics.
         self.reused = reused or {}
@@ -254,6 +308,9 @@ class ActiveRun:
             "timings": getattr(self.result, "timings", {}) if self.result else {},
             "failed_models": self.result.failed_models if self.result else [],
             "error": None,
+            "sources": self.sources,
+            "tool_usage": self.tool_usage,
+            "research_notice": self.research_notice,
             "started_at": self.started_at.isoformat(),
             "can_retry": False,
         }
@@ -316,7 +373,8 @@ class ActiveRun:
     def _checkpoint(self) -> None:
         for m, s in zip(self.members, self.streams):
             MemberResponse.objects.filter(run_id=self.run_id, slot=m["slot"]).update(
-                content=s.text, reasoning=s.reasoning, status=m["status"]
+                content=s.text, reasoning=s.reasoning, status=m["status"],
+                tool_calls=m["tool_calls"], sources=m["sources"], notes=m["notes"],
             )
         Run.objects.filter(pk=self.run_id, status=RunStatus.RUNNING).update(
             answer=self.final.text, heartbeat_at=timezone.now(), analysis=self.analysis, label_map=self.label_map,
@@ -355,7 +413,7 @@ class ActiveRun:
             attempt = getattr(event, "attempt", 1)
             if attempt > 1:
                 s.reset()
-                m.update(error=None, metrics=_metrics(None, None, None))
+                m.update(error=None, metrics=_metrics(None, None, None), tool_calls=[], sources=[], notes=[])
             m.update(status=MemberStatus.WAITING.value, attempt=attempt)
             self._emit({"type": "panel.added", "slot": event.slot, "model": event.model, "attempt": attempt}, now=True)
         elif isinstance(event, PanelDelta):
@@ -379,8 +437,9 @@ class ActiveRun:
             metrics = self.reused.get(event.slot) or _metrics(
                 event.record.ttft_ms, event.record.duration_ms, event.record.usage.to_dict()
             )
-            m.update(status=MemberStatus.COMPLETE.value, metrics=metrics)
-            self._emit({"type": "panel.completed", "slot": event.slot, "model": event.model, "html": s.html, "metrics": metrics})
+            m.update(status=MemberStatus.COMPLETE.value, metrics=metrics, sources=list(event.sources))
+            self._emit({"type": "panel.completed", "slot": event.slot, "model": event.model, "html": s.html, "metrics": metrics,
+                        "sources": m["sources"]})
         elif isinstance(event, PanelFailed):
             m, s = self.members[event.slot], self.streams[event.slot]
             status = MemberStatus.STOPPED.value if event.error.kind == "cancelled" else MemberStatus.FAILED.value
@@ -388,12 +447,42 @@ class ActiveRun:
             s.html = render_markdown(s.text) if s.text else ""
             metrics = _metrics(event.record.ttft_ms, event.record.duration_ms, event.record.usage.to_dict())
             error = {"kind": event.error.kind, "message": event.error.message}
-            m.update(status=status, error=error, metrics=metrics)
+            m.update(status=status, error=error, metrics=metrics, sources=list(event.sources) or m["sources"])
+            for call in m["tool_calls"]:  # a call cut short by the stop
+                if call.get("status") == "running":
+                    call.update(status="failed", ok=False, summary="stopped")
             self._emit(
                 {"type": "panel.failed", "slot": event.slot, "model": event.model, "status": status, "error": error,
-                 "metrics": metrics, "html": s.html},
+                 "metrics": metrics, "html": s.html, "sources": m["sources"]},
                 now=True,
             )
+        elif isinstance(event, PanelToolStarted):
+            m = self.members[event.slot]
+            call = {"id": event.call_id, "name": event.name, "arguments": event.arguments, "status": "running",
+                    "ok": None, "summary": "", "sources": []}
+            m["tool_calls"].append(call)
+            m["status"] = "searching"
+            self._emit({"type": "panel.tool.started", "slot": event.slot, "model": event.model, "call_id": event.call_id,
+                        "name": event.name, "arguments": event.arguments}, now=True)
+        elif isinstance(event, PanelToolFinished):
+            m, s = self.members[event.slot], self.streams[event.slot]
+            call = next((c for c in reversed(m["tool_calls"]) if c["id"] == event.call_id), None)
+            if call is None:
+                call = {"id": event.call_id, "name": event.name, "arguments": {}}
+                m["tool_calls"].append(call)
+            call.update(status="done" if event.ok else "failed", ok=event.ok, summary=event.summary,
+                        sources=list(event.sources))
+            _merge_sources(m["sources"], event.sources)
+            if m["status"] == "searching" and not any(c.get("status") == "running" for c in m["tool_calls"]):
+                m["status"] = MemberStatus.STREAMING.value if s.text else MemberStatus.WAITING.value
+            self._emit({"type": "panel.tool.finished", "slot": event.slot, "model": event.model, "call_id": event.call_id,
+                        "name": event.name, "ok": event.ok, "summary": event.summary, "sources": list(event.sources),
+                        "status": m["status"]}, now=True)
+        elif isinstance(event, PanelNote):
+            m = self.members[event.slot]
+            if event.message not in m["notes"]:
+                m["notes"].append(event.message)
+            self._emit({"type": "panel.note", "slot": event.slot, "model": event.model, "message": event.message}, now=True)
         elif isinstance(event, AnalysisStarted):
             self.phase, self.analyst = "analysis", event.analyst_model
             self._emit({"type": "analysis.in_progress", "analyst_model": event.analyst_model}, now=True)
@@ -421,11 +510,19 @@ class ActiveRun:
             self._emit(frame, now=first)
         elif isinstance(event, RunCompleted):
             self.result, self.phase, self.status = event, "done", RunStatus.COMPLETE.value
+            self.sources = list(event.sources)
+            self.tool_usage = _tool_usage(event.tool_usage, self.research_notice)
             self.final.text = event.answer
             self.final.html = render_markdown(event.answer)
         elif isinstance(event, RunFailed):
             self.result, self.phase = event, "done"
             self.status = RunStatus.CANCELLED.value if event.kind == "cancelled" else RunStatus.ERROR.value
+            self.sources = _run_sources(self.members)
+            self.tool_usage = _tool_usage(
+                {"searches": sum(1 for m in self.members for c in m["tool_calls"] if c.get("name") == "web_search"),
+                 "fetches": sum(1 for m in self.members for c in m["tool_calls"] if c.get("name") == "web_fetch")},
+                self.research_notice,
+            )
             if self.final.text:
                 self.final.html = render_markdown(self.final.text)
 
@@ -433,10 +530,12 @@ class ActiveRun:
         r = self.result
         if isinstance(r, RunCompleted):
             return {"type": "completed", "status": "complete", "html": self.final.html or "", "usage": r.usage.to_dict(),
-                    "timings": r.timings, "failed_models": r.failed_models}
+                    "timings": r.timings, "failed_models": r.failed_models, "sources": self.sources,
+                    "tool_usage": self.tool_usage}
         if isinstance(r, RunFailed):
             return {"type": "failed", "status": self.status, "kind": r.kind, "message": r.message,
-                    "usage": r.usage.to_dict(), "failed_models": r.failed_models, "html": self.final.html or ""}
+                    "usage": r.usage.to_dict(), "failed_models": r.failed_models, "html": self.final.html or "",
+                    "sources": self.sources, "tool_usage": self.tool_usage}
         kind, message = getattr(self, "_error", ("internal", "The run stopped unexpectedly."))
         return {"type": "failed", "status": RunStatus.ERROR.value, "kind": kind, "message": message, "usage": {},
                 "failed_models": [], "html": ""}
@@ -448,7 +547,7 @@ class ActiveRun:
         with transaction.atomic():
             for m, s in zip(self.members, self.streams):
                 status = m["status"]
-                if status in (MemberStatus.WAITING.value, MemberStatus.STREAMING.value, "thinking"):
+                if status in _LIVE_STATUSES:
                     status = MemberStatus.STOPPED.value
                     m["status"] = status
                 metrics = m["metrics"]
@@ -457,6 +556,7 @@ class ActiveRun:
                     content=s.text, reasoning=s.reasoning, status=status, attempt=m["attempt"],
                     error_kind=err.get("kind", ""), error_message=err.get("message", ""),
                     ttft_ms=metrics["ttft_ms"], duration_ms=metrics["duration_ms"], usage=metrics["usage"],
+                    tool_calls=m["tool_calls"], sources=m["sources"], notes=m["notes"],
                 )
             fields: dict[str, Any] = {
                 "status": self.status,
@@ -468,6 +568,9 @@ class ActiveRun:
                 "writer_model": self.writer or "",
                 "finished_at": timezone.now(),
                 "heartbeat_at": timezone.now(),
+                # The reservation ends with the run; what counts from now on is what the providers reported.
+                "reserved_usd": 0,
+                "cost_usd": spend.cost_of(r.usage if r is not None else None),
             }
             if isinstance(r, (RunCompleted, RunFailed)):
                 fields["usage"] = r.usage.to_dict()
@@ -481,6 +584,10 @@ class ActiveRun:
                 fields["error_kind"], fields["error_message"] = r.kind, r.message
             elif r is None:
                 fields["error_kind"], fields["error_message"] = getattr(self, "_error", ("internal", "Stopped unexpectedly."))
+            fields["sources"] = self.sources
+            fields["tool_usage"] = self.tool_usage or _tool_usage({}, self.research_notice)
+            if self.tool_usage.get("search_cost_usd"):  # paid searches count toward the spend limit
+                fields["cost_usd"] = (fields.get("cost_usd") or 0) + spend.to_decimal(self.tool_usage["search_cost_usd"])
             Run.objects.filter(pk=self.run_id).update(**fields)
             Conversation.objects.filter(pk=self.conversation_id).update(updated_at=timezone.now())
 
@@ -566,7 +673,33 @@ def _build_request(conversation: Conversation, turn: Turn, panel: dict[str, Any]
         fallback_analyst=panels.spec_from_dict(panel.get("fallback_analyst")),
         fallback_writer=panels.spec_from_dict(panel.get("fallback_writer")),
         member_messages=member_messages,
+        research=research_settings(panel.get("research")),
     )
+
+
+def _no_tool_models(request: FusionRequest) -> set[str]:
+    """Members the model catalogue says cannot take tools (only when it lists parameters at all)."""
+    if request.research is None or not request.research.web_tools:
+        return set()
+    try:
+        lookup = catalogue.model_resolver()
+        found = {spec.model: lookup(spec.model) for spec in request.panel}
+    except Exception:  # the catalogue is a hint; a run never fails over it
+        log.warning("could not read tool support from the model catalogue", exc_info=True)
+        return set()
+    return {
+        model for model, info in found.items()
+        if info is not None and getattr(info, "supported_parameters", None) and not getattr(info, "supports_tools", True)
+    }
+
+
+def _search_reserve_usd(request: FusionRequest) -> float:
+    """The most a run's paid searches can cost: every member spending its whole budget on them."""
+    price = float(settings.FUSION_SEARCH_PRICE_USD or 0)
+    research = request.research
+    if price <= 0 or research is None or not research.web_tools or not settings.FUSION_SEARCH_BACKEND:
+        return 0.0
+    return price * research.budget * len(request.panel)
 
 
 def _check_limits(*, user: Any, conversation: Conversation) -> None:
@@ -575,6 +708,36 @@ def _check_limits(*, user: Any, conversation: Conversation) -> None:
     limit = settings.FUSION_MAX_CONCURRENT_RUNS_PER_USER
     if Run.objects.filter(user=user, status=RunStatus.RUNNING).count() >= limit:
         raise RunError("limit", f"You already have {limit} runs going. Wait for one to finish or stop one.")
+
+
+def _check_models_and_keys(*, user: Any, panel: dict[str, Any]) -> None:
+    """Before any paid call: every model is in its provider's catalogue, every provider has a key."""
+    models = [s["model"] for s in (*panel["members"], panel["analyst"], panel["writer"],
+                                   panel.get("fallback_analyst"), panel.get("fallback_writer")) if s]
+    errors = catalogue.validate_models(models)
+    if errors:
+        raise RunError("invalid", " ".join(errors))
+    registry = build_registry()
+    problems = keys.key_problems(user=user, providers=[registry.resolve(m)[0].name for m in models])
+    if problems:
+        raise RunError("no_key", " ".join(problems))
+
+
+def _reserve_spend(*, user: Any, run: Run, request: FusionRequest, reused_slots: Any = (),
+                   reuse_analysis: bool = False) -> None:
+    """Hold the run's high cost estimate against today's limit (inside the run's transaction)."""
+    threads = [request.messages, *(request.member_messages or {}).values()]
+    chars = max(sum(len(str(m.get("content") or "")) for m in thread) for thread in threads)
+    _, high = catalogue.estimate_panel_cost(
+        run.config, prompt_tokens=catalogue.tokens_of_chars(chars), reused_slots=reused_slots,
+        reuse_analysis=reuse_analysis,
+    )
+    high += _search_reserve_usd(request)
+    try:
+        run.reserved_usd = spend.spend_reserve(user=user, high_usd=high)
+    except spend.SpendLimitExceeded as exc:
+        raise RunError("spend_limit", str(exc)) from None
+    Run.objects.filter(pk=run.pk).update(reserved_usd=run.reserved_usd)
 
 
 def _create_run(*, user: Any, conversation: Conversation, turn: Turn, client_run_id: str, panel: dict[str, Any],
@@ -591,7 +754,8 @@ def _create_run(*, user: Any, conversation: Conversation, turn: Turn, client_run
                 run=run, slot=i, model=m["model"], label=m.get("label", ""),
                 **(
                     {"status": MemberStatus.COMPLETE, "content": reuse[i].content, "reasoning": reuse[i].reasoning,
-                     "ttft_ms": reuse[i].ttft_ms, "duration_ms": reuse[i].duration_ms, "usage": reuse[i].usage}
+                     "ttft_ms": reuse[i].ttft_ms, "duration_ms": reuse[i].duration_ms, "usage": reuse[i].usage,
+                     "tool_calls": reuse[i].tool_calls, "sources": reuse[i].sources, "notes": reuse[i].notes}
                     if i in reuse else {}
                 ),
             )
@@ -602,8 +766,12 @@ def _create_run(*, user: Any, conversation: Conversation, turn: Turn, client_run
 
 
 def _start_sync(*, user: Any, conversation_id: int, client_run_id: str, prompt: str, panel_data: Any,
-                follow_up_mode: str | None) -> tuple[Run, FusionRequest | None]:
-    """Validate and write the turn and the run; return (run, request) or (existing run, None)."""
+                follow_up_mode: str | None, preset_ref: Any = None) -> tuple[Run, FusionRequest | None]:
+    """Validate and write the turn and the run; return (run, request) or (existing run, None).
+
+    A ``panel`` or ``preset`` sent with start is for this turn only; the conversation keeps its
+    own panel, except that a conversation without one yet adopts it.
+    """
     existing = Run.objects.filter(user=user, client_run_id=client_run_id).select_related("turn").first()
     if existing is not None:
         if existing.conversation_id != conversation_id:
@@ -619,30 +787,47 @@ def _start_sync(*, user: Any, conversation_id: int, client_run_id: str, prompt: 
         raise RunError(
             "invalid", f"The prompt is {len(prompt)} characters; the limit is {settings.FUSION_MAX_PROMPT_CHARS}."
         )
+    resolved = None
+    if preset_ref is not None:
+        try:
+            resolved = presets.preset_resolve(user=user, ref=preset_ref)
+        except Http404:
+            raise RunError("not_found", "No such preset.") from None
+        except presets.PresetError as exc:
+            raise RunError("invalid", str(exc)) from None
+        panel_data = resolved.panel
     try:
         panel = panels.parse_panel(panel_data if panel_data is not None else (conversation.panel or panels.default_panel()))
     except panels.PanelError as exc:
         raise RunError("invalid", str(exc)) from None
     _check_limits(user=user, conversation=conversation)
+    _check_models_and_keys(user=user, panel=panel)
     try:
         with transaction.atomic():
             index = conversation.turns.count()
             turn = Turn.objects.create(conversation=conversation, index=index, prompt=prompt)
             run = _create_run(user=user, conversation=conversation, turn=turn, client_run_id=client_run_id, panel=panel)
-            conversation.panel = panel
+            if not conversation.panel:
+                conversation.panel = panel
+                if resolved is not None:
+                    conversation.preset, conversation.builtin_preset = resolved.preset, resolved.builtin_key
+                    if follow_up_mode is None:
+                        conversation.follow_up_mode = resolved.follow_up_mode
             if follow_up_mode in (FollowUpMode.FUSED, FollowUpMode.PER_MEMBER):
                 conversation.follow_up_mode = follow_up_mode
             if index == 0 and conversation.title in ("", "New conversation"):
                 conversation.title = title_from_prompt(prompt)
             conversation.updated_at = timezone.now()
             conversation.save()
+            request = _build_request(conversation, turn, panel)
+            _reserve_spend(user=user, run=run, request=request)
     except IntegrityError:
         # Another tab started a run here a moment ago, or the same client run id raced in.
         existing = Run.objects.filter(user=user, client_run_id=client_run_id).first()
         if existing is not None and existing.conversation_id == conversation_id:
             return existing, None
         raise RunError("busy", "A run is already going in this conversation. Stop it or wait for it to finish.") from None
-    return run, _build_request(conversation, turn, panel)
+    return run, request
 
 
 def title_from_prompt(prompt: str) -> str:
@@ -650,13 +835,28 @@ def title_from_prompt(prompt: str) -> str:
     return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
 
 
-def _launch(run: Run, request: FusionRequest, *, reused: dict[int, dict[str, Any]] | None = None,
-            **fusion_kw: Any) -> ActiveRun:
-    client = ChatClient(build_registry(), limits=build_limits())
-    fusion = FusionRun(request, client, **fusion_kw)
+def _launch(run: Run, request: FusionRequest, *, registry: ProviderRegistry,
+            reused: dict[int, dict[str, Any]] | None = None,
+            reused_research: dict[int, dict[str, Any]] | None = None, **fusion_kw: Any) -> ActiveRun:
+    """Run the pipeline with *registry*: the run's user's own keys (chat.engine.build_registry).
+
+    Web tools are built here from the request's research settings (chat.engine.build_web_tools).
+    """
+    client = ChatClient(registry, limits=build_limits())
+    fusion = FusionRun(request, client, tools=build_web_tools(request.research), **fusion_kw)
     active = ActiveRun(run=run, request=request, client=client, fusion=fusion, reused=reused)
+    active.research_notice = _research_notice(request)
+    for slot, research in (reused_research or {}).items():  # answers carried over keep their research
+        active.members[slot].update({k: list(v or []) for k, v in research.items()})
     manager.launch(active)
     return active
+
+
+def _research_notice(request: FusionRequest) -> str | None:
+    """Why web search is not offered although the panel asked for web tools, else None."""
+    if request.research is None or not request.research.web_tools:
+        return None
+    return search_unavailable_reason()
 
 
 def _run_started_frame(run: Run, request: FusionRequest, replaces: str | None = None) -> dict[str, Any]:
@@ -669,25 +869,28 @@ def _run_started_frame(run: Run, request: FusionRequest, replaces: str | None = 
         "analyst": request.analyst.model,
         "writer": run.writer_model,
         "replaces": replaces,
+        "research_notice": _research_notice(request),
         "started_at": run.created_at.isoformat(),
     }
 
 
 async def run_start(*, user: Any, conversation_id: int, client_run_id: str, prompt: str, panel: Any = None,
-                    follow_up_mode: str | None = None) -> tuple[dict[str, Any], bool]:
+                    follow_up_mode: str | None = None, preset: Any = None) -> tuple[dict[str, Any], bool]:
     """Start a run, or attach to the one this client run id already started.
 
     Returns (state or run.started frame, created).
     """
     run, request = await database_sync_to_async(_start_sync)(
         user=user, conversation_id=conversation_id, client_run_id=client_run_id, prompt=prompt,
-        panel_data=panel, follow_up_mode=follow_up_mode,
+        panel_data=panel, follow_up_mode=follow_up_mode, preset_ref=preset,
     )
     if request is None:
         return await run_snapshot(run_id=run.pk), False
+    registry = await database_sync_to_async(build_registry)(user=user)
+    no_tools = await database_sync_to_async(_no_tool_models)(request)
     frame = _run_started_frame(run, request)
     await get_channel_layer().group_send(group_name(conversation_id), {"type": "run.frame", "frame": frame})
-    _launch(run, request)
+    _launch(run, request, registry=registry, no_tool_models=no_tools)
     return frame, True
 
 
@@ -757,11 +960,15 @@ def _rerun_sync(*, user: Any, conversation_id: int, client_run_id: str, slot: in
     if writer is not None and not reuse:
         raise RunError("invalid", "No member answered in this run, so there is nothing to fuse again.")
     _check_limits(user=user, conversation=old.conversation)
+    _check_models_and_keys(user=user, panel=panel)
     new_client_id = f"{old.client_run_id[:40]}-{uuid.uuid4().hex[:12]}"
+    request = _build_request(old.conversation, old.turn, panel)
     try:
         with transaction.atomic():
             run = _create_run(user=user, conversation=old.conversation, turn=old.turn, client_run_id=new_client_id,
                               panel=panel, writer=panel["writer"]["model"], reuse=reuse)
+            _reserve_spend(user=user, run=run, request=request, reused_slots=reuse,
+                           reuse_analysis=writer is not None and old.analysis is not None and slot is None)
     except IntegrityError:
         raise RunError("busy", "A run is already going in this conversation.") from None
     reuse_analysis = None
@@ -771,7 +978,6 @@ def _rerun_sync(*, user: Any, conversation_id: int, client_run_id: str, slot: in
         )
         Run.objects.filter(pk=run.pk).update(analysis=old.analysis, label_map=old.label_map, analyst_model=old.analyst_model)
         run.analysis, run.label_map = old.analysis, old.label_map
-    request = _build_request(old.conversation, old.turn, panel)
     return run, request, reuse, reuse_analysis, str(old.pk)
 
 
@@ -779,11 +985,16 @@ async def _rerun(*, user: Any, conversation_id: int, client_run_id: str, slot: i
     run, request, reuse, analysis, old_id = await database_sync_to_async(_rerun_sync)(
         user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=slot, writer=writer
     )
+    registry = await database_sync_to_async(build_registry)(user=user)
+    no_tools = await database_sync_to_async(_no_tool_models)(request)
     frame = _run_started_frame(run, request, replaces=old_id)
     await get_channel_layer().group_send(group_name(conversation_id), {"type": "run.frame", "frame": frame})
     _launch(
-        run, request, reuse_answers={s: m.content for s, m in reuse.items()}, reuse_analysis=analysis,
+        run, request, registry=registry, reuse_answers={s: m.content for s, m in reuse.items()}, reuse_analysis=analysis,
         reused={s: _metrics(m.ttft_ms, m.duration_ms, m.usage) for s, m in reuse.items()},
+        reuse_sources={s: m.sources or [] for s, m in reuse.items()},
+        reused_research={s: {"tool_calls": m.tool_calls, "sources": m.sources, "notes": m.notes} for s, m in reuse.items()},
+        no_tool_models=no_tools,
     )
     return frame
 
@@ -824,7 +1035,7 @@ def mark_interrupted(queryset: Any) -> int:
                 error_message="The server restarted while this member was answering.",
             )
             count += Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-                status=RunStatus.INTERRUPTED, finished_at=timezone.now(), error_kind="interrupted",
+                status=RunStatus.INTERRUPTED, finished_at=timezone.now(), error_kind="interrupted", reserved_usd=0,
                 error_message="The server restarted during this run. Retry a member or send the prompt again.",
             )
     return count

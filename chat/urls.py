@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import include, path
 
-from chat import views
+from chat import views, views_catalogue, views_keys, views_usage
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -15,4 +15,11 @@ urlpatterns = [
     path("c/<int:pk>/export.md", views.conversation_export_md, name="conversation_export_md"),
     path("c/<int:pk>/export.json", views.conversation_export_json, name="conversation_export_json"),
     path("healthz", views.healthz, name="healthz"),
+    path("models.json", views_catalogue.models_json, name="models_json"),
+    path("estimate.json", views_catalogue.estimate_json, name="estimate"),
+    path("c/<int:pk>/estimate", views_catalogue.estimate_json, name="conversation_estimate"),
+    path("settings/keys", views_keys.keys_page, name="keys"),
+    path("settings/keys/<int:pk>/delete", views_keys.key_delete, name="key_delete"),
+    path("usage", views_usage.usage_page, name="usage"),
+    path("", include("chat.urls_presets")),
 ]

@@ -20,6 +20,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from chat import conversations as svc
+from chat import presets
 from chat.forms import ComposerForm, PanelForm, RenameForm, SignUpForm
 from chat.models import Conversation, FollowUpMode
 
@@ -129,9 +130,13 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         context = {**_sidebar(request), **_composer(conversation=None, form=form)}
         return render(request, "chat/home.html", context, status=400)
+    chosen = presets.preset_resolve_posted(user=request.user, ref=request.POST.get("preset", ""))
     conversation = svc.conversation_create(
         user=request.user, panel=form.cleaned_data["panel"], follow_up_mode=form.cleaned_data["follow_up_mode"]
     )
+    if chosen is not None:
+        presets.preset_apply_to_conversation(conversation=conversation, resolved=chosen,
+                                             follow_up_mode=form.cleaned_data["follow_up_mode"])
     _stash_pending_start(request, conversation, form.cleaned_data["prompt"])
     return redirect("conversation", pk=conversation.pk)
 
@@ -144,11 +149,15 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
         # The composer without its script (not loaded yet, or blocked): start via the session.
         form = ComposerForm(request.POST)
         if form.is_valid():
+            chosen = presets.preset_resolve_posted(user=request.user, ref=request.POST.get("preset", ""))
             svc.conversation_update_settings(
                 conversation=conversation,
                 panel=form.cleaned_data["panel"],
                 follow_up_mode=form.cleaned_data["follow_up_mode"],
             )
+            if chosen is not None:
+                presets.preset_apply_to_conversation(conversation=conversation, resolved=chosen,
+                                                     follow_up_mode=form.cleaned_data["follow_up_mode"])
             _stash_pending_start(request, conversation, form.cleaned_data["prompt"])
         else:
             for error in form.errors.values():
@@ -215,9 +224,15 @@ def conversation_settings(request: HttpRequest, pk: int) -> HttpResponse:
             return JsonResponse({"ok": False, "error": message}, status=400)
         messages.error(request, message)
         return redirect("conversation", pk=conversation.pk)
+    # The composer's preset chooser: the preset's whole config (labels, system prompts…) is
+    # stored, not just the models and temperatures the fields show.
+    chosen = presets.preset_resolve_posted(user=request.user, ref=request.POST.get("preset", ""))
     svc.conversation_update_settings(
         conversation=conversation, panel=form.cleaned_data["panel"], follow_up_mode=form.cleaned_data["follow_up_mode"]
     )
+    if chosen is not None:
+        presets.preset_apply_to_conversation(conversation=conversation, resolved=chosen,
+                                             follow_up_mode=form.cleaned_data["follow_up_mode"])
     if _wants_json(request):
         return JsonResponse({"ok": True, "panel": conversation.panel, "follow_up_mode": conversation.follow_up_mode})
     messages.success(request, "Saved the panel for this conversation.")

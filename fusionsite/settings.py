@@ -299,3 +299,20 @@ FUSION_ALLOW_SERVER_KEY = env_bool("FUSION_ALLOW_SERVER_KEY", False)
 FUSION_DAILY_SPEND_LIMIT_USD = env_float("FUSION_DAILY_SPEND_LIMIT_USD", 5.0)
 # How often the model catalogue (GET /models of each provider) is refreshed in the background.
 FUSION_CATALOGUE_TTL_S = env_int("FUSION_CATALOGUE_TTL_S", 3600)
+
+# --------------------------------------------------------------------------- web research tools
+
+# web_search backend: "" (none: only web_fetch is offered), searxng, brave, tavily or exa.
+FUSION_SEARCH_BACKEND = os.environ.get("FUSION_SEARCH_BACKEND", "").strip().lower()
+# SearXNG: the instance's base URL (required); the hosted APIs: an optional override of their URL.
+FUSION_SEARCH_URL = os.environ.get("FUSION_SEARCH_URL", "").strip()
+FUSION_SEARCH_API_KEY = os.environ.get("FUSION_SEARCH_API_KEY", "").strip()
+# What one search costs in USD (paid APIs); counted in the run's cost and the daily spend limit.
+FUSION_SEARCH_PRICE_USD = env_float("FUSION_SEARCH_PRICE_USD", 0.0)
+# web_fetch limits: whole fetch time, body bytes read (after decompression), text handed on.
+FUSION_FETCH_TIMEOUT_S = env_float("FUSION_FETCH_TIMEOUT_S", 20.0)
+FUSION_FETCH_MAX_BYTES = env_int("FUSION_FETCH_MAX_BYTES", 2_000_000)
+FUSION_FETCH_MAX_CHARS = env_int("FUSION_FETCH_MAX_CHARS", 20_000)
+# ONLY for tests and demos: hosts web_fetch may reach although their address is not public
+# ("127.0.0.1" or "127.0.0.1:8123" — a port given here is allowed too). Default: none.
+FUSION_FETCH_TRUSTED_HOSTS = [h.strip() for h in os.environ.get("FUSION_FETCH_TRUSTED_HOSTS", "").split(",") if h.strip()]

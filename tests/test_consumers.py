@@ -39,6 +39,7 @@ async def upstream(settings):
     async with ScriptedUpstream(SCRIPTS, time_scale=0.2) as up:
         settings.OPENROUTER_BASE_URL = up.base_url
         settings.OPENROUTER_API_KEY = "test-key"
+        settings.FUSION_ALLOW_SERVER_KEY = True  # these users have no key of their own
         settings.FUSION_CHECKPOINT_INTERVAL_S = 0.2
         yield up
     await manager.shutdown()

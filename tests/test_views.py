@@ -489,6 +489,7 @@ class TestExports:
             "slot": 0, "model": "sim/atlas", "label": "", "status": "complete", "attempt": 1, "content": "Yes, mostly.",
             "reasoning": "", "error": None, "metrics": {"ttft_ms": 120, "duration_ms": 880},
             "usage": {"prompt_tokens": 40, "completion_tokens": 30, "total_tokens": 70, "cost": 0.001},
+            "tool_calls": [], "sources": [], "notes": [],
         }
         assert failed["status"] == "failed"
         assert failed["error"] == {"kind": "rate_limited", "message": "The provider is rate limiting requests. Wait a moment and retry."}

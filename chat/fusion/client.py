@@ -50,6 +50,7 @@ from chat.fusion.types import (
     Provider,
     ProviderError,
     ReasoningDelta,
+    SourcesReport,
     StreamError,
     ToolCall,
     ToolCallDelta,
@@ -57,7 +58,7 @@ from chat.fusion.types import (
     UsageReport,
 )
 
-__all__ = ["ChatClient", "Completion", "error_kind", "parse_retry_after", "parse_usage"]
+__all__ = ["ChatClient", "Completion", "error_kind", "parse_citations", "parse_retry_after", "parse_server_tool_use", "parse_usage"]
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 _STATUS_KINDS = {
@@ -118,6 +119,31 @@ def parse_usage(raw: dict[str, Any]) -> Usage:
     )
 
 
+def parse_citations(raw: Any) -> list[dict[str, str]]:
+    """``url_citation`` annotations (OpenRouter nests them: ``{"type": "url_citation",
+    "url_citation": {url, title, content}}``; the Responses shape is flat) → [{url, title, content}]."""
+    citations: list[dict[str, str]] = []
+    for item in raw if isinstance(raw, list) else []:
+        if not isinstance(item, dict) or item.get("type") not in (None, "url_citation"):
+            continue
+        inner = item.get("url_citation") if isinstance(item.get("url_citation"), dict) else item
+        url = inner.get("url")
+        if isinstance(url, str) and url.startswith(("http://", "https://")):
+            citations.append(
+                {"url": url, "title": str(inner.get("title") or "")[:300], "content": str(inner.get("content") or "")[:500]}
+            )
+    return citations
+
+
+def parse_server_tool_use(raw: dict[str, Any]) -> dict[str, int] | None:
+    """``usage.server_tool_use`` (or ``server_tool_use_details``) as {name: count}, or None."""
+    value = raw.get("server_tool_use") or raw.get("server_tool_use_details")
+    if not isinstance(value, dict):
+        return None
+    counts = {str(k): _int(v) for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return counts or None
+
+
 def _int(value: Any) -> int:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
@@ -160,6 +186,7 @@ class _Call:
     last_token_at: float | None = None
     tool_calls: dict[int, ToolCall] = field(default_factory=dict)
     usage: Usage | None = None
+    server_tool_use: dict[str, int] | None = None  # OpenRouter's usage.server_tool_use
     malformed: int = 0
     # Per attempt:
     finish_reason: str | None = None
@@ -201,6 +228,9 @@ class _Call:
         if events:
             self.first_token_at = self.first_token_at or now
             self.last_token_at = now
+        citations = parse_citations(delta.get("annotations"))
+        if citations:  # server-side web tools cite their pages; not progress by itself
+            events.append(SourcesReport(citations=citations))
         return events
 
     def _take_tool_fragment(self, raw: dict[str, Any]) -> ToolCallDelta:
@@ -215,7 +245,8 @@ class _Call:
         return event
 
     def terminal_events(self) -> list[ClientEvent]:
-        events: list[ClientEvent] = [UsageReport(self.usage)] if self.usage else []
+        events: list[ClientEvent] = [SourcesReport(server_tool_use=self.server_tool_use)] if self.server_tool_use else []
+        events += [UsageReport(self.usage)] if self.usage else []
         error = self.error
         if error is None and not self.text and not self.tool_calls:
             kind = "moderation" if self.finish_reason == "content_filter" else "empty"
@@ -502,6 +533,7 @@ class ChatClient:
             return []
         if isinstance(chunk.get("usage"), dict):
             call.usage = parse_usage(chunk["usage"])
+            call.server_tool_use = parse_server_tool_use(chunk["usage"]) or call.server_tool_use
         events: list[ClientEvent] = []
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or _int(choice.get("index")) != 0:
@@ -569,6 +601,7 @@ class ChatClient:
             return []
         if isinstance(payload.get("usage"), dict):
             call.usage = parse_usage(payload["usage"])
+            call.server_tool_use = parse_server_tool_use(payload["usage"]) or call.server_tool_use
         choice = (payload.get("choices") or [{}])[0]
         message = dict(choice.get("message") or {})
         # A whole message's tool calls carry no index; number them as a stream would.

@@ -28,16 +28,38 @@ For consumers:
 
 The analyst runs even when only one answer survived: it is one cheap call and the UI can always
 show the same structure (consensus, unique insights, blind spots).
+
+Web research (``request.research`` + an injected ``tools`` object, see ``chat.fusion.tools``):
+
+* **Local tools** — each member is offered the tools' function schemas. A turn that ends in tool
+  calls (arguments assembled from ``ToolCallDelta`` fragments by index) has them executed
+  concurrently; the assistant message with ``tool_calls`` and one ``tool`` message per call are
+  appended, and the member continues. At most ``research.budget`` calls are executed per member;
+  once it is spent the next turn has ``tool_choice: "none"`` (and, if a model ignores that, a last
+  turn without ``tools``), so every member ends with an answer. Each executed call is a
+  ``PanelToolStarted`` then a ``PanelToolFinished`` (a failed tool is ``ok=False`` with the tool
+  error, which the model also reads; never an exception). Text of later turns continues the
+  member's text; usage is summed over turns.
+* **Server tools** — with ``research.server_tools``, members served by OpenRouter get
+  ``openrouter:web_search`` / ``openrouter:web_fetch`` instead, and no local loop; the
+  ``url_citation`` annotations and ``usage.server_tool_use`` become the same events and sources.
+* A model that cannot use tools (``no_tool_models``, or the provider's "does not support tools"
+  error on the first turn) answers without them, with a ``PanelNote``.
+* Sources are collected per member (``PanelCompleted.sources``) and per run
+  (``RunCompleted.sources``, deduplicated by normalised URL; ``RunCompleted.tool_usage``).
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
+import re
 import time
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 from . import prompts
 from .analysis import AnalysisError, ParsedAnalysis, assign_labels, distinct_model_ids, label_map_of, parse_analysis
@@ -58,13 +80,19 @@ from .types import (
     PanelCompleted,
     PanelDelta,
     PanelFailed,
+    PanelNote,
     PanelReasoningDelta,
+    PanelToolFinished,
+    PanelToolStarted,
     PipelineEvent,
     ProviderError,
     ReasoningDelta,
     RunCompleted,
     RunFailed,
+    SourcesReport,
     StreamError,
+    ToolCall,
+    ToolCallDelta,
     Usage,
     UsageReport,
 )
@@ -86,6 +114,16 @@ _PANEL_FAILURE_KINDS = {
 STOPPED_MESSAGE = "Stopped by the user."
 SKIPPED_MESSAGE = "Skipped by fuse now"
 RUN_CANCELLED_MESSAGE = "The run was stopped."
+NO_TOOLS_NOTE = "This model can't use tools; it answered without web research."
+BUDGET_SPENT_REPLY = (
+    "Not run: the budget of {n} tool calls for this answer is spent. Answer now with what you have."
+)
+# How providers say a model cannot take ``tools`` (OpenRouter: 404 "No endpoints found that
+# support tool use"; others: 400 "… does not support tools", "tool calling is not supported").
+_NO_TOOL_SUPPORT = re.compile(
+    r"(?i)(support(s|ing)? tool|tool use|does not support tools|tools? (is|are) not supported|"
+    r"tool.?calling|function.?calling)"
+)
 
 
 def validate_request(request: FusionRequest) -> list[str]:
@@ -131,6 +169,60 @@ class _Member:
     content: str | None = None  # the answer, once the latest attempt completed
     error: ProviderError | None = None
     stop_message: str = STOPPED_MESSAGE  # why its task was cancelled, for PanelFailed
+    # Research of the latest attempt.
+    sources: list[dict[str, str]] = field(default_factory=list)
+    searches: int = 0
+    fetches: int = 0
+    server_tool_use: dict[str, int] = field(default_factory=dict)
+    tool_calls_made: int = 0
+    tool_call_seq: int = 0  # for ids of tool calls a provider sent without one
+
+    def reset_research(self) -> None:
+        self.sources, self.server_tool_use = [], {}
+        self.searches = self.fetches = self.tool_calls_made = self.tool_call_seq = 0
+
+    def add_sources(self, sources: list[dict[str, str]]) -> list[dict[str, str]]:
+        """Add sources (deduplicated by normalised URL); returns them normalised."""
+        added = []
+        known = {s["url"] for s in self.sources}
+        for source in sources:
+            url = normalise_url(source.get("url", ""))
+            if not url:
+                continue
+            item = {"url": url, "title": source.get("title") or "", "kind": source.get("kind") or ""}
+            added.append(item)
+            if url not in known:
+                known.add(url)
+                self.sources.append(item)
+            elif item["title"]:
+                for existing in self.sources:
+                    if existing["url"] == url and not existing["title"]:
+                        existing["title"] = item["title"]
+        return added
+
+
+@dataclass
+class _Outcome:
+    """A tool result made here (unknown tool, internal error); same shape as tools.ToolOutcome."""
+
+    ok: bool
+    content_for_model: str
+    summary: str
+    sources: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class _Turn:
+    """One streamed call of a member's tool loop."""
+
+    text: list[str] = field(default_factory=list)
+    tool_calls: dict[int, ToolCall] = field(default_factory=dict)
+    finish: str | None = None
+    error: ProviderError | None = None
+    partial_text: str = ""
+    usage: Usage = field(default_factory=Usage)
+    citations: list[dict[str, str]] = field(default_factory=list)
+    server_tool_use: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,7 +256,14 @@ class FusionRun:
         reuse_answers: dict[int, str] | None = None,
         reuse_analysis: AnalysisCompleted | None = None,
         rng: random.Random | None = None,
+        tools: Any = None,
+        no_tool_models: set[str] | frozenset[str] | None = None,
+        reuse_sources: dict[int, list[dict[str, str]]] | None = None,
     ) -> None:
+        """``tools``: a ``chat.fusion.tools.WebTools`` (``available``, ``tool_schemas()``,
+        ``async call(name, arguments_json)``), used when ``request.research.web_tools`` is on.
+        ``no_tool_models``: model ids known (catalogue) not to support tools.
+        ``reuse_sources``: the sources of answers served from ``reuse_answers``."""
         for slot in reuse_answers or {}:
             if not 0 <= slot < len(request.panel):
                 raise ValueError(f"reuse_answers names slot {slot}, but the panel has {len(request.panel)}.")
@@ -173,6 +272,9 @@ class FusionRun:
         self._reuse_answers = dict(reuse_answers or {})
         self._reuse_analysis = reuse_analysis
         self._rng = rng or random.Random()
+        self.tools = tools
+        self._no_tool_models = frozenset(no_tool_models or ())
+        self._reuse_sources = dict(reuse_sources or {})
 
         ids = distinct_model_ids([spec.model for spec in request.panel])
         self._members = [_Member(slot=i, spec=spec, model_id=ids[i]) for i, spec in enumerate(request.panel)]
@@ -325,6 +427,8 @@ class FusionRun:
                     "total": _ms(finished - started),
                     "final_ttft": _ms((self._first_final_delta_at or finished) - started),
                 },
+                sources=self._run_sources(),
+                tool_usage=self._tool_usage(),
             )
         )
 
@@ -335,6 +439,7 @@ class FusionRun:
         member.finished = False
         member.content = None
         member.error = None
+        member.reset_research()
         record = CallRecord(role="panel", model=member.spec.model, slot=member.slot)
         self._records.append(record)
         task = asyncio.create_task(self._run_member(member, record), name=f"fusion-member-{member.slot}")
@@ -347,35 +452,63 @@ class FusionRun:
         member.attempt = 1
         member.finished = True
         member.content = content
+        member.add_sources(self._reuse_sources.get(member.slot) or [])
         record = CallRecord(role="panel", model=member.spec.model, status="complete", duration_ms=0, slot=member.slot)
-        self._emit(PanelCompleted(slot=member.slot, model=member.spec.model, content=content, record=record))
+        self._emit(
+            PanelCompleted(
+                slot=member.slot, model=member.spec.model, content=content, record=record, sources=list(member.sources)
+            )
+        )
 
     async def _run_member(self, member: _Member, record: CallRecord) -> None:
         record.status = "running"
         started = time.monotonic()
         slot, model = member.slot, member.spec.model
-        messages = (self.request.member_messages or {}).get(slot) or self.request.messages
+        base_messages = (self.request.member_messages or {}).get(slot) or self.request.messages
         content: list[str] = []
         finish: str | None = None
         error: ProviderError | None = None
         partial_text = ""
+        mode, note = self._tool_mode(member)
+        if note:
+            self._emit(PanelNote(slot=slot, model=model, message=note))
         try:
-            async with aclosing(self.client.stream(member.spec, messages)) as stream:
-                async for event in stream:
-                    if isinstance(event, (ContentDelta, ReasoningDelta)) and record.ttft_ms is None:
-                        record.ttft_ms = _ms(time.monotonic() - started)
-                    if isinstance(event, ContentDelta) and event.text:
-                        content.append(event.text)
-                        self._emit(PanelDelta(slot=slot, model=model, delta=event.text))
-                    elif isinstance(event, ReasoningDelta) and event.text:
-                        self._emit(PanelReasoningDelta(slot=slot, model=model, delta=event.text))
-                    elif isinstance(event, UsageReport):
-                        record.usage = event.usage
-                    elif isinstance(event, Finish):
-                        finish, record.malformed_chunks = event.reason, event.malformed_chunks
-                    elif isinstance(event, StreamError):
-                        error, partial_text = event.error, event.partial_text
-                        record.malformed_chunks = event.malformed_chunks
+            spec = self._member_spec(member.spec, mode)
+            messages = list(base_messages)
+            budget = self.request.research.budget if self.request.research else 0
+            usage = Usage()
+            tool_choice_none = False  # the budget is spent: tools stay declared but unusable
+            bare = False  # a model ignored tool_choice "none": last turn without tools at all
+            while True:
+                kwargs = self._tool_kwargs(mode, tool_choice_none, bare)
+                turn = await self._stream_turn(member, record, started, spec, messages, kwargs, content, usage)
+                usage.add(turn.usage)
+                record.usage = _copy_usage(usage)
+                if mode == "server":
+                    self._server_research(member, turn)
+                if turn.error is not None:
+                    if mode != "none" and member.tool_calls_made == 0 and not content and _lacks_tool_support(turn.error):
+                        # Once, before anything was shown: the same member without tools.
+                        mode, spec, messages = "none", member.spec, list(base_messages)
+                        self._emit(PanelNote(slot=slot, model=model, message=NO_TOOLS_NOTE))
+                        continue
+                    error, partial_text = turn.error, turn.partial_text
+                    break
+                if mode != "local" or not turn.tool_calls or bare:
+                    finish = turn.finish
+                    break
+                calls = [turn.tool_calls[i] for i in sorted(turn.tool_calls)]
+                text = "".join(turn.text)
+                if tool_choice_none:
+                    if text.strip():  # it answered after all: that is the answer
+                        finish = "stop"
+                        break
+                    messages += self._unrun_calls(member, calls, text, budget)
+                    bare = True
+                    continue
+                messages += await self._run_tools(member, calls, text, budget)
+                if member.tool_calls_made >= budget:
+                    tool_choice_none = True
         except asyncio.CancelledError:
             # Stopped, skipped or the whole run cancelled. An answer that had already finished
             # (cancel landed while the stream was closing) still counts.
@@ -387,6 +520,228 @@ class FusionRun:
             log.exception("Panel member %s crashed while streaming", model)
             error = ProviderError(kind="upstream_error", message="Internal error while reading this model's answer.")
         self._settle_member(member, record, started, "".join(content) or partial_text, finish, error)
+
+    async def _stream_turn(
+        self,
+        member: _Member,
+        record: CallRecord,
+        started: float,
+        spec: ModelSpec,
+        messages: list[Message],
+        kwargs: dict[str, Any],
+        content: list[str],
+        usage_before: Usage,
+    ) -> _Turn:
+        """Stream one call; its content continues the member's text (``content``)."""
+        slot, model = member.slot, member.spec.model
+        turn = _Turn()
+        async with aclosing(self.client.stream(spec, messages, **kwargs)) as stream:
+            async for event in stream:
+                if isinstance(event, (ContentDelta, ReasoningDelta, ToolCallDelta)) and record.ttft_ms is None:
+                    record.ttft_ms = _ms(time.monotonic() - started)
+                if isinstance(event, ContentDelta) and event.text:
+                    if not turn.text and content:
+                        # A later turn: keep it apart from what the member wrote before its tool calls.
+                        gap = _paragraph_gap("".join(content))
+                        if gap:
+                            content.append(gap)
+                            self._emit(PanelDelta(slot=slot, model=model, delta=gap))
+                    turn.text.append(event.text)
+                    content.append(event.text)
+                    self._emit(PanelDelta(slot=slot, model=model, delta=event.text))
+                elif isinstance(event, ReasoningDelta) and event.text:
+                    self._emit(PanelReasoningDelta(slot=slot, model=model, delta=event.text))
+                elif isinstance(event, ToolCallDelta):
+                    call = turn.tool_calls.setdefault(event.index, ToolCall(index=event.index))
+                    call.id = call.id or event.id
+                    call.name = call.name or event.name or ""
+                    call.arguments += event.arguments or ""
+                elif isinstance(event, UsageReport):
+                    turn.usage = event.usage
+                    record.usage = _copy_usage(usage_before, event.usage)
+                elif isinstance(event, Finish):
+                    turn.finish, record.malformed_chunks = event.reason, event.malformed_chunks
+                elif isinstance(event, StreamError):
+                    turn.error, turn.partial_text = event.error, event.partial_text
+                    record.malformed_chunks = event.malformed_chunks
+                elif isinstance(event, SourcesReport):
+                    turn.citations += event.citations
+                    for key, value in (event.server_tool_use or {}).items():
+                        turn.server_tool_use[key] = turn.server_tool_use.get(key, 0) + value
+        return turn
+
+    # ----------------------------------------------------------------------- research
+
+    def _tool_mode(self, member: _Member) -> tuple[str, str | None]:
+        """("none" | "local" | "server", a note for the user or None)."""
+        research = self.request.research
+        if research is None or not research.web_tools:
+            return "none", None
+        if member.spec.model in self._no_tool_models:
+            return "none", NO_TOOLS_NOTE
+        if research.server_tools and self._is_openrouter(member.spec.model):
+            return "server", None
+        if self.tools is not None and list(getattr(self.tools, "available", None) or []):
+            return "local", None
+        return "none", None
+
+    def _is_openrouter(self, model: str) -> bool:
+        registry = getattr(self.client, "registry", None)
+        try:
+            provider, _ = registry.resolve(model)  # type: ignore[union-attr]
+        except (AttributeError, ValueError, KeyError, TypeError):
+            return False
+        return provider.name == "openrouter" or "openrouter.ai" in (provider.base_url or "")
+
+    def _member_spec(self, spec: ModelSpec, mode: str) -> ModelSpec:
+        """The member's spec with a short note on the tools it has (and how to cite)."""
+        if mode == "local":
+            names = list(self.tools.available)
+            described = {
+                "web_search": "web_search(query) searches the web",
+                "web_fetch": "web_fetch(url) reads one page",
+            }
+            tools = "; ".join(described.get(n, n) for n in names)
+        elif mode == "server":
+            tools = "web search and web page fetching are available as tools"
+        else:
+            return spec
+        guidance = prompts.MEMBER_TOOLS_GUIDANCE.format(tools=tools)
+        system = f"{spec.system_prompt}\n\n{guidance}" if spec.system_prompt else guidance
+        return replace(spec, system_prompt=system)
+
+    def _tool_kwargs(self, mode: str, tool_choice_none: bool, bare: bool) -> dict[str, Any]:
+        if mode == "server":
+            return {"tools": self._server_tool_defs()}
+        if mode != "local" or bare:
+            return {}
+        kwargs: dict[str, Any] = {"tools": self.tools.tool_schemas()}
+        if tool_choice_none:
+            kwargs["tool_choice"] = "none"
+        return kwargs
+
+    def _server_tool_defs(self) -> list[dict[str, Any]]:
+        research = self.request.research
+        assert research is not None
+        search: dict[str, Any] = {"max_uses": research.budget}
+        if research.allowed_domains:  # OpenRouter takes one of allowed / excluded
+            search["allowed_domains"] = list(research.allowed_domains)
+        elif research.excluded_domains:
+            search["excluded_domains"] = list(research.excluded_domains)
+        fetch: dict[str, Any] = {"max_uses": research.budget}
+        if research.allowed_domains:
+            fetch["allowed_domains"] = list(research.allowed_domains)
+        if research.blocked_domains:
+            fetch["blocked_domains"] = list(research.blocked_domains)
+        return [
+            {"type": "openrouter:web_search", "parameters": search},
+            {"type": "openrouter:web_fetch", "parameters": fetch},
+        ]
+
+    def _server_research(self, member: _Member, turn: _Turn) -> None:
+        """OpenRouter ran the tools: its citations and counts become the usual events."""
+        if not turn.citations and not turn.server_tool_use:
+            return
+        for key, value in turn.server_tool_use.items():
+            member.server_tool_use[key] = member.server_tool_use.get(key, 0) + value
+        sources = member.add_sources([{**c, "kind": "citation"} for c in turn.citations])
+        searches = turn.server_tool_use.get("web_search_requests") or turn.server_tool_use.get("tool_calls_executed") or 0
+        member.tool_calls_made += 1
+        call_id = f"server_{member.slot}_{member.tool_calls_made}"
+        name = "openrouter:web_search"
+        parts = []
+        if searches:
+            parts.append(f"OpenRouter ran {searches} web search{'es' if searches != 1 else ''}")
+        else:
+            parts.append("OpenRouter's web tools were used")
+        parts.append(f"{len(sources)} source{'s' if len(sources) != 1 else ''} cited")
+        slot, model = member.slot, member.spec.model
+        self._emit(PanelToolStarted(slot=slot, model=model, call_id=call_id, name=name, arguments={}))
+        self._emit(
+            PanelToolFinished(
+                slot=slot, model=model, call_id=call_id, name=name, ok=True, summary="; ".join(parts), sources=sources
+            )
+        )
+
+    async def _run_tools(self, member: _Member, calls: list[ToolCall], text: str, budget: int) -> list[Message]:
+        """Execute a turn's tool calls concurrently (within the budget); the messages to append."""
+        allowed = max(0, budget - member.tool_calls_made)
+        ids = self._call_ids(member, calls)
+        run_now = calls[:allowed]
+        member.tool_calls_made += len(run_now)
+        results = await asyncio.gather(*(self._run_tool(member, call, ids[i]) for i, call in enumerate(run_now)))
+        spent = BUDGET_SPENT_REPLY.format(n=budget)
+        replies = list(results) + [spent] * (len(calls) - len(run_now))
+        return [
+            _assistant_tool_message(text, calls, ids),
+            *({"role": "tool", "tool_call_id": ids[i], "content": replies[i]} for i in range(len(calls))),
+        ]
+
+    def _unrun_calls(self, member: _Member, calls: list[ToolCall], text: str, budget: int) -> list[Message]:
+        ids = self._call_ids(member, calls)
+        spent = BUDGET_SPENT_REPLY.format(n=budget)
+        return [
+            _assistant_tool_message(text, calls, ids),
+            *({"role": "tool", "tool_call_id": ids[i], "content": spent} for i in range(len(calls))),
+        ]
+
+    def _call_ids(self, member: _Member, calls: list[ToolCall]) -> list[str]:
+        ids = []
+        for call in calls:
+            member.tool_call_seq += 1
+            ids.append(call.id or f"call_{member.slot}_{member.tool_call_seq}")
+        return ids
+
+    async def _run_tool(self, member: _Member, call: ToolCall, call_id: str) -> str:
+        """One tool call, as events; returns what the model reads. Never raises (except cancel)."""
+        slot, model = member.slot, member.spec.model
+        name = call.name or ""
+        self._emit(PanelToolStarted(slot=slot, model=model, call_id=call_id, name=name, arguments=_parse_arguments(call.arguments)))
+        available = list(getattr(self.tools, "available", None) or [])
+        try:
+            if name not in available:
+                offered = ", ".join(available) or "none"
+                outcome: Any = _Outcome(False, f"error: unknown tool {name[:60]!r} (available: {offered})", f"unknown tool {name[:60]!r}")
+            else:
+                outcome = await self.tools.call(name, call.arguments or "{}")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("Tool %s of %s crashed", name, model)
+            outcome = _Outcome(False, "error: the tool failed internally", "internal error")
+        if name == "web_search":
+            member.searches += 1
+        elif name == "web_fetch":
+            member.fetches += 1
+        sources = member.add_sources([_source_dict(s) for s in (getattr(outcome, "sources", None) or [])])
+        ok = bool(getattr(outcome, "ok", False))
+        summary = str(getattr(outcome, "summary", "") or ("done" if ok else "failed"))
+        self._emit(
+            PanelToolFinished(slot=slot, model=model, call_id=call_id, name=name, ok=ok, summary=summary, sources=sources)
+        )
+        return str(getattr(outcome, "content_for_model", "") or summary)
+
+    def _run_sources(self) -> list[dict[str, Any]]:
+        """Every member's sources, deduplicated over the run: [{url, title, members}]."""
+        merged: dict[str, dict[str, Any]] = {}
+        for member in self._members:
+            for source in member.sources:
+                entry = merged.setdefault(source["url"], {"url": source["url"], "title": "", "members": []})
+                entry["title"] = entry["title"] or source.get("title") or ""
+                if member.model_id not in entry["members"]:
+                    entry["members"].append(member.model_id)
+        return list(merged.values())
+
+    def _tool_usage(self) -> dict[str, Any]:
+        server: dict[str, int] = {}
+        for member in self._members:
+            for key, value in member.server_tool_use.items():
+                server[key] = server.get(key, 0) + value
+        return {
+            "searches": sum(m.searches for m in self._members),
+            "fetches": sum(m.fetches for m in self._members),
+            "server_tool_use": server,
+        }
 
     def _settle_member(
         self,
@@ -400,12 +755,15 @@ class FusionRun:
         error = _outcome_error(text, finish, error)
         _close_record(record, started, error)
         slot, model = member.slot, member.spec.model
+        sources = list(member.sources)
         if error is None:
             member.content = text
-            self._emit(PanelCompleted(slot=slot, model=model, content=text, record=record))
+            self._emit(PanelCompleted(slot=slot, model=model, content=text, record=record, sources=sources))
         else:
             member.error = error
-            self._emit(PanelFailed(slot=slot, model=model, error=error, partial_content=text, record=record))
+            self._emit(
+                PanelFailed(slot=slot, model=model, error=error, partial_content=text, record=record, sources=sources)
+            )
         member.finished = True
         self._wake.set()
 
@@ -682,6 +1040,74 @@ def _outcome_error(text: str, finish: str | None, error: ProviderError | None) -
     if not text.strip():
         return ProviderError(kind="empty", message=ERROR_MESSAGES["empty"])
     return None
+
+
+def normalise_url(url: str) -> str:
+    """The URL a source is known by: http(s) only, host lowercased, no userinfo, no fragment,
+    no default port; "" when it is not a usable web URL."""
+    try:
+        parts = urlsplit(str(url).strip())
+        port = parts.port
+    except ValueError:
+        return ""
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if scheme not in ("http", "https") or not host:
+        return ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else f"{host}:{port}"
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+
+
+def _source_dict(source: Any) -> dict[str, str]:
+    """A tools.Source (or a dict) as {url, title, kind}."""
+    if isinstance(source, dict):
+        get = source.get
+    else:
+        def get(key: str, default: Any = None) -> Any:
+            return getattr(source, key, default)
+    return {"url": str(get("url", "") or ""), "title": str(get("title", "") or "")[:300], "kind": str(get("kind", "") or "")}
+
+
+def _parse_arguments(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {"raw": (text or "")[:500]}
+    return value if isinstance(value, dict) else {"raw": (text or "")[:500]}
+
+
+def _assistant_tool_message(text: str, calls: list[ToolCall], ids: list[str]) -> Message:
+    return {
+        "role": "assistant",
+        # null rather than "": some providers reject an empty text block.
+        "content": text or None,
+        "tool_calls": [
+            {"id": ids[i], "type": "function", "function": {"name": call.name, "arguments": call.arguments or "{}"}}
+            for i, call in enumerate(calls)
+        ],
+    }
+
+
+def _lacks_tool_support(error: ProviderError) -> bool:
+    """The provider refused the request because this model cannot take tools."""
+    if error.kind not in ("bad_request", "model_not_found", "upstream_error") and error.status_code not in (400, 404, 422):
+        return False
+    return bool(_NO_TOOL_SUPPORT.search(error.message or ""))
+
+
+def _copy_usage(*parts: Usage) -> Usage:
+    total = Usage()
+    for part in parts:
+        total.add(part)
+    return total
+
+
+def _paragraph_gap(text: str) -> str:
+    if not text.strip() or text.endswith("\n\n"):
+        return ""
+    return "\n" if text.endswith("\n") else "\n\n"
 
 
 def _clause(message: str) -> str:

@@ -84,6 +84,45 @@ the classic rate-limit case. Types:
 ``empty``             finishes normally with no content.
 ``invalid_json``      content is prose instead of JSON (for analyst tests).
 
+Tool use (web research)
+-----------------------
+
+Four more script keys drive the engine's tool loop end to end:
+
+``steps``             a list of partial scripts, one per step of a tool loop. A request's step
+                      is the number of assistant tool-call turns already in its messages (0 on
+                      the first call, 1 after one round of tool results, …; past the end, the
+                      last step). Each step overrides the script's own keys, e.g.::
+
+                        "steps": [
+                          {"tool_calls": [{"name": "web_search", "arguments": {"query": "q"}}]},
+                          {"tool_calls": [{"name": "web_fetch", "arguments": {"url": "{url0}"}},
+                                          {"name": "web_fetch", "arguments": {"url": "{url1}"}}]},
+                          {"cite": true}
+                        ]
+
+                      In tool-call arguments and ``content``, ``{url0}``, ``{url1}``, … are the
+                      distinct http(s) URLs found in the request's ``tool`` messages, in order
+                      (e.g. the search results), and ``{sources}`` is a Markdown list of links to
+                      the pages it read. ``cite: true`` appends that list as a "Sources" section
+                      (to ``content``, or to the generated answer). The pages "read" are the
+                      ``web_fetch`` URLs whose tool result is not an error; without any, every URL
+                      seen. A step with ``tool_calls`` in a request that offers no tools (no
+                      ``tools``, or ``tool_choice: "none"``) answers instead, like a real model.
+``loop_tools``        ``true`` (or a tool call ``{"name", "arguments"}``): every request that offers
+                      tools gets another tool call (default ``web_search`` with a numbered
+                      query); a request without ``tools`` (or with ``tool_choice: "none"``) gets
+                      the answer. For budget tests.
+``no_tools_support``  ``true``: a request with ``tools`` gets OpenRouter's ``404 "No endpoints found
+                      that support tool use…"``; ``400``: a ``400 "… does not support tools"``.
+                      Without ``tools`` the model answers normally.
+``server_tools``      ``true`` or ``{"citations": [{"url", "title"}], "web_search_requests": 2}``:
+                      when the request's ``tools`` contain OpenRouter server tools
+                      (``openrouter:web_search`` …), the answer (with its citations as Markdown
+                      links) is followed by ``delta.annotations`` of ``url_citation`` items and the
+                      usage chunk carries ``server_tool_use``. Citations on hosts in the request's
+                      ``excluded_domains`` are left out.
+
 ``time_scale`` multiplies every delay (ttft, pacing, keep-alive interval, Retry-After), so tests
 run the same scripts at a hundredth of the speed.
 
@@ -115,8 +154,18 @@ SCRIPT_KEYS = frozenset(
         "content", "reasoning", "tool_calls", "finish_reason", "ttft_ms", "tokens_per_s",
         "chunk_chars", "keepalive_ms", "pricing", "usage", "style", "name", "context_length",
         "fence_json", "sse_crlf", "sse_multiline", "sse_no_space", "ignore_stream", "faults",
+        "steps", "loop_tools", "no_tools_support", "server_tools", "cite",
     }
 )  # fmt: skip
+STEP_KEYS = SCRIPT_KEYS - {"steps", "faults", "name", "context_length", "pricing"}
+NO_TOOL_ENDPOINTS = (
+    "No endpoints found that support tool use. To learn more about provider routing, "
+    "visit: https://openrouter.ai/docs/provider-routing"
+)
+DEFAULT_CITATIONS = [
+    {"url": "https://example.com/guide", "title": "A guide"},
+    {"url": "https://example.org/reference", "title": "The reference"},
+]
 FAULT_TYPES = frozenset(
     {"http", "error_mid_stream", "eof", "hang", "keepalive_only", "malformed_chunk", "empty", "invalid_json"}
 )
@@ -187,6 +236,15 @@ def validate_scripts(scripts: dict[str, Any]) -> dict[str, dict[str, Any]]:
             raise ValueError(f"Unknown key(s) {sorted(unknown)} in the script for {model!r}.")
         if script.get("style") not in (None, *STYLES):
             raise ValueError(f"Script for {model!r}: style must be one of {STYLES}.")
+        steps = script.get("steps", [])
+        if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+            raise ValueError(f"Script for {model!r}: steps must be a list of objects.")
+        for step in steps:
+            unknown = set(step) - STEP_KEYS
+            if unknown:
+                raise ValueError(f"Unknown key(s) {sorted(unknown)} in a step of the script for {model!r}.")
+        if script.get("no_tools_support") not in (None, False, True, 400, 404):
+            raise ValueError(f"Script for {model!r}: no_tools_support must be true, 400 or 404.")
         faults = script.get("faults", [])
         if not isinstance(faults, list):
             raise ValueError(f"Script for {model!r}: faults must be a list.")
@@ -425,6 +483,7 @@ class Plan:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str = "stop"
     usage: dict[str, Any] = field(default_factory=dict)
+    annotations: list[dict[str, Any]] = field(default_factory=list)  # url_citation items
 
 
 def default_pricing(model: str) -> dict[str, str]:
@@ -437,14 +496,115 @@ def _tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
+_URL = re.compile(r"https?://[^\s<>\"'`)\]]+")
+
+
+def tool_step(messages: list[dict[str, Any]]) -> int:
+    """How many assistant tool-call turns the conversation already has (the step of a tool loop)."""
+    return sum(1 for m in messages if m.get("role") == "assistant" and m.get("tool_calls"))
+
+
+def tools_offered(body: dict[str, Any]) -> bool:
+    return bool(body.get("tools")) and body.get("tool_choice") != "none"
+
+
+def server_tools_requested(body: dict[str, Any]) -> bool:
+    return any(isinstance(t, dict) and str(t.get("type", "")).startswith("openrouter:") for t in body.get("tools") or [])
+
+
+def tool_result_urls(messages: list[dict[str, Any]]) -> list[str]:
+    """Distinct http(s) URLs in the ``tool`` messages, in order of appearance."""
+    seen: list[str] = []
+    for message in messages:
+        if message.get("role") != "tool":
+            continue
+        for url in _URL.findall(message_text(message)):
+            url = url.rstrip(".,;:!?")
+            if url not in seen:
+                seen.append(url)
+    return seen
+
+
+def pages_read(messages: list[dict[str, Any]]) -> list[str]:
+    """URLs the conversation fetched successfully (``web_fetch`` calls whose result is no error)."""
+    results = {m.get("tool_call_id"): message_text(m) for m in messages if m.get("role") == "tool"}
+    pages: list[str] = []
+    for message in messages:
+        for call in message.get("tool_calls") or [] if message.get("role") == "assistant" else []:
+            function = call.get("function") or {}
+            if function.get("name") != "web_fetch":
+                continue
+            try:
+                url = json.loads(function.get("arguments") or "{}").get("url")
+            except (ValueError, AttributeError):
+                continue
+            result = results.get(call.get("id"), "").lstrip().lower()
+            if isinstance(url, str) and url and not result.startswith(("error", "blocked", "not run")) and url not in pages:
+                pages.append(url)
+    return pages
+
+
+def _link_text(url: str) -> str:
+    text = re.sub(r"^https?://", "", url).rstrip("/")
+    return text.replace("[", "(").replace("]", ")")
+
+
+def sources_markdown(urls: list[str]) -> str:
+    return "\n".join(f"- [{_link_text(u)}]({u})" for u in urls)
+
+
+def _fill(text: str, urls: list[str], sources: str) -> str:
+    def url(match: re.Match[str]) -> str:
+        index = int(match.group(1))
+        return urls[index] if index < len(urls) else f"https://example.invalid/missing-url-{index}"
+
+    return re.sub(r"\{url(\d+)\}", url, text).replace("{sources}", sources)
+
+
+def effective_script(script: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The script for this request: its step of ``steps`` and ``loop_tools`` applied."""
+    if not (script.get("steps") or script.get("loop_tools")):
+        return script
+    messages = body.get("messages") or []
+    step = tool_step(messages)
+    effective = {k: v for k, v in script.items() if k != "steps"}
+    steps = script.get("steps") or []
+    if steps:
+        effective.update(steps[min(step, len(steps) - 1)])
+        if effective.get("tool_calls") and not tools_offered(body):
+            # Tools were withdrawn (budget spent): answer, from the last step without tool calls.
+            answer = next((s for s in reversed(steps) if not s.get("tool_calls")), {})
+            effective = {**{k: v for k, v in script.items() if k != "steps"}, **answer}
+            effective.pop("tool_calls", None)
+    loop = effective.get("loop_tools")
+    if loop:
+        if tools_offered(body):
+            call = loop if isinstance(loop, dict) else {
+                "name": "web_search", "arguments": {"query": f"{last_user_text(messages)[:60]} (search {step + 1})"},
+            }  # fmt: skip
+            effective["tool_calls"] = [call]
+            effective.pop("content", None)
+        else:
+            effective.pop("tool_calls", None)
+    return effective
+
+
 def make_plan(model: str, script: dict[str, Any], body: dict[str, Any], fault: dict[str, Any] | None) -> Plan:
     messages = body.get("messages") or []
     fault_type = fault["type"] if fault else None
+    script = effective_script(script, body)
+    urls = tool_result_urls(messages)
+    read = pages_read(messages) or urls
+    step = tool_step(messages)
     tool_calls = [
         {
-            "id": f"call_{i}_{hashlib.sha1(f'{model}{i}'.encode()).hexdigest()[:8]}",
+            "id": f"call_{i}_{hashlib.sha1(f'{model}{i}'.encode()).hexdigest()[:8]}"
+            if not step
+            else f"call_{step}_{i}_{hashlib.sha1(f'{model}{step}{i}'.encode()).hexdigest()[:8]}",
             "name": str(tc.get("name", "tool")),
-            "arguments": tc["arguments"] if isinstance(tc.get("arguments"), str) else json.dumps(tc.get("arguments", {})),
+            "arguments": _fill(
+                tc["arguments"] if isinstance(tc.get("arguments"), str) else json.dumps(tc.get("arguments", {})), urls, ""
+            ),
         }
         for i, tc in enumerate(script.get("tool_calls") or [])
     ]
@@ -453,11 +613,26 @@ def make_plan(model: str, script: dict[str, Any], body: dict[str, Any], fault: d
     elif fault_type == "invalid_json":
         content = _NOT_JSON
     elif "content" in script:
-        content = str(script["content"])
+        content = _fill(str(script["content"]), urls, sources_markdown(read))
     elif tool_calls:
         content = ""
     else:
         content = _generated_content(model, script, body)
+    annotations: list[dict[str, Any]] = []
+    if script.get("cite") and not tool_calls and fault_type is None and read and "{sources}" not in str(script.get("content", "")):
+        content = f"{content}\n\n**Sources**\n\n{sources_markdown(read)}".strip()
+    if script.get("server_tools") and server_tools_requested(body) and not tool_calls and fault_type is None:
+        citations = _server_citations(script["server_tools"], body)
+        if citations and "content" not in script:
+            links = "\n".join(f"- [{c['title'] or _link_text(c['url'])}]({c['url']})" for c in citations)
+            content = f"{content}\n\n**Sources**\n\n{links}"
+        for c in citations:
+            start = max(0, content.find(c["url"]))
+            annotations.append({
+                "type": "url_citation",
+                "url_citation": {"url": c["url"], "title": c["title"], "content": c.get("content", ""),
+                                 "start_index": start, "end_index": start + len(c["url"])},
+            })  # fmt: skip
     finish = script.get("finish_reason") or ("tool_calls" if tool_calls else "stop")
 
     # Honour max_tokens like a real model: cut the answer and report "length".
@@ -468,7 +643,26 @@ def make_plan(model: str, script: dict[str, Any], body: dict[str, Any], fault: d
     reasoning = str(script.get("reasoning") or "")
     plan = Plan(model=model, content=content, reasoning=reasoning, tool_calls=tool_calls, finish_reason=finish)
     plan.usage = _usage(plan, script, messages)
+    if script.get("server_tools") and server_tools_requested(body) and fault_type is None:
+        config = script["server_tools"] if isinstance(script["server_tools"], dict) else {}
+        searches = int(config.get("web_search_requests", 1))
+        plan.usage["server_tool_use"] = {"web_search_requests": searches, "tool_calls_requested": searches, "tool_calls_executed": searches}
+        plan.annotations = annotations
     return plan
+
+
+def _server_citations(config: Any, body: dict[str, Any]) -> list[dict[str, str]]:
+    citations = (config.get("citations") if isinstance(config, dict) else None) or DEFAULT_CITATIONS
+    excluded: list[str] = []
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict) and tool.get("type") == "openrouter:web_search":
+            excluded = [str(d).lower() for d in (tool.get("parameters") or {}).get("excluded_domains") or []]
+    kept = []
+    for c in citations:
+        host = re.sub(r"^https?://", "", str(c.get("url", ""))).split("/")[0].split(":")[0].lower()
+        if not any(host == d or host.endswith("." + d) for d in excluded):
+            kept.append({"url": str(c.get("url", "")), "title": str(c.get("title", "")), "content": str(c.get("content", ""))})
+    return kept
 
 
 def _generated_content(model: str, script: dict[str, Any], body: dict[str, Any]) -> str:
@@ -837,6 +1031,12 @@ class ScriptedUpstream:
             await conn.send_json(404, error_payload(404, f"{model} is not a valid model ID"))
             return True
         self._counts[model] = self._counts.get(model, 0) + 1
+        no_tools = script.get("no_tools_support")
+        if no_tools and body.get("tools"):
+            status = 400 if no_tools == 400 else 404
+            message = f"{model} does not support tools" if status == 400 else NO_TOOL_ENDPOINTS
+            await conn.send_json(status, error_payload(status, message))
+            return True
         fault = fault_for(script, self._counts[model])
         if fault and fault["type"] == "http":
             await self._http_fault(conn, fault, model, request.headers)
@@ -921,6 +1121,8 @@ class ScriptedUpstream:
                 await sse.data(chunk.delta({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
                 await conn.sleep(self._chunk_delay(script, piece))
 
+        if plan.annotations:
+            await sse.data(chunk.delta({"content": "", "annotations": plan.annotations}))
         await sse.data(chunk.delta({}, finish=plan.finish_reason))
         # OpenRouter sends usage in a last chunk whose choices list is empty.
         await sse.data({**chunk.base(), "choices": [], "usage": plan.usage})
@@ -972,6 +1174,8 @@ class ScriptedUpstream:
         message: dict[str, Any] = {"role": "assistant", "content": plan.content}
         if plan.reasoning:
             message["reasoning"] = plan.reasoning
+        if plan.annotations:
+            message["annotations"] = plan.annotations
         if plan.tool_calls:
             message["tool_calls"] = [
                 {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}

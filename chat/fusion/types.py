@@ -55,6 +55,37 @@ class ModelSpec:
 
 Message = dict[str, Any]  # {"role": "user"|"assistant"|"system", "content": str}
 
+MAX_TOOL_CALLS_LIMIT = 16
+
+
+@dataclass
+class ResearchSettings:
+    """Web research for the panel (a preset's ``research``).
+
+    ``web_tools`` offers the injected tools (``web_search`` / ``web_fetch``) to every member, up to
+    ``max_tool_calls`` executed calls each (1–16); the engine never builds backends itself.
+    ``server_tools`` makes members served by OpenRouter use OpenRouter's own server tools
+    (``openrouter:web_search`` / ``openrouter:web_fetch``) instead of the local loop.
+    Domain lists are host names; subdomains match. ``analyst_tools`` is reserved (not used yet).
+    """
+
+    web_tools: bool = False
+    max_tool_calls: int = 4
+    server_tools: bool = False
+    excluded_domains: tuple[str, ...] = ()
+    blocked_domains: tuple[str, ...] = ()
+    allowed_domains: tuple[str, ...] = ()
+    analyst_tools: bool = False
+
+    @property
+    def budget(self) -> int:
+        """``max_tool_calls`` clamped to 1–16."""
+        try:
+            value = int(self.max_tool_calls)
+        except (TypeError, ValueError):
+            value = 4
+        return max(1, min(MAX_TOOL_CALLS_LIMIT, value))
+
 
 @dataclass
 class FusionRequest:
@@ -72,6 +103,7 @@ class FusionRequest:
     fallback_analyst: ModelSpec | None = None
     fallback_writer: ModelSpec | None = None
     member_messages: dict[int, list[Message]] | None = None
+    research: ResearchSettings | None = None
 
     @property
     def question(self) -> str:
@@ -191,7 +223,17 @@ class StreamError:
     malformed_chunks: int = 0  # chunks of invalid JSON that were skipped
 
 
-ClientEvent = ContentDelta | ReasoningDelta | ToolCallDelta | UsageReport | Finish | StreamError
+@dataclass
+class SourcesReport:
+    """What a provider's own (server-side) tools report: ``url_citation`` annotations of the
+    message (``citations``: [{url, title, content}]) and/or ``usage.server_tool_use``
+    (``{web_search_requests, tool_calls_requested, tool_calls_executed}``)."""
+
+    citations: list[dict[str, str]] = field(default_factory=list)
+    server_tool_use: dict[str, int] | None = None
+
+
+ClientEvent = ContentDelta | ReasoningDelta | ToolCallDelta | UsageReport | Finish | StreamError | SourcesReport
 
 
 @dataclass
@@ -278,6 +320,8 @@ class PanelCompleted:
     content: str
     record: CallRecord
     type: str = "panel.completed"
+    # Pages this member searched, fetched or cited: [{url, title, kind}], deduplicated.
+    sources: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -288,6 +332,47 @@ class PanelFailed:
     partial_content: str
     record: CallRecord
     type: str = "panel.failed"
+    sources: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class PanelToolStarted:
+    """A member called a tool (``web_search`` / ``web_fetch``; ``openrouter:web_search`` for
+    OpenRouter's server tools). ``arguments`` is the parsed JSON the model wrote
+    (``{"raw": text}`` when it was not a JSON object)."""
+
+    slot: int
+    model: str
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    type: str = "panel.tool.started"
+
+
+@dataclass
+class PanelToolFinished:
+    """A tool call ended. ``ok`` False: ``summary`` is the tool error the model was given
+    (e.g. "blocked: private address"); the run goes on either way."""
+
+    slot: int
+    model: str
+    call_id: str
+    name: str
+    ok: bool
+    summary: str
+    sources: list[dict[str, str]] = field(default_factory=list)  # [{url, title, kind}]
+    type: str = "panel.tool.finished"
+
+
+@dataclass
+class PanelNote:
+    """Something a user should know about a member that is not a failure, e.g. that it
+    answered without web research because it cannot use tools."""
+
+    slot: int
+    model: str
+    message: str
+    type: str = "panel.note"
 
 
 @dataclass
@@ -335,6 +420,10 @@ class RunCompleted:
     usage: Usage  # totals
     timings: dict[str, int]  # ms: panel, analysis, synthesis, total, final_ttft
     type: str = "completed"
+    # Every source of the run, deduplicated: [{url, title, members: [model ids]}].
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    # {"searches": n, "fetches": n, "server_tool_use": {web_search_requests, …}}
+    tool_usage: dict[str, Any] = field(default_factory=dict)
 
 
 FailureKind = Literal[
@@ -365,6 +454,9 @@ PipelineEvent = (
     | PanelReasoningDelta
     | PanelCompleted
     | PanelFailed
+    | PanelToolStarted
+    | PanelToolFinished
+    | PanelNote
     | AnalysisStarted
     | AnalysisCompleted
     | AnalysisDegraded

@@ -1,6 +1,8 @@
 // The composer: prompt box (Enter sends, Shift+Enter newline), character counter, panel form.
 import { h } from "./dom.js";
 import { fmtInt, splitModel } from "./format.js";
+import { CostEstimate } from "./estimate.js";
+import { PresetChooser } from "./preset_chooser.js";
 
 const MAX_MEMBERS = 8;
 
@@ -49,6 +51,9 @@ export class Composer {
     this.settings = form.querySelector("[data-panel-settings]");
     this.saveStatus = form.querySelector("[data-save-status]");
     this.running = false;
+    const estimate = form.querySelector("[data-estimate]");
+    this.estimate = estimate ? new CostEstimate(form, estimate) : null;
+    this.chooser = new PresetChooser(form, { onChange: () => this.#updateSummary() });
 
     this.textarea.addEventListener("input", () => this.update());
     this.textarea.addEventListener("keydown", (e) => this.#onKey(e));
@@ -85,6 +90,7 @@ export class Composer {
     this.counter.classList.toggle("is-over", over);
     this.counter.title = over ? `The limit is ${fmtInt(this.max)} characters.` : "";
     this.sendButton.disabled = n === 0 || over || this.running;
+    if (this.estimate) this.estimate.schedule();
   }
 
   setRunning(running) {
@@ -94,9 +100,18 @@ export class Composer {
     this.update();
   }
 
-  /** The panel, follow-up mode, or the first problem with them. */
+  /** The panel, follow-up mode and chosen preset id (or null), or the first problem with them. */
   readPanel() {
     const get = (name) => this.form.elements.namedItem(name);
+    const chosen = this.chooser.current;
+    if (chosen) {
+      return {
+        panel: chosen.panel,
+        follow_up_mode: get("follow_up_mode") ? get("follow_up_mode").value : chosen.follow_up_mode || "fused",
+        preset: this.chooser.value,
+        name: chosen.name,
+      };
+    }
     const parsed = parseMembers(get("members") ? get("members").value : "");
     if (parsed.error) return { error: parsed.error };
     const analyst = (get("analyst") ? get("analyst").value : "").trim();
@@ -136,6 +151,7 @@ export class Composer {
   }
 
   #updateSummary() {
+    if (this.estimate) this.estimate.schedule();
     if (!this.summary) return;
     const result = this.readPanel();
     if (result.error) {
@@ -144,8 +160,8 @@ export class Composer {
     }
     const { panel } = result;
     const n = panel.members.length;
-    const names = panel.members.map((m) => splitModel(m.model).name);
-    this.summary.textContent = `${n} model${n === 1 ? "" : "s"} (${names.join(", ")}) · analyst: ${splitModel(panel.analyst.model).name} · writer: ${splitModel(panel.writer.model).name}`;
+    const names = panel.members.map((m) => m.label || splitModel(m.model).name);
+    this.summary.textContent = `${result.name ? `${result.name}: ` : ""}${n} model${n === 1 ? "" : "s"} (${names.join(", ")}) · analyst: ${splitModel(panel.analyst.model).name} · writer: ${splitModel(panel.writer.model).name}`;
   }
 
   #onKey(e) {
@@ -186,7 +202,7 @@ export class Composer {
       return;
     }
     e.preventDefault();
-    if (this.onSend({ prompt, panel: panel.panel, follow_up_mode: panel.follow_up_mode })) {
+    if (this.onSend({ prompt, panel: panel.panel, follow_up_mode: panel.follow_up_mode, preset: panel.preset || null })) {
       this.textarea.value = "";
       this.update();
       if (this.settings) this.settings.open = false;
@@ -211,10 +227,16 @@ export class Composer {
         credentials: "same-origin",
       });
       const data = await response.json().catch(() => ({}));
-      if (response.ok && data.ok) this.#saved("Saved. New turns in this conversation start with this panel.", false);
-      else this.#saved(data.error || `Could not save (HTTP ${response.status}).`, true);
+      if (response.ok && data.ok) {
+        this.#saved("Saved. New turns in this conversation start with this panel.", false);
+        this.chooser.saved(this.chooser.value ? "Saved for this conversation." : "");
+      } else {
+        this.#saved(data.error || `Could not save (HTTP ${response.status}).`, true);
+        this.chooser.failed(data.error || `Could not save (HTTP ${response.status}).`);
+      }
     } catch {
       this.#saved("Could not reach the server.", true);
+      this.chooser.failed("Could not reach the server.");
     } finally {
       button.disabled = false;
     }

@@ -10,6 +10,8 @@ import { ReconnectingSocket } from "./socket.js";
 import {
   applyReasoningDelta,
   applyTextDelta,
+  applyToolFinished,
+  applyToolStarted,
   GAP,
   isRunning,
   normalizeRun,
@@ -19,7 +21,7 @@ import {
 } from "./state.js";
 import { TurnView } from "./view.js";
 
-const ACTIVE = new Set(["waiting", "thinking", "streaming"]);
+const ACTIVE = new Set(["waiting", "thinking", "streaming", "searching"]);
 const DEFAULT_TITLE = "New conversation";
 const TITLE_CHARS = 60;
 
@@ -361,12 +363,42 @@ class ConversationPage {
         view.memberReasoning(member.slot, text);
         return;
       }
+      case "panel.tool.started": {
+        if (!member) return;
+        applyToolStarted(member, ev);
+        member.status = "searching";
+        view.memberResearch(member.slot);
+        view.memberBody(member.slot);
+        view.memberChrome(member.slot);
+        if (member.tool_calls.length === 1) this.announcer.say(`${name(member)} is researching the web.`);
+        return;
+      }
+      case "panel.tool.finished": {
+        if (!member) return;
+        applyToolFinished(member, ev);
+        if (member.status === "searching" && !member.tool_calls.some((c) => c.status === "running")) {
+          member.status = ev.status && ev.status !== "searching" ? ev.status : member.content ? "streaming" : "waiting";
+        }
+        view.memberResearch(member.slot);
+        view.memberBody(member.slot);
+        view.memberChrome(member.slot);
+        return;
+      }
+      case "panel.note": {
+        if (!member) return;
+        if (ev.message && !member.notes.includes(ev.message)) member.notes.push(ev.message);
+        view.memberResearch(member.slot);
+        this.announcer.say(`${name(member)}: ${ev.message || ""}`);
+        return;
+      }
       case "panel.completed": {
         if (!member) return;
         member.status = "complete";
         member.html = ev.html || "";
         member.metrics = ev.metrics || member.metrics;
         member.error = null;
+        if (Array.isArray(ev.sources)) member.sources = ev.sources.map((x) => ({ ...x }));
+        view.memberResearch(member.slot);
         view.memberBody(member.slot);
         view.memberChrome(member.slot);
         view.controls();
@@ -379,6 +411,9 @@ class ConversationPage {
         member.error = ev.error || null;
         member.metrics = ev.metrics || member.metrics;
         if (typeof ev.html === "string") member.html = ev.html;
+        if (Array.isArray(ev.sources)) member.sources = ev.sources.map((x) => ({ ...x }));
+        for (const c of member.tool_calls) if (c.status === "running") c.status = "failed";
+        view.memberResearch(member.slot);
         view.memberBody(member.slot);
         view.memberChrome(member.slot);
         view.controls();
@@ -433,6 +468,8 @@ class ConversationPage {
           if (!Number.isNaN(t)) run.timings = { ...(run.timings || {}), total: Date.now() - t };
         }
         if (ev.failed_models) run.failed_models = ev.failed_models;
+        if (Array.isArray(ev.sources)) run.sources = ev.sources;
+        if (ev.tool_usage) run.tool_usage = ev.tool_usage;
         if (ev.type === "failed") run.error = { kind: ev.kind || "error", message: ev.message || "" };
         for (const m of run.members) if (ACTIVE.has(m.status)) m.status = "stopped";
         view.render();
@@ -446,18 +483,20 @@ class ConversationPage {
 
   // ------------------------------------------------------------------ user actions
 
-  send({ prompt, panel, follow_up_mode }) {
+  send({ prompt, panel, follow_up_mode, preset = null }) {
     if (this.runningEntries().length) {
       this.composer.notice("A run is going in this conversation. Stop it (Esc) or wait for it to finish.", "warn");
       return false;
     }
-    this.start({ clientRunId: uuid4(), prompt, panel, follow_up_mode });
+    this.start({ clientRunId: uuid4(), prompt, panel, follow_up_mode, preset });
     return true;
   }
 
-  start({ clientRunId, prompt, panel, follow_up_mode }) {
+  start({ clientRunId, prompt, panel, follow_up_mode, preset = null }) {
     const frame = { type: "start", run_id: clientRunId, prompt };
-    if (panel) frame.panel = panel;
+    // A chosen preset goes by id (the server runs its whole config); `panel` only shows it here.
+    if (preset) frame.preset = /^\d+$/.test(preset) ? Number(preset) : preset;
+    else if (panel) frame.panel = panel;
     if (follow_up_mode) frame.follow_up_mode = follow_up_mode;
     this.pending.set(clientRunId, frame);
     const shown = panel || this.composer.readPanel().panel || null;

@@ -27,6 +27,9 @@ function memberState(raw) {
     error: raw.error || null,
     metrics: raw.metrics || {},
     attempt: raw.attempt || 1,
+    tool_calls: (raw.tool_calls || []).map((c) => ({ ...c })),
+    sources: (raw.sources || []).map((s) => ({ ...s })),
+    notes: [...(raw.notes || [])],
     ...textState(raw),
   };
 }
@@ -52,6 +55,9 @@ export function normalizeRun(raw) {
     timings: raw.timings || {},
     failed_models: raw.failed_models || [],
     error: raw.error || null,
+    sources: raw.sources || [],
+    tool_usage: raw.tool_usage || {},
+    research_notice: raw.research_notice || null,
     started_at: raw.started_at || null,
     pending: Boolean(raw.pending),
   };
@@ -68,6 +74,7 @@ export function runFromStarted(ev) {
     members: (ev.members || []).map((m) => ({ ...m, status: "waiting" })),
     analyst: ev.analyst,
     writer: ev.writer,
+    research_notice: ev.research_notice || null,
     started_at: ev.started_at || new Date().toISOString(),
   });
 }
@@ -147,7 +154,67 @@ export function resetMember(member) {
     reasoning: "",
     error: null,
     metrics: {},
+    tool_calls: [],
+    sources: [],
+    notes: [],
   });
+}
+
+// ------------------------------------------------------------------ web research
+
+/** Add sources ({url, title, …}) whose URL the list does not have yet. */
+export function mergeSources(list, sources) {
+  const known = new Set(list.map((s) => s.url));
+  for (const s of sources || []) {
+    if (s && s.url && !known.has(s.url)) {
+      known.add(s.url);
+      list.push({ ...s });
+    }
+  }
+  return list;
+}
+
+/** `panel.tool.started`: a running call in the member's list (a repeated frame changes nothing). */
+export function applyToolStarted(member, ev) {
+  if (member.tool_calls.some((c) => c.id === ev.call_id)) return;
+  member.tool_calls.push({ id: ev.call_id, name: ev.name || "", arguments: ev.arguments || {}, status: "running", ok: null, summary: "", sources: [] });
+}
+
+/** `panel.tool.finished`: the call's outcome, and its sources added to the member's. */
+export function applyToolFinished(member, ev) {
+  let call = member.tool_calls.find((c) => c.id === ev.call_id);
+  if (!call) {
+    call = { id: ev.call_id, name: ev.name || "", arguments: {} };
+    member.tool_calls.push(call);
+  }
+  Object.assign(call, { status: ev.ok ? "done" : "failed", ok: Boolean(ev.ok), summary: ev.summary || "", sources: ev.sources || [] });
+  mergeSources(member.sources, ev.sources);
+}
+
+/** A source's URL when it is a web address (http/https), else null: nothing else becomes a link. */
+export function safeHttpUrl(url) {
+  try {
+    const u = new URL(String(url || ""));
+    return u.protocol === "http:" || u.protocol === "https:" ? u.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/** How a tool call is shown: {kind: search|page|globe|tool, label} — the query searched or the page fetched. */
+export function describeToolCall(call) {
+  const args = call.arguments || {};
+  if (call.name === "web_search") return { kind: "search", label: String(args.query || args.raw || "search") };
+  if (call.name === "web_fetch") {
+    const href = safeHttpUrl(args.url);
+    if (href) {
+      const u = new URL(href);
+      return { kind: "page", label: `${u.host}${u.pathname === "/" ? "" : u.pathname}` };
+    }
+    return { kind: "page", label: String(args.url || args.raw || "fetch") };
+  }
+  if (String(call.name).startsWith("openrouter:")) return { kind: "globe", label: "Web research by OpenRouter" };
+  return { kind: "tool", label: String(call.name || "tool") };
 }
 
 export function isRunning(run) {
@@ -168,7 +235,7 @@ export function slotForModel(run, modelId) {
 
 /** What the status pill says. */
 export function memberStatusLabel(status) {
-  return { complete: "done" }[status] || status || "waiting";
+  return { complete: "done", searching: "searching" }[status] || status || "waiting";
 }
 
 export function runStatusSentence(run) {

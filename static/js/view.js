@@ -5,9 +5,31 @@
 import { analysisCounts, renderAnalysisBody } from "./analysis.js";
 import { appendHTML, h, icon, ICONS, setHTML } from "./dom.js";
 import { fmtCost, fmtInt, fmtMs, splitModel, tokensOf } from "./format.js";
-import { isRunning, memberStatusLabel, runStatusSentence, TERMINAL_MEMBER } from "./state.js";
+import { describeToolCall, isRunning, memberStatusLabel, runStatusSentence, safeHttpUrl, slotForModel, TERMINAL_MEMBER } from "./state.js";
 
-const ACTIVE_MEMBER = new Set(["waiting", "thinking", "streaming"]);
+const ACTIVE_MEMBER = new Set(["waiting", "thinking", "streaming", "searching"]);
+
+// Icons of tool calls (inline SVG: no emoji font needed).
+const TOOL_ICONS = {
+  search: "M8.5 3a5.5 5.5 0 1 0 0 11a5.5 5.5 0 1 0 0-11zM12.5 12.5L17 17",
+  page: "M5 2.5h6.5L15 6v11.5H5zM11.5 2.5V6H15M7.5 10h5M7.5 13h5",
+  globe: "M10 2.5a7.5 7.5 0 1 0 0 15a7.5 7.5 0 1 0 0-15zM2.5 10h15M10 2.5c2.8 2.8 2.8 12.2 0 15M10 2.5c-2.8 2.8-2.8 12.2 0 15",
+  tool: ICONS.spark,
+};
+
+/** A source as a link: built with DOM APIs, only for http(s) URLs; text, never HTML. */
+function sourceLink(source) {
+  const href = safeHttpUrl(source.url);
+  if (!href) return null;
+  const u = new URL(href);
+  const where = `${u.host}${u.pathname === "/" ? "" : u.pathname}`;
+  return h(
+    "a",
+    { class: "source-link", href, rel: "noopener noreferrer nofollow", target: "_blank", referrerpolicy: "no-referrer", title: href },
+    h("span", { class: "source-title" }, source.title || where),
+    source.title ? h("span", { class: "source-host" }, u.host) : null,
+  );
+}
 
 function pill(status, label = status) {
   return h("span", { class: `pill pill-${status}` }, label);
@@ -69,10 +91,12 @@ export class TurnView {
     this.panelActions = h("div", { class: "section-actions" });
     this.panelMeta = h("span", { class: "section-meta" });
     this.row = h("div", { class: "panel-row", data: { cols: Math.max(1, Math.min(run.members.length, 4)) } });
+    this.noticeEl = h("div", { class: "panel-notice", hidden: true });
     this.panel = h(
       "section",
       { class: "panel", aria: { label: "Panel answers" } },
       h("div", { class: "section-head" }, h("h3", { class: "section-title" }, "Panel"), this.panelMeta, this.panelActions),
+      this.noticeEl,
       this.row,
     );
     // A redraw keeps what the reader opened.
@@ -85,6 +109,7 @@ export class TurnView {
       this.row.append(card.root);
       this.memberBody(m.slot);
       this.memberChrome(m.slot);
+      this.memberResearch(m.slot);
     }
 
     this.analysisEl = h("div", { class: "analysis-slot" });
@@ -92,6 +117,8 @@ export class TurnView {
     this.root.replaceChildren(this.promptEl, this.panel, this.analysisEl, this.fusedEl);
     this.analysis();
     this.finalBody();
+    this.runSources();
+    this.researchNotice();
     this.controls();
   }
 
@@ -108,6 +135,11 @@ export class TurnView {
     card.tail = h("span", { class: "tail" });
     card.body = h("div", { class: "card-body prose" }, card.placeholder, card.blocks, card.tail);
     card.error = h("div", { class: "card-error", hidden: true });
+    card.notes = h("div", { class: "card-notes", hidden: true });
+    card.tools = h("ol", { class: "tool-calls", hidden: true, aria: { label: "Web research" } });
+    card.sourcesList = h("ul", { class: "source-list" });
+    card.sourcesTitle = h("summary", {});
+    card.sources = h("details", { class: "card-sources", hidden: true }, card.sourcesTitle, card.sourcesList);
     card.foot = h("footer", { class: "card-foot" });
     const title = h(
       "div",
@@ -119,8 +151,11 @@ export class TurnView {
       "article",
       { class: `card hue-${m.slot % 8}`, data: { slot: m.slot }, aria: { label: `Answer from ${m.model}` } },
       h("header", { class: "card-head" }, h("span", { class: "swatch", aria: { hidden: "true" } }), title, card.pill),
+      card.notes,
       card.reasoning,
+      card.tools,
       card.body,
+      card.sources,
       card.error,
       card.foot,
     );
@@ -164,11 +199,49 @@ export class TurnView {
     card.reasoning.hidden = false;
   }
 
+  /** Tool calls (live), notes and the member's sources. */
+  memberResearch(slot) {
+    const m = this.member(slot);
+    const card = this.cards.get(slot);
+    if (!m || !card) return;
+    card.tools.replaceChildren(
+      ...m.tool_calls.map((c) => {
+        const { kind, label } = describeToolCall(c);
+        const state = c.status === "running" ? "running" : c.ok === false || c.status === "failed" ? "failed" : "done";
+        const busy = kind === "search" ? "searching…" : kind === "page" ? "reading…" : "working…";
+        const outcome = state === "running" ? busy : c.summary || (state === "failed" ? "failed" : "done");
+        return h(
+          "li",
+          { class: `tool-call is-${state}`, data: { tool: c.name || "" }, title: label },
+          h("span", { class: "tool-icon", aria: { hidden: "true" } }, icon(TOOL_ICONS[kind] || TOOL_ICONS.tool, 13)),
+          h("span", { class: "tool-label" }, label),
+          h("span", { class: "tool-outcome", role: state === "failed" ? "note" : null }, outcome),
+        );
+      }),
+    );
+    card.tools.hidden = !m.tool_calls.length;
+
+    card.notes.replaceChildren(...m.notes.map((n) => h("div", { class: "notice notice-warn", role: "note" }, h("p", {}, n))));
+    card.notes.hidden = !m.notes.length;
+
+    const links = m.sources.map((s) => sourceLink(s)).filter(Boolean);
+    card.sourcesList.replaceChildren(...links.map((a) => h("li", {}, a)));
+    card.sourcesTitle.textContent = `Sources (${links.length})`;
+    card.sources.hidden = !links.length;
+    if (links.length && !card.sourcesTouched) card.sources.open = true;
+    if (!card.sourcesWired) {
+      card.sources.addEventListener("toggle", () => (card.sourcesTouched = true));
+      card.sourcesWired = true;
+    }
+  }
+
   #memberPlaceholder(m, card) {
     const empty = !m.content && !(m.html || "").trim();
     let text = "";
     if (empty) {
-      if (m.status === "waiting") text = this.run.pending ? "Starting…" : "Waiting for the first token…";
+      if (m.status === "searching") text = "Researching the web…";
+      else if (m.status === "waiting" && m.tool_calls && m.tool_calls.length) text = "Reading what it found…";
+      else if (m.status === "waiting") text = this.run.pending ? "Starting…" : "Waiting for the first token…";
       else if (m.status === "thinking") text = "Thinking…";
       else if (m.status === "streaming") text = "";
       else if (m.status === "complete") text = "(empty answer)";
@@ -287,6 +360,7 @@ export class TurnView {
     this.finalTail = h("span", { class: "tail" });
     this.finalBodyEl = h("div", { class: "fused-body prose" }, this.finalPlaceholder, this.finalBlocks, this.finalTail);
     this.finalError = h("div", { class: "fused-error", hidden: true });
+    this.runSourcesEl = h("section", { class: "run-sources", hidden: true, aria: { label: "Sources" } });
     this.totals = h("dl", { class: "totals" });
     this.regen = h("div", { class: "regen" });
     this.fusedActions = h("div", { class: "section-actions" });
@@ -302,9 +376,45 @@ export class TurnView {
         this.fusedActions,
       ),
       this.finalBodyEl,
+      this.runSourcesEl,
       this.finalError,
       h("footer", { class: "fused-foot" }, this.totals, this.regen),
     );
+  }
+
+  /** The run's sources under the fused answer, each with the members that used it. */
+  runSources() {
+    const run = this.run;
+    const items = (run.sources || [])
+      .map((s) => {
+        const link = sourceLink(s);
+        if (!link) return null;
+        const tags = (s.members || []).map((key) => {
+          const slot = slotForModel(run, key);
+          const m = slot === null ? null : run.members.find((x) => x.slot === slot);
+          const name = m ? m.label || splitModel(m.model).name : splitModel(key).name;
+          return h(
+            "span",
+            { class: `mtag${slot === null ? " is-unknown" : ` hue-${slot % 8}`}`, data: slot === null ? null : { slot }, title: key },
+            name,
+          );
+        });
+        return h("li", {}, link, h("span", { class: "source-members" }, tags));
+      })
+      .filter(Boolean);
+    this.runSourcesEl.replaceChildren();
+    if (items.length) {
+      this.runSourcesEl.append(h("h4", { class: "run-sources-title" }, `Sources (${items.length})`), h("ol", { class: "source-list" }, items));
+    }
+    this.runSourcesEl.hidden = !items.length;
+  }
+
+  /** Why web search is not offered although the panel asked for web tools. */
+  researchNotice() {
+    const notice = this.run.research_notice;
+    this.noticeEl.replaceChildren();
+    if (notice) this.noticeEl.append(h("div", { class: "notice notice-warn research-notice", role: "note" }, h("p", {}, notice)));
+    this.noticeEl.hidden = !notice;
   }
 
   finalBody() {
@@ -434,6 +544,11 @@ export class TurnView {
       ["Tokens", tokens ? fmtInt(tokens) : null, "All calls: panel, analyst and writer"],
       ["Cost", fmtCost(usage.cost), "Provider-reported cost of all calls"],
     ];
+    const tools = run.tool_usage || {};
+    const server = tools.server_tool_use || {};
+    const searches = (Number(tools.searches) || 0) + (Number(server.web_search_requests) || 0);
+    if (searches) rows.push(["Searches", fmtInt(searches), tools.search_cost_usd ? `Web searches (${fmtCost(tools.search_cost_usd)})` : "Web searches"]);
+    if (tools.fetches) rows.push(["Pages read", fmtInt(tools.fetches), "Pages fetched by web_fetch"]);
     const items = rows
       .filter(([, v]) => v)
       .map(([k, v, title]) => h("div", { title }, h("dt", {}, k), h("dd", {}, v)));

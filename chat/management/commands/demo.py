@@ -5,6 +5,7 @@ with a demo account, and serves the app with Daphne, every page marked as simula
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -18,6 +19,20 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 DEMO_PANEL = "sim/atlas,sim/borealis,sim/cirrus"
+# The built-in presets on the scripted models (it answers any id, but its catalogue lists only these).
+_SIM_ROLES = {"analyst": {"model": "sim/analyst"}, "writer": {"model": "sim/writer"}}
+DEMO_BUILTIN_PRESETS = {
+    "quality": {"name": "Quality", "description": "The whole simulated panel: atlas, borealis and cirrus.",
+                "members": [{"model": "sim/atlas"}, {"model": "sim/borealis"}, {"model": "sim/cirrus"}], **_SIM_ROLES},
+    "budget": {"name": "Budget", "description": "Two simulated members, cooler temperatures.",
+               "members": [{"model": "sim/borealis", "temperature": 0.3}, {"model": "sim/cirrus", "temperature": 0.3}],
+               **_SIM_ROLES},
+    "fast": {"name": "Fast", "description": "The two quickest simulated members, so neither waits long for the other.",
+             "members": [{"model": "sim/atlas"}, {"model": "sim/borealis"}], **_SIM_ROLES},
+    "self-panel": {"name": "Self-panel", "description": "One simulated model twice, at two temperatures.",
+                   "members": [{"model": "sim/atlas", "temperature": 0.7}, {"model": "sim/atlas", "temperature": 1.0}],
+                   **_SIM_ROLES},
+}
 
 
 class Command(BaseCommand):
@@ -37,10 +52,12 @@ class Command(BaseCommand):
             "DATABASE_URL": os.environ.get("DEMO_DATABASE_URL", f"sqlite:///{base / 'demo.sqlite3'}"),
             "OPENROUTER_BASE_URL": upstream_url,
             "OPENROUTER_API_KEY": "demo-key-not-secret",
+            "FUSION_ALLOW_SERVER_KEY": "true",  # the demo account has no key of its own
             "FUSION_DEMO": "true",
             "FUSION_DEFAULT_PANEL": DEMO_PANEL,
             "FUSION_DEFAULT_ANALYST": "sim/analyst",
             "FUSION_DEFAULT_WRITER": "sim/writer",
+            "FUSION_BUILTIN_PRESETS": json.dumps(DEMO_BUILTIN_PRESETS),
             "REDIS_URL": "",
         }
         py = sys.executable

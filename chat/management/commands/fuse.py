@@ -16,7 +16,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from chat.engine import build_limits, build_registry
+from chat.fusion.catalogue import CatalogueError, fetch_models, unknown_models
 from chat.fusion.client import ChatClient
+from chat.fusion.providers import UnknownProvider
 from chat.fusion.pipeline import FusionRun
 from chat.fusion.types import (
     AnalysisCompleted,
@@ -64,9 +66,35 @@ class Command(BaseCommand):
             fallback_analyst=ModelSpec(options["fallback_analyst"]) if options["fallback_analyst"] else None,
             fallback_writer=ModelSpec(options["fallback_writer"]) if options["fallback_writer"] else None,
         )
+        self._check_models([s.model for s in (*request.panel, request.analyst, request.writer,
+                                                request.fallback_analyst, request.fallback_writer) if s])
         code = asyncio.run(self._run(request, as_json=options["json"]))
         if code:
             sys.exit(code)
+
+    def _check_models(self, models: list[str]) -> None:
+        """Refuse unknown model ids before any paid call, against each provider's live /models."""
+        registry = build_registry()
+        wanted: dict[str, list[tuple[str, str]]] = {}
+        for model in dict.fromkeys(models):
+            try:
+                provider, sent = registry.resolve(model)
+            except UnknownProvider as exc:
+                raise CommandError(str(exc)) from None
+            wanted.setdefault(provider.name, []).append((model, sent))
+        errors: list[str] = []
+        for name, requested in wanted.items():
+            try:
+                listed = fetch_models(registry.get(name))
+            except CatalogueError as exc:
+                # A provider without a model list must stay usable: warn, do not block.
+                self.stderr.write(f"warning: the model list of {name} could not be fetched ({exc}); "
+                                  f"not checking {', '.join(m for m, _ in requested)}")
+                continue
+            title = "OpenRouter" if name == registry.default else f"provider {name!r}"
+            errors += unknown_models(requested, listed, provider=title)
+        if errors:
+            raise CommandError(" ".join(errors))
 
     async def _run(self, request: FusionRequest, *, as_json: bool) -> int:
         client = ChatClient(build_registry(), limits=build_limits())

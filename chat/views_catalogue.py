@@ -1,0 +1,70 @@
+"""JSON for the composer: the searchable model picker and the estimated cost of a run.
+
+Both read the cached catalogue only (chat/catalogue.py): they never wait for a provider.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+
+from chat import catalogue, conversations, spend
+from chat.forms import PanelForm
+from chat.models import Conversation
+from chat.panels import default_panel
+from chat.runs import _history
+
+MAX_QUERY_CHARS = 200
+
+
+@login_required
+@require_GET
+def models_json(request: HttpRequest) -> JsonResponse:
+    """``?q=`` → up to 40 models: id, name, provider, price per 1M tokens in/out, context length."""
+    q = request.GET.get("q", "")[:MAX_QUERY_CHARS]
+    return JsonResponse({"models": catalogue.catalogue_search(q)})
+
+
+def _history_chars(conversation: Conversation, *, panel_size: int) -> int:
+    """How much of the conversation so far the next run sends along with the prompt."""
+    fused, threads = _history(conversation, conversation.turns.count(), panel_size=panel_size)
+    return max(sum(len(str(m["content"])) for m in thread) for thread in [fused, *threads.values()])
+
+
+@login_required
+@require_GET
+def estimate_json(request: HttpRequest, pk: int | None = None) -> JsonResponse:
+    """``?chars=N`` plus the composer's panel fields → the run's estimated cost range in USD.
+
+    On a conversation page (``pk``) the conversation so far counts towards the prompt, as it
+    will in the run. Without panel fields, the conversation's own panel (or the default) is used.
+    """
+    try:
+        chars = max(0, min(int(request.GET.get("chars", "0")), settings.FUSION_MAX_PROMPT_CHARS))
+    except ValueError:
+        chars = 0
+    history = 0
+    panel = default_panel()
+    if pk is not None:
+        conversation = conversations.conversation_get_for_user(user=request.user, pk=pk)
+        panel = conversations.conversation_panel(conversation=conversation)
+        history = _history_chars(conversation, panel_size=len(panel["members"]))
+    if "members" in request.GET:
+        form = PanelForm({**request.GET.dict(), "follow_up_mode": "fused"})
+        if not form.is_valid():
+            message = " ".join(e for errors in form.errors.values() for e in errors)
+            return JsonResponse({"ok": False, "error": message}, status=400)
+        panel = form.cleaned_data["panel"]
+    models = [s["model"] for s in (*panel["members"], panel["analyst"], panel["writer"])]
+    unknown = catalogue.validate_models(models, fetch_missing=False)
+    low, high = catalogue.estimate_panel_cost(panel, prompt_tokens=catalogue.tokens_of_chars(chars + history))
+    return JsonResponse({
+        "ok": True,
+        "low": low,
+        "high": high,
+        "text": f"{spend.usd(low)}–{spend.usd(high)}",
+        "unknown": unknown,
+        "unpriced": catalogue.unpriced_models(panel),
+        "calls": len(panel["members"]) + 2,
+    })
