@@ -12,6 +12,7 @@ events into
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -54,12 +55,16 @@ from chat.fusion.types import (
     RunFailed,
 )
 from chat.models import Conversation, FollowUpMode, MemberResponse, MemberStatus, Run, RunStatus, Turn
-from chat.render import IncrementalRenderer, render_markdown
+from chat.render import IncrementalRenderer, RenderUpdate, render_markdown
 
 log = logging.getLogger(__name__)
 
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 TITLE_CHARS = 60
+
+
+# Whole answers are rendered once in a worker thread (_render_ahead) and read back here.
+_render_whole = functools.lru_cache(maxsize=64)(render_markdown)
 
 
 class RunError(Exception):
@@ -210,10 +215,11 @@ class _Stream:
         self.renderer = IncrementalRenderer()
         self.blocks = []
 
-    def feed(self, delta: str) -> dict[str, Any]:
+    def feed(self, delta: str, update: RenderUpdate | None = None) -> dict[str, Any]:
+        """Append *delta*; *update* is the renderer's result when it was computed ahead, off the loop."""
         offset = len(self.text)
         self.text += delta
-        update = self.renderer.feed(delta)
+        update = update if update is not None else self.renderer.feed(delta)
         self.blocks.extend(update.blocks)
         return {"offset": offset, "delta": delta, "blocks": list(update.blocks), "consumed": self.renderer.consumed}
 
@@ -264,6 +270,7 @@ class ActiveRun:
         # Answers carried over from an earlier run of the turn keep that run's metrics.
         self.reused = reused or {}
         self.loop = asyncio.get_running_loop()
+        self._ahead: RenderUpdate | None = None
         self.final = _Stream()
         self.phase = "panel"
         self.analyst = run.analyst_model
@@ -388,6 +395,7 @@ class ActiveRun:
         checkpointer = asyncio.create_task(self._checkpointer())
         try:
             async for event in self.fusion.events():
+                await self._render_ahead(event)
                 self._apply(event)
         except Exception as exc:  # a bug in the engine: fail the run loudly, keep what we have
             log.exception("run %s crashed", self.run_id)
@@ -406,6 +414,25 @@ class ActiveRun:
             await self.flush()
             self.done.set()
 
+    async def _render_ahead(self, event: PipelineEvent) -> None:
+        """Run Markdown rendering in a worker thread, so a long answer never stalls the event loop.
+
+        Only deltas with a newline can finish a block (a Markdown call); other deltas are just
+        appended to the tail, inline. Whole answers are rendered into the cache _apply reads.
+        """
+        if isinstance(event, (PanelDelta, FinalDelta)):
+            stream = self.final if isinstance(event, FinalDelta) else self.streams[event.slot]
+            if "\n" in event.delta:
+                self._ahead = await asyncio.to_thread(stream.renderer.feed, event.delta)
+        elif isinstance(event, PanelCompleted) and event.content:
+            await asyncio.to_thread(_render_whole, event.content)
+        elif isinstance(event, RunCompleted) and event.answer:
+            await asyncio.to_thread(_render_whole, event.answer)
+
+    def _take_ahead(self) -> RenderUpdate | None:
+        update, self._ahead = self._ahead, None
+        return update
+
     def _apply(self, event: PipelineEvent) -> None:
         self._dirty = True
         if isinstance(event, PanelAdded):
@@ -419,7 +446,7 @@ class ActiveRun:
         elif isinstance(event, PanelDelta):
             m, s = self.members[event.slot], self.streams[event.slot]
             m["status"] = MemberStatus.STREAMING.value
-            frame = {"type": "panel.delta", "slot": event.slot, **s.feed(event.delta)}
+            frame = {"type": "panel.delta", "slot": event.slot, **s.feed(event.delta, self._take_ahead())}
             first = not s.first_sent
             s.first_sent = True
             self._emit(frame, now=first)
@@ -433,7 +460,7 @@ class ActiveRun:
         elif isinstance(event, PanelCompleted):
             m, s = self.members[event.slot], self.streams[event.slot]
             s.text = event.content
-            s.html = render_markdown(event.content)
+            s.html = _render_whole(event.content)
             metrics = self.reused.get(event.slot) or _metrics(
                 event.record.ttft_ms, event.record.duration_ms, event.record.usage.to_dict()
             )
@@ -504,7 +531,7 @@ class ActiveRun:
             self.final.reset()  # a fallback writer starts the answer over
             self._emit({"type": "final.started", "writer_model": event.writer_model}, now=True)
         elif isinstance(event, FinalDelta):
-            frame = {"type": "final.delta", **self.final.feed(event.delta)}
+            frame = {"type": "final.delta", **self.final.feed(event.delta, self._take_ahead())}
             first = not self.final.first_sent
             self.final.first_sent = True
             self._emit(frame, now=first)
@@ -513,7 +540,7 @@ class ActiveRun:
             self.sources = list(event.sources)
             self.tool_usage = _tool_usage(event.tool_usage, self.research_notice)
             self.final.text = event.answer
-            self.final.html = render_markdown(event.answer)
+            self.final.html = _render_whole(event.answer)
         elif isinstance(event, RunFailed):
             self.result, self.phase = event, "done"
             self.status = RunStatus.CANCELLED.value if event.kind == "cancelled" else RunStatus.ERROR.value

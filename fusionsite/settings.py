@@ -106,7 +106,13 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Checkpoints from the run manager and page requests write concurrently.
     DATABASES["default"].setdefault("OPTIONS", {})
-    DATABASES["default"]["OPTIONS"].update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
+    # WAL lets pages read while a run checkpoints; synchronous=NORMAL is durable across
+    # application crashes in WAL mode and makes each commit several times cheaper.
+    DATABASES["default"]["OPTIONS"].update({
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    })
     # A file (not :memory:) so a live Daphne in the browser tests can share it; per process so two
     # test runs on one machine do not collide.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / f".test-db-{os.getpid()}.sqlite3")}

@@ -5,6 +5,9 @@ Session scope (started once, torn down at the end):
 * ``upstream`` — :class:`chat.fusion.scripted.ScriptedUpstream` in a thread, with ``SCRIPTS`` below
   (a three-model panel paced so a run takes ~3–6 s, a slow model to stop, an analyst, a writer
   and ``sim/xss`` whose answer is full of XSS payloads split across small chunks);
+* ``research_web`` — local web servers for web research (see ``ResearchWeb``): pages, a fake SearXNG
+  and a loopback target; the upstream's research models and the server's search and fetch
+  settings point at them;
 * ``fusion_server`` — a temporary file-based SQLite database (migrated with ``manage.py migrate``)
   and ``python -m daphne`` as a subprocess on a free port, pointed at the upstream; its log goes
   to ``test-artifacts/browser-daphne.log``;
@@ -29,16 +32,19 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 
 from chat.fusion.scripted import ScriptedUpstream
+from tests.webserver import LocalWebServer, _Handler, _Server
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -220,8 +226,9 @@ def _chromium_available() -> str:
 
 
 @pytest.fixture(scope="session")
-def upstream() -> Iterator[ScriptedUpstream]:
-    up = ScriptedUpstream(SCRIPTS, time_scale=1.0).start_in_thread()
+def upstream(research_web: ResearchWeb) -> Iterator[ScriptedUpstream]:
+    # The research models' scripts name URLs of the local web servers, known only once they run.
+    up = ScriptedUpstream({**SCRIPTS, **research_scripts(research_web)}, time_scale=1.0).start_in_thread()
     try:
         yield up
     finally:
@@ -243,7 +250,9 @@ class LiveServer:
 
 
 @pytest.fixture(scope="session")
-def fusion_server(upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def fusion_server(
+    upstream: ScriptedUpstream, research_web: ResearchWeb, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
     ARTIFACTS.mkdir(exist_ok=True)
     db_path = tmp_path_factory.mktemp("browser-db") / "fusion.sqlite3"
     port = _free_port()
@@ -264,6 +273,11 @@ def fusion_server(upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathF
         "FUSION_DEFAULT_ANALYST": ANALYST,
         "FUSION_DEFAULT_WRITER": WRITER,
         "FUSION_DEMO": "false",
+        # Web research (issue 5): a fake SearXNG, and web_fetch may reach the page server only —
+        # not the loopback server behind its redirect, nor the metadata address.
+        "FUSION_SEARCH_BACKEND": "searxng",
+        "FUSION_SEARCH_URL": research_web.search.base_url,
+        "FUSION_FETCH_TRUSTED_HOSTS": research_web.trusted_host,
         "REDIS_URL": "",
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
@@ -447,3 +461,147 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 5.0, message: s
         if time.monotonic() > deadline:
             raise AssertionError(f"Timed out after {timeout} s waiting for {message}")
         time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- web research (issue 5)
+
+# The research panel: a member that searches, reads two pages and cites them; one that tries the
+# cloud metadata address and a redirect into loopback; a writer that cites the pages it was given.
+RESEARCHER = "sim/researcher"
+PROBER = "sim/prober"
+SCRIBE = "sim/scribe"
+METADATA_URL = "http://169.254.169.254/latest/meta-data/"
+
+PAGES = {
+    "/guides/sunlight": (
+        "How much sun balcony tomatoes need",
+        "Tomatoes in containers need at least six hours of direct sunlight a day. A south-facing "
+        "balcony is ideal; on a shaded one, choose cherry varieties, which ripen with less light.",
+    ),
+    "/guides/watering": (
+        "Watering container tomatoes",
+        "Water container tomatoes deeply in the morning so the roots follow the water down. Leaves "
+        "that stay dry overnight keep blight away; in a heat wave, water a second time at noon.",
+    ),
+}
+
+
+class BoundWebServer(LocalWebServer):
+    """A LocalWebServer on a chosen address and port (LocalWebServer binds 127.0.0.1:<free port>)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__()
+        self.bind_host, self.bind_port = host, port
+
+    def start(self) -> BoundWebServer:
+        self._httpd = _Server((self.bind_host, self.bind_port), _Handler)
+        self._httpd.owner = self
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.bind_host}:{self.port}"
+
+
+@dataclass
+class ResearchWeb:
+    """The local web of the research tests (session scope, shared by the server and the tests).
+
+    * ``pages`` — 127.0.0.1:P, the only host:port web_fetch trusts (``trusted_host``): the two
+      guides, and LocalWebServer's ``/redirect?to=``;
+    * ``search`` — a fake SearXNG (``GET /search?q=…&format=json``) whose results are the guides;
+    * ``loopback`` — another loopback address on the *same* port, 127.0.0.2:P, as the redirect
+      target. Trust is per host, and a port listed in FUSION_FETCH_TRUSTED_HOSTS is allowed for every
+      host, so on P only the address check stands between a redirect and this server (on any
+      other port the fetch would be refused as "blocked: port" before the address check is reached).
+      Its request log must stay empty.
+    """
+
+    pages: LocalWebServer
+    search: LocalWebServer
+    loopback: LocalWebServer
+
+    @property
+    def trusted_host(self) -> str:
+        return f"127.0.0.1:{self.pages.port}"
+
+    def page_url(self, path: str) -> str:
+        return self.pages.url(path)
+
+    @property
+    def loopback_target(self) -> str:
+        return self.loopback.url("/internal/admin")
+
+    @property
+    def redirect_url(self) -> str:
+        return self.pages.url("/redirect?to=" + quote(self.loopback_target, safe=""))
+
+    def stop(self) -> None:
+        for server in (self.pages, self.search, self.loopback):
+            server.stop()
+
+
+def _page_html(title: str, text: str) -> bytes:
+    return (
+        f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>"
+        f"<body><article><h1>{title}</h1><p>{text}</p></article></body></html>"
+    ).encode()
+
+
+@pytest.fixture(scope="session")
+def research_web() -> Iterator[ResearchWeb]:
+    pages = loopback = None
+    for _ in range(20):  # the page server's port must also be free on 127.0.0.2
+        pages = LocalWebServer().start()
+        try:
+            loopback = BoundWebServer("127.0.0.2", pages.port).start()
+            break
+        except OSError:
+            pages.stop()
+    if loopback is None or pages is None:
+        pytest.fail("Could not find a port free on both 127.0.0.1 and 127.0.0.2.", pytrace=False)
+    for path, (title, text) in PAGES.items():
+        pages.add_body(path, _page_html(title, text), "text/html; charset=utf-8")
+    loopback.add_body("/internal/admin", _page_html("Internal admin", "SECRET-LOOPBACK-CONTENT"), "text/html")
+    search = LocalWebServer().start()
+    results = [{"url": pages.url(path), "title": title, "content": text[:80]} for path, (title, text) in PAGES.items()]
+    search.add_json("/search", {"query": "", "results": results})
+    web = ResearchWeb(pages=pages, search=search, loopback=loopback)
+    try:
+        yield web
+    finally:
+        web.stop()
+
+
+def research_scripts(web: ResearchWeb) -> dict[str, dict[str, Any]]:
+    """Scripts of the research models (chat/fusion/scripted.py, "Tool use"), with the servers' URLs."""
+    sun, water = (web.page_url(path) for path in PAGES)
+    return {
+        RESEARCHER: {
+            "ttft_ms": 150, "tokens_per_s": 300, "chunk_chars": 24,
+            "steps": [
+                {"tool_calls": [{"name": "web_search", "arguments": {"query": "balcony tomatoes sun and water"}}]},
+                {"tool_calls": [{"name": "web_fetch", "arguments": {"url": "{url0}"}},
+                                {"name": "web_fetch", "arguments": {"url": "{url1}"}}]},
+                {"content": "Balcony tomatoes need **six hours** of direct sun ([sunlight guide]({url0})) and a "
+                            "deep watering every morning ([watering guide]({url1})).", "cite": True},
+            ],
+        },
+        PROBER: {
+            "ttft_ms": 150, "tokens_per_s": 300, "chunk_chars": 24,
+            "steps": [
+                {"tool_calls": [{"name": "web_fetch", "arguments": {"url": METADATA_URL}},
+                                {"name": "web_fetch", "arguments": {"url": web.redirect_url}}]},
+                {"content": "Both pages I tried to read were refused, so this answer is from memory: "
+                            "give tomatoes plenty of sun and water them evenly."},
+            ],
+        },
+        SCRIBE: {
+            "ttft_ms": 150, "tokens_per_s": 300, "chunk_chars": 24,
+            "content": f"## Answer\n\nGive balcony tomatoes at least six hours of direct sun "
+                       f"([How much sun balcony tomatoes need]({sun})) and water them deeply in the morning "
+                       f"([Watering container tomatoes]({water})).",
+        },
+    }
