@@ -48,14 +48,16 @@ def catalogue_refresh(provider: str) -> bool:
     """Fetch *provider*'s catalogue now; keep the last good copy if that fails. True on success."""
     now = timezone.now()
     try:
-        models = fetch_models(build_registry().get(provider), timeout=SYNC_FETCH_TIMEOUT_S)
+        endpoint = build_registry().get(provider)
+        models = fetch_models(endpoint, timeout=SYNC_FETCH_TIMEOUT_S)
     except (CatalogueError, UnknownProvider) as exc:
         CatalogueCache.objects.update_or_create(provider=provider, defaults={"last_attempt_at": now, "last_error": str(exc)})
         log.warning("model catalogue of %s not refreshed: %s", provider, exc)
         return False
     CatalogueCache.objects.update_or_create(
         provider=provider,
-        defaults={"models_json": [m.to_dict() for m in models], "fetched_at": now, "last_attempt_at": now, "last_error": ""},
+        defaults={"models_json": [m.to_dict() for m in models], "fetched_at": now, "last_attempt_at": now,
+                  "last_error": "", "base_url": endpoint.base_url},
     )
     log.info("model catalogue of %s refreshed: %d models", provider, len(models))
     return True
@@ -103,16 +105,27 @@ def _load(providers: Iterable[str], *, fetch_missing: bool = False) -> dict[str,
     names = list(dict.fromkeys(providers))
     rows: dict[str, CatalogueCache | None] = {name: None for name in names}
     rows.update({row.provider: row for row in CatalogueCache.objects.filter(provider__in=names)})
+    # A copy fetched from another base URL (the administrator moved the provider) is no copy.
+    urls = _base_urls()
+    for name, row in rows.items():
+        if row is not None and row.fetched_at is not None and row.base_url != urls.get(name, row.base_url):
+            rows[name] = None
     if fetch_missing:
         for name in [n for n, row in rows.items() if row is None]:
             catalogue_refresh(name)
-            rows[name] = CatalogueCache.objects.filter(provider=name).first()
+            row = CatalogueCache.objects.filter(provider=name).first()
+            rows[name] = row if row is not None and row.base_url == urls.get(name) else None
     # A thread's write would only queue behind an open transaction (and could not see what it
     # holds): inside one, serve the cache and leave refreshing to the next read outside.
     if not transaction.get_connection().in_atomic_block:
         now = timezone.now()
         catalogue_refresh_in_background([n for n, row in rows.items() if _needs_refresh(row, now)])
     return rows
+
+
+def _base_urls() -> dict[str, str]:
+    registry = build_registry()
+    return {name: registry.get(name).base_url for name in registry.names}
 
 
 def _models_of(row: CatalogueCache | None) -> list[CatalogueModel]:

@@ -231,6 +231,8 @@ class CatalogueCache(models.Model):
     """The last good copy of one provider's GET /models, so an unreachable provider changes nothing."""
 
     provider = models.CharField(max_length=50, unique=True)
+    # Where the copy came from: a provider whose base URL changed has no valid copy.
+    base_url = models.CharField(max_length=500, blank=True)
     models_json = models.JSONField(default=list)
     fetched_at = models.DateTimeField(null=True, blank=True)
     last_attempt_at = models.DateTimeField(null=True, blank=True)

@@ -176,7 +176,7 @@ class TestCache:
 
     def test_a_stale_copy_is_served_at_once_and_refreshed_in_the_background(self, upstream, no_background, settings):
         settings.FUSION_CATALOGUE_TTL_S = 60
-        CatalogueCache.objects.create(provider="openrouter", models_json=[{"id": "sim/old"}],
+        CatalogueCache.objects.create(provider="openrouter", base_url=settings.OPENROUTER_BASE_URL, models_json=[{"id": "sim/old"}],
                                       fetched_at=timezone.now() - timedelta(hours=2),
                                       last_attempt_at=timezone.now() - timedelta(hours=2))
         assert [m["id"] for m in catalogue.catalogue_models()] == ["sim/old"]
@@ -452,3 +452,14 @@ class TestSyncFetchRace:
         while "p" in catalogue._refreshing and time.monotonic() < deadline:
             time.sleep(0.01)
         assert calls == ["p"]
+
+
+@pytest.mark.django_db
+class TestBaseUrlChange:
+    def test_a_copy_from_another_base_url_is_not_used(self, upstream, settings):
+        CatalogueCache.objects.create(provider="openrouter", base_url="http://127.0.0.1:9/v1",
+                                      models_json=[{"id": "sim/elsewhere"}], fetched_at=timezone.now(),
+                                      last_attempt_at=timezone.now())
+        errors = catalogue.validate_models(["sim/elsewhere"])
+        assert errors and "sim/elsewhere" in errors[0]
+        assert CatalogueCache.objects.get(provider="openrouter").base_url == settings.OPENROUTER_BASE_URL

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -61,11 +62,14 @@ class Command(BaseCommand):
             "REDIS_URL": "",
         }
         py = sys.executable
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        children: list[subprocess.Popen[bytes]] = []
         upstream = subprocess.Popen(
             [py, "-m", "chat.fusion.scripted", "--port", str(options["upstream_port"]),
              "--time-scale", str(options["time_scale"])],
             cwd=base, env=env,
         )
+        children.append(upstream)
         try:
             self._wait_for(upstream_url + "/models", upstream)
             subprocess.run([py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=base, env=env, check=True)
@@ -85,12 +89,22 @@ class Command(BaseCommand):
                 f"  Upstream  {upstream_url} (scripted: {DEMO_PANEL}, sim/analyst, sim/writer)\n"
             ))
             daphne = [py, "-m", "daphne", "-b", options["host"], "-p", str(options["port"]), "fusionsite.asgi:application"]
-            subprocess.run(daphne, cwd=base, env=env)
+            server = subprocess.Popen(daphne, cwd=base, env=env)
+            children.append(server)
+            if server.wait() != 0:
+                raise CommandError(f"Daphne exited with status {server.returncode} (is port {options['port']} taken? try PORT=…).")
         except KeyboardInterrupt:
             pass
         finally:
-            upstream.terminate()
-            upstream.wait(timeout=5)
+            # Stop the children whichever way we leave (Ctrl-C, SIGTERM, an error), so no server
+            # is left running on the ports.
+            for child in reversed(children):
+                if child.poll() is None:
+                    child.terminate()
+                    try:
+                        child.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        child.kill()
 
     def _wait_for(self, url: str, proc: subprocess.Popen[bytes]) -> None:
         for _ in range(100):
@@ -102,6 +116,10 @@ class Command(BaseCommand):
             except httpx.HTTPError:
                 time.sleep(0.1)
         raise CommandError(f"The scripted upstream did not answer at {url}.")
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 # Creates or resets the demo account; run in a child process that has the demo database.
