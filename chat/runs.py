@@ -80,6 +80,11 @@ def group_name(conversation_id: int) -> str:
     return f"conv_{conversation_id}"
 
 
+def control_group(run_id: uuid.UUID) -> str:
+    """The group a run's owning process listens on for stop/stop member/retry/fuse now."""
+    return f"runctl_{run_id.hex}"
+
+
 # --------------------------------------------------------------------------- state shapes
 
 
@@ -390,9 +395,40 @@ class ActiveRun:
 
     # ----------------------------------------------------------------- driving
 
+    def control(self, action: str, slot: int | None = None) -> bool:
+        """Apply a user's control to this run; False when it does not apply now."""
+        if action == "stop":
+            self.fusion.cancel()
+            return True
+        if slot is not None and not 0 <= slot < len(self.members):
+            return False
+        if action == "stop_member" and slot is not None:
+            return self.fusion.stop_member(slot)
+        if action == "retry_member" and slot is not None:
+            return self.fusion.retry_member(slot)
+        if action == "fuse_now":
+            return self.fusion.fuse_now()
+        return False
+
+    async def _control_listener(self) -> None:
+        """Controls sent by consumers of other processes (several Daphne workers behind Redis)."""
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        group = control_group(self.run_id)
+        await layer.group_add(group, channel)
+        try:
+            while True:
+                message = await layer.receive(channel)
+                if message.get("type") == "run.control":
+                    slot = message.get("slot")
+                    self.control(str(message.get("action")), slot if isinstance(slot, int) else None)
+        finally:
+            await layer.group_discard(group, channel)
+
     async def drive(self) -> None:
         flusher = asyncio.create_task(self._flusher())
         checkpointer = asyncio.create_task(self._checkpointer())
+        listener = asyncio.create_task(self._control_listener())
         try:
             async for event in self.fusion.events():
                 await self._render_ahead(event)
@@ -404,6 +440,7 @@ class ActiveRun:
             self._error = ("internal", f"The run stopped on an internal error ({type(exc).__name__}).")
         finally:
             checkpointer.cancel()
+            listener.cancel()
             await self.client.aclose()
             try:
                 await database_sync_to_async(self._finalize)()
@@ -947,24 +984,41 @@ async def _active_for(*, user: Any, conversation_id: int, client_run_id: str) ->
     return run, manager.get(run.pk)
 
 
-async def run_stop(*, user: Any, conversation_id: int, client_run_id: str) -> None:
+async def _control(*, user: Any, conversation_id: int, client_run_id: str, action: str,
+                   slot: int | None = None) -> tuple[Run, bool | None]:
+    """Steer a run wherever it runs: here directly, in another process through the channel layer.
+
+    Returns (run, True/False) when this process owns the run (did the control apply?),
+    (run, None) when it was sent to the owning process, (run, False) when the run is over.
+    """
     run, active = await _active_for(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
-    if active is None:
+    if active is not None:
+        return run, active.control(action, slot)
+    if run.status == RunStatus.RUNNING:
+        await get_channel_layer().group_send(
+            control_group(run.pk), {"type": "run.control", "action": action, "slot": slot}
+        )
+        return run, None
+    return run, False
+
+
+async def run_stop(*, user: Any, conversation_id: int, client_run_id: str) -> None:
+    _, applied = await _control(user=user, conversation_id=conversation_id, client_run_id=client_run_id, action="stop")
+    if applied is False:
         raise RunError("invalid", "This run is not running.")
-    active.fusion.cancel()
 
 
 async def run_stop_member(*, user: Any, conversation_id: int, client_run_id: str, slot: int) -> None:
-    run, active = await _active_for(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
-    if active is None or not 0 <= slot < len(active.members):
-        raise RunError("invalid", "That member is not running.")
-    if not active.fusion.stop_member(slot):
+    _, applied = await _control(user=user, conversation_id=conversation_id, client_run_id=client_run_id,
+                                action="stop_member", slot=slot)
+    if applied is False:
         raise RunError("invalid", "That member is not running.")
 
 
 async def run_fuse_now(*, user: Any, conversation_id: int, client_run_id: str) -> None:
-    run, active = await _active_for(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
-    if active is None or not active.fusion.fuse_now():
+    _, applied = await _control(user=user, conversation_id=conversation_id, client_run_id=client_run_id,
+                                action="fuse_now")
+    if applied is False:
         raise RunError("invalid", "Fuse now works only while panel members are still answering.")
 
 
@@ -1028,8 +1082,10 @@ async def _rerun(*, user: Any, conversation_id: int, client_run_id: str, slot: i
 
 async def run_retry_member(*, user: Any, conversation_id: int, client_run_id: str, slot: int) -> None:
     run, active = await _active_for(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
-    if active is not None:
-        if not 0 <= slot < len(active.members) or not active.fusion.retry_member(slot):
+    if active is not None or run.status == RunStatus.RUNNING:  # still running: restart in place
+        _, applied = await _control(user=user, conversation_id=conversation_id, client_run_id=client_run_id,
+                                    action="retry_member", slot=slot)
+        if applied is False:
             raise RunError("invalid", "Only a failed or stopped member can be retried, while the panel is answering.")
         return
     await _rerun(user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=slot, writer=None)

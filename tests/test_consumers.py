@@ -376,3 +376,25 @@ class TestRecovery:
         assert "sim/c" in retried_models
         await comm.disconnect()
 
+
+
+class TestControlAcrossProcesses:
+    async def test_a_control_sent_through_the_channel_layer_reaches_the_owning_run(self, alice, conv, upstream):
+        # What a consumer of another Daphne process does when it does not own the run.
+        from channels.layers import get_channel_layer
+
+        from chat.runs import control_group
+
+        comm = await open_ws(alice, conv.pk)
+        run_id = str(uuid.uuid4())
+        panel = {**PANEL, "members": [{"model": "sim/slow"}, {"model": "sim/slow"}]}
+        await comm.send_json_to({"type": "start", "run_id": run_id, "prompt": "go", "panel": panel})
+        await collect_until(comm, {"panel.delta"})
+        run = await database_sync_to_async(Run.objects.get)(client_run_id=run_id)
+        await get_channel_layer().group_send(control_group(run.pk), {"type": "run.control", "action": "stop_member", "slot": 0})
+        stopped = await collect_until(comm, {"panel.failed"})
+        assert stopped[-1]["slot"] == 0 and stopped[-1]["status"] == "stopped"
+        await get_channel_layer().group_send(control_group(run.pk), {"type": "run.control", "action": "stop"})
+        events = await collect_until(comm, {"failed", "completed"})
+        assert events[-1]["type"] == "failed" and events[-1]["status"] == "cancelled"
+        await comm.disconnect()
