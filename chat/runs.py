@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from chat import catalogue, keys, panels, presets, spend
 from chat.engine import build_limits, build_registry, build_web_tools, research_settings, search_unavailable_reason
+from chat.fusion.analysis import distinct_model_ids
 from chat.fusion.client import ChatClient
 from chat.fusion.providers import ProviderRegistry
 from chat.fusion.pipeline import FusionRun
@@ -88,15 +89,6 @@ def control_group(run_id: uuid.UUID) -> str:
 # --------------------------------------------------------------------------- state shapes
 
 
-def model_keys(models: list[str]) -> list[str]:
-    """The analysis's model ids per slot: a model listed twice is ``model#2`` the second time."""
-    seen: dict[str, int] = {}
-    keys = []
-    for m in models:
-        seen[m] = seen.get(m, 0) + 1
-        keys.append(m if seen[m] == 1 else f"{m}#{seen[m]}")
-    return keys
-
 
 def _metrics(ttft_ms: int | None, duration_ms: int | None, usage: dict[str, Any] | None) -> dict[str, Any]:
     return {"ttft_ms": ttft_ms, "duration_ms": duration_ms, "usage": usage or {}}
@@ -114,7 +106,7 @@ def _text_state(content: str, finished: bool) -> dict[str, Any]:
 def run_state(run: Run) -> dict[str, Any]:
     """The snapshot shape of docs/protocol.md, from the database (history, or another process's run)."""
     members = list(run.members.all())
-    keys = model_keys([m.model for m in members])
+    keys = distinct_model_ids([m.model for m in members])
     done = run.status != RunStatus.RUNNING
     member_states = []
     for m in members:
@@ -250,7 +242,7 @@ class ActiveRun:
         self.started_at = run.created_at
         self.t0 = time.monotonic()
         models = [m.model for m in request.panel]
-        self.keys = model_keys(models)
+        self.keys = distinct_model_ids(models)
         self.members: list[dict[str, Any]] = [
             {
                 "slot": i,
