@@ -100,8 +100,9 @@ def search_unavailable_reason() -> str | None:
 def _fetch_policy() -> Any:
     from chat.fusion.tools import FetchPolicy
 
+    # "host" trusts that host on ports 80/443; "host:port" trusts that one port of that host only.
     hosts: set[str] = set()
-    ports: set[int] = {80, 443}
+    endpoints: set[tuple[str, int]] = set()
     for entry in settings.FUSION_FETCH_TRUSTED_HOSTS:
         host, port = entry, None
         if entry.startswith("["):  # [::1]:8080
@@ -109,12 +110,13 @@ def _fetch_policy() -> Any:
             port = rest.lstrip(":") or None
         elif entry.count(":") == 1:
             host, port = entry.split(":")
-        hosts.add(host)
         if port:
-            ports.add(int(port))
+            endpoints.add((host, int(port)))
+        else:
+            hosts.add(host)
     return FetchPolicy(
-        allowed_ports=frozenset(ports),
         trusted_hosts=frozenset(hosts),
+        trusted_endpoints=frozenset(endpoints),
         max_bytes=settings.FUSION_FETCH_MAX_BYTES,
         max_chars=settings.FUSION_FETCH_MAX_CHARS,
         timeout=settings.FUSION_FETCH_TIMEOUT_S,

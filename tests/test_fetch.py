@@ -568,3 +568,14 @@ async def test_https_through_the_pin_uses_the_name_for_sni_and_verification(tmp_
                               ssl_context=client_ctx).fetch("https://other.example/article")
         assert (wrong.ok, wrong.error) == (False, "connection failed")
         assert len(tls.requests) == 1
+
+
+async def test_a_trusted_endpoint_trusts_that_port_only(server, other):
+    # "127.0.0.1:P" in FUSION_FETCH_TRUSTED_HOSTS must not open 127.0.0.1's other ports: a
+    # redirect from the trusted test server to another local service is refused.
+    policy = FetchPolicy(trusted_endpoints={("127.0.0.1", server.port)}, allowed_ports={80, 443, other.port})
+    page = await Fetcher(policy).fetch(server.url("/article"))
+    assert page.ok, page.error
+    hop = await Fetcher(policy).fetch(server.url(f"/redirect?to=http://127.0.0.1:{other.port}/article"))
+    assert not hop.ok and hop.error == netguard.BLOCKED_PRIVATE
+    assert other.requests == []

@@ -11,7 +11,8 @@ Endpoints (base URL ``http://127.0.0.1:PORT/v1``)
                                 ``stream: false`` → one ``chat.completion`` JSON object.
 ``GET  /v1/models``             ``{"data": [{"id", "name", "context_length", "pricing"}]}``.
 ``GET  /_scripted/requests``    ``{"requests": [...]}``: every chat request as
-                                ``{time, model, messages, params, headers}`` (auth redacted).
+                                ``{time, model, messages, params, headers}`` (auth redacted; its
+                                SHA-256 prefix under ``authorization-sha256``).
 ``GET  /_scripted/disconnects`` ``{"disconnects": [model ids]}``: clients that hung up before
                                 the response was finished.
 ``GET  /_scripted/scripts``     the current scripts.
@@ -1055,7 +1056,10 @@ class ScriptedUpstream:
     def _record(self, model: str, body: dict[str, Any], headers: dict[str, str]) -> None:
         safe_headers = dict(headers)
         if "authorization" in safe_headers:
+            # Never the key itself; a short digest lets tests tell which key was sent.
+            key = safe_headers["authorization"].removeprefix("Bearer ").strip()
             safe_headers["authorization"] = "Bearer [redacted]"
+            safe_headers["authorization-sha256"] = hashlib.sha256(key.encode()).hexdigest()[:16]
         params = {k: v for k, v in body.items() if k not in ("model", "messages")}
         self.requests.append(
             {"time": time.time(), "model": model, "messages": body.get("messages"), "params": params, "headers": safe_headers}

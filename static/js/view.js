@@ -548,7 +548,8 @@ export class TurnView {
     const server = tools.server_tool_use || {};
     const searches = (Number(tools.searches) || 0) + (Number(server.web_search_requests) || 0);
     if (searches) rows.push(["Searches", fmtInt(searches), tools.search_cost_usd ? `Web searches (${fmtCost(tools.search_cost_usd)})` : "Web searches"]);
-    if (tools.fetches) rows.push(["Pages read", fmtInt(tools.fetches), "Pages fetched by web_fetch"]);
+    // `fetches` counts web_fetch calls (docs/protocol.md), refused and failed ones included: not pages read.
+    if (tools.fetches) rows.push(["Fetches", fmtInt(tools.fetches), "web_fetch calls, refused and failed ones included"]);
     const items = rows
       .filter(([, v]) => v)
       .map(([k, v, title]) => h("div", { title }, h("dt", {}, k), h("dd", {}, v)));

@@ -95,10 +95,13 @@ class FetchPolicy:
     ``trusted_hosts`` skips the address check (never the port or domain checks) for hosts named
     exactly — for tests against a local server, ``FetchPolicy(trusted_hosts={"127.0.0.1"},
     allowed_ports={port})``. Never put a name there that an attacker's redirect could use.
+    ``trusted_endpoints`` trusts exact ``(host, port)`` pairs instead: that port of that host only
+    (address and port checks skipped), not the host's other ports.
     """
 
     allowed_ports: frozenset[int] = frozenset({80, 443})
     trusted_hosts: frozenset[str] = frozenset()
+    trusted_endpoints: frozenset[tuple[str, int]] = frozenset()
     max_bytes: int = 2_000_000  # decompressed body bytes read; beyond → "too large"
     max_chars: int = 20_000  # extracted text handed on; beyond → truncated
     timeout: float = 20.0  # the whole fetch: DNS, every hop, body, extraction
@@ -115,6 +118,13 @@ class FetchPolicy:
             except netguard.HostError:
                 raise ValueError(f"invalid trusted host {host!r}") from None
         object.__setattr__(self, "trusted_hosts", frozenset(trusted))
+        endpoints = set()
+        for host, port in self.trusted_endpoints:
+            try:
+                endpoints.add((netguard.normalise_host(host)[0], int(port)))
+            except netguard.HostError:
+                raise ValueError(f"invalid trusted endpoint {host!r}:{port}") from None
+        object.__setattr__(self, "trusted_endpoints", frozenset(endpoints))
         if self.max_bytes <= 0 or self.max_redirects < 0 or self.timeout <= 0:
             raise ValueError("max_bytes and timeout must be positive, max_redirects not negative")
 
@@ -432,12 +442,13 @@ class Fetcher:
         except (netguard.HostError, UnicodeDecodeError) as exc:
             raise _Refused("bad url", f"host: {exc}") from None
         port = url.port or (443 if url.scheme == "https" else 80)
-        if port not in self.policy.allowed_ports:
+        endpoint_trusted = (host, port) in self.policy.trusted_endpoints
+        if port not in self.policy.allowed_ports and not endpoint_trusted:
             raise _Refused("blocked: port", str(port))
         why = domains.reason(host)
         if why:
             raise _Refused("blocked: domain", f"{host} {why}")
-        trusted = host in self.policy.trusted_hosts
+        trusted = endpoint_trusted or host in self.policy.trusted_hosts
         if not trusted:
             why = netguard.host_block_reason(host) if ip is None else netguard.address_block_reason(ip)
             if why:
@@ -463,7 +474,8 @@ class Fetcher:
                 raise _Refused("dns failed", str(exc)) from None
             if not addresses:
                 raise _Refused("dns failed", "no addresses")
-            if hop.host not in self.policy.trusted_hosts:
+            trusted = hop.host in self.policy.trusted_hosts or (hop.host, hop.port) in self.policy.trusted_endpoints
+            if not trusted:
                 for address in addresses:
                     why = netguard.address_block_reason(address)
                     if why:
