@@ -175,6 +175,10 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         )
         states = [await runs.run_snapshot(run_id=run_id) for run_id in ids]
         await self._send({"type": "snapshot", "runs": states})
+        # A run owned by another process was given from its last checkpoint; its owner sends
+        # the live state next, which the frames that follow line up with.
+        for run_id in ids:
+            await runs.run_request_live_snapshot(run_id=run_id, reply_to=self.channel_name)
 
     async def _error(self, code: str, message: str, run_id: Any = None) -> None:
         frame: dict[str, Any] = {"type": "error", "code": code, "message": message}

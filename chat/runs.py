@@ -268,6 +268,7 @@ class ActiveRun:
         self.reused = reused or {}
         self.loop = asyncio.get_running_loop()
         self._ahead: RenderUpdate | None = None
+        self.control_channel: str | None = None
         self.final = _Stream()
         self.phase = "panel"
         self.analyst = run.analyst_model
@@ -367,12 +368,19 @@ class ActiveRun:
     async def _checkpointer(self) -> None:
         while True:
             await asyncio.sleep(settings.FUSION_CHECKPOINT_INTERVAL_S)
-            if self._dirty:
-                self._dirty = False
-                try:
+            try:
+                if self._dirty:
+                    self._dirty = False
                     await database_sync_to_async(self._checkpoint)()
-                except Exception:  # a failed checkpoint must not kill the run; the final write retries
-                    log.exception("checkpoint of run %s failed", self.run_id)
+                else:
+                    # A quiet run (a slow analyst, a long first token) is still alive: other
+                    # processes mark runs whose heartbeat stopped as interrupted.
+                    await database_sync_to_async(self._heartbeat)()
+            except Exception:  # a failed checkpoint must not kill the run; the final write retries
+                log.exception("checkpoint of run %s failed", self.run_id)
+
+    def _heartbeat(self) -> None:
+        Run.objects.filter(pk=self.run_id, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
 
     def _checkpoint(self) -> None:
         for m, s in zip(self.members, self.streams):
@@ -403,19 +411,31 @@ class ActiveRun:
         return False
 
     async def _control_listener(self) -> None:
-        """Controls sent by consumers of other processes (several Daphne workers behind Redis)."""
+        """Controls sent by consumers of other processes (several Daphne workers behind Redis).
+
+        The channel joined the run's control group before ``run.started`` went out (see
+        _start_active), so a control sent right after it is not lost.
+        """
         layer = get_channel_layer()
-        channel = await layer.new_channel()
-        group = control_group(self.run_id)
-        await layer.group_add(group, channel)
+        channel = self.control_channel or await join_control_group(self.run_id)
         try:
             while True:
                 message = await layer.receive(channel)
-                if message.get("type") == "run.control":
-                    slot = message.get("slot")
-                    self.control(str(message.get("action")), slot if isinstance(slot, int) else None)
+                if message.get("type") != "run.control":
+                    continue
+                action = str(message.get("action"))
+                if action == "snapshot":
+                    # A socket on another process joined: give it the live state, not the last
+                    # checkpoint, so its offsets line up with the frames that follow.
+                    reply_to = message.get("reply_to")
+                    if isinstance(reply_to, str):
+                        frame = {"type": "snapshot", "runs": [self.snapshot()]}
+                        await layer.send(reply_to, {"type": "run.frame", "frame": frame})
+                    continue
+                slot = message.get("slot")
+                self.control(action, slot if isinstance(slot, int) else None)
         finally:
-            await layer.group_discard(group, channel)
+            await layer.group_discard(control_group(self.run_id), channel)
 
     async def drive(self) -> None:
         flusher = asyncio.create_task(self._flusher())
@@ -891,7 +911,21 @@ def title_from_prompt(prompt: str) -> str:
     return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
 
 
-def _launch(run: Run, request: FusionRequest, *, registry: ProviderRegistry,
+async def join_control_group(run_id: uuid.UUID) -> str:
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(control_group(run_id), channel)
+    return channel
+
+
+async def _start_active(run: Run, request: FusionRequest, frame: dict[str, Any], **launch_kw: Any) -> ActiveRun:
+    """Listen for controls, tell the conversation the run started, then run it — in that order."""
+    channel = await join_control_group(run.pk)
+    await get_channel_layer().group_send(group_name(run.conversation_id), {"type": "run.frame", "frame": frame})
+    return _launch(run, request, control_channel=channel, **launch_kw)
+
+
+def _launch(run: Run, request: FusionRequest, *, registry: ProviderRegistry, control_channel: str | None = None,
             reused: dict[int, dict[str, Any]] | None = None,
             reused_research: dict[int, dict[str, Any]] | None = None, **fusion_kw: Any) -> ActiveRun:
     """Run the pipeline with *registry*: the run's user's own keys (chat.engine.build_registry).
@@ -902,6 +936,7 @@ def _launch(run: Run, request: FusionRequest, *, registry: ProviderRegistry,
     fusion = FusionRun(request, client, tools=build_web_tools(request.research), **fusion_kw)
     active = ActiveRun(run=run, request=request, client=client, fusion=fusion, reused=reused)
     active.research_notice = _research_notice(request)
+    active.control_channel = control_channel
     for slot, research in (reused_research or {}).items():  # answers carried over keep their research
         active.members[slot].update({k: list(v or []) for k, v in research.items()})
     manager.launch(active)
@@ -945,8 +980,7 @@ async def run_start(*, user: Any, conversation_id: int, client_run_id: str, prom
     registry = await database_sync_to_async(build_registry)(user=user)
     no_tools = await database_sync_to_async(_no_tool_models)(request)
     frame = _run_started_frame(run, request)
-    await get_channel_layer().group_send(group_name(conversation_id), {"type": "run.frame", "frame": frame})
-    _launch(run, request, registry=registry, no_tool_models=no_tools)
+    await _start_active(run, request, frame, registry=registry, no_tool_models=no_tools)
     return frame, True
 
 
@@ -958,6 +992,14 @@ async def run_snapshot(*, run_id: uuid.UUID) -> dict[str, Any]:
         lambda: Run.objects.select_related("turn").prefetch_related("members").get(pk=run_id)
     )()
     return await database_sync_to_async(run_state)(run)
+
+
+async def run_request_live_snapshot(*, run_id: uuid.UUID, reply_to: str) -> None:
+    """Ask the process that owns a running run for its live snapshot, sent to *reply_to*."""
+    if manager.get(run_id) is None:
+        await get_channel_layer().group_send(
+            control_group(run_id), {"type": "run.control", "action": "snapshot", "reply_to": reply_to}
+        )
 
 
 def _owned_run(*, user: Any, conversation_id: int, client_run_id: str) -> Run:
@@ -1061,9 +1103,8 @@ async def _rerun(*, user: Any, conversation_id: int, client_run_id: str, slot: i
     registry = await database_sync_to_async(build_registry)(user=user)
     no_tools = await database_sync_to_async(_no_tool_models)(request)
     frame = _run_started_frame(run, request, replaces=old_id)
-    await get_channel_layer().group_send(group_name(conversation_id), {"type": "run.frame", "frame": frame})
-    _launch(
-        run, request, registry=registry, reuse_answers={s: m.content for s, m in reuse.items()}, reuse_analysis=analysis,
+    await _start_active(
+        run, request, frame, registry=registry, reuse_answers={s: m.content for s, m in reuse.items()}, reuse_analysis=analysis,
         reused={s: _metrics(m.ttft_ms, m.duration_ms, m.usage) for s, m in reuse.items()},
         reuse_sources={s: m.sources or [] for s, m in reuse.items()},
         reused_research={s: {"tool_calls": m.tool_calls, "sources": m.sources, "notes": m.notes} for s, m in reuse.items()},

@@ -349,9 +349,10 @@ class Rebuild:
 
     A delta whose offset equals the text's length is applied; a smaller offset is a duplicate
     (the overlap must match what we have; only the new part is added); a larger one is a gap:
-    send ``subscribe`` (one at a time) and take the new snapshot's text. A stream still short of
-    the highest offset seen after a snapshot subscribes again (the snapshot was older than the
-    deltas already seen) — at most every 0.1 s.
+    send ``subscribe`` (one at a time) and take the new snapshot's text — unless what we have
+    already extends it (a snapshot older than deltas we applied). A stream still short of the
+    highest offset seen after a snapshot subscribes again (the snapshot was older than the deltas
+    already seen) — at most every 0.1 s.
     """
 
     run: str
@@ -366,15 +367,20 @@ class Rebuild:
     deltas_seen: int = 0
     awaiting: bool = False
     terminal: dict[str, Any] | None = None
+    first_gap_at: float | None = None
+    synced_at: float | None = None
+    member_deltas_after_sync: int = 0
 
     def unresolved(self) -> list[str]:
         return [k for k, end in self.seen_end.items() if len(self.texts.get(k, "")) < end]
 
     def take(self, state: dict[str, Any]) -> None:
         self.snapshots.append(state)
-        for m in state["members"]:
-            self.texts[f"m{m['slot']}"] = m["content"]
-        self.texts["final"] = state["final"]["content"]
+        for key, content in [(f"m{m['slot']}", m["content"]) for m in state["members"]] + [
+                ("final", state["final"]["content"])]:
+            have = self.texts.get(key, "")
+            if not (len(have) > len(content) and have.startswith(content)):
+                self.texts[key] = content
 
     def apply_delta(self, key: str, offset: int, delta: str) -> bool:
         """False on a gap."""
@@ -383,6 +389,8 @@ class Rebuild:
         text = self.texts.get(key, "")
         if offset > len(text):
             self.gaps += 1
+            self.first_gap_at = self.first_gap_at or time.monotonic()
+            self.synced_at = None
             return False
         if offset < len(text):
             overlap = len(text) - offset
@@ -392,6 +400,8 @@ class Rebuild:
             delta = delta[overlap:]
         else:
             self.applied += 1
+            if self.synced_at is not None and key != "final":
+                self.member_deltas_after_sync += 1
         self.texts[key] = text + delta
         return True
 
@@ -406,6 +416,8 @@ class Rebuild:
                 state = next((s for s in ev["runs"] if s["run"] == self.run), None)
                 if state is not None:
                     self.take(state)
+                if self.first_gap_at is not None and self.synced_at is None and not self.unresolved():
+                    self.synced_at = time.monotonic()
                 if self.unresolved():
                     await asyncio.sleep(0.1)
                     await self._subscribe(sock)
@@ -430,9 +442,11 @@ class Rebuild:
         await sock.send({"type": "subscribe"})
 
     def stats(self) -> dict[str, Any]:
+        catch_up = None if self.first_gap_at is None or self.synced_at is None else self.synced_at - self.first_gap_at
         return {"snapshots": len(self.snapshots), "deltas": self.deltas_seen, "applied": self.applied,
                 "overlaps": self.overlaps, "gaps": self.gaps, "subscribes": self.subscribes,
-                "unresolved": self.unresolved()}
+                "catch_up_s": None if catch_up is None else round(catch_up, 2),
+                "member_deltas_after_sync": self.member_deltas_after_sync, "unresolved": self.unresolved()}
 
 
 def stored(cluster: Cluster, run_id: str) -> tuple[dict[str, str], str, str]:
@@ -468,7 +482,13 @@ def owner_pid(process_id: str) -> int:
 
 
 async def test_reconnect_to_the_other_process_gets_a_snapshot_then_live_deltas(cluster: Cluster) -> None:
-    """A run owned by A; a socket that joins on B mid-run ends with exactly the stored text."""
+    """A run owned by A; a socket that joins on B mid-run ends with exactly the stored text.
+
+    B's first snapshot is A's last database checkpoint, older than the first delta B gets through
+    Redis; B then asks A (over the channel layer) for the live snapshot, which lines the offsets
+    up. Deltas arriving in between may be a gap, which the rebuild rule also repairs (run with
+    ``-s`` to see the counts). The owner's socket, there from the start, never sees a gap.
+    """
     marks = cluster.log_marks()
     conv = cluster.conversations[0]
     async with open_socket(cluster, cluster.a, conv) as sock_a:
@@ -503,6 +523,7 @@ async def test_reconnect_to_the_other_process_gets_a_snapshot_then_live_deltas(c
     for m in first["members"]:
         assert truth[f"m{m['slot']}"].startswith(m["content"]), f"B's snapshot is not a prefix of slot {m['slot']}"
     assert on_b.deltas_seen > 0 and on_b.applied > 0, f"B got no live deltas through Redis: {on_b.stats()}"
+    assert len(on_b.snapshots) >= 2, f"B never got the owner's live snapshot: {on_b.stats()}"
     # B joined during the panel: the fused answer streamed to it from offset 0, no gap possible.
     assert on_b.seen_end.get("final") == len(truth["final"]) > 0, detail
 
@@ -578,8 +599,9 @@ async def test_an_idle_socket_stays_connected_on_both_processes(cluster: Cluster
     """A socket with nothing to receive for a while (no run going) must stay up on the Redis layer.
 
     channels_redis waits for messages with BZPOPMIN (5 s); with redis-py 8's default 5 s socket
-    read timeout the wait raises redis.exceptions.TimeoutError and the consumer dies
-    (django/channels_redis#422), unless the layer's hosts set ``socket_timeout``.
+    read timeout the wait raises redis.exceptions.TimeoutError and the consumer dies with close
+    code 1011 (django/channels_redis#422) — hence ``socket_timeout: None`` in the layer's hosts
+    (fusionsite/settings.py). The same wait serves a run's control listener (test above).
     """
     marks = cluster.log_marks()
     conv = cluster.conversations[0]
