@@ -283,6 +283,7 @@ class ActiveRun:
         self._pending_delta: dict[tuple[str, int], int] = {}
         self._dirty = False
         self._flush_now = asyncio.Event()
+        self._closing = False
         self.done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -357,7 +358,7 @@ class ActiveRun:
 
     async def _flusher(self) -> None:
         interval = settings.FUSION_FRAME_INTERVAL_MS / 1000
-        while True:
+        while not self._closing:
             try:
                 await asyncio.wait_for(self._flush_now.wait(), timeout=interval)
             except TimeoutError:
@@ -459,7 +460,11 @@ class ActiveRun:
             except Exception:
                 log.exception("final write of run %s failed", self.run_id)
             self._emit(self._terminal_frame())
-            flusher.cancel()
+            # Never cancel the flusher: cancelled in the middle of a group_send, the frames it
+            # had taken would be lost (the last deltas of the fused answer, say). Let it finish.
+            self._closing = True
+            self._flush_now.set()
+            await flusher
             await self.flush()
             self.done.set()
 

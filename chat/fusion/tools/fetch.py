@@ -443,16 +443,18 @@ class Fetcher:
             raise _Refused("bad url", f"host: {exc}") from None
         port = url.port or (443 if url.scheme == "https" else 80)
         endpoint_trusted = (host, port) in self.policy.trusted_endpoints
-        if port not in self.policy.allowed_ports and not endpoint_trusted:
-            raise _Refused("blocked: port", str(port))
         why = domains.reason(host)
         if why:
             raise _Refused("blocked: domain", f"{host} {why}")
+        # The address before the port: "blocked: private address" says more about a redirect
+        # into loopback or a metadata service than "blocked: port" would.
         trusted = endpoint_trusted or host in self.policy.trusted_hosts
         if not trusted:
             why = netguard.host_block_reason(host) if ip is None else netguard.address_block_reason(ip)
             if why:
                 raise _Refused(netguard.BLOCKED_PRIVATE, f"{host}: {why}")
+        if port not in self.policy.allowed_ports and not endpoint_trusted:
+            raise _Refused("blocked: port", str(port))
         canonical = url.copy_with(host=host, fragment=None) if url.raw_host.decode("ascii") != host else url
         if canonical.fragment:
             canonical = canonical.copy_with(fragment=None)
