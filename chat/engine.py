@@ -69,6 +69,7 @@ def research_settings(research: dict[str, Any] | None) -> ResearchSettings | Non
         excluded_domains=tuple(research.get("excluded_domains") or ()),
         blocked_domains=tuple(research.get("blocked_domains") or ()),
         allowed_domains=tuple(research.get("allowed_domains") or ()),
+        analyst_tools=bool(research.get("analyst_tools")),
     )
 
 

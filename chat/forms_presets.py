@@ -85,6 +85,10 @@ class PresetForm(_PlainLabels, forms.Form):
         initial=FollowUpMode.FUSED,
     )
     web_tools = forms.BooleanField(required=False, label="Web search and fetch for members")
+    analyst_tools = forms.BooleanField(required=False, label="Let the analyst check claims with the same tools")
+    server_tools = forms.BooleanField(
+        required=False, label="Use OpenRouter's own server tools for members it serves",
+    )
     max_tool_calls = forms.CharField(
         required=False, label="Max tool calls",
         widget=forms.NumberInput(attrs={"min": 1, "max": MAX_TOOL_CALLS_LIMIT, "step": 1}),
@@ -110,6 +114,8 @@ class PresetForm(_PlainLabels, forms.Form):
             "fallback_writer": (config.get("fallback_writer") or {}).get("model", ""),
             "follow_up_mode": config.get("follow_up_mode") or FollowUpMode.FUSED,
             "web_tools": research["web_tools"],
+            "analyst_tools": bool(research.get("analyst_tools")),
+            "server_tools": bool(research.get("server_tools")),
             "max_tool_calls": research["max_tool_calls"],
             "excluded_domains": _domains_text(research["excluded_domains"]),
             "blocked_domains": _domains_text(research["blocked_domains"]),
@@ -132,6 +138,8 @@ class PresetForm(_PlainLabels, forms.Form):
             "follow_up_mode": d["follow_up_mode"],
             "research": {
                 "web_tools": d["web_tools"],
+                "analyst_tools": d["analyst_tools"],
+                "server_tools": d["server_tools"],
                 "max_tool_calls": d["max_tool_calls"].strip(),
                 "excluded_domains": _split_domains(d["excluded_domains"]),
                 "blocked_domains": _split_domains(d["blocked_domains"]),

@@ -189,6 +189,12 @@ def parse_research(data: Any) -> dict[str, Any]:
         raise PanelError("Research: server tools must be true or false.")
     if server_tools:
         research["server_tools"] = True
+    # Optional (kept only when set): the analyst may check claims with the same tools.
+    analyst_tools = data.get("analyst_tools", False)
+    if not isinstance(analyst_tools, bool):
+        raise PanelError("Research: analyst tools must be true or false.")
+    if analyst_tools:
+        research["analyst_tools"] = True
     return research
 
 

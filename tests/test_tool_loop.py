@@ -408,3 +408,28 @@ class TestClientAndScripts:
             validate_scripts({"m": {"steps": [{"tool_cals": []}]}})
         with pytest.raises(ValueError, match="no_tools_support"):
             validate_scripts({"m": {"no_tools_support": 500}})
+
+
+class TestAnalystTools:
+    CHECKER = {"steps": [{"tool_calls": [{"name": "web_search", "arguments": {"query": "boiling point at altitude"}}]}, {}]}
+
+    async def test_the_analyst_checks_a_claim_with_the_tools_then_writes_its_json(self, up, web):
+        up.set_scripts({**SCRIPTS, "sim/checker": self.CHECKER})
+        req = request("sim/plain", "sim/plain", analyst_tools=True)
+        req.analyst = ModelSpec(model="sim/checker")
+        events = [e async for e in FusionRun(req, client_for(up), tools=make_tools(web)).events()]
+        done = events[-1]
+        assert isinstance(done, RunCompleted), done
+        assert done.analysis is not None and set(done.analysis) >= {"consensus", "blind_spots"}
+        assert done.tool_usage["searches"] == 1
+        assert any("analyst:sim/checker" in s["members"] for s in done.sources)
+        checker = [r for r in up.requests if r["model"] == "sim/checker"]
+        assert len(checker) == 2
+        assert checker[0]["params"].get("tools") and not any(m.get("role") == "tool" for m in checker[0]["messages"])
+        assert any(m.get("role") == "tool" for m in checker[1]["messages"])
+
+    async def test_without_analyst_tools_the_analyst_gets_no_tools(self, up, web):
+        events = [e async for e in FusionRun(request("sim/plain"), client_for(up), tools=make_tools(web)).events()]
+        assert isinstance(events[-1], RunCompleted)
+        analyst = [r for r in up.requests if r["model"] == "sim/analyst"]
+        assert analyst and not any(r["params"].get("tools") for r in analyst)

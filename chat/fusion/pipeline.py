@@ -243,6 +243,7 @@ class _CallResult:
     record: CallRecord
     text: str = ""
     error: ProviderError | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 class FusionRun:
@@ -288,6 +289,10 @@ class FusionRun:
         self._fusing = False
         self._cancel_requested = False
         self._first_final_delta_at: float | None = None
+        # What the analyst looked up when research.analyst_tools is on (no card of its own).
+        self._analyst_sources: list[dict[str, str]] = []
+        self._analyst_searches = 0
+        self._analyst_fetches = 0
 
     # ----------------------------------------------------------------------- public API
 
@@ -730,6 +735,12 @@ class FusionRun:
                 entry["title"] = entry["title"] or source.get("title") or ""
                 if member.model_id not in entry["members"]:
                     entry["members"].append(member.model_id)
+        analyst = f"analyst:{self.request.analyst.model}"
+        for source in self._analyst_sources:
+            entry = merged.setdefault(source["url"], {"url": source["url"], "title": "", "members": []})
+            entry["title"] = entry["title"] or source.get("title") or ""
+            if analyst not in entry["members"]:
+                entry["members"].append(analyst)
         return list(merged.values())
 
     def _tool_usage(self) -> dict[str, Any]:
@@ -738,8 +749,8 @@ class FusionRun:
             for key, value in member.server_tool_use.items():
                 server[key] = server.get(key, 0) + value
         return {
-            "searches": sum(m.searches for m in self._members),
-            "fetches": sum(m.fetches for m in self._members),
+            "searches": sum(m.searches for m in self._members) + self._analyst_searches,
+            "fetches": sum(m.fetches for m in self._members) + self._analyst_fetches,
             "server_tool_use": server,
         }
 
@@ -850,7 +861,7 @@ class FusionRun:
         call_spec = replace(spec, temperature=0.0, system_prompt=None)
         response_format = self._response_format(spec.model)
 
-        first = await self._complete("analyst", call_spec, messages, records, response_format)
+        first, messages = await self._analyst_first_call(call_spec, messages, records, response_format)
         if first.error is not None:
             return f"the analyst {spec.model} failed ({_clause(first.error.message)})"
         try:
@@ -874,6 +885,54 @@ class FusionRun:
             _mark_invalid(repair.record, _clause(str(exc)))
             return f"the analyst {spec.model} returned invalid JSON twice (last problem: {_clause(str(exc))})"
 
+    async def _analyst_first_call(
+        self, spec: ModelSpec, messages: list[Message], records: list[CallRecord], response_format: dict[str, Any] | None
+    ) -> tuple[_CallResult, list[Message]]:
+        """The analyst's answer, after it checked claims with the web tools if research allows it.
+
+        With ``research.analyst_tools`` the analyst may call the tools up to the members' budget;
+        its final turn (tools refused with tool_choice "none" once the budget is spent) is the
+        JSON. Returns the call and the messages it was made with (the repair prompt builds on them).
+        """
+        research = self.request.research
+        available = list(getattr(self.tools, "available", None) or [])
+        if research is None or not research.web_tools or not research.analyst_tools or not available:
+            return await self._complete("analyst", spec, messages, records, response_format), messages
+        schemas = self.tools.tool_schemas()
+        messages = list(messages)
+        used, budget = 0, research.budget
+        while True:
+            spent = used >= budget
+            result = await self._complete(
+                "analyst", spec, messages, records, None, tools=schemas, tool_choice="none" if spent else None
+            )
+            if result.error is not None or not result.tool_calls or spent:
+                return result, messages
+            calls = result.tool_calls[: budget - used]
+            ids = [call.id or f"call_analyst_{used + i + 1}" for i, call in enumerate(calls)]
+            used += len(calls)
+            replies = await asyncio.gather(*(self._analyst_tool(call) for call in calls))
+            messages += [
+                _assistant_tool_message(result.text, calls, ids),
+                *({"role": "tool", "tool_call_id": ids[i], "content": replies[i]} for i in range(len(calls))),
+            ]
+
+    async def _analyst_tool(self, call: ToolCall) -> str:
+        name = call.name or ""
+        try:
+            outcome = await self.tools.call(name, call.arguments or "{}")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("Tool %s of the analyst crashed", name)
+            return "error: the tool failed internally"
+        if name == "web_search":
+            self._analyst_searches += 1
+        elif name == "web_fetch":
+            self._analyst_fetches += 1
+        self._analyst_sources += [_source_dict(src) for src in (getattr(outcome, "sources", None) or [])]
+        return str(getattr(outcome, "content_for_model", "") or getattr(outcome, "summary", ""))
+
     async def _complete(
         self,
         role: str,
@@ -881,13 +940,17 @@ class FusionRun:
         messages: list[Message],
         records: list[CallRecord],
         response_format: dict[str, Any] | None,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
     ) -> _CallResult:
         record = CallRecord(role=role, model=spec.model, status="running")
         self._records.append(record)
         records.append(record)
         started = time.monotonic()
         try:
-            completion = await self.client.complete(spec, messages, response_format=response_format)
+            extra = {"tools": tools, "tool_choice": tool_choice} if tools else {}
+            completion = await self.client.complete(spec, messages, response_format=response_format, **extra)
         except asyncio.CancelledError:
             _close_record(record, started, ProviderError(kind="cancelled", message=RUN_CANCELLED_MESSAGE))
             raise
@@ -904,7 +967,8 @@ class FusionRun:
         record.ttft_ms = completion.ttft_ms
         record.malformed_chunks = completion.malformed_chunks
         _close_record(record, started, error)
-        return _CallResult(record, text=completion.text or "", error=error)
+        return _CallResult(record, text=completion.text or "", error=error,
+                           tool_calls=list(getattr(completion, "tool_calls", None) or []))
 
     def _response_format(self, model: str) -> dict[str, Any] | None:
         """JSON mode when the provider serving ``model`` accepts it."""

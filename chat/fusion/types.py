@@ -66,7 +66,8 @@ class ResearchSettings:
     ``max_tool_calls`` executed calls each (1–16); the engine never builds backends itself.
     ``server_tools`` makes members served by OpenRouter use OpenRouter's own server tools
     (``openrouter:web_search`` / ``openrouter:web_fetch``) instead of the local loop.
-    Domain lists are host names; subdomains match. ``analyst_tools`` is reserved (not used yet).
+    Domain lists are host names; subdomains match. ``analyst_tools`` also lets the analyst check
+    claims with the same tools (same budget) before it writes its JSON.
     """
 
     web_tools: bool = False
