@@ -579,3 +579,33 @@ async def test_a_trusted_endpoint_trusts_that_port_only(server, other):
     hop = await Fetcher(policy).fetch(server.url(f"/redirect?to=http://127.0.0.1:{other.port}/article"))
     assert not hop.ok and hop.error == netguard.BLOCKED_PRIVATE
     assert other.requests == []
+
+
+class TestExtractionFallbacks:
+    ARTICLE = (
+        "<html><head><title>T</title></head><body><nav>Home | About | Login</nav><article>"
+        + "<p>Water boils at 100 degrees Celsius at sea level, and lower in the mountains. </p>" * 6
+        + "</article></body></html>"
+    )
+
+    def test_readability_reads_the_page_when_trafilatura_finds_nothing(self, monkeypatch):
+        import trafilatura
+
+        from chat.fusion.tools import text
+
+        monkeypatch.setattr(trafilatura, "bare_extraction", lambda *a, **k: None)
+        calls = []
+        real = text._readability_text
+        monkeypatch.setattr(text, "_readability_text", lambda tree, url: calls.append(url) or real(tree, url))
+        result = text.extract_html(self.ARTICLE, "http://example.org/a")
+        assert calls == ["http://example.org/a"]
+        assert "Water boils at 100 degrees Celsius" in result.text
+
+    def test_the_plain_walk_is_the_last_resort(self, monkeypatch):
+        import trafilatura
+
+        from chat.fusion.tools import text
+
+        monkeypatch.setattr(trafilatura, "bare_extraction", lambda *a, **k: None)
+        monkeypatch.setattr(text, "_readability_text", lambda tree, url: "")
+        assert "Water boils" in text.extract_html(self.ARTICLE).text

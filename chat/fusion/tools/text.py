@@ -9,7 +9,8 @@ it escaped so the text cannot close its own quotation.
 HTML is cleaned before extraction: scripts, styles, templates and elements hidden from a reader
 (``hidden``, ``aria-hidden="true"``, inline ``display:none`` / ``visibility:hidden`` /
 ``font-size:0`` / ``opacity:0``) are dropped, since text nobody sees is where injected
-instructions hide. Main text comes from trafilatura; a plain text-content walk is the fallback.
+instructions hide. Main text comes from trafilatura, then readability-lxml, then a plain
+text-content walk.
 Extraction is CPU work: call ``extract_document`` from a thread (``asyncio.to_thread``).
 """
 from __future__ import annotations
@@ -287,8 +288,25 @@ def extract_html(html: str, url: str | None = None) -> ExtractedText:
     except Exception:  # noqa: BLE001 - a library failure falls back to the plain walk
         log.debug("trafilatura failed on %s", url, exc_info=True)
     if not text.strip():
+        text = _readability_text(tree, url)
+    if not text.strip():
         text = _plain_text(tree)
     return ExtractedText(title, clean_untrusted(text))
+
+
+def _readability_text(tree: Any, url: str | None) -> str:
+    """readability-lxml's article, as plain text: the fallback when trafilatura finds nothing."""
+    import lxml.html
+
+    try:
+        from readability import Document
+
+        # The tree is already stripped of scripts and hidden elements; readability re-parses HTML.
+        summary = Document(lxml.html.tostring(tree, encoding="unicode"), url=url).summary(html_partial=True)
+        return _plain_text(lxml.html.fragment_fromstring(summary, create_parent="div"))
+    except Exception:  # noqa: BLE001 - a library failure falls back to the plain walk
+        log.debug("readability failed on %s", url, exc_info=True)
+        return ""
 
 
 def extract_document(body: bytes, content_type: str, url: str | None = None) -> ExtractedText:
