@@ -42,6 +42,7 @@ import httpx
 import pytest
 
 from chat.fusion.scripted import ScriptedUpstream
+from tests.daphne import start_daphne, wait_until_healthy
 
 pytestmark = pytest.mark.scaled
 
@@ -226,26 +227,10 @@ def cluster() -> Iterator[Cluster]:
             log_path = ARTIFACTS / f"scaled-daphne-{name}.log"
             log = log_path.open("wb")
             logs.append(log)
-            process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "fusionsite.asgi:application"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
+            process = start_daphne(port, env, log)
             servers.append(Server(name=f"daphne-{name}", port=port, process=process, log_path=log_path))
-        deadline = time.monotonic() + 30
         for server in servers:
-            while True:
-                if server.process.poll() is not None:
-                    pytest.fail(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}",
-                                pytrace=False)
-                try:
-                    if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{server.name} did not answer /healthz within 30 s:\n{server.log_tail()}",
-                                pytrace=False)
-                time.sleep(0.1)
+            wait_until_healthy(server.url, server.process, name=server.name, log_tail=server.log_tail)
 
         session = _http_login(servers[0].url, username)
         yield Cluster(a=servers[0], b=servers[1], upstream=upstream, dbname=dbname, session=session,

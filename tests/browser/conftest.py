@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import pytest
 
 from chat.fusion.scripted import ScriptedUpstream
+from tests.daphne import start_daphne, wait_until_healthy
 from tests.webserver import LocalWebServer, _Handler, _Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -291,24 +291,10 @@ def fusion_server(
 
     log_path = ARTIFACTS / "browser-daphne.log"
     log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "fusionsite.asgi:application"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
+    process = start_daphne(port, env, log)
     server = LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, upstream=upstream)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"Daphne exited with {process.returncode}:\n{server.log_tail()}", pytrace=False)
-            try:
-                if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"Daphne did not answer /healthz within 30 s:\n{server.log_tail()}", pytrace=False)
-            time.sleep(0.1)
+        wait_until_healthy(server.url, process, name="Daphne", log_tail=server.log_tail)
         yield server
     finally:
         process.terminate()
