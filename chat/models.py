@@ -83,6 +83,8 @@ class Run(models.Model):
     # Spend control: the upper estimate held while running, released when the run ends;
     # ``cost`` is what the providers reported.
     reserved_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    # Whether any call of this run was paid with a server key (FUSION_SERVER_DAILY_LIMIT_USD counts these).
+    uses_server_key = models.BooleanField(default=False)
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     # Web research: every source of the run [{url, title, members}] and the tool counts
     # {searches, fetches, server_tool_use, search_cost_usd}.
@@ -240,3 +242,24 @@ class CatalogueCache(models.Model):
 
     def __str__(self) -> str:
         return f"catalogue of {self.provider}"
+
+
+class Invite(models.Model):
+    """A sign-up invitation made by staff (FUSION_SIGNUP=invite): an unguessable, single-use token."""
+
+    token = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="invites_made")
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    used_by = models.OneToOneField(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="invite_used"
+    )
+    used_at = models.DateTimeField(null=True, blank=True)
+    revoked = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"invite {self.token[:6]}… by {self.created_by}"

@@ -324,3 +324,27 @@ FUSION_FETCH_MAX_CHARS = env_int("FUSION_FETCH_MAX_CHARS", 20_000)
 # ONLY for tests and demos: hosts web_fetch may reach although their address is not public
 # ("127.0.0.1" or "127.0.0.1:8123" — a port given here is allowed too). Default: none.
 FUSION_FETCH_TRUSTED_HOSTS = [h.strip() for h in os.environ.get("FUSION_FETCH_TRUSTED_HOSTS", "").split(",") if h.strip()]
+
+# --------------------------------------------------------------------------- security and limits
+
+# Most characters of one call's output that are kept and forwarded; past it the stream is closed
+# and the card says "output truncated at N characters".
+FUSION_MAX_OUTPUT_CHARS = env_int("FUSION_MAX_OUTPUT_CHARS", 200_000)
+# Largest websocket frame the server sends; bigger HTML or snapshots are split or fetched over HTTP.
+FUSION_MAX_WS_FRAME_BYTES = env_int("FUSION_MAX_WS_FRAME_BYTES", 256 * 1024)
+# How long a websocket trusts its last session check (logout, password change, deactivation).
+FUSION_SESSION_RECHECK_S = env_float("FUSION_SESSION_RECHECK_S", 2.0)
+# Token buckets for websocket frames: per socket and per user (across processes with REDIS_URL).
+FUSION_WS_RATE_PER_S = env_float("FUSION_WS_RATE_PER_S", 10.0)
+FUSION_WS_BURST = env_int("FUSION_WS_BURST", 40)
+FUSION_WS_USER_RATE_PER_S = env_float("FUSION_WS_USER_RATE_PER_S", 20.0)
+FUSION_WS_USER_BURST = env_int("FUSION_WS_USER_BURST", 80)
+# Frames refused for the rate limit in a row before the socket is closed (4429).
+FUSION_WS_FLOOD_CLOSE_AFTER = env_int("FUSION_WS_FLOOD_CLOSE_AFTER", 50)
+# Sign-in attempts (POST) per client address: a token bucket in front of django-axes' lockout.
+FUSION_LOGIN_RATE_PER_MIN = env_float("FUSION_LOGIN_RATE_PER_MIN", 10.0)
+FUSION_LOGIN_BURST = env_int("FUSION_LOGIN_BURST", 10)
+# A cap on what the server's own keys may spend per day across all users, in USD; 0 means none.
+FUSION_SERVER_DAILY_LIMIT_USD = env_float("FUSION_SERVER_DAILY_LIMIT_USD", 0.0)
+# How often each process sweeps for runs whose owning process died (heartbeat stopped).
+FUSION_RUN_SWEEP_INTERVAL_S = env_float("FUSION_RUN_SWEEP_INTERVAL_S", 15.0)
