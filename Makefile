@@ -44,6 +44,7 @@ browser:
 test: install-dev browser
 	$(BIN)/python manage.py check
 	$(BIN)/python manage.py makemigrations --check --dry-run
+	FUSION_BEHIND_TLS=true DJANGO_DEBUG=false $(BIN)/python manage.py check --deploy --fail-level WARNING
 	$(BIN)/pytest
 
 bench: install-dev

@@ -981,6 +981,9 @@ def _main(args: argparse.Namespace, tmp: Path, children: Children, t_begin: floa
         "FUSION_ALLOW_SERVER_KEY": "true",  # the bench accounts have no keys of their own
         "FUSION_DAILY_SPEND_LIMIT_USD": "0",  # no limit: rounds of runs must not be refused
         "FUSION_MAX_CONCURRENT_RUNS_PER_USER": "1000",
+        # Every bench account signs in from 127.0.0.1 at once: no per-address sign-in bucket.
+        "FUSION_LOGIN_RATE_PER_MIN": "0",
+        "FUSION_SIGNUP": "open",
         "REDIS_URL": "",
         "FUSION_DEMO": "false",
         "DJANGO_DEBUG": "false",

@@ -2,7 +2,18 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from chat.models import CatalogueCache, Conversation, MemberResponse, Preset, ProviderKey, Run, Turn, UserLimits
+from chat import accounts
+from chat.models import (
+    CatalogueCache,
+    Conversation,
+    Invite,
+    MemberResponse,
+    Preset,
+    ProviderKey,
+    Run,
+    Turn,
+    UserLimits,
+)
 
 
 class TurnInline(admin.TabularInline):
@@ -115,3 +126,24 @@ class CatalogueCacheAdmin(admin.ModelAdmin):
     @admin.display(description="models")
     def model_count(self, obj: CatalogueCache) -> int:
         return len(obj.models_json or [])
+
+
+# --------------------------------------------------------------------------- accounts
+
+
+@admin.register(Invite)
+class InviteAdmin(admin.ModelAdmin):
+    """Read-only: invites are made and revoked in Settings → Invites, and redeemed by sign-up."""
+
+    list_display = ("__str__", "note", "created_by", "created_at", "expires_at", "status", "used_by")
+    list_filter = ("revoked",)
+    search_fields = ("note", "created_by__username", "used_by__username")
+    fields = ("note", "created_by", "created_at", "expires_at", "used_by", "used_at", "revoked")
+    readonly_fields = fields
+
+    @admin.display(description="status")
+    def status(self, obj: Invite) -> str:
+        return accounts.invite_status(invite=obj)
+
+    def has_add_permission(self, request: object) -> bool:
+        return False

@@ -264,6 +264,13 @@ def tokens_of_chars(chars: int) -> int:
     return math.ceil(max(0, chars) / 4)
 
 
+def call_price(row: CatalogueModel | None, *, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """USD of one call at the catalogue prices of *row*; None when the catalogue gives no price."""
+    if row is None or (row.prompt_price is None and row.completion_price is None):
+        return None
+    return (row.prompt_price or 0.0) * prompt_tokens + (row.completion_price or 0.0) * completion_tokens
+
+
 def estimate_panel_cost(
     config: dict[str, Any],
     *,
@@ -290,11 +297,8 @@ def estimate_panel_cost(
     answer_range = (max(1, round(completion_tokens * LOW_FRACTION)), completion_tokens)
 
     def cost(spec: dict[str, Any], prompt: int, completion: int) -> float:
-        row = lookup(spec["model"])
-        if row is None:
-            return 0.0
         prompt += tokens_of_chars(len(spec.get("system_prompt") or ""))
-        return (row.prompt_price or 0.0) * prompt + (row.completion_price or 0.0) * completion
+        return call_price(lookup(spec["model"]), prompt_tokens=prompt, completion_tokens=completion) or 0.0
 
     members = config.get("members") or []
     analyst, writer = config.get("analyst"), config.get("writer")

@@ -2,25 +2,84 @@
 
 The protocol is documented in docs/protocol.md. Runs are owned by chat.runs.manager, not by
 this consumer: closing the socket only leaves the conversation's group.
+
+Every frame is rate limited (a bucket per socket and one per user) before it is parsed; frames
+that start or steer a run re-check the session first (chat.ws_security), and the process's
+SessionWatch closes sockets whose session ended even when they are idle. No server frame is
+larger than FUSION_MAX_WS_FRAME_BYTES: bigger ones are sent as ``chunk`` frames.
 """
 from __future__ import annotations
 
 import json
 import logging
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chat import runs
+from chat import ratelimit, runs
 from chat.models import Conversation
+from chat.ws_security import CLOSE_SESSION_ENDED, SessionWatch
 
 log = logging.getLogger(__name__)
 
-CLOSE_UNAUTHENTICATED = 4401
+CLOSE_UNAUTHENTICATED = CLOSE_SESSION_ENDED
 CLOSE_NOT_FOUND = 4404
+CLOSE_FLOODING = 4429
+# Deepest nesting of arrays and objects a client frame may have (real frames need 4).
+MAX_JSON_DEPTH = 32
+# Frames that start or steer a run: the session is re-checked before each.
+STEERING = frozenset({"start", "stop", "stop_member", "retry_member", "fuse_now", "regenerate"})
+
+watch = SessionWatch(on_inactive_users=lambda ids: runs.manager.cancel_users(ids))
+
+
+def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Does *text* nest arrays/objects deeper than *limit*? (json.loads recurses per level.)"""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+def split_frame(text: str, limit: int, frame_id: str) -> Iterator[str]:
+    """*text* (one frame's JSON) as ``chunk`` frames of at most *limit* bytes each."""
+    seq, start = 0, 0
+    size = max(1024, limit - 200)
+    while start < len(text):
+        piece_len = size
+        while True:
+            piece = text[start:start + piece_len]
+            last = start + len(piece) >= len(text)
+            out = json.dumps({"type": "chunk", "id": frame_id, "seq": seq, "last": last, "data": piece},
+                             separators=(",", ":"), ensure_ascii=False)
+            encoded = len(out.encode("utf-8", "surrogatepass"))
+            if encoded <= limit or piece_len <= 64:
+                break
+            piece_len = max(64, int(piece_len * limit / encoded * 0.95))
+        yield out
+        start += len(piece)
+        seq += 1
 
 
 class FrameError(ValueError):
@@ -63,12 +122,19 @@ def _slot(value: Any) -> int:
 class ConversationConsumer(AsyncWebsocketConsumer):
     conversation_id: int
     group: str
+    session_key: str
+    user_id: int
 
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        self.user_id = user.pk
+        self.session_key = getattr(self.scope.get("session"), "session_key", None) or ""
+        self.bucket = ratelimit.Bucket(rate=settings.FUSION_WS_RATE_PER_S, burst=settings.FUSION_WS_BURST)
+        self.refused_in_a_row = 0
+        self.closing = False
         self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
         owned = await database_sync_to_async(
             Conversation.objects.filter(user=user, pk=self.conversation_id).exists
@@ -79,22 +145,62 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.group = runs.group_name(self.conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        watch.add(self)
         await self._send_snapshot()
 
     async def disconnect(self, code: int) -> None:
+        watch.discard(self)
         if getattr(self, "group", None):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
+    async def session_ended(self) -> None:
+        """Called by the SessionWatch: this socket's session was signed out, changed or expired."""
+        if not self.closing:
+            self.closing = True
+            await self.close(code=CLOSE_SESSION_ENDED)
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closing or not await self._within_rate():
+            return
+        try:
+            await self._receive(text_data)
+        except Exception:  # a bug must not close the socket with 1011: say so and go on
+            log.exception("websocket frame failed")
+            await self._error("internal", "The server could not handle that frame.")
+
+    async def _within_rate(self) -> bool:
+        """Take a token from this socket's bucket and the user's; refuse, then close, a flood."""
+        decision = self.bucket.take()
+        if decision.allowed:
+            decision = await ratelimit.atake(
+                f"ws:user:{self.user_id}", rate=settings.FUSION_WS_USER_RATE_PER_S, burst=settings.FUSION_WS_USER_BURST
+            )
+        if decision.allowed:
+            self.refused_in_a_row = 0
+            return True
+        self.refused_in_a_row += 1
+        if self.refused_in_a_row > settings.FUSION_WS_FLOOD_CLOSE_AFTER:
+            self.closing = True
+            await self.close(code=CLOSE_FLOODING)
+            return False
+        retry = round(max(decision.retry_after, 0.05), 2)
+        await self._send({"type": "error", "code": "rate_limited", "retry_after": retry,
+                          "message": f"Too many messages at once. Wait {retry:g} s and try again."})
+        return False
+
+    async def _receive(self, text_data: str | None) -> None:
         if text_data is None:
             await self._error("invalid", "Frames must be JSON text.")
             return
         if len(text_data.encode("utf-8", "surrogatepass")) > settings.FUSION_MAX_WS_MESSAGE_BYTES:
             await self._error("too_large", f"Frames are limited to {settings.FUSION_MAX_WS_MESSAGE_BYTES} bytes.")
             return
+        if json_too_deep(text_data):
+            await self._error("invalid", f"Frames may nest at most {MAX_JSON_DEPTH} levels deep.")
+            return
         try:
             frame = json.loads(text_data)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             await self._error("invalid", "Frames must be JSON objects.")
             return
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
@@ -103,6 +209,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         handler = getattr(self, f"on_{frame['type']}", None)
         if handler is None:
             await self._error("invalid", f"Unknown frame type {frame['type'][:40]!r}.")
+            return
+        if frame["type"] in STEERING and not await watch.still_valid(self):
+            await self.session_ended()
             return
         try:
             await handler(frame)
@@ -187,4 +296,12 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await self._send(frame)
 
     async def _send(self, frame: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+        if self.closing:
+            return
+        text = json.dumps(frame, separators=(",", ":"))
+        limit = settings.FUSION_MAX_WS_FRAME_BYTES
+        if len(text) <= limit:  # json.dumps writes ASCII: characters are bytes
+            await self.send(text_data=text)
+            return
+        for piece in split_frame(text, limit, uuid.uuid4().hex[:12]):
+            await self.send(text_data=piece)

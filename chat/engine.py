@@ -52,7 +52,17 @@ def build_limits() -> Limits:
         first_token=settings.FUSION_FIRST_TOKEN_TIMEOUT,
         idle=settings.FUSION_IDLE_TIMEOUT,
         total=settings.FUSION_TOTAL_TIMEOUT,
+        max_output_chars=settings.FUSION_MAX_OUTPUT_CHARS,
     )
+
+
+def known_secrets() -> list[str]:
+    """Every key this process holds in its settings: the OpenRouter key, each FUSION_PROVIDERS
+    key and the search API key. Give them to ``ChatClient(extra_secrets=...)``: provider error
+    text is scrubbed of these as well as of the keys of the run's own registry."""
+    secrets = [settings.OPENROUTER_API_KEY, settings.FUSION_SEARCH_API_KEY]
+    secrets += [str(conf.get("api_key") or "") for conf in settings.FUSION_PROVIDERS.values()]
+    return [s for s in secrets if s]
 
 
 # --------------------------------------------------------------------------- web research tools

@@ -27,6 +27,19 @@ class SignInForm(_PlainLabels, AuthenticationForm):
     pass
 
 
+class InviteForm(_PlainLabels, forms.Form):
+    """Settings → Invites: a note for staff's own records and how long the link stays valid."""
+
+    note = forms.CharField(
+        max_length=200, required=False, strip=True,
+        help_text="Only staff see it, e.g. who the invite is for.",
+    )
+    expires_in_days = forms.TypedChoiceField(
+        label="Valid for", coerce=int, initial=7,
+        choices=[(1, "1 day"), (7, "7 days"), (30, "30 days"), (0, "No expiry")],
+    )
+
+
 class ChangePasswordForm(_PlainLabels, PasswordChangeForm):
     pass
 

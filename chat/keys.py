@@ -195,6 +195,12 @@ def key_problems(*, user: Any, providers: list[str]) -> list[str]:
     return problems
 
 
+def uses_server_key(*, user: Any, providers: list[str]) -> bool:
+    """Whether a run of *user* needing these providers is paid, at least in part, with a server key."""
+    sources = key_sources(user=user)
+    return any(sources.get(name) == "server" for name in providers)
+
+
 def keys_rotate() -> tuple[int, int]:
     """Re-encrypt every stored key with the first encryption key; return (rotated, unreadable)."""
     fernet = _fernet()

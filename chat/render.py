@@ -23,6 +23,11 @@ Markdown block is rendered exactly once, and the unfinished tail is handed back 
 text that the client must show as ``textContent`` (never as HTML).  See its docstring for
 the block rule.
 
+Every render is bounded in time and memory, whatever the model wrote (Python-Markdown
+recurses on nesting and rescans on some inputs, so a few KB can otherwise cost seconds and a
+few MB gigabytes): see "Bounds" below.  Past a bound the text is shown as escaped text
+(``<pre>``), never dropped.
+
 This module is framework-free (no Django imports).
 """
 
@@ -32,6 +37,7 @@ import html
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 from xml.etree import ElementTree as etree
@@ -209,26 +215,229 @@ def _markdown() -> markdown.Markdown:
     return md
 
 
+# ---------------------------------------------------------------------------
+# Bounds
+# ---------------------------------------------------------------------------
+# One Markdown conversion ("unit") gets at most MAX_BLOCK_CHARS characters and MAX_BLOCK_LINES
+# lines: Python-Markdown's block processors rescan the rest of a block per element, so a unit
+# costs up to (lines x length).  A longer text is cut into units at block boundaries (the rule
+# of IncrementalRenderer); a single block over the limits is shown escaped.  Before a unit is
+# converted, _bound_nesting caps what Python-Markdown recurses on (indentation, ">" and list
+# markers) or rescans per occurrence ("[" / "(" nesting, fence-like lines after an unclosed
+# fence).  Past MAX_RENDER_CHARS, or once a call has spent RENDER_BUDGET_S, the rest is shown
+# escaped, so a render returns within about the budget plus one unit.
+
+MAX_RENDER_CHARS = 300_000  # a text's characters rendered as Markdown; the rest is escaped
+MAX_BLOCK_CHARS = 32_000  # characters of one conversion; a longer single block is escaped
+MAX_BLOCK_LINES = 1_000  # lines of one conversion; a longer single block is escaped
+MAX_NESTING = 12  # container markers (">", "-", "1." ...) at the start of a line
+MAX_INDENT = 4 * MAX_NESTING  # columns of indentation (4 per list level)
+MAX_BRACKET_DEPTH = 16  # "[" or "(" open at once in a paragraph; deeper ones are escaped
+MAX_UNMATCHED = 8  # unmatched "[" / "(" in a paragraph past which they are escaped
+MAX_UNCLOSED_FENCES = 50  # fence-like lines after an unclosed fence before they are escaped
+RENDER_BUDGET_S = 1.0  # time of one render_markdown call after which the rest is escaped
+
+# A line that may nest deeper than the caps (conservative: the exact check is per line).
+_MARKER = r"(?:>|[*+-](?=[ \t])|\d{1,9}[.)](?=[ \t]))"
+_DEEP_LINE_RE = re.compile(rf"(?m)^(?:[ \t]{{{MAX_NESTING + 1}}}|(?:[ \t]*{_MARKER}){{{MAX_NESTING + 1}}})")
+_NESTED_RE = re.compile(rf"(?:[ \t]*{_MARKER}){{{MAX_NESTING}}}")
+_ONE_MARKER_RE = re.compile(rf"[ \t]*({_MARKER})")
+_BRACKET_RE = re.compile(r"\\.|[\[\]()]")
+_CODE_SPAN_RE = re.compile(r"(?<!\\)(`+)(.+?)(?<!`)\1(?!`)", re.DOTALL)  # as Python-Markdown's backtick
+
+
 def render_markdown(text: str) -> str:
-    """Render untrusted Markdown to sanitized HTML."""
+    """Render untrusted Markdown to sanitized HTML, in bounded time and memory (see Bounds)."""
     if not text or not text.strip():
         return ""
-    md = _markdown()
-    try:
-        raw = md.reset().convert(text)
-    except Exception as exc:  # pathological input, e.g. RecursionError on deep nesting
-        log.warning(
-            "markdown rendering failed (%s); falling back to escaped text",
-            type(exc).__name__,
-        )
-        _local.md = None  # the instance may be left in a broken state
-        return f"<pre>{render_plain_escaped(text)}</pre>"
-    return _sanitize(raw)
+    if len(text) <= MAX_BLOCK_CHARS and text.count("\n") < MAX_BLOCK_LINES:
+        return _render_unit(text)
+    return _render_long(text)
 
 
 def render_plain_escaped(text: str) -> str:
     """Escape text for inclusion in HTML (e.g. the unfinished tail in history views)."""
     return html.escape(text, quote=True)
+
+
+def _render_escaped(text: str) -> str:
+    return f"<pre>{render_plain_escaped(text)}</pre>"
+
+
+def _render_unit(text: str) -> str:
+    """One conversion of at most MAX_BLOCK_CHARS / MAX_BLOCK_LINES."""
+    md = _markdown()
+    try:
+        raw = md.reset().convert(_bound_nesting(text))
+    except Exception as exc:  # pathological input the bounds did not foresee
+        log.warning(
+            "markdown rendering failed (%s); falling back to escaped text",
+            type(exc).__name__,
+        )
+        _local.md = None  # the instance may be left in a broken state
+        return _render_escaped(text)
+    return _sanitize(raw)
+
+
+def _render_long(text: str) -> str:
+    """A text over one unit's limits: its blocks grouped into units, within the budget."""
+    deadline = time.monotonic() + RENDER_BUDGET_S
+    splitter = _BlockSplitter()
+    splitter.feed(text[:MAX_RENDER_CHARS])
+    if len(text) <= MAX_RENDER_CHARS:
+        splitter.finish()
+    parts: list[str] = []
+    unit: list[str] = []
+    unit_chars = unit_lines = 0
+
+    def flush() -> None:
+        nonlocal unit, unit_chars, unit_lines
+        if unit:
+            source = "".join(unit)
+            # Out of time: the rest is shown as escaped text, which costs next to nothing.
+            rendered = _render_unit(source) if time.monotonic() < deadline else _render_escaped(source)
+            parts.append(rendered.strip())
+        unit, unit_chars, unit_lines = [], 0, 0
+
+    for block in splitter.sources:
+        lines = block.count("\n")
+        if unit and (unit_chars + len(block) > MAX_BLOCK_CHARS or unit_lines + lines >= MAX_BLOCK_LINES):
+            flush()
+        if len(block) > MAX_BLOCK_CHARS or lines >= MAX_BLOCK_LINES:
+            parts.append(_render_escaped(block))
+            continue
+        unit.append(block)
+        unit_chars += len(block)
+        unit_lines += lines
+    flush()
+    rest = text[splitter.consumed:]
+    if rest.strip():
+        parts.append(_render_escaped(rest))
+    return "\n".join(p for p in parts if p)
+
+
+def _bound_nesting(text: str) -> str:
+    """*text* with the nesting Python-Markdown would recurse or rescan on capped; ordinary
+    text comes back unchanged.
+
+    Outside fenced code, per line: indentation past MAX_INDENT columns is cut to it, and a
+    container marker past MAX_NESTING is backslash-escaped (it becomes text).  Per paragraph,
+    outside code spans: a "[" or "(" opened past MAX_BRACKET_DEPTH is escaped, and so are the
+    unmatched ones when there are more than MAX_UNMATCHED (each would be scanned to the end of
+    the paragraph; escaped, it shows the same "[").  After an unclosed fence, which
+    Python-Markdown reads as text, fence-like lines are escaped when there are more than
+    MAX_UNCLOSED_FENCES of them (each would be tried as an opening fence against the rest).
+    """
+    brackets = text.count("[") + text.count("(") > MAX_UNMATCHED
+    fences = text.count("```") + text.count("~~~") > MAX_UNCLOSED_FENCES
+    if not (brackets or fences or _DEEP_LINE_RE.search(text)):
+        return text
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    start = 0
+    while start < len(lines):
+        unclosed, candidates = _bound_lines(lines, start, brackets)
+        if unclosed is None:
+            break
+        if len(candidates) > MAX_UNCLOSED_FENCES:
+            for i in candidates:
+                lines[i] = "\\" + lines[i]
+        start = unclosed + 1  # the unclosed fence is text: bound what follows it as text
+    return "\n".join(lines)
+
+
+def _fence_of(line: str) -> str | None:
+    """The fence string if *line* opens a fenced block the way fenced_code sees it."""
+    sub = line.replace(_STX, "").replace(_ETX, "").expandtabs(4)
+    m = _FENCE_OPEN_RE.match(sub)
+    if m and not (m.group("attrs") and get_attrs_and_remainder(m.group("attrs"))[1]):
+        return m.group("fence")
+    return None
+
+
+def _bound_lines(lines: list[str], start: int, brackets: bool) -> tuple[int | None, list[int]]:
+    """Bound ``lines[start:]`` in place, outside fences.  Returns the index of a fence left
+    unclosed at the end (or None) and the fence-like lines from it on."""
+    fence: str | None = None
+    opened_at = 0
+    candidates: list[int] = []
+    paragraph: list[int] = []  # lines of the current paragraph, for the bracket caps
+    for i in range(start, len(lines)):
+        line = lines[i]
+        if fence is not None:
+            if line.replace(_STX, "").replace(_ETX, "").expandtabs(4).rstrip(" ") == fence:
+                fence = None
+            elif line[:1] in ("`", "~") and _fence_of(line):
+                candidates.append(i)
+            continue
+        if line[:1] in ("`", "~"):
+            fence = _fence_of(line)
+            if fence is not None:
+                if brackets:
+                    _cap_brackets(lines, paragraph)
+                opened_at, candidates, paragraph = i, [i], []
+                continue
+        if _is_blank(line):
+            if brackets:
+                _cap_brackets(lines, paragraph)
+            paragraph = []
+            continue
+        lines[i] = _cap_line(line)
+        paragraph.append(i)
+    if brackets:
+        _cap_brackets(lines, paragraph)
+    return (opened_at if fence is not None else None), candidates
+
+
+def _cap_line(line: str) -> str:
+    stripped = line.lstrip(" \t")
+    indent = line[: len(line) - len(stripped)]
+    if len(indent.expandtabs(4)) > MAX_INDENT:
+        line = " " * MAX_INDENT + stripped
+    m = _NESTED_RE.match(line)
+    if m:
+        deeper = _ONE_MARKER_RE.match(line, m.end())
+        if deeper:
+            # Escape the marker's last character ("\>", "\-", "1\."): the rest of the line is text.
+            at = deeper.end(1) - 1
+            line = line[:at] + "\\" + line[at:]
+    return line
+
+
+def _cap_brackets(lines: list[str], paragraph: list[int]) -> None:
+    """Escape, in place, the "[" and "(" of one paragraph that would cost a rescan each."""
+    text = "\n".join(lines[i] for i in paragraph)
+    if text.count("[") + text.count("(") <= MAX_UNMATCHED:
+        return
+    spans = [(m.start(), m.end()) for m in _CODE_SPAN_RE.finditer(text)] if "`" in text else []
+    open_at: dict[str, list[int]] = {"[": [], "(": []}
+    deep: list[int] = []
+    span = 0
+    for m in _BRACKET_RE.finditer(text):
+        pos, ch = m.start(), m.group()
+        while span < len(spans) and spans[span][1] <= pos:
+            span += 1
+        if span < len(spans) and spans[span][0] <= pos:
+            continue  # inside a code span: literal
+        if ch in "[(":
+            if len(open_at[ch]) >= MAX_BRACKET_DEPTH:
+                deep.append(pos)
+            else:
+                open_at[ch].append(pos)
+        elif ch in "])":
+            stack = open_at["[" if ch == "]" else "("]
+            if stack:
+                stack.pop()
+    unmatched = open_at["["] + open_at["("]
+    escape = sorted(deep + unmatched) if len(unmatched) > MAX_UNMATCHED else sorted(deep)
+    if not escape:
+        return
+    out, last = [], 0
+    for pos in escape:
+        out += [text[last:pos], "\\"]
+        last = pos
+    out.append(text[last:])
+    for i, line in zip(paragraph, "".join(out).split("\n")):
+        lines[i] = line
 
 
 # ---------------------------------------------------------------------------
@@ -401,10 +610,15 @@ class IncrementalRenderer:
         self.consumed += end
         self._line_start -= end
         self._search_from = max(0, self._search_from - end)
-        rendered = render_markdown(source).strip()
+        rendered = self._render(source).strip()
         if rendered:
             out.append(rendered)
             self.blocks.append(rendered)
+
+    def _render(self, source: str) -> str:
+        if self.consumed > MAX_RENDER_CHARS:  # past the overall limit, as render_markdown does
+            return _render_escaped(source)
+        return render_markdown(source)
 
     def _scan(self, out: list[str]) -> None:
         pending = self._pending
@@ -507,3 +721,15 @@ def _normalize_prefix(partial: str) -> str | None:
     if "\r" in p[: len(p) - len(stripped) + 1]:
         return None
     return p.expandtabs(4)
+
+
+class _BlockSplitter(IncrementalRenderer):
+    """IncrementalRenderer's block rule without rendering: ``sources`` are the blocks' texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+
+    def _render(self, source: str) -> str:
+        self.sources.append(source)
+        return ""

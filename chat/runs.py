@@ -30,7 +30,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from chat import catalogue, keys, panels, presets, spend
-from chat.engine import build_limits, build_registry, build_web_tools, research_settings, search_unavailable_reason
+from chat.engine import build_limits, build_registry, build_web_tools, known_secrets, research_settings, search_unavailable_reason
 from chat.fusion.analysis import distinct_model_ids
 from chat.fusion.client import ChatClient
 from chat.fusion.providers import ProviderRegistry
@@ -57,6 +57,7 @@ from chat.fusion.types import (
 )
 from chat.models import Conversation, FollowUpMode, MemberResponse, MemberStatus, Run, RunStatus, Turn
 from chat.render import IncrementalRenderer, RenderUpdate, render_markdown
+from chat.ws_security import inactive_users
 
 log = logging.getLogger(__name__)
 
@@ -480,6 +481,8 @@ class ActiveRun:
                 self._ahead = await asyncio.to_thread(stream.renderer.feed, event.delta)
         elif isinstance(event, PanelCompleted) and event.content:
             await asyncio.to_thread(_render_whole, event.content)
+        elif isinstance(event, PanelFailed) and (event.partial_content or self.streams[event.slot].text):
+            await asyncio.to_thread(_render_whole, event.partial_content or self.streams[event.slot].text)
         elif isinstance(event, RunCompleted) and event.answer:
             await asyncio.to_thread(_render_whole, event.answer)
 
@@ -525,7 +528,7 @@ class ActiveRun:
             m, s = self.members[event.slot], self.streams[event.slot]
             status = MemberStatus.STOPPED.value if event.error.kind == "cancelled" else MemberStatus.FAILED.value
             s.text = event.partial_content or s.text
-            s.html = render_markdown(s.text) if s.text else ""
+            s.html = _render_whole(s.text) if s.text else ""  # rendered ahead, off the loop
             metrics = _metrics(event.record.ttft_ms, event.record.duration_ms, event.record.usage.to_dict())
             error = {"kind": event.error.kind, "message": event.error.message}
             m.update(status=status, error=error, metrics=metrics, sources=list(event.sources) or m["sources"])
@@ -625,6 +628,14 @@ class ActiveRun:
         """Write the final state in one transaction; clients hear of it only afterwards."""
         r = self.result
         wall_ms = int((time.monotonic() - self.t0) * 1000)
+        # Every call counts, however it ended; what a provider did not report is estimated.
+        calls = spend.priced_calls(rec.to_dict() for rec in r.records) if r is not None else []
+        for m in self.members:
+            attempts = [c for c in calls if c["role"] == "panel" and c.get("slot") == m["slot"]]
+            if attempts:  # the card shows its latest attempt; the run's cost counts them all
+                m["metrics"] = {**m["metrics"], "usage": attempts[-1]["usage"]}
+        if r is not None:
+            r.usage = spend.usage_total(c["usage"] for c in calls)  # the terminal frame's totals too
         with transaction.atomic():
             for m, s in zip(self.members, self.streams):
                 status = m["status"]
@@ -649,14 +660,14 @@ class ActiveRun:
                 "writer_model": self.writer or "",
                 "finished_at": timezone.now(),
                 "heartbeat_at": timezone.now(),
-                # The reservation ends with the run; what counts from now on is what the providers reported.
+                # The reservation ends with the run; what counts from now on is what its calls cost.
                 "reserved_usd": 0,
                 "cost_usd": spend.cost_of(r.usage if r is not None else None),
             }
             if isinstance(r, (RunCompleted, RunFailed)):
                 fields["usage"] = r.usage.to_dict()
                 fields["failed_models"] = r.failed_models
-                fields["calls"] = [rec.to_dict() for rec in r.records if rec.role != "panel"] or self.analysis_calls
+                fields["calls"] = [c for c in calls if c["role"] != "panel"] or self.analysis_calls
             if isinstance(r, RunCompleted):
                 fields["timings"] = {**r.timings, "total": r.timings.get("total", wall_ms)}
             else:
@@ -678,6 +689,7 @@ class RunManager:
 
     def __init__(self) -> None:
         self.active: dict[uuid.UUID, ActiveRun] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
     def get(self, run_id: uuid.UUID) -> ActiveRun | None:
         return self.active.get(run_id)
@@ -698,6 +710,48 @@ class RunManager:
         for active in list(self.active.values()):
             if active.conversation_id == conversation_id:
                 active.loop.call_soon_threadsafe(active.fusion.cancel)
+
+    def cancel_users(self, user_ids: set[int]) -> int:
+        """Stop this process's runs of these (deactivated) users, from any thread."""
+        stopped = 0
+        for active in list(self.active.values()):
+            if active.user_id in user_ids:
+                active.loop.call_soon_threadsafe(active.fusion.cancel)
+                stopped += 1
+        if stopped:
+            log.info("stopped %d run(s) of deactivated user(s) %s", stopped, sorted(user_ids))
+        return stopped
+
+    def ensure_sweeper(self) -> None:
+        """Start this process's run sweep in the running loop, once (fusionsite.asgi calls it)."""
+        if settings.FUSION_RUN_SWEEP_INTERVAL_S <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        task = self._sweeper
+        if task is not None and not task.done() and task.get_loop() is loop:
+            return
+        self._sweeper = loop.create_task(self._sweep_forever(), name="run-sweeper")
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await database_sync_to_async(self.sweep)()
+            except Exception:
+                log.exception("run sweep failed")
+            await asyncio.sleep(settings.FUSION_RUN_SWEEP_INTERVAL_S)
+
+    def sweep(self) -> tuple[int, int]:
+        """One pass: runs whose process died become interrupted; deactivated users' runs stop.
+
+        Returns (interrupted, stopped). Runs this process owns are never marked: they are alive.
+        """
+        stale = Run.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=timezone.now() - stale_after())
+        interrupted = mark_interrupted(stale.exclude(pk__in=list(self.active)))
+        owners = {a.user_id for a in self.active.values()}
+        stopped = self.cancel_users(inactive_users(owners)) if owners else 0
+        if interrupted:
+            log.info("marked %d run(s) of a dead process as interrupted", interrupted)
+        return interrupted, stopped
 
     async def shutdown(self) -> None:
         """Cancel every run (tests, and a process that is going away)."""
@@ -814,11 +868,15 @@ def _reserve_spend(*, user: Any, run: Run, request: FusionRequest, reused_slots:
         reuse_analysis=reuse_analysis,
     )
     high += _search_reserve_usd(request)
+    registry = build_registry()
+    specs = [run.config.get(k) for k in ("analyst", "writer", "fallback_analyst", "fallback_writer")]
+    providers = [registry.resolve(s["model"])[0].name for s in (*run.config["members"], *specs) if s]
+    run.uses_server_key = keys.uses_server_key(user=user, providers=providers)
     try:
-        run.reserved_usd = spend.spend_reserve(user=user, high_usd=high)
+        run.reserved_usd = spend.spend_reserve(user=user, high_usd=high, server_key=run.uses_server_key)
     except spend.SpendLimitExceeded as exc:
         raise RunError("spend_limit", str(exc)) from None
-    Run.objects.filter(pk=run.pk).update(reserved_usd=run.reserved_usd)
+    Run.objects.filter(pk=run.pk).update(reserved_usd=run.reserved_usd, uses_server_key=run.uses_server_key)
 
 
 def _create_run(*, user: Any, conversation: Conversation, turn: Turn, client_run_id: str, panel: dict[str, Any],
@@ -937,7 +995,8 @@ def _launch(run: Run, request: FusionRequest, *, registry: ProviderRegistry, con
 
     Web tools are built here from the request's research settings (chat.engine.build_web_tools).
     """
-    client = ChatClient(registry, limits=build_limits())
+    # Error text is scrubbed of every key the process knows, not only the ones this run uses.
+    client = ChatClient(registry, limits=build_limits(), extra_secrets=known_secrets())
     fusion = FusionRun(request, client, tools=build_web_tools(request.research), **fusion_kw)
     active = ActiveRun(run=run, request=request, client=client, fusion=fusion, reused=reused)
     active.research_notice = _research_notice(request)
@@ -1133,9 +1192,14 @@ async def run_regenerate(*, user: Any, conversation_id: int, client_run_id: str,
     await _rerun(user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=None, writer=writer)
 
 
+def stale_after() -> timedelta:
+    """How long a running run's heartbeat may be silent before its process counts as dead."""
+    return timedelta(seconds=max(30, 10 * settings.FUSION_CHECKPOINT_INTERVAL_S))
+
+
 def running_runs_for_conversation(*, user: Any, conversation_id: int) -> list[uuid.UUID]:
     """Running runs of a conversation; runs whose owner process went silent become interrupted."""
-    stale_before = timezone.now() - timedelta(seconds=max(30, 10 * settings.FUSION_CHECKPOINT_INTERVAL_S))
+    stale_before = timezone.now() - stale_after()
     runs = Run.objects.filter(user=user, conversation_id=conversation_id, status=RunStatus.RUNNING)
     ids = []
     for run in runs:
@@ -1147,18 +1211,35 @@ def running_runs_for_conversation(*, user: Any, conversation_id: int) -> list[uu
 
 
 def mark_interrupted(queryset: Any) -> int:
-    """Runs whose process died: keep their partial text, mark them ``interrupted``."""
+    """Runs whose process died: keep their partial text, mark them ``interrupted``.
+
+    Their calls reached providers, who bill them: what they cost is estimated from the last
+    checkpoint (chat.spend.interrupted_calls) and counts instead of the reservation.
+    """
     count = 0
-    for run in queryset.filter(status=RunStatus.RUNNING):
+    for run in queryset.filter(status=RunStatus.RUNNING).select_related("conversation", "turn"):
+        try:
+            calls = spend.priced_calls(spend.interrupted_calls(run=run, request=_build_request(run.conversation, run.turn, run.config)))
+        except Exception:  # a bug; the run must still stop counting as running
+            log.exception("could not estimate the cost of interrupted run %s", run.pk)
+            calls = []
+        usage = spend.usage_total(c["usage"] for c in calls)
         with transaction.atomic():
+            updated = Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+                status=RunStatus.INTERRUPTED, finished_at=timezone.now(), error_kind="interrupted", reserved_usd=0,
+                error_message="The server restarted during this run. Retry a member or send the prompt again.",
+                cost_usd=spend.cost_of(usage), usage=usage.to_dict(), calls=[c for c in calls if c["role"] != "panel"],
+            )
+            if not updated:  # its process finished it after all
+                continue
+            count += updated
             run.members.filter(status__in=[MemberStatus.WAITING, MemberStatus.STREAMING]).update(
                 status=MemberStatus.STOPPED, error_kind="interrupted",
                 error_message="The server restarted while this member was answering.",
             )
-            count += Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-                status=RunStatus.INTERRUPTED, finished_at=timezone.now(), error_kind="interrupted", reserved_usd=0,
-                error_message="The server restarted during this run. Retry a member or send the prompt again.",
-            )
+            for call in calls:
+                if call["role"] == "panel":
+                    run.members.filter(slot=call["slot"]).update(usage=call["usage"])
     return count
 
 

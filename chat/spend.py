@@ -8,26 +8,38 @@ and a run that would take that past the limit is refused before any paid call.
 ``spend_reserve`` must run inside the transaction that creates the run. It locks the user's
 ``UserLimits`` row (SELECT … FOR UPDATE on PostgreSQL; on SQLite the IMMEDIATE transaction mode
 of the settings already serialises writers), so two runs started at once are checked one after
-the other and cannot overspend together.
+the other and cannot overspend together. A run paid with a server key (``Run.uses_server_key``)
+is also checked against FUSION_SERVER_DAILY_LIMIT_USD, what the server's keys may spend per day
+across all users, under a server-wide lock (an advisory lock on PostgreSQL).
+
+Every call that reached a provider counts, however it ended: completed, stopped, failed, timed
+out, or cut by a process that died. Its cost is the provider-reported one; what the provider did
+not report (a cut stream sends no usage) is estimated from the characters sent and received at
+the catalogue price (``call_usage``), and the usage says ``"estimated": true``.
 """
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Count, Sum
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from chat.fusion.types import Usage
-from chat.models import MemberResponse, Run, RunStatus, UserLimits
+from chat import catalogue
+from chat.fusion.types import FusionRequest, Usage
+from chat.models import MemberResponse, MemberStatus, Run, RunStatus, UserLimits
 
 CENT = Decimal("0.01")
 MICRO = Decimal("0.000001")
+# pg_advisory_xact_lock key of the server-wide cap ("fusion" in ASCII).
+SERVER_CAP_LOCK = 0x667573696F6E
 
 
 class SpendLimitExceeded(Exception):
@@ -63,20 +75,152 @@ def _day_start(day: date) -> datetime:
 
 def spent_today(*, user: Any) -> Decimal:
     """What today's finished runs cost plus what the running ones hold in reserve."""
+    return _spent_today(Run.objects.filter(user=user))
+
+
+def server_daily_limit() -> Decimal | None:
+    """FUSION_SERVER_DAILY_LIMIT_USD: what the server's keys may spend per day; None means no cap."""
+    limit = Decimal(str(settings.FUSION_SERVER_DAILY_LIMIT_USD or 0))
+    return None if limit <= 0 else limit
+
+
+def server_spent_today() -> Decimal:
+    """What today's runs paid with a server key cost or hold, across all users."""
+    return _spent_today(Run.objects.filter(uses_server_key=True))
+
+
+def _spent_today(runs: Any) -> Decimal:
     start = _day_start(timezone.localdate())
-    finished = (
-        Run.objects.filter(user=user, created_at__gte=start).exclude(status=RunStatus.RUNNING)
-        .aggregate(total=Sum("cost_usd"))["total"]
-    )
-    reserved = Run.objects.filter(user=user, status=RunStatus.RUNNING).aggregate(total=Sum("reserved_usd"))["total"]
+    finished = runs.filter(created_at__gte=start).exclude(status=RunStatus.RUNNING).aggregate(total=Sum("cost_usd"))["total"]
+    reserved = runs.filter(status=RunStatus.RUNNING).aggregate(total=Sum("reserved_usd"))["total"]
     return (finished or Decimal(0)) + (reserved or Decimal(0))
 
 
-def cost_of(usage: Usage | None) -> Decimal | None:
-    """The provider-reported cost of a run's calls, as stored; None when no provider reported one."""
-    if usage is None or usage.cost is None:
-        return None
-    return Decimal(str(usage.cost)).quantize(MICRO)
+def cost_of(usage: Usage | dict[str, Any] | None) -> Decimal | None:
+    """The cost of a call or of a run's calls, as stored; None when there is no cost to count."""
+    cost = usage.get("cost") if isinstance(usage, dict) else getattr(usage, "cost", None)
+    return None if cost is None else Decimal(str(cost)).quantize(MICRO)
+
+
+# --------------------------------------------------------------------------- what calls cost
+
+
+def call_usage(call: dict[str, Any], *, lookup: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """The usage of one call (``CallRecord.to_dict()``), with what the provider did not report estimated.
+
+    A stream that was stopped, failed or timed out often reports no usage, yet the provider bills
+    the prompt and what it streamed. Those requests' characters (``prompt_chars``,
+    ``streamed_chars``) count as tokens (``catalogue.tokens_of_chars``) at the catalogue price; so
+    do reported tokens without a reported cost. The result then says ``"estimated": true``. (The
+    engine leaves out requests refused with an HTTP error or never sent: providers bill neither.)
+    """
+    usage = dict(call.get("usage") or {})
+    prompt_chars, streamed_chars = int(call.get("prompt_chars") or 0), int(call.get("streamed_chars") or 0)
+    extra_prompt, extra_completion = catalogue.tokens_of_chars(prompt_chars), catalogue.tokens_of_chars(streamed_chars)
+    reported_prompt, reported_completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    unpriced = usage.get("cost") is None and (reported_prompt or reported_completion)
+    if not (extra_prompt or extra_completion or unpriced):
+        return usage
+    lookup = lookup or catalogue.model_resolver()
+    price = catalogue.call_price(
+        lookup(str(call.get("model") or "")),
+        prompt_tokens=extra_prompt + (reported_prompt if unpriced else 0),
+        completion_tokens=extra_completion + (reported_completion if unpriced else 0),
+    )
+    if price is None and not (extra_prompt or extra_completion):
+        return usage
+    usage.update(
+        prompt_tokens=reported_prompt + extra_prompt,
+        completion_tokens=reported_completion + extra_completion,
+        total_tokens=int(usage.get("total_tokens") or 0) + extra_prompt + extra_completion,
+        estimated=True,
+    )
+    if price is not None:
+        usage["cost"] = round(float(usage.get("cost") or 0) + price, 10)
+    return usage
+
+
+def priced_calls(calls: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Call records (``CallRecord.to_dict()``) with their usage priced by ``call_usage``."""
+    resolver: Callable[[str], Any] | None = None
+
+    def lookup(model: str) -> Any:  # one catalogue read, and only when something needs a price
+        nonlocal resolver
+        resolver = resolver or catalogue.model_resolver()
+        return resolver(model)
+
+    return [{**call, "usage": call_usage(call, lookup=lookup)} for call in calls]
+
+
+def usage_total(usages: Iterable[dict[str, Any]]) -> Usage:
+    """The sum of calls' usages; ``estimated`` when any part is."""
+    total = Usage()
+    for usage in usages:
+        total.add(Usage(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            reasoning_tokens=int(usage.get("reasoning_tokens") or 0),
+            total_tokens=int(usage.get("total_tokens") or 0),
+            cost=None if usage.get("cost") is None else float(usage["cost"]),
+            estimated=bool(usage.get("estimated")),
+        ))
+    return total
+
+
+def interrupted_calls(*, run: Run, request: FusionRequest) -> list[dict[str, Any]]:
+    """The calls of a run whose process died, rebuilt from its last checkpoint, to be estimated.
+
+    What the providers reported died with the process (except usage already written), so each
+    call is its characters: a member's thread and what it had written (a member that failed with
+    nothing was refused: not billed); the analyst once the panel was over; the writer once it had
+    an analysis or text. Answers and an analysis copied from an earlier run of the turn (a retry)
+    made no call.
+    """
+    members = list(run.members.order_by("slot"))
+    earlier = Run.objects.filter(turn_id=run.turn_id, created_at__lt=run.created_at)
+    copies = {
+        (slot, content) for slot, content in
+        MemberResponse.objects.filter(run__in=earlier, status=MemberStatus.COMPLETE).values_list("slot", "content")
+    }
+    overhead = catalogue.PROMPT_OVERHEAD_TOKENS * 4  # the instructions around the answers
+    question = _chars(request.messages)
+    calls: list[dict[str, Any]] = []
+    answers = 0
+    for m in members:
+        if m.status == MemberStatus.COMPLETE:
+            answers += len(m.content)
+            if (m.slot, m.content) in copies:
+                continue
+        if m.usage:  # its call ended and was written before the process died: what was reported
+            calls.append({**_estimated_call("panel", m.model, 0, 0, slot=m.slot), "usage": dict(m.usage)})
+            continue
+        streamed = len(m.content) + len(m.reasoning)
+        if m.status == MemberStatus.FAILED and not streamed:
+            continue
+        spec = request.panel[m.slot] if m.slot < len(request.panel) else None
+        thread = (request.member_messages or {}).get(m.slot) or request.messages
+        calls.append(_estimated_call("panel", m.model, _chars(thread) + len(getattr(spec, "system_prompt", None) or ""),
+                                     streamed, slot=m.slot))
+    panel_over = answers and all(m.status in (MemberStatus.COMPLETE, MemberStatus.FAILED, MemberStatus.STOPPED)
+                                 for m in members)
+    analysis = len(json.dumps(run.analysis)) if run.analysis is not None else 0
+    copied_analysis = run.analysis is not None and run.analysis in earlier.values_list("analysis", flat=True)
+    if run.calls:  # the analyst's and writer's calls were written: what was reported
+        return calls + [dict(c) for c in run.calls]
+    if panel_over and run.analyst_model and not copied_analysis:
+        calls.append(_estimated_call("analyst", run.analyst_model, question + answers + overhead, analysis))
+    if panel_over and run.writer_model and (run.answer or run.analysis is not None):
+        calls.append(_estimated_call("writer", run.writer_model, question + answers + analysis + overhead, len(run.answer)))
+    return calls
+
+
+def _chars(messages: list[dict[str, Any]]) -> int:
+    return sum(len(str(m.get("content") or "")) for m in messages)
+
+
+def _estimated_call(role: str, model: str, prompt_chars: int, streamed_chars: int, slot: int | None = None) -> dict[str, Any]:
+    return {"role": role, "model": model, "slot": slot, "status": "cancelled", "usage": Usage().to_dict(),
+            "error": None, "prompt_chars": prompt_chars, "streamed_chars": streamed_chars}
 
 
 # --------------------------------------------------------------------------- services
@@ -94,25 +238,46 @@ def _lock_limits(*, user: Any) -> None:
     UserLimits.objects.select_for_update().get(user=user)
 
 
-def spend_reserve(*, user: Any, high_usd: float | Decimal) -> Decimal:
+def _lock_server_cap() -> None:
+    """Serialise the server-wide cap's check and reservation across users, for this transaction.
+
+    PostgreSQL: a transaction-level advisory lock. SQLite: the settings' IMMEDIATE transactions
+    already let one writer at a time through, so there is nothing more to take.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SERVER_CAP_LOCK])
+
+
+def spend_reserve(*, user: Any, high_usd: float | Decimal, server_key: bool = False) -> Decimal:
     """Check that a run costing up to *high_usd* fits today's limit; return the amount to reserve.
 
-    Call inside the transaction that creates the run with ``reserved_usd`` set to the result, so
-    the check and the reservation are one step for every other run of this user.
+    *server_key*: the run uses a server key, so it must also fit what is left of the server's
+    daily cap across all users. Call inside the transaction that creates the run with
+    ``reserved_usd`` (and ``uses_server_key``) set, so the check and the reservation are one step
+    for every other run.
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("spend_reserve must run inside the transaction that creates the run.")
     amount = to_decimal(high_usd)
     _lock_limits(user=user)
     limit = daily_limit(user=user)
-    if limit is None:
-        return amount
-    left = max(Decimal(0), limit - spent_today(user=user))
-    if amount > left:
-        raise SpendLimitExceeded(
-            f"This run could cost up to {usd(amount)}; you have {usd(left)} left today "
-            f"(daily limit {usd(limit)})."
-        )
+    if limit is not None:
+        left = max(Decimal(0), limit - spent_today(user=user))
+        if amount > left:
+            raise SpendLimitExceeded(
+                f"This run could cost up to {usd(amount)}; you have {usd(left)} left today "
+                f"(daily limit {usd(limit)})."
+            )
+    server_limit = server_daily_limit() if server_key else None
+    if server_limit is not None:
+        _lock_server_cap()  # always after the user's row: one order, no deadlock
+        left = max(Decimal(0), server_limit - server_spent_today())
+        if amount > left:
+            raise SpendLimitExceeded(
+                f"The server's shared key has reached today's limit: this run could cost up to {usd(amount)} "
+                f"and {usd(left)} is left for everyone today. Add your own key in Settings → Keys."
+            )
     return amount
 
 
@@ -126,6 +291,7 @@ class ModelUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: Decimal = field(default_factory=Decimal)
+    estimated: bool = False  # some of it is an estimate (calls cut before the provider reported usage)
 
     def add(self, usage: dict[str, Any]) -> None:
         self.calls += 1
@@ -133,6 +299,7 @@ class ModelUsage:
         self.completion_tokens += int(usage.get("completion_tokens") or 0)
         if usage.get("cost") is not None:
             self.cost += Decimal(str(usage["cost"]))
+        self.estimated = self.estimated or bool(usage.get("estimated"))
 
 
 @dataclass
@@ -143,7 +310,7 @@ class UsageReport:
     runs_today: int
     runs: int  # in the period
     cost: Decimal  # in the period
-    days: list[dict[str, Any]]  # newest first: {day, runs, cost, share (0–1 of the busiest day)}
+    days: list[dict[str, Any]]  # newest first: {day, runs, cost, estimated (runs), share (0–1 of the busiest day)}
     models: list[ModelUsage]  # most expensive first
 
 
@@ -154,7 +321,8 @@ def usage_report(*, user: Any, days: int = 30) -> UsageReport:
     runs = Run.objects.filter(user=user, created_at__gte=start)
     per_day = list(
         runs.annotate(day=TruncDate("created_at")).values("day")
-        .annotate(runs=Count("pk"), cost=Sum("cost_usd")).order_by("-day")
+        .annotate(runs=Count("pk"), cost=Sum("cost_usd"), estimated=Count("pk", filter=Q(usage__estimated=True)))
+        .order_by("-day")
     )
     busiest = max((row["cost"] or Decimal(0) for row in per_day), default=Decimal(0))
     for row in per_day:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import include, path
 
-from chat import views, views_catalogue, views_keys, views_usage
+from chat import views, views_accounts, views_catalogue, views_keys, views_usage
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -21,5 +21,7 @@ urlpatterns = [
     path("settings/keys", views_keys.keys_page, name="keys"),
     path("settings/keys/<int:pk>/delete", views_keys.key_delete, name="key_delete"),
     path("usage", views_usage.usage_page, name="usage"),
+    path("settings/invites", views_accounts.invites_page, name="invites"),
+    path("settings/invites/<int:pk>/revoke", views_accounts.invite_revoke, name="invite_revoke"),
     path("", include("chat.urls_presets")),
 ]

@@ -1,4 +1,4 @@
-"""Pages: accounts, the conversation list and page, exports, health.
+"""Pages: the conversation list and page, exports, health (accounts: chat/views_accounts.py).
 
 Views parse, authorize (every conversation goes through ``conversation_get_for_user``), call one
 service and respond. Runs themselves are started over the websocket (chat/consumers.py).
@@ -11,7 +11,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -21,7 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from chat import conversations as svc
 from chat import presets
-from chat.forms import ComposerForm, PanelForm, RenameForm, SignUpForm
+from chat.forms import ComposerForm, PanelForm, RenameForm
 from chat.models import Conversation, FollowUpMode
 
 PENDING_KEY = "pending_start:{pk}"
@@ -82,21 +81,6 @@ def _take_pending_start(request: HttpRequest, conversation: Conversation) -> dic
         del request.session[key]
         return None
     return pending
-
-
-# --------------------------------------------------------------------------- accounts
-
-
-@require_http_methods(["GET", "POST"])
-def signup(request: HttpRequest) -> HttpResponse:
-    if request.user.is_authenticated:
-        return redirect("home")
-    form = SignUpForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        return redirect("home")
-    return render(request, "accounts/signup.html", {"form": form}, status=400 if form.errors else 200)
 
 
 # --------------------------------------------------------------------------- conversations

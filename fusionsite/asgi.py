@@ -8,21 +8,28 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fusionsite.settings")
 django_asgi_app = get_asgi_application()
 
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
-
-# One process serves everything by default, static files included (behind a proxy, let the
-# proxy serve STATIC_ROOT instead; this handler then never sees /static/ requests).
-http_app = ASGIStaticFilesHandler(django_asgi_app)
+# Static files are served by WhiteNoise inside Django's middleware (fusionsite/staticfiles.py), so
+# they get the security headers too; behind a proxy, let the proxy serve STATIC_ROOT instead.
+http_app = django_asgi_app
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
+from chat.runs import manager  # noqa: E402
+from chat.ws_security import SameOriginValidator  # noqa: E402
 
-application = ProtocolTypeRouter(
+# The Origin of a websocket must be this site's own (scheme, host and port) or a trusted origin.
+router = ProtocolTypeRouter(
     {
         "http": http_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+
+async def application(scope, receive, send):  # type: ignore[no-untyped-def]
+    # Daphne has no lifespan events: the first request of the process (of its event loop) starts
+    # the run sweep, which marks runs of dead processes interrupted whatever command started us.
+    manager.ensure_sweeper()
+    return await router(scope, receive, send)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -64,18 +66,25 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
     "chat",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
+    # After the two above: a static file it answers still gets nosniff and the CSP on the way out.
+    "fusionsite.staticfiles.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # How fast one address may try to sign in at all (a token bucket; FUSION_LOGIN_RATE_PER_MIN).
+    "chat.ratelimit.SignInRateLimitMiddleware",
+    # Last, as django-axes asks: turns a lockout flagged during sign-in into the 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "fusionsite.urls"
@@ -136,6 +145,26 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# The lockout check first: a locked-out account or address is refused before its password is tried.
+AUTHENTICATION_BACKENDS = [
+    "chat.accounts.LockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# django-axes: failed sign-ins are counted per account and per client address separately (either
+# reaching the limit locks), on the sign-in page and /admin/login/ alike. A locked-out account or
+# address is refused, even with the right password, until FUSION_LOGIN_COOLOFF_MIN minutes pass
+# without another attempt. The address is REMOTE_ADDR: behind a proxy, run Daphne with
+# --proxy-headers so it is the client's, not the proxy's.
+AXES_FAILURE_LIMIT = env_int("FUSION_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("FUSION_LOGIN_COOLOFF_MIN", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# Every attempt while locked out restarts the wait, so the page can say exactly how long it is.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = True
+AXES_LOCKOUT_CALLABLE = "chat.accounts.lockout_response"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False  # no banner on every manage.py command; failures and lockouts are still logged
+# Failures are what the lockout needs; a row per successful sign-in would only grow.
+AXES_DISABLE_ACCESS_LOG = True
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -148,6 +177,11 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# WhiteNoise serves STATIC_ROOT (after collectstatic) and, through the finders, static/ itself, so
+# tests and a fresh checkout need no collectstatic. Behind a proxy that serves STATIC_ROOT, the
+# /static/ requests never reach it.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_ALLOW_ALL_ORIGINS = False  # no other site needs our CSS and scripts
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 SESSION_COOKIE_HTTPONLY = True
@@ -155,6 +189,37 @@ SESSION_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+
+# TLS: FUSION_BEHIND_TLS=true when the site is reached over HTTPS only (usually a proxy that
+# terminates TLS and sets X-Forwarded-Proto). It switches on HSTS, the redirect to HTTPS, secure
+# cookies and trusting the proxy's header; each can still be set on its own.
+FUSION_BEHIND_TLS = env_bool("FUSION_BEHIND_TLS", False)
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", FUSION_BEHIND_TLS)
+# A load balancer's plain-HTTP health probe must not be redirected.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31_536_000 if FUSION_BEHIND_TLS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", FUSION_BEHIND_TLS)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", FUSION_BEHIND_TLS)
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SESSION_COOKIE_SECURE", FUSION_BEHIND_TLS)
+CSRF_COOKIE_SECURE = env_bool("DJANGO_CSRF_COOKIE_SECURE", FUSION_BEHIND_TLS)
+
+
+def _proxy_ssl_header() -> tuple[str, str] | None:
+    """DJANGO_SECURE_PROXY_SSL_HEADER "Header-Name: value" ("" for none); X-Forwarded-Proto: https behind TLS."""
+    raw = os.environ.get("DJANGO_SECURE_PROXY_SSL_HEADER")
+    if raw is None:
+        return ("HTTP_X_FORWARDED_PROTO", "https") if FUSION_BEHIND_TLS else None
+    if not raw.strip():
+        return None
+    name, sep, value = raw.partition(":")
+    if not sep or not name.strip() or not value.strip():
+        raise ImproperlyConfigured(
+            f"DJANGO_SECURE_PROXY_SSL_HEADER must look like 'X-Forwarded-Proto: https', not {raw!r}."
+        )
+    return "HTTP_" + name.strip().upper().replace("-", "_"), value.strip()
+
+
+SECURE_PROXY_SSL_HEADER = _proxy_ssl_header()
 
 # Content-Security-Policy: no inline script, no remote anything.
 CONTENT_SECURITY_POLICY = {
@@ -303,6 +368,12 @@ if os.environ.get("FUSION_BUILTIN_PRESETS", "").strip():
 FUSION_KEY_ENCRYPTION_KEYS = [k.strip() for k in os.environ.get("FUSION_KEY_ENCRYPTION_KEYS", "").split(",") if k.strip()]
 # Whether users without their own key may use the server-wide keys (per-user override in the admin).
 FUSION_ALLOW_SERVER_KEY = env_bool("FUSION_ALLOW_SERVER_KEY", False)
+# Who may create an account: "open" (anyone), "invite" (with a link staff made in Settings →
+# Invites) or "closed" (staff create accounts in the admin). Open sign-up while the server's keys
+# are shared would hand every new account its own daily allowance, so the default is then invite.
+FUSION_SIGNUP = os.environ.get("FUSION_SIGNUP", "").strip().lower() or ("invite" if FUSION_ALLOW_SERVER_KEY else "open")
+if FUSION_SIGNUP not in {"open", "invite", "closed"}:
+    raise ImproperlyConfigured(f"FUSION_SIGNUP must be open, invite or closed, not {FUSION_SIGNUP!r}.")
 # Daily spend per user in USD (per-user override in the admin); 0 means no limit.
 FUSION_DAILY_SPEND_LIMIT_USD = env_float("FUSION_DAILY_SPEND_LIMIT_USD", 5.0)
 # How often the model catalogue (GET /models of each provider) is refreshed in the background.
@@ -322,8 +393,23 @@ FUSION_FETCH_TIMEOUT_S = env_float("FUSION_FETCH_TIMEOUT_S", 20.0)
 FUSION_FETCH_MAX_BYTES = env_int("FUSION_FETCH_MAX_BYTES", 2_000_000)
 FUSION_FETCH_MAX_CHARS = env_int("FUSION_FETCH_MAX_CHARS", 20_000)
 # ONLY for tests and demos: hosts web_fetch may reach although their address is not public
-# ("127.0.0.1" or "127.0.0.1:8123" — a port given here is allowed too). Default: none.
+# ("127.0.0.1" on 80/443, or "127.0.0.1:8123" for that port). Default: none. Every path of a
+# trusted host:port is reachable from a model's web_fetch, so a production start-up refuses it
+# unless told it is meant.
 FUSION_FETCH_TRUSTED_HOSTS = [h.strip() for h in os.environ.get("FUSION_FETCH_TRUSTED_HOSTS", "").split(",") if h.strip()]
+if (
+    FUSION_FETCH_TRUSTED_HOSTS
+    and not DEBUG
+    and not FUSION_DEMO
+    and not env_bool("FUSION_FETCH_TRUSTED_HOSTS_I_KNOW", False)
+):
+    raise ImproperlyConfigured(
+        "FUSION_FETCH_TRUSTED_HOSTS is set ("
+        + ", ".join(FUSION_FETCH_TRUSTED_HOSTS)
+        + ") while DJANGO_DEBUG is false and FUSION_DEMO is not set. Every path on a trusted host "
+        "is reachable by the models' web_fetch; it is meant for tests and demos. Unset it, or set "
+        "FUSION_FETCH_TRUSTED_HOSTS_I_KNOW=true if this server really should reach those hosts."
+    )
 
 # --------------------------------------------------------------------------- security and limits
 

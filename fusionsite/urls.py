@@ -4,19 +4,13 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from chat import views as chat_views
-from chat.forms import ChangePasswordForm, SignInForm
+from chat import views_accounts
+from chat.forms import ChangePasswordForm
 
 accounts = [
-    path(
-        "login/",
-        auth_views.LoginView.as_view(
-            template_name="accounts/login.html", authentication_form=SignInForm, redirect_authenticated_user=True
-        ),
-        name="login",
-    ),
+    path("login/", views_accounts.SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("signup/", chat_views.signup, name="signup"),
+    path("signup/", views_accounts.signup, name="signup"),
     path(
         "password/",
         auth_views.PasswordChangeView.as_view(

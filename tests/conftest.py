@@ -20,6 +20,22 @@ def bob(django_user_model):
 
 
 @pytest.fixture(autouse=True)
+def _no_background_run_sweep(settings):
+    # The run sweep (chat.runs.RunManager.ensure_sweeper) would outlive each test's event loop;
+    # tests of the sweep turn it on themselves, and a live Daphne has it on.
+    settings.FUSION_RUN_SWEEP_INTERVAL_S = 0
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits():
+    # The process-local token buckets (sign-in per address, websocket frames per user) would
+    # otherwise carry one test's attempts into the next.
+    from chat import ratelimit
+
+    ratelimit.reset_local()
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hasher(settings):
     # The default PBKDF2 hasher costs ~0.3 s per user created; tests don't need the strength.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -202,6 +202,7 @@ def cluster() -> Iterator[Cluster]:
             "FUSION_DAILY_SPEND_LIMIT_USD": "0",
             "FUSION_CHECKPOINT_INTERVAL_S": "0.3",
             "FUSION_MAX_CONCURRENT_RUNS_PER_USER": "10",
+            "FUSION_LOGIN_RATE_PER_MIN": "0",  # the per-address sign-in bucket is tested elsewhere
             "FUSION_PROVIDERS": "",
             "FUSION_SEARCH_BACKEND": "",
             "FUSION_DEFAULT_PANEL": ",".join(PANEL_MODELS),

@@ -17,7 +17,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from chat import catalogue, spend
+from chat import catalogue, keys, spend
 from chat.fusion.scripted import ScriptedUpstream
 from chat.models import Conversation, MemberResponse, Run, RunStatus, Turn, UserLimits
 from chat.runs import RunError, _start_sync, manager, mark_interrupted, run_start, run_stop
@@ -62,13 +62,14 @@ def start(user: Any, conversation: Conversation, panel: dict[str, Any] = PANEL, 
 
 
 def finished_run(user: Any, *, cost: str | None, days_ago: int = 0, status: str = RunStatus.COMPLETE,
-                 reserved: str = "0") -> Run:
+                 reserved: str = "0", server_key: bool = False) -> Run:
     conversation = Conversation.objects.create(user=user)
     turn = Turn.objects.create(conversation=conversation, index=0, prompt="p")
     when = timezone.now() - timedelta(days=days_ago)
     return Run.objects.create(user=user, conversation=conversation, turn=turn, client_run_id=str(uuid.uuid4()),
                               config=PANEL, status=status, created_at=when,
-                              cost_usd=None if cost is None else Decimal(cost), reserved_usd=Decimal(reserved))
+                              cost_usd=None if cost is None else Decimal(cost), reserved_usd=Decimal(reserved),
+                              uses_server_key=server_key)
 
 
 # --------------------------------------------------------------------------- the limit
@@ -130,6 +131,43 @@ class TestLimit:
             spend.spend_reserve(user=alice, high_usd=1)
 
 
+@pytest.mark.django_db
+class TestServerCap:
+    """FUSION_SERVER_DAILY_LIMIT_USD: what the server's keys may spend per day across all users."""
+
+    def test_a_run_paid_with_the_server_key_is_marked_and_one_with_an_own_key_is_not(self, alice, bob, upstream, settings):
+        settings.FUSION_DAILY_SPEND_LIMIT_USD = 0
+        keys.key_set(user=bob, provider="openrouter", raw="bobs-own-key-1234")
+        assert start(alice, Conversation.objects.create(user=alice)).uses_server_key
+        assert not start(bob, Conversation.objects.create(user=bob)).uses_server_key
+        assert list(Run.objects.order_by("created_at").values_list("uses_server_key", flat=True)) == [True, False]
+
+    def test_a_server_key_run_that_does_not_fit_what_is_left_of_the_cap_is_refused(self, alice, bob, upstream, settings):
+        catalogue.catalogue_refresh("openrouter")
+        settings.FUSION_DAILY_SPEND_LIMIT_USD = 0  # no per-user limit: only the server's cap applies
+        high = high_estimate()
+        settings.FUSION_SERVER_DAILY_LIMIT_USD = float(high * Decimal("1.5"))
+        finished_run(bob, cost=str(high * Decimal("0.8")), server_key=True)
+        finished_run(bob, cost="1000", server_key=False)  # paid with his own key: not the server's
+        assert spend.server_spent_today() == high * Decimal("0.8")
+        with pytest.raises(RunError) as exc:
+            start(alice, Conversation.objects.create(user=alice))
+        assert exc.value.code == "spend_limit"
+        assert exc.value.message.startswith("The server's shared key has reached today's limit")
+        assert exc.value.message.endswith("Add your own key in Settings → Keys.")
+        assert upstream.requests == []
+
+        keys.key_set(user=alice, provider="openrouter", raw="alices-own-key-1234")
+        assert not start(alice, Conversation.objects.create(user=alice)).uses_server_key
+
+    def test_without_a_cap_the_server_key_is_limited_per_user_only(self, alice, bob, upstream, settings):
+        catalogue.catalogue_refresh("openrouter")
+        settings.FUSION_DAILY_SPEND_LIMIT_USD = 0
+        settings.FUSION_SERVER_DAILY_LIMIT_USD = 0
+        finished_run(bob, cost="1000", server_key=True)
+        assert start(alice, Conversation.objects.create(user=alice)).uses_server_key
+
+
 @pytest.mark.django_db(transaction=True)
 class TestConcurrentRuns:
     def test_two_runs_started_at_once_cannot_overspend_together(self, alice, settings, monkeypatch):
@@ -174,6 +212,49 @@ class TestConcurrentRuns:
             assert Run.objects.count() == 1
             assert spend.spent_today(user=alice) == high <= Decimal(str(settings.FUSION_DAILY_SPEND_LIMIT_USD))
             assert up.requests == []
+        finally:
+            up.stop()
+
+    def test_two_users_on_the_server_key_cannot_overspend_its_cap_together(self, alice, bob, settings, monkeypatch):
+        up = ScriptedUpstream(SCRIPTS, time_scale=0.01).start_in_thread()
+        try:
+            configure(settings, up)
+            catalogue.catalogue_refresh("openrouter")
+            high = high_estimate()
+            settings.FUSION_DAILY_SPEND_LIMIT_USD = 0  # each user's own limit does not stop them
+            settings.FUSION_SERVER_DAILY_LIMIT_USD = float(high * Decimal("1.5"))  # one run fits, two do not
+
+            # Each user locks only their own limits row: without the server-wide lock, both would
+            # read "the server spent nothing" in this window and both would be let through.
+            real = spend.server_spent_today
+
+            def slow_server_spent_today() -> Decimal:
+                value = real()
+                time.sleep(0.3)
+                return value
+
+            monkeypatch.setattr(spend, "server_spent_today", slow_server_spent_today)
+            barrier = threading.Barrier(2)
+            outcomes: list[str] = []
+
+            def attempt(user: Any) -> None:
+                try:
+                    conversation = Conversation.objects.create(user=user)
+                    barrier.wait(5)
+                    start(user, conversation)
+                    outcomes.append("started")
+                except RunError as exc:
+                    outcomes.append(exc.code)
+                finally:
+                    connections.close_all()
+
+            threads = [threading.Thread(target=attempt, args=(u,)) for u in (alice, bob)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert sorted(outcomes) == ["spend_limit", "started"]
+            assert Run.objects.count() == 1 and spend.server_spent_today() == high
         finally:
             up.stop()
 
@@ -294,6 +375,18 @@ class TestUsagePage:
         self.make_history(alice)
         page = logged_in(bob).get(reverse("usage")).content.decode()
         assert "sim/writer" not in page and "$1.25" not in page and "No runs in the last 30 days." in page
+
+    def test_estimated_costs_are_counted_and_marked(self, alice):
+        run = finished_run(alice, cost="0.04", status=RunStatus.CANCELLED)
+        run.usage = {"prompt_tokens": 10, "completion_tokens": 400, "cost": 0.04, "estimated": True}
+        run.save()
+        run.members.create(slot=0, model="sim/slow", status="stopped",
+                           usage={"prompt_tokens": 10, "completion_tokens": 400, "cost": 0.04, "estimated": True})
+        report = spend.usage_report(user=alice)
+        assert (report.days[0]["cost"], report.days[0]["estimated"]) == (Decimal("0.04"), 1)
+        assert [(m.model, m.cost, m.estimated) for m in report.models] == [("sim/slow", Decimal("0.04"), True)]
+        page = logged_in(alice).get(reverse("usage")).content.decode()
+        assert page.count("≈ </span>$0.04") == 2  # the day and the model
 
     def test_no_limit_is_said_plainly(self, alice, settings):
         settings.FUSION_DAILY_SPEND_LIMIT_USD = 0

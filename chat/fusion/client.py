@@ -19,6 +19,14 @@ with those codes, and dropped connections. Never 400/401/402/403/404.
 
 Consume ``stream()`` inside ``contextlib.aclosing`` (or call ``aclose()``): closing the generator
 closes the HTTP connection at once, so the provider stops generating, and billing.
+
+Output is capped at ``limits.max_output_chars`` characters per call (content plus tool-call
+arguments): the delta that passes the cap is cut so exactly the cap is yielded, the HTTP stream is
+closed at once, and the call ends with ``Finish("truncated", truncated_at=cap)``. Reasoning is
+capped at the same number of characters; reasoning past it is dropped, the call goes on.
+
+Error text that may reach a user is scrubbed of every key of the registry, of the
+``extra_secrets`` the client was given (the process's other keys), and of bearer tokens.
 """
 from __future__ import annotations
 
@@ -30,7 +38,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +48,7 @@ from chat.fusion.providers import ProviderRegistry, UnknownProvider
 from chat.fusion.sse import KeepAlive, SSEDecoder
 from chat.fusion.types import (
     ERROR_MESSAGES,
+    TRUNCATED,
     ClientEvent,
     Completion,
     ContentDelta,
@@ -180,6 +189,7 @@ class _Call:
 
     started: float
     total_deadline: float
+    cap: int | None = None  # Limits.max_output_chars (None: no cap)
     sent: float = 0.0  # when the current attempt's request went out
     text: list[str] = field(default_factory=list)
     first_token_at: float | None = None
@@ -188,6 +198,9 @@ class _Call:
     usage: Usage | None = None
     server_tool_use: dict[str, int] | None = None  # OpenRouter's usage.server_tool_use
     malformed: int = 0
+    output_chars: int = 0  # content + tool-call arguments yielded, counted against the cap
+    reasoning_chars: int = 0
+    truncated_at: int | None = None  # set once the output passed the cap: the stream must close
     # Per attempt:
     finish_reason: str | None = None
     done: bool = False
@@ -216,16 +229,24 @@ class _Call:
     def take_delta(self, delta: dict[str, Any], now: float) -> list[ClientEvent]:
         events: list[ClientEvent] = []
         reasoning = _reasoning_text(delta)
+        progressed = bool(reasoning)  # reasoning past its cap is dropped, but it is still progress
+        if reasoning and self.cap:
+            reasoning = reasoning[: max(0, self.cap - self.reasoning_chars)]
         if reasoning:
+            self.reasoning_chars += len(reasoning)
             events.append(ReasoningDelta(reasoning))
         content = delta.get("content")
         if isinstance(content, str) and content:
-            self.text.append(content)
-            events.append(ContentDelta(content))
+            progressed = True
+            content = self._fit(content)
+            if content:
+                self.text.append(content)
+                events.append(ContentDelta(content))
         for raw in delta.get("tool_calls") or []:
-            if isinstance(raw, dict):
+            if isinstance(raw, dict) and self.truncated_at is None:
+                progressed = True
                 events.append(self._take_tool_fragment(raw))
-        if events:
+        if progressed:
             self.first_token_at = self.first_token_at or now
             self.last_token_at = now
         citations = parse_citations(delta.get("annotations"))
@@ -233,13 +254,23 @@ class _Call:
             events.append(SourcesReport(citations=citations))
         return events
 
+    def _fit(self, text: str) -> str:
+        """*text*, cut so the call's output does not pass the cap (which then marks it truncated)."""
+        if not self.cap:
+            return text
+        room = max(0, self.cap - self.output_chars)
+        if len(text) > room:
+            text, self.truncated_at = text[:room], self.cap
+        self.output_chars += len(text)
+        return text
+
     def _take_tool_fragment(self, raw: dict[str, Any]) -> ToolCallDelta:
         function = raw.get("function") or {}
         event = ToolCallDelta(
             index=_int(raw.get("index")),
             id=raw.get("id"),
             name=function.get("name"),
-            arguments=function.get("arguments") or "",
+            arguments=self._fit(function.get("arguments") or ""),
         )
         _merge_fragment(self.tool_calls, event)
         return event
@@ -247,6 +278,9 @@ class _Call:
     def terminal_events(self) -> list[ClientEvent]:
         events: list[ClientEvent] = [SourcesReport(server_tool_use=self.server_tool_use)] if self.server_tool_use else []
         events += [UsageReport(self.usage)] if self.usage else []
+        if self.truncated_at is not None:  # the text up to the cap is the answer
+            events.append(Finish(TRUNCATED, malformed_chunks=self.malformed, truncated_at=self.truncated_at))
+            return events
         error = self.error
         if error is None and not self.text and not self.tool_calls:
             kind = "moderation" if self.finish_reason == "content_filter" else "empty"
@@ -293,9 +327,13 @@ class ChatClient:
         *,
         limits: Limits = Limits(),
         http: httpx.AsyncClient | None = None,
+        extra_secrets: Iterable[str] = (),
     ) -> None:
+        """``extra_secrets``: keys the process knows besides the registry's (server keys, other
+        providers' keys, search API keys); provider error text is scrubbed of them too."""
         self.registry = registry
         self.limits = limits
+        self._extra_secrets = tuple(s for s in extra_secrets if s)
         self._http = http or httpx.AsyncClient(timeout=None, verify=_shared_ssl_context())
         self._owns_http = http is None
 
@@ -325,7 +363,7 @@ class ChatClient:
         limits: Limits | None = None,
     ) -> AsyncIterator[ClientEvent]:
         limits = limits or self.limits
-        scrub = _Scrubber(self.registry.secrets())
+        scrub = _Scrubber([*self.registry.secrets(), *self._extra_secrets])
         try:
             provider, model_id = self.registry.resolve(spec.model)
         except UnknownProvider as exc:
@@ -337,7 +375,7 @@ class ChatClient:
             yield StreamError(_error("network", f"The base URL of provider {provider.name!r} is invalid.", scrub=scrub))
             return
         loop = asyncio.get_running_loop()
-        call = _Call(started=loop.time(), total_deadline=loop.time() + limits.total)
+        call = _Call(started=loop.time(), total_deadline=loop.time() + limits.total, cap=limits.max_output_chars or None)
         attempt = 0
         while True:
             call.new_attempt(loop.time())
@@ -387,6 +425,7 @@ class ChatClient:
                 elif isinstance(event, Finish):
                     result.finish_reason = event.reason
                     result.malformed_chunks = event.malformed_chunks
+                    result.truncated_at = event.truncated_at
                 elif isinstance(event, StreamError):
                     result.error = event.error
                     result.malformed_chunks = event.malformed_chunks
@@ -510,8 +549,8 @@ class ChatClient:
                     continue  # proves the connection is alive, but it is not progress
                 for event in self._take_payload(item.data, call, loop.time(), scrub):
                     yield event
-                if call.error or call.done:
-                    return
+                if call.error or call.done or call.truncated_at is not None:
+                    return  # past the cap: _attempt closes the response, the provider stops
             if ended:
                 if call.finish_reason is None:
                     call.error = _error("incomplete", "No finish reason and no [DONE].", scrub=scrub)

@@ -95,6 +95,7 @@ from .types import (
     ToolCallDelta,
     Usage,
     UsageReport,
+    truncation_note,
 )
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,7 @@ class _Turn:
     usage: Usage = field(default_factory=Usage)
     citations: list[dict[str, str]] = field(default_factory=list)
     server_tool_use: dict[str, int] = field(default_factory=dict)
+    truncated_at: int | None = None  # the client cut the call at its output cap
 
 
 @dataclass
@@ -289,6 +291,7 @@ class FusionRun:
         self._fusing = False
         self._cancel_requested = False
         self._first_final_delta_at: float | None = None
+        self._final_truncated_at: int | None = None  # the fused answer was cut at the output cap
         # What the analyst looked up when research.analyst_tools is on (no card of its own).
         self._analyst_sources: list[dict[str, str]] = []
         self._analyst_searches = 0
@@ -431,6 +434,8 @@ class FusionRun:
                     "synthesis": _ms(finished - analysis_done),
                     "total": _ms(finished - started),
                     "final_ttft": _ms((self._first_final_delta_at or finished) - started),
+                    # Not a time: the characters the fused answer was cut at (output cap), if it was.
+                    **({"final_truncated_at": self._final_truncated_at} if self._final_truncated_at else {}),
                 },
                 sources=self._run_sources(),
                 tool_usage=self._tool_usage(),
@@ -499,6 +504,11 @@ class FusionRun:
                         continue
                     error, partial_text = turn.error, turn.partial_text
                     break
+                if turn.truncated_at is not None:
+                    # Cut at the output cap: the text so far is the answer; no tool call is run.
+                    finish = turn.finish
+                    self._emit(PanelNote(slot=slot, model=model, message=truncation_note(turn.truncated_at)))
+                    break
                 if mode != "local" or not turn.tool_calls or bare:
                     finish = turn.finish
                     break
@@ -540,8 +550,10 @@ class FusionRun:
         """Stream one call; its content continues the member's text (``content``)."""
         slot, model = member.slot, member.spec.model
         turn = _Turn()
+        unreported = _Unreported(record, spec, messages)
         async with aclosing(self.client.stream(spec, messages, **kwargs)) as stream:
             async for event in stream:
+                unreported.take(event)
                 if isinstance(event, (ContentDelta, ReasoningDelta, ToolCallDelta)) and record.ttft_ms is None:
                     record.ttft_ms = _ms(time.monotonic() - started)
                 if isinstance(event, ContentDelta) and event.text:
@@ -566,6 +578,7 @@ class FusionRun:
                     record.usage = _copy_usage(usage_before, event.usage)
                 elif isinstance(event, Finish):
                     turn.finish, record.malformed_chunks = event.reason, event.malformed_chunks
+                    turn.truncated_at = event.truncated_at
                 elif isinstance(event, StreamError):
                     turn.error, turn.partial_text = event.error, event.partial_text
                     record.malformed_chunks = event.malformed_chunks
@@ -948,6 +961,7 @@ class FusionRun:
         self._records.append(record)
         records.append(record)
         started = time.monotonic()
+        record.prompt_chars = _prompt_chars(spec, messages)  # until the provider reports the usage
         try:
             extra = {"tools": tools, "tool_choice": tool_choice} if tools else {}
             completion = await self.client.complete(spec, messages, response_format=response_format, **extra)
@@ -964,6 +978,10 @@ class FusionRun:
         if error is None and completion.finish_reason == "content_filter":
             error = ProviderError(kind="moderation", message=ERROR_MESSAGES["moderation"])
         record.usage = completion.usage
+        if completion.usage != Usage() or (error is not None and not completion.text and _unbilled(error)):
+            record.prompt_chars = 0
+        else:
+            record.streamed_chars = len(completion.text or "") + len(completion.reasoning or "")
         record.ttft_ms = completion.ttft_ms
         record.malformed_chunks = completion.malformed_chunks
         _close_record(record, started, error)
@@ -1015,9 +1033,11 @@ class FusionRun:
         content: list[str] = []
         finish: str | None = None
         error: ProviderError | None = None
+        unreported = _Unreported(record, spec, messages)
         try:
             async with aclosing(self.client.stream(spec, messages)) as stream:
                 async for event in stream:
+                    unreported.take(event)
                     if isinstance(event, (ContentDelta, ReasoningDelta)) and record.ttft_ms is None:
                         record.ttft_ms = _ms(time.monotonic() - started)
                     if isinstance(event, ContentDelta) and event.text:
@@ -1029,6 +1049,7 @@ class FusionRun:
                         record.usage = event.usage
                     elif isinstance(event, Finish):
                         finish, record.malformed_chunks = event.reason, event.malformed_chunks
+                        self._final_truncated_at = event.truncated_at
                     elif isinstance(event, StreamError):
                         error, record.malformed_chunks = event.error, event.malformed_chunks
         except asyncio.CancelledError:
@@ -1159,6 +1180,36 @@ def _lacks_tool_support(error: ProviderError) -> bool:
     if error.kind not in ("bad_request", "model_not_found", "upstream_error") and error.status_code not in (400, 404, 422):
         return False
     return bool(_NO_TOOL_SUPPORT.search(error.message or ""))
+
+
+def _prompt_chars(spec: ModelSpec, messages: list[Message]) -> int:
+    """Characters of the messages one request sends (the client adds the spec's system prompt)."""
+    return len(spec.system_prompt or "") + sum(len(str(m.get("content") or "")) for m in messages)
+
+
+class _Unreported:
+    """Counts one request's characters into ``record.prompt_chars``/``streamed_chars`` as they go,
+    and takes them back when the provider reports the request's usage: a stream cut by a stop
+    or an error keeps what its cost is estimated from."""
+
+    def __init__(self, record: CallRecord, spec: ModelSpec, messages: list[Message]) -> None:
+        self.record, self.prompt, self.streamed = record, _prompt_chars(spec, messages), 0
+        record.prompt_chars += self.prompt
+
+    def take(self, event: Any) -> None:
+        if isinstance(event, (ContentDelta, ReasoningDelta)):
+            self.streamed += len(event.text)
+            self.record.streamed_chars += len(event.text)
+        elif isinstance(event, UsageReport) or (isinstance(event, StreamError) and not self.streamed and _unbilled(event.error)):
+            # Reported, or refused before any output: nothing of this request is left to estimate.
+            self.record.prompt_chars -= self.prompt
+            self.record.streamed_chars -= self.streamed
+            self.prompt = self.streamed = 0
+
+
+def _unbilled(error: ProviderError) -> bool:
+    """A request the provider refused with an HTTP error, or never received: providers bill neither."""
+    return error.status_code is not None or error.kind == "network"
 
 
 def _copy_usage(*parts: Usage) -> Usage:

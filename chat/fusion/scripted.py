@@ -46,6 +46,14 @@ ids get OpenRouter's ``404 "… is not a valid model ID"``). Every key is option
         "sse_multiline": false,       # spread each JSON chunk over several data: lines
         "sse_no_space": false,        # "data:{...}" without the space after the colon
         "ignore_stream": false,       # answer stream=true with one JSON body, like some servers
+        "content_chars": 5000000,     # the content (given, pathological or generated) repeated
+                                      # or cut to exactly this many characters: huge output, fast
+                                      # with a big chunk_chars (e.g. 65536)
+        "pathological": {"kind": "nested_list", "depth": 800},
+                                      # Markdown that is slow to render, as the content. Kinds:
+                                      # nested_list (one level deeper per line), nested_quote
+                                      # ("> > > …"), nested_markers ("- - - …" on one line),
+                                      # brackets ("[[[[…", depth = count)
         "faults": [...]               # see below
       }
     }
@@ -155,7 +163,7 @@ SCRIPT_KEYS = frozenset(
         "content", "reasoning", "tool_calls", "finish_reason", "ttft_ms", "tokens_per_s",
         "chunk_chars", "keepalive_ms", "pricing", "usage", "style", "name", "context_length",
         "fence_json", "sse_crlf", "sse_multiline", "sse_no_space", "ignore_stream", "faults",
-        "steps", "loop_tools", "no_tools_support", "server_tools", "cite",
+        "steps", "loop_tools", "no_tools_support", "server_tools", "cite", "content_chars", "pathological",
     }
 )  # fmt: skip
 STEP_KEYS = SCRIPT_KEYS - {"steps", "faults", "name", "context_length", "pricing"}
@@ -171,6 +179,7 @@ FAULT_TYPES = frozenset(
     {"http", "error_mid_stream", "eof", "hang", "keepalive_only", "malformed_chunk", "empty", "invalid_json"}
 )
 STYLES = ("structured", "narrative", "concise")
+PATHOLOGICAL_KINDS = ("nested_list", "nested_quote", "nested_markers", "brackets")
 
 DEMO_SCRIPTS: dict[str, dict[str, Any]] = {
     "sim/atlas": {
@@ -244,6 +253,9 @@ def validate_scripts(scripts: dict[str, Any]) -> dict[str, dict[str, Any]]:
             unknown = set(step) - STEP_KEYS
             if unknown:
                 raise ValueError(f"Unknown key(s) {sorted(unknown)} in a step of the script for {model!r}.")
+        bomb = script.get("pathological")
+        if bomb is not None and not (isinstance(bomb, dict) and bomb.get("kind") in PATHOLOGICAL_KINDS):
+            raise ValueError(f"Script for {model!r}: pathological needs a kind among {PATHOLOGICAL_KINDS}.")
         if script.get("no_tools_support") not in (None, False, True, 400, 404):
             raise ValueError(f"Script for {model!r}: no_tools_support must be true, 400 or 404.")
         faults = script.get("faults", [])
@@ -465,6 +477,25 @@ def generate_fused(blocks: list[tuple[str, str]], question: str) -> str:
     )
 
 
+def pathological_markdown(kind: str, depth: int = 800) -> str:
+    """Markdown that costs a naive renderer time, memory or its recursion limit (see PATHOLOGICAL_KINDS)."""
+    if kind == "nested_list":
+        return "".join(" " * (4 * i) + f"- level {i}\n" for i in range(depth))
+    if kind == "nested_quote":
+        return "".join("> " * (i + 1) + f"level {i}\n" for i in range(depth))
+    if kind == "nested_markers":
+        return "- " * depth + "deep\n"
+    if kind == "brackets":
+        return "[" * depth + "x\n"
+    raise ValueError(f"unknown pathological kind {kind!r}")
+
+
+def repeat_to(text: str, chars: int) -> str:
+    """*text* repeated (or cut) to exactly *chars* characters; filler prose when *text* is empty."""
+    text = text or "All work and no play makes a very long answer. "
+    return (text * (chars // len(text) + 1))[:chars]
+
+
 _NOT_JSON = (
     "Sure! Here is my comparison of the responses. They mostly agree, although Response A goes "
     "into more detail. Overall a solid set of answers."
@@ -613,12 +644,16 @@ def make_plan(model: str, script: dict[str, Any], body: dict[str, Any], fault: d
         content = ""
     elif fault_type == "invalid_json":
         content = _NOT_JSON
+    elif "pathological" in script:
+        content = pathological_markdown(script["pathological"]["kind"], int(script["pathological"].get("depth", 800)))
     elif "content" in script:
         content = _fill(str(script["content"]), urls, sources_markdown(read))
     elif tool_calls:
         content = ""
     else:
         content = _generated_content(model, script, body)
+    if script.get("content_chars") and fault_type != "empty" and not tool_calls:
+        content = repeat_to(content, int(script["content_chars"]))
     annotations: list[dict[str, Any]] = []
     if script.get("cite") and not tool_calls and fault_type is None and read and "{sources}" not in str(script.get("content", "")):
         content = f"{content}\n\n**Sources**\n\n{sources_markdown(read)}".strip()

@@ -34,6 +34,10 @@ class Limits:
     max_retries: int = 2  # only before any content arrived
     backoff_base: float = 0.5
     max_retry_after: float = 30.0
+    # Most characters of one call's output (content and tool-call arguments; reasoning is capped
+    # separately at the same number) that are kept and forwarded. Past it the stream is closed and
+    # the call ends with ``Finish(reason="truncated", truncated_at=N)``. None or 0: no cap.
+    max_output_chars: int | None = 200_000
 
 
 # --------------------------------------------------------------------------- requests
@@ -124,6 +128,8 @@ class Usage:
     reasoning_tokens: int = 0
     total_tokens: int = 0
     cost: float | None = None  # provider-reported (OpenRouter usage.cost), in credits/USD
+    # Part of it was estimated by the server (chat.spend.call_usage): a cut stream reported nothing.
+    estimated: bool = False
 
     def add(self, other: Usage) -> None:
         self.prompt_tokens += other.prompt_tokens
@@ -132,9 +138,13 @@ class Usage:
         self.total_tokens += other.total_tokens
         if other.cost is not None:
             self.cost = (self.cost or 0.0) + other.cost
+        self.estimated = self.estimated or other.estimated
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.estimated:  # only estimates say so
+            del d["estimated"]
+        return d
 
 
 # --------------------------------------------------------------------------- errors
@@ -211,10 +221,19 @@ class UsageReport:
     usage: Usage
 
 
+TRUNCATED = "truncated"  # Finish.reason when the client closed the stream at max_output_chars
+
+
 @dataclass
 class Finish:
-    reason: str  # "stop", "length", "tool_calls", "content_filter", …
+    reason: str  # "stop", "length", "tool_calls", "content_filter", "truncated", …
     malformed_chunks: int = 0  # chunks of invalid JSON that were skipped
+    truncated_at: int | None = None  # set with reason "truncated": the cap, in characters
+
+
+def truncation_note(chars: int) -> str:
+    """What a card says when a call's output was cut at the cap."""
+    return f"Output truncated at {chars:,} characters."
 
 
 @dataclass
@@ -260,6 +279,7 @@ class Completion:
     duration_ms: int = 0
     malformed_chunks: int = 0
     tool_calls: list[ToolCall] = field(default_factory=list)
+    truncated_at: int | None = None  # the output was cut at max_output_chars
 
 
 @dataclass
@@ -275,6 +295,10 @@ class CallRecord:
     error: ProviderError | None = None
     malformed_chunks: int = 0
     slot: int | None = None  # panel member's index in the request; None for analyst/writer
+    # Characters sent and streamed (content + reasoning) by the requests of this call whose usage
+    # the provider did not report, e.g. a stream cut by a stop: what its cost is estimated from.
+    prompt_chars: int = 0
+    streamed_chars: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -419,7 +443,9 @@ class RunCompleted:
     failed_models: list[str]
     records: list[CallRecord]  # every call: panel, analyst(s), writer(s)
     usage: Usage  # totals
-    timings: dict[str, int]  # ms: panel, analysis, synthesis, total, final_ttft
+    # ms: panel, analysis, synthesis, total, final_ttft; and final_truncated_at (characters, not
+    # ms) when the fused answer was cut at Limits.max_output_chars.
+    timings: dict[str, int]
     type: str = "completed"
     # Every source of the run, deduplicated: [{url, title, members: [model ids]}].
     sources: list[dict[str, Any]] = field(default_factory=list)

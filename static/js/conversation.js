@@ -218,13 +218,37 @@ class ConversationPage {
   }
 
   onSocketState(state, message) {
-    const text = { connecting: "Connecting…", open: "Live", reconnecting: "Reconnecting…", closed: "Reconnecting…", failed: "Disconnected" }[state];
+    const text = { connecting: "Connecting…", open: "Live", reconnecting: "Reconnecting…", closed: "Reconnecting…", failed: "Disconnected", gave_up: "Disconnected — reconnect" }[state];
     this.connEl.dataset.state = state;
     this.connEl.querySelector(".conn-text").textContent = text || state;
     this.connEl.title = state === "open" ? "Connected: answers stream live" : message || "Not connected; retrying";
-    if (state === "failed" && message) {
+    this.#offerReconnect(state === "gave_up");
+    if ((state === "failed" || state === "gave_up") && message) {
       this.composer.notice(message);
       this.announcer.say(message);
+    }
+  }
+
+  #offerReconnect(on) {
+    // After the socket gave up, the status pill becomes a button that starts over.
+    if (on) {
+      this.connEl.setAttribute("role", "button");
+      this.connEl.tabIndex = 0;
+      if (!this.reconnectHandler) {
+        this.reconnectHandler = (e) => {
+          if (e.type === "keydown" && e.key !== "Enter" && e.key !== " ") return;
+          e.preventDefault();
+          this.socket.reconnect();
+        };
+        this.connEl.addEventListener("click", this.reconnectHandler);
+        this.connEl.addEventListener("keydown", this.reconnectHandler);
+      }
+    } else if (this.reconnectHandler) {
+      this.connEl.removeEventListener("click", this.reconnectHandler);
+      this.connEl.removeEventListener("keydown", this.reconnectHandler);
+      this.reconnectHandler = null;
+      this.connEl.setAttribute("role", "status");
+      this.connEl.removeAttribute("tabindex");
     }
   }
 
@@ -244,6 +268,10 @@ class ConversationPage {
   apply(ev) {
     switch (ev.type) {
       case "pong":
+        return;
+      case "resync": // a frame that came in pieces was lost: start again from a snapshot
+        this.resyncAt = 0;
+        this.resync();
         return;
       case "error":
         this.onError(ev);
@@ -311,7 +339,7 @@ class ConversationPage {
         if (!this.composer.prompt.trim()) this.composer.prompt = entry.run.turn.prompt;
       }
     }
-    const kind = ev.code === "busy" || ev.code === "limit" ? "warn" : "error";
+    const kind = ["busy", "limit", "rate_limited"].includes(ev.code) ? "warn" : "error";
     this.composer.notice(ev.message || "The server could not do that.", kind);
     this.announcer.say(ev.message || "Error.");
     // Buttons were disabled while waiting for an answer: draw them again.

@@ -1,8 +1,15 @@
 // A websocket that reconnects with backoff. The page learns of (re)connects through onOpen,
 // where it sends `subscribe` and anything that waited for the connection.
+//
+// The backoff only resets once a connection has stayed up for STABLE_MS: a server that accepts
+// and then drops the socket (a frame it cannot send, say) is retried ever more slowly, and after
+// MAX_ATTEMPTS the socket gives up and says so (onState "gave_up"); reconnect() starts over.
+// Frames bigger than the server's frame limit arrive as `chunk` frames, joined here.
 
+const STABLE_MS = 10000;
+const MAX_ATTEMPTS = 8;
 const FATAL = {
-  4401: "You are signed out. Sign in again to continue.",
+  4401: "Your session ended (signed out, or the password changed). Sign in again to continue.",
   4403: "This page's address is not allowed to connect. Check ALLOWED_HOSTS.",
   4404: "This conversation does not exist any more.",
 };
@@ -15,6 +22,7 @@ export class ReconnectingSocket {
     this.onMessage = onMessage;
     this.onState = onState;
     this.attempt = 0;
+    this.chunks = null;
     this.ws = null;
     this.stopped = false;
     this.pingTimer = null;
@@ -42,7 +50,8 @@ export class ReconnectingSocket {
     }
     this.ws = ws;
     ws.addEventListener("open", () => {
-      this.attempt = 0;
+      clearTimeout(this.stableTimer);
+      this.stableTimer = setTimeout(() => { this.attempt = 0; }, STABLE_MS);
       this.onState("open");
       clearInterval(this.pingTimer);
       this.pingTimer = setInterval(() => this.send({ type: "ping" }), 25000);
@@ -55,12 +64,15 @@ export class ReconnectingSocket {
       } catch {
         return;
       }
-      this.onMessage(frame);
+      if (frame && frame.type === "chunk") frame = this.#joinChunk(frame);
+      if (frame) this.onMessage(frame);
     });
     ws.addEventListener("close", (e) => {
       clearInterval(this.pingTimer);
+      clearTimeout(this.stableTimer);
       if (this.ws !== ws) return;
       this.ws = null;
+      this.chunks = null;
       if (FATAL[e.code]) {
         this.stopped = true;
         this.onState("failed", FATAL[e.code], e.code);
@@ -77,8 +89,42 @@ export class ReconnectingSocket {
     return true;
   }
 
+  /** Start over after giving up (the user asked to). */
+  reconnect() {
+    if (this.ws !== null || (this.stopped && !this.gaveUp)) return;
+    this.stopped = false;
+    this.gaveUp = false;
+    this.attempt = 0;
+    this.connect();
+  }
+
+  #joinChunk(part) {
+    // {type: "chunk", id, seq, last, data}: pieces of one frame's JSON text, in order.
+    if (part.seq === 0) this.chunks = { id: part.id, next: 0, parts: [] };
+    if (!this.chunks || this.chunks.id !== part.id || this.chunks.next !== part.seq) {
+      this.chunks = null;
+      return { type: "resync" }; // a piece went missing: ask for a fresh snapshot
+    }
+    this.chunks.parts.push(part.data);
+    this.chunks.next += 1;
+    if (!part.last) return null;
+    const text = this.chunks.parts.join("");
+    this.chunks = null;
+    try {
+      return JSON.parse(text);
+    } catch {
+      return { type: "resync" };
+    }
+  }
+
   #schedule() {
     if (this.stopped) return;
+    if (this.attempt >= MAX_ATTEMPTS) {
+      this.stopped = true;
+      this.gaveUp = true;
+      this.onState("gave_up", `Lost the connection to the server ${MAX_ATTEMPTS} times in a row, so this page stopped trying. Runs go on on the server.`);
+      return;
+    }
     this.attempt += 1;
     // 0.5 s, 1 s, 2 s … up to 15 s, with jitter so many tabs do not reconnect in step.
     const base = Math.min(15000, 500 * 2 ** Math.min(this.attempt - 1, 5));
@@ -88,6 +134,7 @@ export class ReconnectingSocket {
   }
 
   #retryNow() {
-    if (!this.stopped && this.ws === null) this.connect();
+    if (this.gaveUp) this.reconnect();
+    else if (!this.stopped && this.ws === null) this.connect();
   }
 }

@@ -45,6 +45,16 @@ function metricList(items) {
   );
 }
 
+// A call cut short (stopped, failed, timed out, interrupted) often reports no usage; the server
+// then estimates its cost from the characters sent and streamed (docs/protocol.md, usage).
+const ESTIMATED_TITLE = "Estimated: the provider reported no usage for a call that was cut short";
+
+/** "$0.0123", or "≈ $0.0123 (estimated)" when the server estimated part of it. */
+function costOf(usage) {
+  const cost = fmtCost(usage.cost);
+  return cost && usage.estimated ? `≈ ${cost} (estimated)` : cost;
+}
+
 function elapsedMs(run) {
   if (!run.started_at) return null;
   const t = Date.parse(run.started_at);
@@ -288,7 +298,7 @@ export class TurnView {
           ["TTFT", metrics.ttft_ms === null || metrics.ttft_ms === undefined ? null : fmtMs(metrics.ttft_ms), "Time to first token"],
           ["Time", metrics.duration_ms === null || metrics.duration_ms === undefined ? null : fmtMs(metrics.duration_ms), "Duration"],
           ["Tokens", tokens ? fmtInt(tokens) : null, usage.prompt_tokens !== undefined ? `${fmtInt(usage.prompt_tokens || 0)} in · ${fmtInt(usage.completion_tokens || 0)} out` : null],
-          ["Cost", fmtCost(usage.cost), "Provider-reported cost"],
+          ["Cost", costOf(usage), usage.estimated ? ESTIMATED_TITLE : "Provider-reported cost"],
         ])
       : null;
     const actions = h("div", { class: "card-actions" });
@@ -360,6 +370,7 @@ export class TurnView {
     this.finalTail = h("span", { class: "tail" });
     this.finalBodyEl = h("div", { class: "fused-body prose" }, this.finalPlaceholder, this.finalBlocks, this.finalTail);
     this.finalError = h("div", { class: "fused-error", hidden: true });
+    this.finalNote = h("div", { class: "fused-note", hidden: true });
     this.runSourcesEl = h("section", { class: "run-sources", hidden: true, aria: { label: "Sources" } });
     this.totals = h("dl", { class: "totals" });
     this.regen = h("div", { class: "regen" });
@@ -376,6 +387,7 @@ export class TurnView {
         this.fusedActions,
       ),
       this.finalBodyEl,
+      this.finalNote,
       this.runSourcesEl,
       this.finalError,
       h("footer", { class: "fused-foot" }, this.totals, this.regen),
@@ -516,6 +528,15 @@ export class TurnView {
       );
     }
 
+    // The fused answer was cut at the server's output cap (docs/protocol.md: timings.final_truncated_at).
+    const cut = run.timings && run.timings.final_truncated_at;
+    this.finalNote.replaceChildren();
+    if (cut) {
+      const sentence = `Output truncated at ${Number(cut).toLocaleString("en-US")} characters.`;
+      this.finalNote.append(h("div", { class: "notice notice-warn", role: "note" }, h("p", {}, sentence)));
+    }
+    this.finalNote.hidden = !cut;
+
     // Run-level failure.
     this.finalError.replaceChildren();
     this.finalError.hidden = true;
@@ -542,7 +563,7 @@ export class TurnView {
     const rows = [
       [running ? "Elapsed" : "Wall time", wall === null ? null : fmtMs(wall), "Whole run, from send to the last token"],
       ["Tokens", tokens ? fmtInt(tokens) : null, "All calls: panel, analyst and writer"],
-      ["Cost", fmtCost(usage.cost), "Provider-reported cost of all calls"],
+      ["Cost", costOf(usage), usage.estimated ? `${ESTIMATED_TITLE} (some calls)` : "Provider-reported cost of all calls"],
     ];
     const tools = run.tool_usage || {};
     const server = tools.server_tool_use || {};

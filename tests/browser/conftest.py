@@ -70,6 +70,10 @@ XSS_MODEL = "sim/xss"
 ANALYST = "sim/analyst"
 WRITER = "sim/writer"
 EXFIL_HOST = "127.0.0.1:1"
+BIG_CODE_MODEL = "sim/bigcode"
+BIG_CODE = "Here is the whole module.\n\n```python\n" + "".join(
+    f"def function_{i}(alpha, beta):\n    return {{'value': alpha * {i} + beta, \"name\": 'f{i}'}}\n" for i in range(1700)
+) + "```\n\nThat is all of it.\n"
 
 # Every payload appears inline (inside a paragraph) and as a block of its own; chunk_chars=3 splits
 # each of them over many SSE chunks, so the unfinished tail holds half-written tags while streaming.
@@ -97,6 +101,8 @@ SCRIPTS: dict[str, dict[str, Any]] = {
     ANALYST: {"ttft_ms": 200, "tokens_per_s": 800, "chunk_chars": 64},
     WRITER: {"ttft_ms": 200, "tokens_per_s": 150, "chunk_chars": 16},
     XSS_MODEL: {"ttft_ms": 150, "tokens_per_s": 60, "chunk_chars": 3, "content": XSS_CONTENT},
+    # A 126 KB code block: over a megabyte of highlighted HTML, far past the server's frame limit.
+    BIG_CODE_MODEL: {"ttft_ms": 100, "chunk_chars": 8000, "content": BIG_CODE},
 }
 
 # --------------------------------------------------------------------------- in-page instrumentation
@@ -278,6 +284,13 @@ def fusion_server(
         "FUSION_SEARCH_BACKEND": "searxng",
         "FUSION_SEARCH_URL": research_web.search.base_url,
         "FUSION_FETCH_TRUSTED_HOSTS": research_web.trusted_host,
+        # A test server with DJANGO_DEBUG=false: say the trusted host is meant (settings refuse it otherwise).
+        "FUSION_FETCH_TRUSTED_HOSTS_I_KNOW": "true",
+        # Tests sign up through the form; with the server's key allowed the default would be invite.
+        "FUSION_SIGNUP": "open",
+        # Every test signs in from 127.0.0.1: the per-address sign-in bucket must not get in the way.
+        "FUSION_LOGIN_RATE_PER_MIN": "6000",
+        "FUSION_LOGIN_BURST": "1000",
         "REDIS_URL": "",
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",

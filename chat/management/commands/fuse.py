@@ -15,7 +15,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from chat.engine import build_limits, build_registry
+from chat.engine import build_limits, build_registry, known_secrets
 from chat.fusion.catalogue import CatalogueError, fetch_models, unknown_models
 from chat.fusion.client import ChatClient
 from chat.fusion.providers import UnknownProvider
@@ -97,7 +97,7 @@ class Command(BaseCommand):
             raise CommandError(" ".join(errors))
 
     async def _run(self, request: FusionRequest, *, as_json: bool) -> int:
-        client = ChatClient(build_registry(), limits=build_limits())
+        client = ChatClient(build_registry(), limits=build_limits(), extra_secrets=known_secrets())
         fusion = FusionRun(request, client)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, fusion.cancel)
