@@ -264,6 +264,18 @@ def _render_escaped(text: str) -> str:
     return f"<pre>{render_plain_escaped(text)}</pre>"
 
 
+_FENCE_RE = re.compile(r"\A[ ]{0,3}(`{3,}|~{3,})[^\n]*\n(.*?)\n?[ ]{0,3}\1[`~]*[ \t]*\n*\Z", re.DOTALL)
+
+
+def _render_big_block(block: str) -> str:
+    """A single block over one conversion's limits: a fenced code block keeps its code box
+    (without highlighting, which is what costs), anything else is escaped text."""
+    fence = _FENCE_RE.match(block)
+    if fence is None:
+        return _render_escaped(block)
+    return f'<div class="{CSS_CLASS}"><pre><code>{render_plain_escaped(fence.group(2))}\n</code></pre></div>'
+
+
 def _render_unit(text: str) -> str:
     """One conversion of at most MAX_BLOCK_CHARS / MAX_BLOCK_LINES."""
     md = _markdown()
@@ -304,7 +316,7 @@ def _render_long(text: str) -> str:
         if unit and (unit_chars + len(block) > MAX_BLOCK_CHARS or unit_lines + lines >= MAX_BLOCK_LINES):
             flush()
         if len(block) > MAX_BLOCK_CHARS or lines >= MAX_BLOCK_LINES:
-            parts.append(_render_escaped(block))
+            parts.append(_render_big_block(block))
             continue
         unit.append(block)
         unit_chars += len(block)

@@ -270,6 +270,8 @@ class ActiveRun:
         self.loop = asyncio.get_running_loop()
         self._ahead: RenderUpdate | None = None
         self.control_channel: str | None = None
+        # The catalogue's prices, read once before the run (the event loop must not query).
+        self.price_lookup: Any = None
         self.final = _Stream()
         self.phase = "panel"
         self.analyst = run.analyst_model
@@ -486,6 +488,16 @@ class ActiveRun:
         elif isinstance(event, RunCompleted) and event.answer:
             await asyncio.to_thread(_render_whole, event.answer)
 
+    def _priced_usage(self, record: Any) -> dict[str, Any]:
+        """A call's usage for its card, with what the provider did not report estimated (chat.spend)."""
+        if self.price_lookup is None:
+            return record.usage.to_dict()
+        try:
+            return spend.call_usage(record.to_dict(), lookup=self.price_lookup)
+        except Exception:  # the card can do without a price; the final write prices again
+            log.warning("could not price a call of run %s", self.run_id, exc_info=True)
+            return record.usage.to_dict()
+
     def _take_ahead(self) -> RenderUpdate | None:
         update, self._ahead = self._ahead, None
         return update
@@ -519,7 +531,7 @@ class ActiveRun:
             s.text = event.content
             s.html = _render_whole(event.content)
             metrics = self.reused.get(event.slot) or _metrics(
-                event.record.ttft_ms, event.record.duration_ms, event.record.usage.to_dict()
+                event.record.ttft_ms, event.record.duration_ms, self._priced_usage(event.record)
             )
             m.update(status=MemberStatus.COMPLETE.value, metrics=metrics, sources=list(event.sources))
             self._emit({"type": "panel.completed", "slot": event.slot, "model": event.model, "html": s.html, "metrics": metrics,
@@ -529,7 +541,7 @@ class ActiveRun:
             status = MemberStatus.STOPPED.value if event.error.kind == "cancelled" else MemberStatus.FAILED.value
             s.text = event.partial_content or s.text
             s.html = _render_whole(s.text) if s.text else ""  # rendered ahead, off the loop
-            metrics = _metrics(event.record.ttft_ms, event.record.duration_ms, event.record.usage.to_dict())
+            metrics = _metrics(event.record.ttft_ms, event.record.duration_ms, self._priced_usage(event.record))
             error = {"kind": event.error.kind, "message": event.error.message}
             m.update(status=status, error=error, metrics=metrics, sources=list(event.sources) or m["sources"])
             for call in m["tool_calls"]:  # a call cut short by the stop
@@ -989,6 +1001,7 @@ async def _start_active(run: Run, request: FusionRequest, frame: dict[str, Any],
 
 
 def _launch(run: Run, request: FusionRequest, *, registry: ProviderRegistry, control_channel: str | None = None,
+            price_lookup: Any = None,
             reused: dict[int, dict[str, Any]] | None = None,
             reused_research: dict[int, dict[str, Any]] | None = None, **fusion_kw: Any) -> ActiveRun:
     """Run the pipeline with *registry*: the run's user's own keys (chat.engine.build_registry).
@@ -1001,6 +1014,7 @@ def _launch(run: Run, request: FusionRequest, *, registry: ProviderRegistry, con
     active = ActiveRun(run=run, request=request, client=client, fusion=fusion, reused=reused)
     active.research_notice = _research_notice(request)
     active.control_channel = control_channel
+    active.price_lookup = price_lookup
     for slot, research in (reused_research or {}).items():  # answers carried over keep their research
         active.members[slot].update({k: list(v or []) for k, v in research.items()})
     manager.launch(active)
@@ -1042,9 +1056,10 @@ async def run_start(*, user: Any, conversation_id: int, client_run_id: str, prom
     if request is None:
         return await run_snapshot(run_id=run.pk), False
     registry = await database_sync_to_async(build_registry)(user=user)
+    prices = await database_sync_to_async(catalogue.model_resolver)()
     no_tools = await database_sync_to_async(_no_tool_models)(request)
     frame = _run_started_frame(run, request)
-    await _start_active(run, request, frame, registry=registry, no_tool_models=no_tools)
+    await _start_active(run, request, frame, registry=registry, no_tool_models=no_tools, price_lookup=prices)
     return frame, True
 
 
@@ -1165,10 +1180,11 @@ async def _rerun(*, user: Any, conversation_id: int, client_run_id: str, slot: i
         user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=slot, writer=writer
     )
     registry = await database_sync_to_async(build_registry)(user=user)
+    prices = await database_sync_to_async(catalogue.model_resolver)()
     no_tools = await database_sync_to_async(_no_tool_models)(request)
     frame = _run_started_frame(run, request, replaces=old_id)
     await _start_active(
-        run, request, frame, registry=registry, reuse_answers={s: m.content for s, m in reuse.items()}, reuse_analysis=analysis,
+        run, request, frame, registry=registry, price_lookup=prices, reuse_answers={s: m.content for s, m in reuse.items()}, reuse_analysis=analysis,
         reused={s: _metrics(m.ttft_ms, m.duration_ms, m.usage) for s, m in reuse.items()},
         reuse_sources={s: m.sources or [] for s, m in reuse.items()},
         reused_research={s: {"tool_calls": m.tool_calls, "sources": m.sources, "notes": m.notes} for s, m in reuse.items()},

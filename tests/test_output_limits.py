@@ -330,3 +330,14 @@ class TestTruncationIsStored:
         assert run.status == "complete" and len(run.answer) == 5000
         assert run.timings["final_truncated_at"] == 5000
         await manager.shutdown()
+
+
+class TestHugeCodeBlocks:
+    def test_a_code_block_over_the_block_limit_keeps_its_code_box_without_the_fences(self):
+        from chat.render import MAX_BLOCK_LINES, render_markdown
+
+        code = "".join(f"def f{i}(a):\n    return a < {i}  # <script>\n" for i in range(MAX_BLOCK_LINES))
+        html = render_markdown(f"Intro.\n\n```python\n{code}```\n\nAfter.\n")
+        assert html.startswith("<p>Intro.</p>") and html.endswith("<p>After.</p>")
+        assert '<div class="highlight"><pre><code>def f0(a):' in html
+        assert "```" not in html and "<script>" not in html and "&lt;script&gt;" in html

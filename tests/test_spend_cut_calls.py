@@ -188,6 +188,9 @@ class TestCardsAndTotalsShowTheEstimate:
         await comm.send_json_to({"type": "stop_member", "run_id": client_run_id, "slot": 0})
         events = await collect_until(comm, {"completed", "failed"})
         assert events[-1]["type"] == "completed" and events[-1]["usage"]["estimated"] and events[-1]["usage"]["cost"] > 0
+        # The stopped member's card shows its estimated cost live, not only after a reload.
+        stopped = next(e for e in events if e["type"] == "panel.failed" and e["slot"] == 0)
+        assert stopped["metrics"]["usage"]["estimated"] and stopped["metrics"]["usage"]["cost"] > 0
         await comm.disconnect()
 
         comm = await open_ws(alice, conversation.pk)  # history: the card's metrics say it too
