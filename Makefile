@@ -42,6 +42,7 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: install-dev browser
+	$(BIN)/ruff check .
 	$(BIN)/python manage.py check
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	FUSION_BEHIND_TLS=true DJANGO_DEBUG=false $(BIN)/python manage.py check --deploy --fail-level WARNING
