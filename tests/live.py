@@ -11,7 +11,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,15 +23,10 @@ import httpx
 import pytest
 
 from chat.fusion.scripted import ScriptedUpstream
-from tests.daphne import ROOT, start_daphne, wait_until_healthy
+from tests.daphne import ROOT, free_port, start_daphne, stop_process, wait_until_healthy
 
 ARTIFACTS = ROOT / "test-artifacts"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -147,12 +141,7 @@ def live_app(tmp_path: Path, scripts: dict[str, Any], env: dict[str, str] | None
             wait_until_healthy(app.url, process, name="Daphne", log_tail=app.log_tail)
             yield app
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+            stop_process(process)
             log.close()
     finally:
         upstream.stop()

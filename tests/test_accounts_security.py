@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from chat import accounts
 from chat.models import Invite
-from tests.daphne import start_daphne, wait_until_healthy
+from tests.daphne import free_port, start_daphne, stop_process, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "correct-horse-battery-1"  # alice's, from tests/conftest.py
@@ -347,9 +347,7 @@ def _raw_get(port: int, path: str) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def static_server(tmp_path_factory: pytest.TempPathFactory):
     """Daphne on a migrated temporary database, with DEBUG off as in production."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     tmp = tmp_path_factory.mktemp("static-daphne")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("FUSION_", "DJANGO_"))},
@@ -369,8 +367,7 @@ def static_server(tmp_path_factory: pytest.TempPathFactory):
                                log_tail=lambda: log_path.read_text(errors="replace")[-4000:])
             yield port, log_path
         finally:
-            process.terminate()
-            process.wait(timeout=10)
+            stop_process(process)
 
 
 class TestStaticFilesOverDaphne:

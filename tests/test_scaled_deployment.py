@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -42,7 +41,7 @@ import httpx
 import pytest
 
 from chat.fusion.scripted import ScriptedUpstream
-from tests.daphne import start_daphne, wait_until_healthy
+from tests.daphne import free_port, start_daphne, stop_process, wait_until_healthy
 
 pytestmark = pytest.mark.scaled
 
@@ -100,11 +99,6 @@ def _pg_connect(dbname: str = "postgres") -> Any:
     return psycopg.connect(dbname=dbname, connect_timeout=3, autocommit=True, **PG)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @dataclass
 class Server:
@@ -154,12 +148,7 @@ class Cluster:
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +213,7 @@ def cluster() -> Iterator[Cluster]:
         conversations = json.loads(made.stdout.strip().splitlines()[-1])
 
         for name in ("a", "b"):
-            port = _free_port()
+            port = free_port()
             log_path = ARTIFACTS / f"scaled-daphne-{name}.log"
             log = log_path.open("wb")
             logs.append(log)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -43,7 +42,7 @@ from urllib.parse import quote
 import pytest
 
 from chat.fusion.scripted import ScriptedUpstream
-from tests.daphne import start_daphne, wait_until_healthy
+from tests.daphne import free_port, start_daphne, stop_process, wait_until_healthy
 from tests.webserver import LocalWebServer, _Handler, _Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,11 +206,6 @@ class BrowserWatch:
 # --------------------------------------------------------------------------- session: upstream, server, browser
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="session", autouse=True)
 def _chromium_available() -> str:
@@ -261,7 +255,7 @@ def fusion_server(
 ) -> Iterator[LiveServer]:
     ARTIFACTS.mkdir(exist_ok=True)
     db_path = tmp_path_factory.mktemp("browser-db") / "fusion.sqlite3"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "fusionsite.settings",
@@ -310,12 +304,7 @@ def fusion_server(
         wait_until_healthy(server.url, process, name="Daphne", log_tail=server.log_tail)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
         log.close()
 
 
