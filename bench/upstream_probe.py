@@ -1,6 +1,6 @@
-"""The project's scripted upstream (``chat.fusion.scripted``), plus a log of when it wrote each chunk.
+"""The project's scripted upstream (``chat.testing.scripted``), plus a log of when it wrote each chunk.
 
-Same command line as ``python -m chat.fusion.scripted`` (it calls that module's ``main()``); the
+Same command line as ``python -m chat.testing.scripted`` (it calls that module's ``main()``); the
 only addition is a record, taken just before each SSE content chunk is written to the socket, of
 ``(model, generation id, offset, length, unix time)``, and one ``end`` record when a stream's body
 ends. ``bench/ws_fanout.py`` compares these send times with the times its websockets receive the
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from chat.fusion import scripted  # noqa: E402
+from chat.testing import scripted  # noqa: E402
 
 SENDS: list[list[Any]] = []
 

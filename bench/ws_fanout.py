@@ -3,7 +3,7 @@
     .venv/bin/python bench/ws_fanout.py [--runs 8] [--members 3] [--rounds 3] [--json out.json]
 
 Self-contained: starts the project's scripted upstream (bench/upstream_probe.py, which is
-``chat.fusion.scripted`` plus a log of chunk send times) and Daphne on free 127.0.0.1 ports with
+``chat.testing.scripted`` plus a log of chunk send times) and Daphne on free 127.0.0.1 ports with
 a temporary SQLite database, creates one user + one conversation per concurrent run, signs each
 user in over HTTP, opens one websocket per conversation, and drives ``--rounds`` rounds of
 ``--runs`` simultaneous runs. Every subprocess is stopped on exit, on error and on Ctrl-C.
@@ -48,7 +48,7 @@ try:
 except ImportError as exc:  # pragma: no cover - a setup problem, said plainly
     sys.exit(f"ws_fanout: missing dev dependency ({exc.name}); run `make install-dev` (requirements-dev.txt).")
 
-from chat.fusion.scripted import generate_answer  # plain Python, no Django  # noqa: E402
+from chat.testing.scripted import generate_answer  # plain Python, no Django  # noqa: E402
 
 PASSWORD = "bench-Pa55word-not-secret"
 
@@ -916,7 +916,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=110.0, help="hard limit for the whole benchmark, seconds")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     p.add_argument("--no-probe", action="store_true",
-                   help="run plain `python -m chat.fusion.scripted`; (a) is then measured against the scripted schedule")
+                   help="run plain `python -m chat.testing.scripted`; (a) is then measured against the scripted schedule")
     p.add_argument("--loop-probe", action="store_true",
                    help="run Daphne through bench/daphne_probe.py: event-loop stalls, GC pauses, stack samples")
     p.add_argument("--dump-chunks", metavar="PATH", help="write every chunk's send and receive time (JSON)")
@@ -1000,7 +1000,7 @@ def _main(args: argparse.Namespace, tmp: Path, children: Children, t_begin: floa
     print(f"ws_fanout: {args.runs} runs × {args.rounds} rounds, {args.members} members; temp dir {tmp}", file=sys.stderr)
     up_log, app_log = tmp / "upstream.log", tmp / "daphne.log"
     upstream = children.start(
-        "upstream", [py, *(["-m", "chat.fusion.scripted"] if args.no_probe else [str(ROOT / "bench" / "upstream_probe.py")]),
+        "upstream", [py, *(["-m", "chat.testing.scripted"] if args.no_probe else [str(ROOT / "bench" / "upstream_probe.py")]),
                      "--port", str(up_port),
                      "--scripts", str(scripts_file), "--time-scale", str(args.time_scale)], env=env, log=up_log)
     mig = subprocess.run([py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env,

@@ -105,9 +105,9 @@ def _model_ids(config: dict[str, Any]) -> list[str]:
 
 
 def _catalogue_errors(model_ids: list[str]) -> list[str]:
-    """Unknown models, per the model catalogue once chat.catalogue provides validate_models."""
+    """Unknown models, per the model catalogue (chat.model_catalogue.validate_models)."""
     try:
-        from chat.catalogue import validate_models
+        from chat.model_catalogue import validate_models
     except ImportError:
         return []
     # A page gives early feedback and never waits for the network; runs check again before paying.
@@ -269,7 +269,7 @@ def preset_estimate(*, config: dict[str, Any], prompt_tokens: int = ESTIMATE_PRO
     """The estimated cost of one run from catalogue prices; None when no estimate is available
     (no catalogue, or no price for any of its models)."""
     try:
-        from chat.catalogue import estimate_panel_cost, unpriced_models
+        from chat.model_catalogue import estimate_panel_cost, unpriced_models
     except ImportError:
         return None
     try:
@@ -291,7 +291,7 @@ def _usd(amount: float) -> str:
 
 
 def estimate_text(estimate: Any) -> str | None:
-    """chat.catalogue.estimate_panel_cost's ``(low, high)`` in USD as text; None if unusable."""
+    """chat.model_catalogue.estimate_panel_cost's ``(low, high)`` in USD as text; None if unusable."""
     try:
         low, high = (float(v) for v in estimate)
     except (TypeError, ValueError):

@@ -29,7 +29,7 @@ from django.db import IntegrityError, transaction
 from django.http import Http404
 from django.utils import timezone
 
-from chat import catalogue, keys, panels, presets, spend
+from chat import model_catalogue, keys, panels, presets, spend
 from chat.engine import build_limits, build_registry, build_web_tools, known_secrets, research_settings, search_unavailable_reason
 from chat.fusion.analysis import distinct_model_ids
 from chat.fusion.client import ChatClient
@@ -829,7 +829,7 @@ def _no_tool_models(request: FusionRequest) -> set[str]:
     if request.research is None or not request.research.web_tools:
         return set()
     try:
-        lookup = catalogue.model_resolver()
+        lookup = model_catalogue.model_resolver()
         found = {spec.model: lookup(spec.model) for spec in request.panel}
     except Exception:  # the catalogue is a hint; a run never fails over it
         log.warning("could not read tool support from the model catalogue", exc_info=True)
@@ -861,7 +861,7 @@ def _check_models_and_keys(*, user: Any, panel: dict[str, Any]) -> None:
     """Before any paid call: every model is in its provider's catalogue, every provider has a key."""
     models = [s["model"] for s in (*panel["members"], panel["analyst"], panel["writer"],
                                    panel.get("fallback_analyst"), panel.get("fallback_writer")) if s]
-    errors = catalogue.validate_models(models)
+    errors = model_catalogue.validate_models(models)
     if errors:
         raise RunError("invalid", " ".join(errors))
     registry = build_registry()
@@ -875,8 +875,8 @@ def _reserve_spend(*, user: Any, run: Run, request: FusionRequest, reused_slots:
     """Hold the run's high cost estimate against today's limit (inside the run's transaction)."""
     threads = [request.messages, *(request.member_messages or {}).values()]
     chars = max(sum(len(str(m.get("content") or "")) for m in thread) for thread in threads)
-    _, high = catalogue.estimate_panel_cost(
-        run.config, prompt_tokens=catalogue.tokens_of_chars(chars), reused_slots=reused_slots,
+    _, high = model_catalogue.estimate_panel_cost(
+        run.config, prompt_tokens=model_catalogue.tokens_of_chars(chars), reused_slots=reused_slots,
         reuse_analysis=reuse_analysis,
     )
     high += _search_reserve_usd(request)
@@ -1056,7 +1056,7 @@ async def run_start(*, user: Any, conversation_id: int, client_run_id: str, prom
     if request is None:
         return await run_snapshot(run_id=run.pk), False
     registry = await database_sync_to_async(build_registry)(user=user)
-    prices = await database_sync_to_async(catalogue.model_resolver)()
+    prices = await database_sync_to_async(model_catalogue.model_resolver)()
     no_tools = await database_sync_to_async(_no_tool_models)(request)
     frame = _run_started_frame(run, request)
     await _start_active(run, request, frame, registry=registry, no_tool_models=no_tools, price_lookup=prices)
@@ -1180,7 +1180,7 @@ async def _rerun(*, user: Any, conversation_id: int, client_run_id: str, slot: i
         user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=slot, writer=writer
     )
     registry = await database_sync_to_async(build_registry)(user=user)
-    prices = await database_sync_to_async(catalogue.model_resolver)()
+    prices = await database_sync_to_async(model_catalogue.model_resolver)()
     no_tools = await database_sync_to_async(_no_tool_models)(request)
     frame = _run_started_frame(run, request, replaces=old_id)
     await _start_active(

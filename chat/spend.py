@@ -32,7 +32,7 @@ from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from chat import catalogue
+from chat import model_catalogue
 from chat.fusion.types import FusionRequest, Usage
 from chat.models import MemberResponse, MemberStatus, Run, RunStatus, UserLimits
 
@@ -110,19 +110,19 @@ def call_usage(call: dict[str, Any], *, lookup: Callable[[str], Any] | None = No
 
     A stream that was stopped, failed or timed out often reports no usage, yet the provider bills
     the prompt and what it streamed. Those requests' characters (``prompt_chars``,
-    ``streamed_chars``) count as tokens (``catalogue.tokens_of_chars``) at the catalogue price; so
+    ``streamed_chars``) count as tokens (``model_catalogue.tokens_of_chars``) at the catalogue price; so
     do reported tokens without a reported cost. The result then says ``"estimated": true``. (The
     engine leaves out requests refused with an HTTP error or never sent: providers bill neither.)
     """
     usage = dict(call.get("usage") or {})
     prompt_chars, streamed_chars = int(call.get("prompt_chars") or 0), int(call.get("streamed_chars") or 0)
-    extra_prompt, extra_completion = catalogue.tokens_of_chars(prompt_chars), catalogue.tokens_of_chars(streamed_chars)
+    extra_prompt, extra_completion = model_catalogue.tokens_of_chars(prompt_chars), model_catalogue.tokens_of_chars(streamed_chars)
     reported_prompt, reported_completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     unpriced = usage.get("cost") is None and (reported_prompt or reported_completion)
     if not (extra_prompt or extra_completion or unpriced):
         return usage
-    lookup = lookup or catalogue.model_resolver()
-    price = catalogue.call_price(
+    lookup = lookup or model_catalogue.model_resolver()
+    price = model_catalogue.call_price(
         lookup(str(call.get("model") or "")),
         prompt_tokens=extra_prompt + (reported_prompt if unpriced else 0),
         completion_tokens=extra_completion + (reported_completion if unpriced else 0),
@@ -146,7 +146,7 @@ def priced_calls(calls: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def lookup(model: str) -> Any:  # one catalogue read, and only when something needs a price
         nonlocal resolver
-        resolver = resolver or catalogue.model_resolver()
+        resolver = resolver or model_catalogue.model_resolver()
         return resolver(model)
 
     return [{**call, "usage": call_usage(call, lookup=lookup)} for call in calls]
@@ -182,7 +182,7 @@ def interrupted_calls(*, run: Run, request: FusionRequest) -> list[dict[str, Any
         (slot, content) for slot, content in
         MemberResponse.objects.filter(run__in=earlier, status=MemberStatus.COMPLETE).values_list("slot", "content")
     }
-    overhead = catalogue.PROMPT_OVERHEAD_TOKENS * 4  # the instructions around the answers
+    overhead = model_catalogue.PROMPT_OVERHEAD_TOKENS * 4  # the instructions around the answers
     question = _chars(request.messages)
     calls: list[dict[str, Any]] = []
     answers = 0

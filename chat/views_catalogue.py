@@ -1,6 +1,6 @@
 """JSON for the composer: the searchable model picker and the estimated cost of a run.
 
-Both read the cached catalogue only (chat/catalogue.py): they never wait for a provider.
+Both read the cached catalogue only (chat/model_catalogue.py): they never wait for a provider.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from chat import catalogue, conversations, spend
+from chat import model_catalogue, conversations, spend
 from chat.forms import PanelForm
 from chat.models import Conversation
 from chat.panels import default_panel
@@ -23,7 +23,7 @@ MAX_QUERY_CHARS = 200
 def models_json(request: HttpRequest) -> JsonResponse:
     """``?q=`` → up to 40 models: id, name, provider, price per 1M tokens in/out, context length."""
     q = request.GET.get("q", "")[:MAX_QUERY_CHARS]
-    return JsonResponse({"models": catalogue.catalogue_search(q)})
+    return JsonResponse({"models": model_catalogue.catalogue_search(q)})
 
 
 def _history_chars(conversation: Conversation, *, panel_size: int) -> int:
@@ -57,14 +57,14 @@ def estimate_json(request: HttpRequest, pk: int | None = None) -> JsonResponse:
             return JsonResponse({"ok": False, "error": message}, status=400)
         panel = form.cleaned_data["panel"]
     models = [s["model"] for s in (*panel["members"], panel["analyst"], panel["writer"])]
-    unknown = catalogue.validate_models(models, fetch_missing=False)
-    low, high = catalogue.estimate_panel_cost(panel, prompt_tokens=catalogue.tokens_of_chars(chars + history))
+    unknown = model_catalogue.validate_models(models, fetch_missing=False)
+    low, high = model_catalogue.estimate_panel_cost(panel, prompt_tokens=model_catalogue.tokens_of_chars(chars + history))
     return JsonResponse({
         "ok": True,
         "low": low,
         "high": high,
         "text": f"{spend.usd(low)}–{spend.usd(high)}",
         "unknown": unknown,
-        "unpriced": catalogue.unpriced_models(panel),
+        "unpriced": model_catalogue.unpriced_models(panel),
         "calls": len(panel["members"]) + 2,
     })

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from chat.fusion.scripted import ScriptedUpstream
+from chat.testing.scripted import ScriptedUpstream
 from tests.daphne import ROOT, free_port, start_daphne, stop_process, wait_until_healthy
 
 ARTIFACTS = ROOT / "test-artifacts"

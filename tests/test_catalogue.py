@@ -16,9 +16,9 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from chat import catalogue
+from chat import model_catalogue
 from chat.fusion.catalogue import CatalogueModel, parse_models, resolve, unknown_models
-from chat.fusion.scripted import ScriptedUpstream
+from chat.testing.scripted import ScriptedUpstream
 from chat.models import CatalogueCache, Conversation, Run
 from chat.runs import RunError, _start_sync
 
@@ -77,7 +77,7 @@ def upstream(settings):
 def no_background(monkeypatch):
     """Record background refreshes instead of starting threads (they could not write inside a test's transaction)."""
     started: list[str] = []
-    monkeypatch.setattr(catalogue, "_start_thread", lambda name: (started.append(name), catalogue._refreshing.discard(name)))
+    monkeypatch.setattr(model_catalogue, "_start_thread", lambda name: (started.append(name), model_catalogue._refreshing.discard(name)))
     return started
 
 
@@ -149,28 +149,28 @@ class TestAliases:
 @pytest.mark.django_db
 class TestCache:
     def test_a_refresh_stores_the_providers_models(self, upstream):
-        assert catalogue.catalogue_refresh("openrouter")
+        assert model_catalogue.catalogue_refresh("openrouter")
         row = CatalogueCache.objects.get(provider="openrouter")
         ids = {m["id"] for m in row.models_json}
         assert {"sim/a", "anthropic/claude-opus-4.5"} <= ids and "*" not in ids
         assert row.fetched_at is not None and row.last_error == ""
 
     def test_an_unreachable_provider_keeps_the_last_good_copy(self, upstream, no_background):
-        assert catalogue.catalogue_refresh("openrouter")
+        assert model_catalogue.catalogue_refresh("openrouter")
         good = CatalogueCache.objects.get(provider="openrouter")
         upstream.stop()  # the provider goes down
-        assert not catalogue.catalogue_refresh("openrouter")
+        assert not model_catalogue.catalogue_refresh("openrouter")
         row = CatalogueCache.objects.get(provider="openrouter")
         assert row.models_json == good.models_json and row.fetched_at == good.fetched_at
         assert "Could not reach 'openrouter'" in row.last_error and row.last_attempt_at > good.fetched_at
-        assert "sim/a" in {m["id"] for m in catalogue.catalogue_models()}
-        assert catalogue.validate_models(["sim/a"]) == []
-        assert catalogue.validate_models(["sim/zzz"]) == ["Unknown model 'sim/zzz': OpenRouter does not list it."]
+        assert "sim/a" in {m["id"] for m in model_catalogue.catalogue_models()}
+        assert model_catalogue.validate_models(["sim/a"]) == []
+        assert model_catalogue.validate_models(["sim/zzz"]) == ["Unknown model 'sim/zzz': OpenRouter does not list it."]
 
     def test_an_http_error_is_recorded_without_the_key(self, settings, no_background):
         settings.OPENROUTER_BASE_URL = "http://127.0.0.1:9/v1"  # nothing listens on the discard port
         settings.OPENROUTER_API_KEY = "sk-or-never-in-errors-1234"
-        assert not catalogue.catalogue_refresh("openrouter")
+        assert not model_catalogue.catalogue_refresh("openrouter")
         row = CatalogueCache.objects.get(provider="openrouter")
         assert row.last_error and "sk-or-never" not in row.last_error and row.fetched_at is None
 
@@ -179,14 +179,14 @@ class TestCache:
         CatalogueCache.objects.create(provider="openrouter", base_url=settings.OPENROUTER_BASE_URL, models_json=[{"id": "sim/old"}],
                                       fetched_at=timezone.now() - timedelta(hours=2),
                                       last_attempt_at=timezone.now() - timedelta(hours=2))
-        assert [m["id"] for m in catalogue.catalogue_models()] == ["sim/old"]
+        assert [m["id"] for m in model_catalogue.catalogue_models()] == ["sim/old"]
         assert no_background == []  # inside a transaction (this test's): never a thread
         # Outside any transaction (a real request), the stale copy starts a refresh.
         from django.db import transaction
         conn = transaction.get_connection()
         conn.in_atomic_block, saved = False, conn.in_atomic_block
         try:
-            catalogue.catalogue_models()
+            model_catalogue.catalogue_models()
         finally:
             conn.in_atomic_block = saved
         assert no_background == ["openrouter"]
@@ -195,25 +195,25 @@ class TestCache:
         now = timezone.now()
         settings.FUSION_CATALOGUE_TTL_S = 3600
         row = CatalogueCache(provider="x", fetched_at=now - timedelta(hours=3), last_attempt_at=now - timedelta(seconds=5))
-        assert not catalogue._needs_refresh(row, now)
+        assert not model_catalogue._needs_refresh(row, now)
         row.last_attempt_at = now - timedelta(minutes=5)
-        assert catalogue._needs_refresh(row, now)
-        assert catalogue._needs_refresh(None, now)
+        assert model_catalogue._needs_refresh(row, now)
+        assert model_catalogue._needs_refresh(None, now)
 
 
 @pytest.mark.django_db(transaction=True)
 class TestBackgroundRefresh:
     def test_a_background_refresh_of_a_provider_that_is_down_keeps_the_copy_and_records_the_error(self, upstream, settings):
         settings.FUSION_CATALOGUE_TTL_S = 60
-        assert catalogue.catalogue_refresh("openrouter")
+        assert model_catalogue.catalogue_refresh("openrouter")
         CatalogueCache.objects.filter(provider="openrouter").update(
             fetched_at=timezone.now() - timedelta(hours=1), last_attempt_at=timezone.now() - timedelta(hours=1))
         upstream.stop()
         t0 = time.monotonic()
-        models = catalogue.catalogue_models()  # served from the cache, not waiting for the provider
+        models = model_catalogue.catalogue_models()  # served from the cache, not waiting for the provider
         assert time.monotonic() - t0 < 1 and "sim/a" in {m["id"] for m in models}
         deadline = time.monotonic() + 10
-        while "openrouter" in catalogue._refreshing or not CatalogueCache.objects.get(provider="openrouter").last_error:
+        while "openrouter" in model_catalogue._refreshing or not CatalogueCache.objects.get(provider="openrouter").last_error:
             assert time.monotonic() < deadline, "the background refresh did not finish"
             time.sleep(0.05)
         row = CatalogueCache.objects.get(provider="openrouter")
@@ -226,10 +226,10 @@ class TestBackgroundRefresh:
 @pytest.mark.django_db
 class TestValidation:
     def test_known_models_and_latest_aliases_pass(self, upstream):
-        assert catalogue.validate_models(["sim/a", "~anthropic/claude-opus-latest"]) == []
+        assert model_catalogue.validate_models(["sim/a", "~anthropic/claude-opus-latest"]) == []
 
     def test_each_unknown_model_gets_a_sentence(self, upstream):
-        assert catalogue.validate_models(["sim/a", "sim/nope", "~openai/gpt-latest"]) == [
+        assert model_catalogue.validate_models(["sim/a", "sim/nope", "~openai/gpt-latest"]) == [
             "Unknown model 'sim/nope': OpenRouter does not list it.",
             "Unknown model '~openai/gpt-latest': OpenRouter lists no model of that family.",
         ]
@@ -238,8 +238,8 @@ class TestValidation:
         other = ScriptedUpstream({"llama3.1:8b": {}}).start_in_thread()
         try:
             settings.FUSION_PROVIDERS = {"ollama": {"base_url": other.base_url, "api_key": ""}}
-            assert catalogue.validate_models(["ollama:llama3.1:8b", "sim/a"]) == []
-            assert catalogue.validate_models(["ollama:llama3.1:70b"]) == [
+            assert model_catalogue.validate_models(["ollama:llama3.1:8b", "sim/a"]) == []
+            assert model_catalogue.validate_models(["ollama:llama3.1:70b"]) == [
                 "Unknown model 'ollama:llama3.1:70b': provider 'ollama' does not list it. Did you mean 'ollama:llama3.1:8b'?"
             ]
         finally:
@@ -247,8 +247,8 @@ class TestValidation:
 
     def test_a_provider_whose_catalogue_could_never_be_fetched_does_not_block(self, settings, caplog, no_background):
         settings.OPENROUTER_BASE_URL = "http://127.0.0.1:9/v1"
-        with caplog.at_level("WARNING", logger="chat.catalogue"):
-            assert catalogue.validate_models(["vendor/anything"]) == []
+        with caplog.at_level("WARNING", logger="chat.model_catalogue"):
+            assert model_catalogue.validate_models(["vendor/anything"]) == []
         assert "could never be fetched" in caplog.text and "vendor/anything" in caplog.text
 
     def test_an_unknown_model_is_refused_before_any_request_reaches_the_upstream(self, upstream, alice):
@@ -330,9 +330,9 @@ class TestFuseCommand:
 @pytest.mark.django_db
 class TestEstimate:
     def test_members_analyst_and_writer_are_priced_with_the_answers_in_later_prompts(self, upstream, no_background):
-        catalogue.catalogue_refresh("openrouter")
-        low, high = catalogue.estimate_panel_cost(PANEL, prompt_tokens=100, completion_tokens=1000)
-        overhead = catalogue.PROMPT_OVERHEAD_TOKENS
+        model_catalogue.catalogue_refresh("openrouter")
+        low, high = model_catalogue.estimate_panel_cost(PANEL, prompt_tokens=100, completion_tokens=1000)
+        overhead = model_catalogue.PROMPT_OVERHEAD_TOKENS
 
         def calls(answer: int, analysis: int) -> float:
             members = 2 * (100 * P_IN + answer * P_OUT)
@@ -340,30 +340,30 @@ class TestEstimate:
             writer = (100 + 2 * answer + analysis + overhead) * P_IN + answer * P_OUT
             return members + analyst + writer
 
-        assert high == pytest.approx(calls(1000, catalogue.ANALYSIS_TOKENS[1]), rel=1e-6)
-        assert low == pytest.approx(calls(250, catalogue.ANALYSIS_TOKENS[0]), rel=1e-6)
+        assert high == pytest.approx(calls(1000, model_catalogue.ANALYSIS_TOKENS[1]), rel=1e-6)
+        assert low == pytest.approx(calls(250, model_catalogue.ANALYSIS_TOKENS[0]), rel=1e-6)
 
     def test_max_tokens_bounds_the_high_end(self, upstream, no_background):
-        catalogue.catalogue_refresh("openrouter")
+        model_catalogue.catalogue_refresh("openrouter")
         capped = {**PANEL, "members": [{"model": "sim/a", "max_tokens": 10}, {"model": "sim/b", "max_tokens": 10}]}
-        assert catalogue.estimate_panel_cost(capped, prompt_tokens=100)[1] < catalogue.estimate_panel_cost(PANEL, prompt_tokens=100)[1]
+        assert model_catalogue.estimate_panel_cost(capped, prompt_tokens=100)[1] < model_catalogue.estimate_panel_cost(PANEL, prompt_tokens=100)[1]
 
     def test_an_alias_is_priced_as_the_newest_model_of_its_family(self, upstream, no_background):
-        catalogue.catalogue_refresh("openrouter")
+        model_catalogue.catalogue_refresh("openrouter")
         alias = {"members": [{"model": "~anthropic/claude-opus-latest"}], "analyst": {"model": "sim/free"}, "writer": {"model": "sim/free"}}
         concrete = {**alias, "members": [{"model": "anthropic/claude-opus-4.5"}]}
-        assert catalogue.estimate_panel_cost(alias, prompt_tokens=10) == catalogue.estimate_panel_cost(concrete, prompt_tokens=10)
+        assert model_catalogue.estimate_panel_cost(alias, prompt_tokens=10) == model_catalogue.estimate_panel_cost(concrete, prompt_tokens=10)
 
     def test_reused_answers_cost_nothing_but_still_fill_the_writers_prompt(self, upstream, no_background):
-        catalogue.catalogue_refresh("openrouter")
-        full = catalogue.estimate_panel_cost(PANEL, prompt_tokens=100)
-        writer_only = catalogue.estimate_panel_cost(PANEL, prompt_tokens=100, reused_slots={0, 1}, reuse_analysis=True)
+        model_catalogue.catalogue_refresh("openrouter")
+        full = model_catalogue.estimate_panel_cost(PANEL, prompt_tokens=100)
+        writer_only = model_catalogue.estimate_panel_cost(PANEL, prompt_tokens=100, reused_slots={0, 1}, reuse_analysis=True)
         assert 0 < writer_only[1] < full[1]
 
     def test_unknown_prices_count_as_free_and_are_named(self, upstream, no_background):
-        catalogue.catalogue_refresh("openrouter")
+        model_catalogue.catalogue_refresh("openrouter")
         panel = {**PANEL, "members": [{"model": "sim/free"}, {"model": "not/listed"}]}
-        assert catalogue.unpriced_models(panel) == ["not/listed"]
+        assert model_catalogue.unpriced_models(panel) == ["not/listed"]
 
 
 # --------------------------------------------------------------------------- JSON endpoints
@@ -375,7 +375,7 @@ class TestModelsJson:
         assert client.get(reverse("models_json")).status_code == 302
 
     def test_it_finds_models_by_words_with_prices_per_million_and_context(self, upstream, alice_client, no_background):
-        catalogue.catalogue_refresh("openrouter")
+        model_catalogue.catalogue_refresh("openrouter")
         models = alice_client.get(reverse("models_json"), {"q": "opus 4.5"}).json()["models"]
         assert [m["id"] for m in models] == ["anthropic/claude-opus-4.5"]
         [sim_a] = alice_client.get(reverse("models_json"), {"q": "sim/a"}).json()["models"][:1]
@@ -384,7 +384,7 @@ class TestModelsJson:
 
     def test_other_providers_models_are_written_with_their_prefix(self, upstream, alice_client, settings, no_background):
         settings.FUSION_PROVIDERS = {"local": {"base_url": upstream.base_url, "api_key": ""}}
-        catalogue.catalogue_refresh("local")
+        model_catalogue.catalogue_refresh("local")
         ids = [m["id"] for m in alice_client.get(reverse("models_json"), {"q": "sim/b"}).json()["models"]]
         assert "local:sim/b" in ids
 
@@ -399,7 +399,7 @@ class TestEstimateJson:
         return {"members": "sim/a\nsim/b 0.7", "analyst": "sim/analyst", "writer": "sim/writer", **extra}
 
     def test_it_estimates_the_composers_panel_for_the_prompt_length(self, upstream, alice_client, no_background):
-        catalogue.catalogue_refresh("openrouter")
+        model_catalogue.catalogue_refresh("openrouter")
         short = alice_client.get(reverse("estimate"), self.panel_params(chars=10)).json()
         long = alice_client.get(reverse("estimate"), self.panel_params(chars=8000)).json()
         assert short["ok"] and short["low"] < short["high"] < long["high"]
@@ -407,7 +407,7 @@ class TestEstimateJson:
         assert short["unknown"] == [] and short["unpriced"] == []
 
     def test_unknown_models_are_reported_before_sending(self, upstream, alice_client, no_background):
-        catalogue.catalogue_refresh("openrouter")
+        model_catalogue.catalogue_refresh("openrouter")
         data = alice_client.get(reverse("estimate"), self.panel_params(writer="sim/wrtier")).json()
         assert data["unknown"] == ["Unknown model 'sim/wrtier': OpenRouter does not list it. Did you mean 'sim/writer'?"]
 
@@ -418,7 +418,7 @@ class TestEstimateJson:
     def test_a_conversation_counts_its_history_and_belongs_to_its_owner(self, upstream, alice, bob, no_background):
         from chat.models import RunStatus, Turn
 
-        catalogue.catalogue_refresh("openrouter")
+        model_catalogue.catalogue_refresh("openrouter")
         conversation = Conversation.objects.create(user=alice, panel=PANEL)
         client = Client()
         client.force_login(alice)
@@ -443,13 +443,13 @@ class TestSyncFetchRace:
             gate.wait(2)
             return True
 
-        monkeypatch.setattr(catalogue, "catalogue_refresh", slow_refresh)
-        monkeypatch.setattr(catalogue.connections, "close_all", lambda: None)
-        catalogue.catalogue_refresh_in_background(["p"])
-        catalogue.catalogue_refresh_in_background(["p"])
+        monkeypatch.setattr(model_catalogue, "catalogue_refresh", slow_refresh)
+        monkeypatch.setattr(model_catalogue.connections, "close_all", lambda: None)
+        model_catalogue.catalogue_refresh_in_background(["p"])
+        model_catalogue.catalogue_refresh_in_background(["p"])
         gate.set()
         deadline = time.monotonic() + 5
-        while "p" in catalogue._refreshing and time.monotonic() < deadline:
+        while "p" in model_catalogue._refreshing and time.monotonic() < deadline:
             time.sleep(0.01)
         assert calls == ["p"]
 
@@ -460,6 +460,6 @@ class TestBaseUrlChange:
         CatalogueCache.objects.create(provider="openrouter", base_url="http://127.0.0.1:9/v1",
                                       models_json=[{"id": "sim/elsewhere"}], fetched_at=timezone.now(),
                                       last_attempt_at=timezone.now())
-        errors = catalogue.validate_models(["sim/elsewhere"])
+        errors = model_catalogue.validate_models(["sim/elsewhere"])
         assert errors and "sim/elsewhere" in errors[0]
         assert CatalogueCache.objects.get(provider="openrouter").base_url == settings.OPENROUTER_BASE_URL

@@ -13,7 +13,7 @@ import pytest
 
 from chat.fusion.client import ChatClient, parse_retry_after
 from chat.fusion.providers import ProviderRegistry, UnknownProvider
-from chat.fusion.scripted import ScriptedUpstream
+from chat.testing.scripted import ScriptedUpstream
 from chat.fusion.types import (
     ERROR_MESSAGES,
     ClientEvent,

@@ -11,7 +11,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 
-from chat.fusion.scripted import ScriptedUpstream
+from chat.testing.scripted import ScriptedUpstream
 from chat.models import Conversation, MemberResponse, Run, RunStatus
 from chat.runs import manager
 from fusionsite.asgi import application

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from chat.fusion.scripted import ScriptedUpstream
+from chat.testing.scripted import ScriptedUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {

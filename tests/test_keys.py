@@ -16,7 +16,7 @@ from django.urls import reverse
 
 from chat import keys
 from chat.engine import build_registry
-from chat.fusion.scripted import ScriptedUpstream
+from chat.testing.scripted import ScriptedUpstream
 from chat.models import Conversation, ProviderKey, UserLimits
 from chat.runs import RunError, _start_sync, manager, run_start
 

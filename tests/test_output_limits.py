@@ -21,7 +21,7 @@ from chat.fusion.analysis import LabelledAnswer
 from chat.fusion.client import ChatClient
 from chat.fusion.pipeline import FusionRun
 from chat.fusion.providers import ProviderRegistry
-from chat.fusion.scripted import ScriptedUpstream, pathological_markdown, repeat_to
+from chat.testing.scripted import ScriptedUpstream, pathological_markdown, repeat_to
 from chat.fusion.types import (
     AnalysisDegraded,
     ContentDelta,

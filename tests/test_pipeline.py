@@ -20,7 +20,7 @@ from chat.fusion.client import ChatClient
 from chat.fusion.pipeline import FusionRun, run_fusion
 from chat.fusion.prompts import ANALYSIS_MARKER
 from chat.fusion.providers import ProviderRegistry
-from chat.fusion.scripted import ScriptedUpstream
+from chat.testing.scripted import ScriptedUpstream
 from chat.fusion.types import (
     AnalysisCompleted,
     AnalysisDegraded,

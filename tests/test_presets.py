@@ -14,7 +14,7 @@ from django.test import Client
 from django.urls import reverse
 
 from chat import presets
-from chat.fusion.scripted import ScriptedUpstream
+from chat.testing.scripted import ScriptedUpstream
 from chat.models import Conversation, Preset, Run
 from chat.runs import manager
 from tests.test_consumers import collect_until, open_ws
@@ -279,11 +279,11 @@ class TestValidation:
         assert seen == [["sim/nope", "sim/analyst", "sim/writer"]]
 
     def test_the_catalogue_is_asked_when_it_exists(self, alice: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.undo()  # the real _catalogue_errors, which defers to chat.catalogue
-        from chat import catalogue
+        monkeypatch.undo()  # the real _catalogue_errors, which defers to chat.model_catalogue
+        from chat import model_catalogue
 
         calls: list[tuple[list[str], bool]] = []
-        monkeypatch.setattr(catalogue, "validate_models",
+        monkeypatch.setattr(model_catalogue, "validate_models",
                             lambda ids, fetch_missing=True: calls.append((list(ids), fetch_missing)) or ["Unknown model 'x/y'."])
         with pytest.raises(presets.PresetError, match="Unknown model 'x/y'."):
             presets.preset_create(user=alice, name="n", config=config())
@@ -395,7 +395,7 @@ class TestBuiltins:
         assert alice_client.post(reverse("builtin_preset_copy", args=["nope"])).status_code == 404
 
     def test_the_demo_runs_them_on_the_scripted_models(self) -> None:
-        from chat.fusion.scripted import DEMO_SCRIPTS
+        from chat.testing.scripted import DEMO_SCRIPTS
         from chat.management.commands.demo import DEMO_BUILTIN_PRESETS
         from chat.panels import parse_preset_config
 
@@ -493,21 +493,21 @@ class TestSharing:
     def test_the_share_page_shows_the_estimated_cost(self, bob_client: Client, alice: Any,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.undo()
-        from chat import catalogue
+        from chat import model_catalogue
 
         monkeypatch.setattr(presets, "_catalogue_errors", lambda model_ids: [])
         shared = make_preset(alice)
         presets.preset_share(preset=shared)
         asked: list[int] = []
-        monkeypatch.setattr(catalogue, "estimate_panel_cost",
+        monkeypatch.setattr(model_catalogue, "estimate_panel_cost",
                             lambda config, prompt_tokens: asked.append(prompt_tokens) or (0.0123, 0.0456))
-        monkeypatch.setattr(catalogue, "unpriced_models", lambda config: ["sim/borealis"])
+        monkeypatch.setattr(model_catalogue, "unpriced_models", lambda config: ["sim/borealis"])
         html = page(bob_client, reverse("shared_preset", args=[shared.share_token]))
         assert "$0.01–$0.05" in html and "1000 tokens" in html
         assert "No catalogue price for <code>sim/borealis</code>" in html
         assert asked == [1000]
         # Nothing priced at all: no estimate rather than a misleading $0.00.
-        monkeypatch.setattr(catalogue, "unpriced_models", lambda config: ["sim/atlas", "sim/borealis", "sim/analyst", "sim/writer"])
+        monkeypatch.setattr(model_catalogue, "unpriced_models", lambda config: ["sim/atlas", "sim/borealis", "sim/analyst", "sim/writer"])
         assert "Estimate unavailable" in page(bob_client, reverse("shared_preset", args=[shared.share_token]))
 
 

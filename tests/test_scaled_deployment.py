@@ -11,7 +11,7 @@ Module fixture ``cluster``:
 * a fresh PostgreSQL database ``fusion_scaled_<random>`` (created through the ``postgres`` db,
   dropped at the end), migrated with ``manage.py migrate``;
 * one user and a few conversations, made by a small Django script in a subprocess;
-* the scripted upstream (``chat.fusion.scripted.ScriptedUpstream``) in a thread: members take
+* the scripted upstream (``chat.testing.scripted.ScriptedUpstream``) in a thread: members take
   ~3–4 s per answer, ``sim/slow`` ~20 s (always still running when a test stops it);
 * two ``python -m daphne`` processes on free ports, same ``DATABASE_URL``, same ``REDIS_URL``
   (db ``FUSION_TEST_REDIS_DB``, default 7, flushed before and after), same secret key;
@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 import pytest
 
-from chat.fusion.scripted import ScriptedUpstream
+from chat.testing.scripted import ScriptedUpstream
 from tests.daphne import free_port, start_daphne, stop_process, wait_until_healthy
 
 pytestmark = pytest.mark.scaled

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from chat.fusion.scripted import ANALYSIS_MARKER, DEMO_SCRIPTS, ScriptedUpstream, fault_for, validate_scripts
+from chat.testing.scripted import ANALYSIS_MARKER, DEMO_SCRIPTS, ScriptedUpstream, fault_for, validate_scripts
 from chat.fusion.sse import SSEDecoder, SSEEvent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,7 +277,7 @@ class TestRunningIt:
             up.stop()
 
     def test_the_cli_prints_its_base_url_and_serves(self) -> None:
-        command = [sys.executable, "-m", "chat.fusion.scripted", "--port", "0", "--time-scale", "0"]
+        command = [sys.executable, "-m", "chat.testing.scripted", "--port", "0", "--time-scale", "0"]
         with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:
             try:
                 assert process.stdout is not None

@@ -17,8 +17,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from chat import catalogue, keys, spend
-from chat.fusion.scripted import ScriptedUpstream
+from chat import model_catalogue, keys, spend
+from chat.testing.scripted import ScriptedUpstream
 from chat.models import Conversation, MemberResponse, Run, RunStatus, Turn, UserLimits
 from chat.runs import RunError, _start_sync, manager, mark_interrupted, run_start, run_stop
 
@@ -51,7 +51,7 @@ def upstream(settings):
 
 def high_estimate(panel: dict[str, Any] = PANEL, prompt: str = "hi") -> Decimal:
     """What a run of *panel* reserves for *prompt* (the catalogue must be cached)."""
-    _, high = catalogue.estimate_panel_cost(panel, prompt_tokens=catalogue.tokens_of_chars(len(prompt)))
+    _, high = model_catalogue.estimate_panel_cost(panel, prompt_tokens=model_catalogue.tokens_of_chars(len(prompt)))
     return spend.to_decimal(high)
 
 
@@ -99,7 +99,7 @@ class TestLimit:
         assert spend.spent_today(user=alice) == Decimal("0.08")
 
     def test_a_run_that_would_exceed_the_limit_is_refused_up_front_with_the_amount_left(self, alice, upstream, settings):
-        catalogue.catalogue_refresh("openrouter")
+        model_catalogue.catalogue_refresh("openrouter")
         settings.FUSION_DAILY_SPEND_LIMIT_USD = 0.5
         finished_run(alice, cost="0.4")
         high = high_estimate()
@@ -113,14 +113,14 @@ class TestLimit:
         assert upstream.requests == [] and not conversation.turns.exists()
 
     def test_a_run_that_fits_reserves_its_high_estimate(self, alice, upstream, settings):
-        catalogue.catalogue_refresh("openrouter")
+        model_catalogue.catalogue_refresh("openrouter")
         settings.FUSION_DAILY_SPEND_LIMIT_USD = 5
         run = start(alice, Conversation.objects.create(user=alice))
         assert run.reserved_usd == high_estimate() and Run.objects.get().reserved_usd == high_estimate()
         assert spend.spent_today(user=alice) == high_estimate()
 
     def test_without_a_limit_nothing_is_refused(self, alice, upstream, settings):
-        catalogue.catalogue_refresh("openrouter")
+        model_catalogue.catalogue_refresh("openrouter")
         settings.FUSION_DAILY_SPEND_LIMIT_USD = 0
         finished_run(alice, cost="1000")
         assert start(alice, Conversation.objects.create(user=alice)).reserved_usd > 0
@@ -143,7 +143,7 @@ class TestServerCap:
         assert list(Run.objects.order_by("created_at").values_list("uses_server_key", flat=True)) == [True, False]
 
     def test_a_server_key_run_that_does_not_fit_what_is_left_of_the_cap_is_refused(self, alice, bob, upstream, settings):
-        catalogue.catalogue_refresh("openrouter")
+        model_catalogue.catalogue_refresh("openrouter")
         settings.FUSION_DAILY_SPEND_LIMIT_USD = 0  # no per-user limit: only the server's cap applies
         high = high_estimate()
         settings.FUSION_SERVER_DAILY_LIMIT_USD = float(high * Decimal("1.5"))
@@ -161,7 +161,7 @@ class TestServerCap:
         assert not start(alice, Conversation.objects.create(user=alice)).uses_server_key
 
     def test_without_a_cap_the_server_key_is_limited_per_user_only(self, alice, bob, upstream, settings):
-        catalogue.catalogue_refresh("openrouter")
+        model_catalogue.catalogue_refresh("openrouter")
         settings.FUSION_DAILY_SPEND_LIMIT_USD = 0
         settings.FUSION_SERVER_DAILY_LIMIT_USD = 0
         finished_run(bob, cost="1000", server_key=True)
@@ -174,7 +174,7 @@ class TestConcurrentRuns:
         up = ScriptedUpstream(SCRIPTS, time_scale=0.01).start_in_thread()
         try:
             configure(settings, up)
-            catalogue.catalogue_refresh("openrouter")
+            model_catalogue.catalogue_refresh("openrouter")
             high = high_estimate()
             # Each run alone fits; both together do not.
             settings.FUSION_DAILY_SPEND_LIMIT_USD = float(high * Decimal("1.5"))
@@ -219,7 +219,7 @@ class TestConcurrentRuns:
         up = ScriptedUpstream(SCRIPTS, time_scale=0.01).start_in_thread()
         try:
             configure(settings, up)
-            catalogue.catalogue_refresh("openrouter")
+            model_catalogue.catalogue_refresh("openrouter")
             high = high_estimate()
             settings.FUSION_DAILY_SPEND_LIMIT_USD = 0  # each user's own limit does not stop them
             settings.FUSION_SERVER_DAILY_LIMIT_USD = float(high * Decimal("1.5"))  # one run fits, two do not

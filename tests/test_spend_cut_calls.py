@@ -11,9 +11,9 @@ from typing import Any, AsyncIterator
 import pytest
 from channels.db import database_sync_to_async
 
-from chat import catalogue, spend
+from chat import model_catalogue, spend
 from chat.fusion.pipeline import FusionRun
-from chat.fusion.scripted import ScriptedUpstream
+from chat.testing.scripted import ScriptedUpstream
 from chat.fusion.types import (
     ContentDelta,
     FusionRequest,
@@ -57,7 +57,7 @@ async def up(settings):
         settings.FUSION_PROVIDERS = {}
         settings.FUSION_CHECKPOINT_INTERVAL_S = 0.05
         settings.FUSION_DAILY_SPEND_LIMIT_USD = 100
-        await database_sync_to_async(catalogue.catalogue_refresh)("openrouter")
+        await database_sync_to_async(model_catalogue.catalogue_refresh)("openrouter")
         yield upstream
     await manager.shutdown()
 
@@ -96,7 +96,7 @@ def estimated_part(run: Run) -> Decimal:
 def assert_next_run_refused(user: Any, settings: Any, estimate: Decimal) -> None:
     """With a limit that leaves room for one more run only if the cut calls were free, it is refused."""
     assert estimate > Decimal("0.01")
-    _, high = catalogue.estimate_panel_cost(panel("sim/a"), prompt_tokens=catalogue.tokens_of_chars(2))
+    _, high = model_catalogue.estimate_panel_cost(panel("sim/a"), prompt_tokens=model_catalogue.tokens_of_chars(2))
     settings.FUSION_DAILY_SPEND_LIMIT_USD = float(spend.spent_today(user=user) - estimate / 2 + spend.to_decimal(high))
     conversation = Conversation.objects.create(user=user)
     with pytest.raises(RunError) as exc:
@@ -211,7 +211,7 @@ def sync_up(settings):
     settings.FUSION_ALLOW_SERVER_KEY = True
     settings.FUSION_PROVIDERS = {}
     settings.FUSION_DAILY_SPEND_LIMIT_USD = 100
-    catalogue.catalogue_refresh("openrouter")
+    model_catalogue.catalogue_refresh("openrouter")
     yield upstream
     upstream.stop()
 
@@ -251,8 +251,8 @@ class TestInterruptedRunsCount:
         assert [(c["role"], c["model"], c["usage"]["estimated"]) for c in run.calls] == [
             ("analyst", "sim/analyst", True), ("writer", "sim/writer", True)]
         writer = run.calls[1]["usage"]
-        assert writer["completion_tokens"] == catalogue.tokens_of_chars(len("The fused answer so far"))
-        assert writer["prompt_tokens"] > catalogue.PROMPT_OVERHEAD_TOKENS
+        assert writer["completion_tokens"] == model_catalogue.tokens_of_chars(len("The fused answer so far"))
+        assert writer["prompt_tokens"] > model_catalogue.PROMPT_OVERHEAD_TOKENS
 
 
 # --------------------------------------------------------------------------- the engine's part
@@ -289,7 +289,7 @@ class TestTheEngineKeepsWhatAnEstimateNeeds:
     async def test_a_cut_stream_records_the_characters_sent_and_streamed(self):
         record = await _failed_record(_CutClient(report=None))
         assert (record.prompt_chars, record.streamed_chars) == (len("sys") + 8, len("think") + len("partial answer"))
-        usage = spend.call_usage(record.to_dict(), lookup=lambda model: catalogue.CatalogueModel(
+        usage = spend.call_usage(record.to_dict(), lookup=lambda model: model_catalogue.CatalogueModel(
             id=model, name=model, prompt_price=0.001, completion_price=0.01))
         assert usage["estimated"] and (usage["prompt_tokens"], usage["completion_tokens"]) == (3, 5)
         assert usage["cost"] == pytest.approx(3 * 0.001 + 5 * 0.01)

@@ -14,7 +14,7 @@ import pytest
 from chat.fusion.client import ChatClient
 from chat.fusion.pipeline import NO_TOOLS_NOTE, FusionRun, normalise_url
 from chat.fusion.providers import ProviderRegistry
-from chat.fusion.scripted import ScriptedUpstream
+from chat.testing.scripted import ScriptedUpstream
 from chat.fusion.tools import FetchPolicy, WebTools, make_search_backend
 from chat.fusion.types import (
     FusionRequest,
@@ -402,7 +402,7 @@ class TestClientAndScripts:
         assert type(events[-1]).__name__ == "Finish"
 
     def test_scripts_with_a_mistyped_step_key_are_refused(self) -> None:
-        from chat.fusion.scripted import validate_scripts
+        from chat.testing.scripted import validate_scripts
 
         with pytest.raises(ValueError, match="step"):
             validate_scripts({"m": {"steps": [{"tool_cals": []}]}})

@@ -15,7 +15,7 @@ from channels.db import database_sync_to_async
 from chat.conversations import conversation_export_json, conversation_export_markdown, conversation_turns_state
 from chat.models import Conversation, MemberResponse, Run, RunStatus
 from chat.runs import manager
-from chat.fusion.scripted import ScriptedUpstream
+from chat.testing.scripted import ScriptedUpstream
 from tests.test_consumers import collect_until, open_ws
 from tests.test_tool_loop import ALTITUDE_HTML, RESEARCHER, WATER_HTML
 from tests.webserver import LocalWebServer

@@ -1,6 +1,6 @@
 """A provider's model catalogue: fetch and parse ``GET {base_url}/models``, resolve model ids.
 
-Framework-free (no Django): the web app caches what ``fetch_models`` returns (chat/catalogue.py),
+Framework-free (no Django): the web app caches what ``fetch_models`` returns (chat/model_catalogue.py),
 and ``manage.py fuse`` uses it live. OpenRouter's rows carry names, context length, prices per
 token (as strings) and the supported parameters; other OpenAI-compatible servers (Ollama, vLLM,
 OpenAI) list bare ids, so every field but ``id`` is optional here.

@@ -2,7 +2,7 @@
 
 Session scope (started once, torn down at the end):
 
-* ``upstream`` — :class:`chat.fusion.scripted.ScriptedUpstream` in a thread, with ``SCRIPTS`` below
+* ``upstream`` — :class:`chat.testing.scripted.ScriptedUpstream` in a thread, with ``SCRIPTS`` below
   (a three-model panel paced so a run takes ~3–6 s, a slow model to stop, an analyst, a writer
   and ``sim/xss`` whose answer is full of XSS payloads split across small chunks);
 * ``research_web`` — local web servers for web research (see ``ResearchWeb``): pages, a fake SearXNG
@@ -41,7 +41,7 @@ from urllib.parse import quote
 
 import pytest
 
-from chat.fusion.scripted import ScriptedUpstream
+from chat.testing.scripted import ScriptedUpstream
 from tests.daphne import free_port, start_daphne, stop_process, wait_until_healthy
 from tests.webserver import LocalWebServer, _Handler, _Server
 
@@ -564,7 +564,7 @@ def research_web() -> Iterator[ResearchWeb]:
 
 
 def research_scripts(web: ResearchWeb) -> dict[str, dict[str, Any]]:
-    """Scripts of the research models (chat/fusion/scripted.py, "Tool use"), with the servers' URLs."""
+    """Scripts of the research models (chat/testing/scripted.py, "Tool use"), with the servers' URLs."""
     sun, water = (web.page_url(path) for path in PAGES)
     return {
         RESEARCHER: {

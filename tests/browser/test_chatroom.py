@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chat.fusion.scripted import generate_answer, last_user_text
+from chat.testing.scripted import generate_answer, last_user_text
 
 from .conftest import (
     ANALYST,

@@ -65,7 +65,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         children: list[subprocess.Popen[bytes]] = []
         upstream = subprocess.Popen(
-            [py, "-m", "chat.fusion.scripted", "--port", str(options["upstream_port"]),
+            [py, "-m", "chat.testing.scripted", "--port", str(options["upstream_port"]),
              "--time-scale", str(options["time_scale"])],
             cwd=base, env=env,
         )

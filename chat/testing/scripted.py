@@ -139,7 +139,7 @@ Python: ``async with ScriptedUpstream(scripts, time_scale=0.01) as up: ... up.ba
 ``up = ScriptedUpstream(scripts).start_in_thread(); ...; up.stop()``. ``scripts=None`` serves
 ``DEMO_SCRIPTS``. ``up.requests``, ``up.requests_for(model)``, ``up.disconnects`` and
 ``await up.wait_for_disconnect(model)`` (hang-ups are noticed asynchronously) serve assertions.
-CLI: ``python -m chat.fusion.scripted --port 8787 [--scripts file.json] [--time-scale 1]``.
+CLI: ``python -m chat.testing.scripted --port 8787 [--scripts file.json] [--time-scale 1]``.
 """
 from __future__ import annotations
 
