@@ -1,0 +1,10 @@
+"""Domain errors that services raise; views and consumers map them to what their clients see.
+
+Services never raise HTTP exceptions: a view turns :class:`NotFound` into a 404 page (see
+``chat.views._common``), the websocket consumer into an ``error`` frame.
+"""
+from __future__ import annotations
+
+
+class NotFound(Exception):
+    """A user-owned object that does not exist or belongs to someone else (the same to the caller)."""
