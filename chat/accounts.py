@@ -18,10 +18,11 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import dateformat, timezone
 
+from chat.errors import NotFound
 from chat.models import Invite
 
 SignupMode = Literal["open", "invite", "closed"]
@@ -74,7 +75,7 @@ def invite_get(*, pk: int) -> Invite:
     try:
         return Invite.objects.get(pk=pk)
     except Invite.DoesNotExist:
-        raise Http404("No such invite.") from None
+        raise NotFound("No such invite.") from None
 
 
 def invite_revoke(*, invite: Invite) -> None:

@@ -127,26 +127,33 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         user = self.scope.get("user")
+        self.closing = False
         if user is None or not user.is_authenticated:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self._refuse(CLOSE_UNAUTHENTICATED)
             return
         self.user_id = user.pk
         self.session_key = getattr(self.scope.get("session"), "session_key", None) or ""
         self.bucket = ratelimit.Bucket(rate=settings.FUSION_WS_RATE_PER_S, burst=settings.FUSION_WS_BURST)
         self.refused_in_a_row = 0
-        self.closing = False
         self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
         owned = await database_sync_to_async(
             Conversation.objects.filter(user=user, pk=self.conversation_id).exists
         )()
         if not owned:
-            await self.close(code=CLOSE_NOT_FOUND)
+            await self._refuse(CLOSE_NOT_FOUND)
             return
         self.group = runs.group_name(self.conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         watch.add(self)
         await self._send_snapshot()
+
+    async def _refuse(self, code: int) -> None:
+        # Accept, then close with the reason: closed before accept, a browser sees only 1006 and
+        # cannot tell "signed out" or "no such conversation" from a network failure.
+        self.closing = True
+        await self.accept()
+        await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
         watch.discard(self)
@@ -200,7 +207,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             return
         try:
             frame = json.loads(text_data)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # JSONDecodeError, or an integer of over 4300 digits
             await self._error("invalid", "Frames must be JSON objects.")
             return
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):

@@ -5,7 +5,9 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest
 
+from chat.fusion.types import MAX_PANEL_MEMBERS
+
 
 def site(request: HttpRequest) -> dict[str, Any]:
-    """Site-wide template flags."""
-    return {"FUSION_DEMO": settings.FUSION_DEMO}
+    """Site-wide template flags and the engine's limits (the scripts read them from the page)."""
+    return {"FUSION_DEMO": settings.FUSION_DEMO, "MAX_PANEL_MEMBERS": MAX_PANEL_MEMBERS}

@@ -11,12 +11,13 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import QuerySet
-from django.http import Http404
 from django.utils import timezone
 from django.utils.text import slugify
 
-from chat.models import Conversation, FollowUpMode, MemberResponse, Run, Turn
+from chat.errors import NotFound
+from chat.models import Conversation, FollowUpMode, Run, Turn
 from chat.panels import default_panel
+from chat.runs.state import RunState  # the one serialiser of a run: page state and exports
 
 DEFAULT_TITLE = "New conversation"
 EXPORT_FORMAT_VERSION = 1
@@ -34,11 +35,11 @@ def conversation_list_for_user(*, user: AbstractBaseUser, q: str = "") -> QueryS
 
 
 def conversation_get_for_user(*, user: AbstractBaseUser, pk: int) -> Conversation:
-    """The user's conversation ``pk``; Http404 for a missing id and for someone else's."""
+    """The user's conversation ``pk``; NotFound for a missing id and for someone else's."""
     try:
         return Conversation.objects.get(pk=pk, user=user)
     except Conversation.DoesNotExist:
-        raise Http404("No such conversation.") from None
+        raise NotFound("No such conversation.") from None
 
 
 def conversation_panel(*, conversation: Conversation | None) -> dict[str, Any]:
@@ -60,8 +61,6 @@ def conversation_turns(*, conversation: Conversation) -> list[tuple[Turn, Run | 
 
 def conversation_turns_state(*, conversation: Conversation) -> list[dict[str, Any]]:
     """The page's initial state: one run state per turn, in the snapshot shape of the protocol."""
-    from chat.runs import run_state  # chat.runs owns the snapshot shape
-
     states: list[dict[str, Any]] = []
     for turn, run in conversation_turns(conversation=conversation):
         if run is None:
@@ -80,7 +79,7 @@ def conversation_turns_state(*, conversation: Conversation) -> list[dict[str, An
                 }
             )
             continue
-        states.append(run_state(run))
+        states.append(RunState.from_rows(run).snapshot())
     return states
 
 
@@ -179,68 +178,18 @@ def conversation_update_settings(
 # --------------------------------------------------------------------------- exports
 
 
-def _member_export(member: MemberResponse) -> dict[str, Any]:
-    error = None
-    if member.error_kind or member.error_message:
-        error = {"kind": member.error_kind, "message": member.error_message}
-    return {
-        "slot": member.slot,
-        "model": member.model,
-        "label": member.label,
-        "status": member.status,
-        "attempt": member.attempt,
-        "content": member.content,
-        "reasoning": member.reasoning,
-        "error": error,
-        "metrics": {"ttft_ms": member.ttft_ms, "duration_ms": member.duration_ms},
-        "usage": member.usage or {},
-        "tool_calls": member.tool_calls or [],
-        "sources": member.sources or [],
-        "notes": member.notes or [],
-    }
-
-
-def _run_export(run: Run) -> dict[str, Any]:
-    error = None
-    if run.error_kind or run.error_message:
-        error = {"kind": run.error_kind, "message": run.error_message}
-    return {
-        "id": str(run.pk),
-        "client_run_id": run.client_run_id,
-        "status": run.status,
-        "created_at": run.created_at.isoformat(),
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "config": run.config,
-        "members": [_member_export(m) for m in run.members.order_by("slot")],
-        "analyst_model": run.analyst_model,
-        "analysis": run.analysis,
-        "label_map": run.label_map,
-        "analysis_error": run.analysis_error,
-        "writer_model": run.writer_model,
-        "answer": run.answer,
-        "failed_models": run.failed_models,
-        "usage": run.usage,
-        "timings": run.timings,
-        "wall_ms": run.wall_ms(),
-        "calls": run.calls,
-        "sources": run.sources or [],
-        "tool_usage": run.tool_usage or {},
-        "error": error,
-    }
-
-
 def conversation_export_json(*, conversation: Conversation) -> dict[str, Any]:
     """Everything stored about a conversation. ``runs`` lists every run of a turn, oldest first;
     the last one is the one the page shows."""
     turns = []
     for turn in conversation.turns.order_by("index"):
-        runs = turn.runs.order_by("created_at", "pk")
+        runs = turn.runs.order_by("created_at", "pk").prefetch_related("members")
         turns.append(
             {
                 "index": turn.index,
                 "prompt": turn.prompt,
                 "created_at": turn.created_at.isoformat(),
-                "runs": [_run_export(r) for r in runs],
+                "runs": [RunState.from_rows(r).export() for r in runs],
             }
         )
     return {

@@ -151,15 +151,6 @@ def catalogue_models(provider: str | None = None) -> list[dict[str, Any]]:
     return result
 
 
-def catalogue_status() -> list[dict[str, Any]]:
-    """Per provider: how many models, when fetched, the last error (for pages that explain gaps)."""
-    return [
-        {"provider": name, "models": len(_models_of(row)), "fetched_at": row.fetched_at if row else None,
-         "last_error": row.last_error if row else ""}
-        for name, row in _load(build_registry().names).items()
-    ]
-
-
 def catalogue_search(q: str, *, limit: int = 40) -> list[dict[str, Any]]:
     """Models whose id or name contains every word of *q*, best matches first (the picker's list)."""
     words = q.lower().split()
@@ -242,11 +233,6 @@ def model_resolver() -> Callable[[str], CatalogueModel | None]:
         return resolve(sent, _models_of(rows.get(provider.name)))
 
     return lookup
-
-
-def resolve_model(model_id: str) -> CatalogueModel | None:
-    """The catalogue row that prices *model_id* (an alias gives its newest match); None if unknown."""
-    return model_resolver()(model_id)
 
 
 # --------------------------------------------------------------------------- cost estimates

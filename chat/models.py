@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+from chat.fusion import types as engine
 
 
 class FollowUpMode(models.TextChoices):
@@ -42,9 +43,6 @@ class Turn(models.Model):
     class Meta:
         ordering = ["index"]
         constraints = [models.UniqueConstraint(fields=["conversation", "index"], name="turn_index_unique")]
-
-    def latest_run(self) -> Run | None:
-        return self.runs.order_by("-created_at", "-pk").first()
 
 
 class RunStatus(models.TextChoices):
@@ -103,10 +101,6 @@ class Run(models.Model):
             ),
         ]
 
-    @property
-    def is_running(self) -> bool:
-        return self.status == RunStatus.RUNNING
-
     def wall_ms(self) -> int | None:
         if self.timings.get("total") is not None:
             return int(self.timings["total"])
@@ -115,12 +109,9 @@ class Run(models.Model):
         return None
 
 
-class MemberStatus(models.TextChoices):
-    WAITING = "waiting"
-    STREAMING = "streaming"
-    COMPLETE = "complete"
-    FAILED = "failed"
-    STOPPED = "stopped"
+# The engine's vocabulary (chat.fusion.types.MemberStatus) is the one list: every status the run
+# layer checkpoints, "thinking" and "searching" included, is a valid stored value.
+MemberStatus = models.TextChoices("MemberStatus", [(s.name, s.value) for s in engine.MemberStatus])
 
 
 class MemberResponse(models.Model):
@@ -146,21 +137,6 @@ class MemberResponse(models.Model):
     class Meta:
         ordering = ["slot"]
         constraints = [models.UniqueConstraint(fields=["run", "slot"], name="member_slot_unique")]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "slot": self.slot,
-            "model": self.model,
-            "label": self.label,
-            "status": self.status,
-            "content": self.content,
-            "reasoning": self.reasoning,
-            "error_kind": self.error_kind,
-            "error_message": self.error_message,
-            "ttft_ms": self.ttft_ms,
-            "duration_ms": self.duration_ms,
-            "usage": self.usage,
-        }
 
 
 # --------------------------------------------------------------------------- presets, keys, spend

@@ -7,10 +7,8 @@ from typing import Any
 
 from django.conf import settings
 
-from chat.fusion.types import ModelSpec
+from chat.fusion.types import MAX_PANEL_MEMBERS, MAX_TOKENS_LIMIT, ModelSpec
 
-MAX_MEMBERS = 8
-MAX_TOKENS_LIMIT = 200_000
 REASONING_EFFORTS = {"max", "xhigh", "high", "medium", "low", "minimal", "none"}
 # Provider-prefixed or OpenRouter ids: letters, digits and - _ . / : ~ @ +
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9~][A-Za-z0-9_.\-/:@+~]{0,199}$")
@@ -83,8 +81,8 @@ def parse_panel(data: Any) -> dict[str, Any]:
     members = data.get("members")
     if not isinstance(members, list) or not members:
         raise PanelError("The panel needs at least one member.")
-    if len(members) > MAX_MEMBERS:
-        raise PanelError(f"A panel has at most {MAX_MEMBERS} members (got {len(members)}).")
+    if len(members) > MAX_PANEL_MEMBERS:
+        raise PanelError(f"A panel has at most {MAX_PANEL_MEMBERS} members (got {len(members)}).")
     specs = [_spec(m, f"Member {i + 1}") for i, m in enumerate(members)]
     analyst = _spec(data.get("analyst"), "Analyst")
     writer = _spec(data.get("writer"), "Writer")

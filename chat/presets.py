@@ -27,11 +27,13 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import QuerySet
-from django.http import Http404
 from django.utils import timezone
 
+from chat import model_catalogue, spend
+from chat.errors import NotFound
+from chat.fusion.types import MAX_PANEL_MEMBERS
 from chat.models import Conversation, Preset
-from chat.panels import MAX_MEMBERS, PanelError, parse_panel, parse_preset_config
+from chat.panels import PanelError, parse_panel, parse_preset_config
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +108,8 @@ def _model_ids(config: dict[str, Any]) -> list[str]:
 
 def _catalogue_errors(model_ids: list[str]) -> list[str]:
     """Unknown models, per the model catalogue (chat.model_catalogue.validate_models)."""
-    try:
-        from chat.model_catalogue import validate_models
-    except ImportError:
-        return []
     # A page gives early feedback and never waits for the network; runs check again before paying.
-    return list(validate_models(model_ids, fetch_missing=False))
+    return list(model_catalogue.validate_models(model_ids, fetch_missing=False))
 
 
 def _clean_text(name: Any, description: Any) -> tuple[str, str]:
@@ -176,7 +174,7 @@ def builtin_get(*, key: str) -> BuiltinPreset:
     for builtin in builtin_presets():
         if builtin.key == key:
             return builtin
-    raise Http404("No such built-in preset.")
+    raise NotFound("No such built-in preset.")
 
 
 # --------------------------------------------------------------------------- selectors
@@ -186,12 +184,12 @@ def preset_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Preset]:
     return Preset.objects.filter(user=user).order_by("name", "pk")
 
 
-def preset_get_for_user(*, user: AbstractBaseUser, pk: Any) -> Preset:
-    """The user's preset ``pk``; Http404 for a missing id and for someone else's."""
+def preset_get_for_user(*, user: AbstractBaseUser, pk: int | str) -> Preset:
+    """The user's preset ``pk``; NotFound for a missing id and for someone else's."""
     try:
         return Preset.objects.get(pk=int(pk), user=user)
     except (Preset.DoesNotExist, TypeError, ValueError, OverflowError):
-        raise Http404("No such preset.") from None
+        raise NotFound("No such preset.") from None
 
 
 def preset_default_for_user(*, user: AbstractBaseUser) -> Preset | None:
@@ -199,22 +197,22 @@ def preset_default_for_user(*, user: AbstractBaseUser) -> Preset | None:
 
 
 def preset_get_shared(*, token: str) -> Preset:
-    """The preset shared under ``token``; Http404 for a revoked, regenerated or wrong token."""
+    """The preset shared under ``token``; NotFound for a revoked, regenerated or wrong token."""
     if not token or len(token) > 64:
-        raise Http404("No such shared preset.")
+        raise NotFound("No such shared preset.")
     try:
         return Preset.objects.select_related("user").get(share_token=token)
     except Preset.DoesNotExist:
-        raise Http404("No such shared preset.") from None
+        raise NotFound("No such shared preset.") from None
 
 
-def preset_resolve(*, user: AbstractBaseUser, ref: Any) -> ResolvedPreset:
-    """``"builtin:<key>"`` or one of the user's preset ids → its config; Http404 otherwise."""
+def preset_resolve(*, user: AbstractBaseUser, ref: object) -> ResolvedPreset:
+    """``"builtin:<key>"`` or one of the user's preset ids → its config; NotFound otherwise."""
     if isinstance(ref, str) and ref.startswith(BUILTIN_PREFIX):
         builtin = builtin_get(key=ref[len(BUILTIN_PREFIX):])
         return ResolvedPreset(preset=None, builtin_key=builtin.key, name=builtin.name, config=builtin.config)
     if isinstance(ref, bool) or not isinstance(ref, (int, str)):
-        raise Http404("No such preset.")
+        raise NotFound("No such preset.")
     preset = preset_get_for_user(user=user, pk=ref)
     # Stored configs were validated on save; parsing again keeps an old row's shape current.
     try:
@@ -269,12 +267,8 @@ def preset_estimate(*, config: dict[str, Any], prompt_tokens: int = ESTIMATE_PRO
     """The estimated cost of one run from catalogue prices; None when no estimate is available
     (no catalogue, or no price for any of its models)."""
     try:
-        from chat.model_catalogue import estimate_panel_cost, unpriced_models
-    except ImportError:
-        return None
-    try:
-        text = estimate_text(estimate_panel_cost(config, prompt_tokens=prompt_tokens))
-        unpriced = list(unpriced_models(config))
+        text = estimate_text(model_catalogue.estimate_panel_cost(config, prompt_tokens=prompt_tokens))
+        unpriced = list(model_catalogue.unpriced_models(config))
     except Exception:  # an estimate is a courtesy: never break a page over it
         log.exception("estimating the cost of a preset failed")
         return None
@@ -285,18 +279,14 @@ def preset_estimate(*, config: dict[str, Any], prompt_tokens: int = ESTIMATE_PRO
     return Estimate(text=text, unpriced=unpriced)
 
 
-def _usd(amount: float) -> str:
-    """$0.42, or $0.0031 below a cent (as chat.spend shows amounts)."""
-    return f"${amount:.4f}" if 0 < amount < 0.01 else f"${amount:.2f}"
-
-
 def estimate_text(estimate: Any) -> str | None:
     """chat.model_catalogue.estimate_panel_cost's ``(low, high)`` in USD as text; None if unusable."""
     try:
         low, high = (float(v) for v in estimate)
     except (TypeError, ValueError):
         return None
-    return _usd(low) if _usd(low) == _usd(high) else f"{_usd(low)}–{_usd(high)}"
+    low_text, high_text = spend.usd(low), spend.usd(high)
+    return low_text if low_text == high_text else f"{low_text}–{high_text}"
 
 
 # --------------------------------------------------------------------------- services
@@ -383,7 +373,7 @@ def preset_apply_to_conversation(
 
 
 def preset_resolve_posted(*, user: AbstractBaseUser, ref: str) -> ResolvedPreset | None:
-    """The composer's chooser value: None for "Custom panel", else the preset (Http404 for
+    """The composer's chooser value: None for "Custom panel", else the preset (NotFound for
     another user's). Resolve it before changing anything, so a bad id changes nothing."""
     return preset_resolve(user=user, ref=ref) if ref else None
 
@@ -479,8 +469,8 @@ def config_from_openrouter_plugin(plugin: dict[str, Any]) -> dict[str, Any]:
         raise PresetError("analysis_models must be a list of model ids (strings).")
     if not models:
         raise PresetError("analysis_models is empty; a panel needs at least one model.")
-    if len(models) > MAX_MEMBERS:
-        raise PresetError(f"A panel has at most {MAX_MEMBERS} members (analysis_models has {len(models)}).")
+    if len(models) > MAX_PANEL_MEMBERS:
+        raise PresetError(f"A panel has at most {MAX_PANEL_MEMBERS} members (analysis_models has {len(models)}).")
 
     model = plugin.get("model")
     if model is None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterable
 from importlib import import_module
 from typing import Any, Protocol
@@ -200,8 +199,6 @@ class SessionWatch:
         self.on_inactive_users = on_inactive_users
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # (session key, user id) → monotonic time of the last check that found it valid.
-        self._checked: dict[tuple[str, int], float] = {}
 
     def add(self, socket: WatchedSocket) -> None:
         self.sockets.add(socket)
@@ -211,15 +208,11 @@ class SessionWatch:
         self.sockets.discard(socket)
 
     async def still_valid(self, socket: WatchedSocket) -> bool:
-        """Is this socket's session valid? Checked now unless it was found valid moments ago."""
+        """Is this socket's session valid right now? (Asked before every frame that could start
+        or steer a paid run: those are rare, so the answer is never taken from a cache.)"""
         pair = (socket.session_key, socket.user_id)
-        if time.monotonic() - self._checked.get(pair, float("-inf")) < settings.FUSION_SESSION_RECHECK_S:
-            return True
         valid = (await database_sync_to_async(sessions_valid)([pair]))[pair]
-        if valid:
-            self._checked[pair] = time.monotonic()
-        else:
-            self._checked.pop(pair, None)
+        if not valid:
             inactive = await database_sync_to_async(inactive_users)([socket.user_id])
             if inactive and self.on_inactive_users:
                 self.on_inactive_users(inactive)
@@ -232,8 +225,6 @@ class SessionWatch:
             return
         pairs = {(s.session_key, s.user_id) for s in sockets}
         valid = await database_sync_to_async(sessions_valid)(pairs)
-        now = time.monotonic()
-        self._checked = {pair: now for pair, ok in valid.items() if ok}
         ended = [s for s in sockets if not valid.get((s.session_key, s.user_id), False)]
         if not ended:
             return

@@ -418,7 +418,7 @@ if (
 FUSION_MAX_OUTPUT_CHARS = env_int("FUSION_MAX_OUTPUT_CHARS", 200_000)
 # Largest websocket frame the server sends; bigger HTML or snapshots are split or fetched over HTTP.
 FUSION_MAX_WS_FRAME_BYTES = env_int("FUSION_MAX_WS_FRAME_BYTES", 256 * 1024)
-# How long a websocket trusts its last session check (logout, password change, deactivation).
+# How often every open websocket's session is checked (logout, password change, deactivation).
 FUSION_SESSION_RECHECK_S = env_float("FUSION_SESSION_RECHECK_S", 2.0)
 # Token buckets for websocket frames: per socket and per user (across processes with REDIS_URL).
 FUSION_WS_RATE_PER_S = env_float("FUSION_WS_RATE_PER_S", 10.0)

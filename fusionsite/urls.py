@@ -4,13 +4,13 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from chat import views_accounts
-from chat.forms import ChangePasswordForm
+from chat.forms.accounts import ChangePasswordForm
+from chat.views import accounts as account_views
 
 accounts = [
-    path("login/", views_accounts.SignInView.as_view(), name="login"),
+    path("login/", account_views.SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("signup/", views_accounts.signup, name="signup"),
+    path("signup/", account_views.signup, name="signup"),
     path(
         "password/",
         auth_views.PasswordChangeView.as_view(

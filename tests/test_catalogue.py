@@ -20,7 +20,8 @@ from chat import model_catalogue
 from chat.fusion.catalogue import CatalogueModel, parse_models, resolve, unknown_models
 from chat.testing.scripted import ScriptedUpstream
 from chat.models import CatalogueCache, Conversation, Run
-from chat.runs import RunError, _start_sync
+from chat.runs import RunError
+from chat.runs.services import _start_sync
 
 P_IN, P_OUT = 0.000002, 0.000008  # USD per token of the priced test models
 SCRIPTS: dict[str, Any] = {
@@ -261,7 +262,7 @@ class TestValidation:
         assert chat_requests(upstream) == [] and not Run.objects.exists() and not conversation.turns.exists()
 
     def test_a_regenerate_with_an_unknown_writer_is_refused_too(self, upstream, alice):
-        from chat.runs import _rerun_sync
+        from chat.runs.services import _rerun_sync
         from chat.models import RunStatus, Turn
 
         conversation = Conversation.objects.create(user=alice)

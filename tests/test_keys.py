@@ -18,7 +18,8 @@ from chat import keys
 from chat.engine import build_registry
 from chat.testing.scripted import ScriptedUpstream
 from chat.models import Conversation, ProviderKey, UserLimits
-from chat.runs import RunError, _start_sync, manager, run_start
+from chat.runs import RunError, manager, run_start
+from chat.runs.services import _start_sync
 
 ALICE_OR = "sk-or-v1-alice-0123456789abcdefWXYZ"
 ALICE_OTHER = "sk-other-alice-9876543210QRST"

@@ -852,3 +852,24 @@ class TestWebsocketStart:
         comm, events = await self._start(alice, conversation, **fields)
         assert events[-1]["type"] == "error" and events[-1]["code"] == "invalid"
         await comm.disconnect()
+
+
+# --------------------------------------------------------------------------- estimate text
+
+
+class TestEstimateText:
+    """Preset pages show dollars exactly as the composer and the usage page do (chat.spend.usd)."""
+
+    def test_it_rounds_like_every_other_page(self) -> None:
+        from chat import spend
+
+        for amount in (0.00314, 0.0123, 0.125, 1.005, 0.0):
+            assert presets.estimate_text((amount, amount)) == spend.usd(amount)
+
+    def test_a_sub_cent_cost_is_rounded_up_not_down(self) -> None:
+        assert presets.estimate_text((0.00311, 0.00311)) == "$0.0032"
+
+    def test_a_range_shows_both_ends_and_an_unusable_estimate_none(self) -> None:
+        assert presets.estimate_text((0.0123, 0.0456)) == "$0.01–$0.05"
+        assert presets.estimate_text(None) is None
+        assert presets.estimate_text(("a", "b")) is None

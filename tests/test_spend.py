@@ -20,7 +20,8 @@ from django.utils import timezone
 from chat import model_catalogue, keys, spend
 from chat.testing.scripted import ScriptedUpstream
 from chat.models import Conversation, MemberResponse, Run, RunStatus, Turn, UserLimits
-from chat.runs import RunError, _start_sync, manager, mark_interrupted, run_start, run_stop
+from chat.runs import RunError, manager, mark_interrupted, run_start, run_stop
+from chat.runs.services import _start_sync
 
 PRICING = {"prompt": "0.00001", "completion": "0.0001"}
 SCRIPTS: dict[str, Any] = {

@@ -26,7 +26,8 @@ from chat.fusion.types import (
     UsageReport,
 )
 from chat.models import Conversation, MemberResponse, MemberStatus, Run, RunStatus
-from chat.runs import RunError, _start_sync, manager, mark_interrupted, run_retry_member, run_start, run_stop, run_stop_member
+from chat.runs import RunError, manager, mark_interrupted, run_retry_member, run_start, run_stop, run_stop_member
+from chat.runs.services import _start_sync
 from tests.test_consumers import collect_until, open_ws
 
 PRICING = {"prompt": "0.00001", "completion": "0.0001"}

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from chat.fusion.client import ChatClient
-from chat.fusion.pipeline import NO_TOOLS_NOTE, FusionRun, normalise_url
+from chat.fusion.pipeline import FusionRun
+from chat.fusion.research import NO_TOOLS_NOTE
+from chat.fusion.sources import normalise_url
 from chat.fusion.providers import ProviderRegistry
 from chat.testing.scripted import ScriptedUpstream
 from chat.fusion.tools import FetchPolicy, WebTools, make_search_backend

@@ -452,6 +452,103 @@ class TestOwnership:
         assert missing.content == foreign.content
 
 
+# --------------------------------------------------------------------------- NotFound → 404
+
+
+class TestNotFoundIsA404:
+    """Services raise chat.errors.NotFound; every view that looks something up answers it with a 404."""
+
+    def test_selectors_raise_the_domain_error_not_an_http_one(self, alice: Any, bob: Any) -> None:
+        from django.http import Http404
+
+        from chat import accounts, conversations, keys, presets
+        from chat.errors import NotFound
+        from chat.models import Preset
+
+        alices_conversation = make_conversation(alice)
+        alices_preset = Preset.objects.create(user=alice, name="Alice's", config={})
+        alices_key = keys.key_set(user=alice, provider="openrouter", raw="sk-or-alice-0123456789")
+        lookups = [
+            lambda: conversations.conversation_get_for_user(user=bob, pk=alices_conversation.pk),
+            lambda: presets.preset_get_for_user(user=bob, pk=alices_preset.pk),
+            lambda: presets.preset_resolve(user=bob, ref=str(alices_preset.pk)),
+            lambda: presets.preset_resolve(user=bob, ref="builtin:nope"),
+            lambda: presets.preset_get_shared(token="no-such-token"),
+            lambda: presets.builtin_get(key="nope"),
+            lambda: keys.key_get_for_user(user=bob, pk=alices_key.pk),
+            lambda: accounts.invite_get(pk=12345),
+        ]
+        for lookup in lookups:
+            with pytest.raises(NotFound) as exc:
+                lookup()
+            assert not isinstance(exc.value, Http404)
+
+    def test_the_decorator_turns_not_found_into_http404_with_its_message(self, rf: Any) -> None:
+        from django.http import Http404
+
+        from chat.errors import NotFound
+        from chat.views._common import not_found_is_404
+
+        @not_found_is_404
+        def view(request: Any, pk: int) -> Any:
+            raise NotFound("No such thing.")
+
+        with pytest.raises(Http404, match="No such thing."):
+            view(rf.get("/"), pk=1)
+
+    def test_every_view_with_an_id_in_its_url_answers_a_missing_one_with_404(self, client: Client, alice: Any) -> None:
+        """A view that forgot the mapping would let NotFound escape (the test client re-raises it)."""
+        from django.urls import URLPattern
+
+        from chat.urls import urlpatterns
+
+        alice.is_staff = True  # so Settings → Invites is reachable too
+        alice.save()
+        client.force_login(alice)
+        missing = {"pk": 999_999, "key": "no-such-builtin", "token": "no-such-token"}
+        checked = []
+        for pattern in urlpatterns:
+            assert isinstance(pattern, URLPattern)
+            params = set(pattern.pattern.converters)
+            if not params:
+                continue
+            url = reverse(pattern.name, kwargs={name: missing[name] for name in params})
+            statuses = {client.get(url).status_code, client.post(url, {"preset": "999999"}).status_code}
+            assert 404 in statuses and statuses <= {404, 405}, (pattern.name, statuses)
+            checked.append(pattern.name)
+        assert {"conversation", "conversation_estimate", "key_delete", "invite_revoke", "preset_edit",
+                "builtin_preset", "shared_preset_copy"} <= set(checked)
+
+    @pytest.mark.parametrize(
+        "method, name, data",
+        [
+            ("get", "conversation_estimate", {}),
+            ("get", "conversation_export_json", {}),
+            ("post", "conversation_settings", {}),
+            ("get", "preset_edit", {}),
+            ("post", "preset_share", {}),
+            ("post", "key_delete", {}),
+        ],
+    )
+    def test_another_users_object_gets_the_same_page_as_a_missing_one(
+        self, bob_client: Client, alice: Any, method: str, name: str, data: dict[str, str]
+    ) -> None:
+        from chat import keys
+        from chat.models import Preset
+
+        owned = {
+            "conversation": make_conversation(alice).pk,
+            "preset": Preset.objects.create(user=alice, name="Alice's", config={}).pk,
+            "key": keys.key_set(user=alice, provider="openrouter", raw="sk-or-alice-0123456789").pk,
+        }
+        pk = owned[name.split("_")[0]]
+        send = getattr(bob_client, method)
+        foreign = send(reverse(name, args=[pk]), data)
+        absent = send(reverse(name, args=[pk + 1000]), data)
+        assert foreign.status_code == absent.status_code == 404
+        assert foreign.content == absent.content
+
+
 # --------------------------------------------------------------------------- admin
 
 

@@ -185,14 +185,31 @@ class TestSessionEnds:
         async with socket_for(app, other, ids["conversation"]) as ws:
             assert json.loads(await ws.recv())["type"] == "snapshot"
 
-    async def test_a_start_after_the_session_ended_starts_no_paid_run(self, app):
+    async def test_a_start_right_after_the_session_ended_starts_no_paid_run(self, app):
         _, ids, client = new_user(app)
         before = len(app.upstream.requests)
         async with socket_for(app, client, ids["conversation"]) as ws:
             await ws.recv()
             app.orm(f"from django.contrib.sessions.models import Session\nSession.objects.all().delete()\n"
                     f"result = Run.objects.filter(user_id={ids['user']}).count()")
-            await asyncio.sleep(1.1)  # past the session check's cache
+            try:  # at once: a steering frame checks the session itself, never from a cache
+                await ws.send(start_frame(FAST_PANEL))
+            except ConnectionClosed:
+                pass
+            assert await close_code(ws, within=5) == 4401
+        assert app.orm(f"result = Run.objects.filter(user_id={ids['user']}).count()") == 0
+        assert len(app.upstream.requests) == before
+
+    async def test_a_start_right_after_a_password_change_elsewhere_starts_no_paid_run(self, app):
+        name, ids, client = new_user(app)
+        other = app.sign_in(name, PASSWORD)
+        before = len(app.upstream.requests)
+        async with socket_for(app, client, ids["conversation"]) as ws:
+            await ws.recv()
+            changed = app.post_form(other, "/accounts/password/", {
+                "old_password": PASSWORD, "new_password1": "yet-another-passphrase-4", "new_password2": "yet-another-passphrase-4",
+            })
+            assert changed.status_code == 302
             try:
                 await ws.send(start_frame(FAST_PANEL))
             except ConnectionClosed:
@@ -200,6 +217,14 @@ class TestSessionEnds:
             assert await close_code(ws, within=5) == 4401
         assert app.orm(f"result = Run.objects.filter(user_id={ids['user']}).count()") == 0
         assert len(app.upstream.requests) == before
+
+    async def test_another_users_conversation_closes_with_4404_after_accept(self, app):
+        _, mine, client = new_user(app)
+        _, theirs, _ = new_user(app)
+        async with socket_for(app, client, theirs["conversation"]) as ws:
+            assert await close_code(ws, within=5) == 4404
+        async with socket_for(app, client, 10**9) as ws:
+            assert await close_code(ws, within=5) == 4404
 
     async def test_a_deactivated_users_socket_closes_and_their_runs_are_cancelled(self, app):
         _, ids, client = new_user(app)
@@ -273,7 +298,8 @@ class TestBadFrames:
         _, ids, client = new_user(app)
         async with socket_for(app, client, ids["conversation"]) as ws:
             await ws.recv()
-            for raw in ("[" * 30000, '{"type": "ping", "x": ' + "[" * 5000 + "]" * 5000 + "}", "{" * 20000):
+            for raw in ("[" * 30000, '{"type": "ping", "x": ' + "[" * 5000 + "]" * 5000 + "}", "{" * 20000,
+                        '{"type": "start", "preset": ' + "9" * 5000 + "}"):  # past Python's int-digit limit
                 await ws.send(raw)
                 error = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 assert error["type"] == "error" and error["code"] == "invalid", error

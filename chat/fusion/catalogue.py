@@ -117,7 +117,8 @@ def parse_models(rows: list[Any]) -> list[CatalogueModel]:
     for row in rows:
         if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not row["id"].strip():
             continue
-        pricing = row.get("pricing") if isinstance(row.get("pricing"), dict) else {}
+        raw_pricing = row.get("pricing")
+        pricing: dict[str, Any] = raw_pricing if isinstance(raw_pricing, dict) else {}
         params = row.get("supported_parameters")
         alias = row.get("alias_target")
         model = CatalogueModel(

@@ -31,6 +31,7 @@ Error text that may reach a user is scrubbed of every key of the registry, of th
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email.utils
 import functools
@@ -38,7 +39,8 @@ import json
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+import urllib.parse
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +67,8 @@ from chat.fusion.types import (
     ToolCallDelta,
     Usage,
     UsageReport,
+    merge_tool_call,
+    ms,
 )
 
 __all__ = ["ChatClient", "Completion", "error_kind", "parse_citations", "parse_retry_after", "parse_server_tool_use", "parse_usage"]
@@ -135,7 +139,8 @@ def parse_citations(raw: Any) -> list[dict[str, str]]:
     for item in raw if isinstance(raw, list) else []:
         if not isinstance(item, dict) or item.get("type") not in (None, "url_citation"):
             continue
-        inner = item.get("url_citation") if isinstance(item.get("url_citation"), dict) else item
+        nested = item.get("url_citation")
+        inner: dict[str, Any] = nested if isinstance(nested, dict) else item
         url = inner.get("url")
         if isinstance(url, str) and url.startswith(("http://", "https://")):
             citations.append(
@@ -161,12 +166,20 @@ class _Scrubber:
     """Removes API keys (and any bearer token) from text that may reach a user or a log."""
 
     def __init__(self, secrets: list[str]) -> None:
-        # Longest first, so a key that contains another is removed whole.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # Each key also as a provider might echo it: in any case, percent-encoded, base64 (alone,
+        # or as HTTP Basic's ":key"/"key:"). Longest first, so a key inside another goes whole.
+        forms: set[str] = set()
+        for secret in {s for s in secrets if len(s) >= 4}:
+            forms.update({secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)})
+            for raw in (secret, f":{secret}", f"{secret}:"):
+                encoded = base64.b64encode(raw.encode()).decode()
+                forms.update({encoded, encoded.rstrip("="), base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")})
+        ordered = sorted(forms, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(f) for f in ordered), re.IGNORECASE) if ordered else None
 
     def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
+        if self._pattern is not None:
+            text = self._pattern.sub("[redacted]", text)
         return _BEARER.sub("Bearer [redacted]", text)
 
 
@@ -272,7 +285,7 @@ class _Call:
             name=function.get("name"),
             arguments=self._fit(function.get("arguments") or ""),
         )
-        _merge_fragment(self.tool_calls, event)
+        merge_tool_call(self.tool_calls, event)
         return event
 
     def terminal_events(self) -> list[ClientEvent]:
@@ -290,14 +303,6 @@ class _Call:
         else:
             events.append(Finish(self.finish_reason or "stop", malformed_chunks=self.malformed))
         return events
-
-
-def _merge_fragment(calls: dict[int, ToolCall], event: ToolCallDelta) -> None:
-    """Add one streamed fragment to the tool call it belongs to (by index)."""
-    call = calls.setdefault(event.index, ToolCall(index=event.index))
-    call.id = call.id or event.id
-    call.name = call.name or event.name or ""
-    call.arguments += event.arguments
 
 
 def _reasoning_text(delta: dict[str, Any]) -> str:
@@ -361,7 +366,7 @@ class ChatClient:
         tools: list[dict[str, Any]] | None = None,
         tool_choice: Any = None,
         limits: Limits | None = None,
-    ) -> AsyncIterator[ClientEvent]:
+    ) -> AsyncGenerator[ClientEvent, None]:
         limits = limits or self.limits
         scrub = _Scrubber([*self.registry.secrets(), *self._extra_secrets])
         try:
@@ -413,13 +418,13 @@ class ChatClient:
         async with contextlib.aclosing(events):
             async for event in events:
                 if isinstance(event, (ContentDelta, ReasoningDelta, ToolCallDelta)) and result.ttft_ms is None:
-                    result.ttft_ms = _ms(time.monotonic() - started)
+                    result.ttft_ms = ms(time.monotonic() - started)
                 if isinstance(event, ContentDelta):
                     text.append(event.text)
                 elif isinstance(event, ReasoningDelta):
                     reasoning.append(event.text)
                 elif isinstance(event, ToolCallDelta):
-                    _merge_fragment(tool_calls, event)
+                    merge_tool_call(tool_calls, event)
                 elif isinstance(event, UsageReport):
                     result.usage = event.usage
                 elif isinstance(event, Finish):
@@ -432,7 +437,7 @@ class ChatClient:
         result.text = "".join(text)
         result.reasoning = "".join(reasoning)
         result.tool_calls = [tool_calls[i] for i in sorted(tool_calls)]
-        result.duration_ms = _ms(time.monotonic() - started)
+        result.duration_ms = ms(time.monotonic() - started)
         return result
 
     # ----------------------------------------------------------------------- request
@@ -448,7 +453,7 @@ class ChatClient:
         tool_choice: Any,
         limits: Limits,
     ) -> httpx.Request:
-        is_openrouter = provider.name == "openrouter" or "openrouter.ai" in provider.base_url
+        is_openrouter = provider.is_openrouter
         if spec.system_prompt:
             messages = [{"role": "system", "content": spec.system_prompt}, *messages]
         body: dict[str, Any] = {
@@ -491,7 +496,7 @@ class ChatClient:
 
     async def _attempt(
         self, request: httpx.Request, call: _Call, limits: Limits, scrub: _Scrubber
-    ) -> AsyncIterator[ClientEvent]:
+    ) -> AsyncGenerator[ClientEvent, None]:
         """Send once and yield deltas; the outcome is left in ``call`` (error / finish / done)."""
         deadline, why = call.read_deadline(limits)
         try:
@@ -525,7 +530,7 @@ class ChatClient:
 
     async def _read_stream(
         self, response: httpx.Response, call: _Call, limits: Limits, scrub: _Scrubber
-    ) -> AsyncIterator[ClientEvent]:
+    ) -> AsyncGenerator[ClientEvent, None]:
         loop = asyncio.get_running_loop()
         decoder = SSEDecoder()
         chunks = response.aiter_bytes()
@@ -659,7 +664,7 @@ class ChatClient:
             return None
         if not (error.kind in ("network", "incomplete") or error.status_code in RETRYABLE_STATUS):
             return None
-        delay = limits.backoff_base * 2**attempt
+        delay: float = limits.backoff_base * 2**attempt
         if error.retry_after is not None:
             if error.retry_after > limits.max_retry_after:
                 return None  # asked to wait longer than we are willing to: report it now
@@ -688,7 +693,3 @@ def _error_message(body: bytes) -> str:
 def _shared_ssl_context() -> ssl.SSLContext:
     # Loading the CA bundle costs ~60 ms; one context serves every client of the process.
     return httpx.create_ssl_context()
-
-
-def _ms(seconds: float) -> int:
-    return int(round(seconds * 1000))

@@ -1,12 +1,52 @@
-"""Typed requests, results and events of the fusion engine.
+"""Typed requests, results and events of the fusion engine, and what it expects of its parts.
 
-Plain dataclasses, no Django. Event ``type`` strings mirror OpenRouter's fusion stream
-taxonomy (``response.fusion_call.panel.delta`` → ``panel.delta``) so clients port easily.
+Owns the engine's vocabulary: the limits (``MAX_PANEL_MEMBERS``, ``MAX_TOKENS_LIMIT``), the
+member statuses and run phases, requests, client events, call records, pipeline events, and the
+``Client`` / ``Tools`` protocols the pipeline is given. Everyone else reads them from here.
+
+Plain dataclasses, enums and protocols: imports nothing but the standard library (no Django, no
+httpx, no other engine module). Event ``type`` strings mirror OpenRouter's fusion stream taxonomy
+(``response.fusion_call.panel.delta`` → ``panel.delta``) so clients port easily.
 """
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from enum import Enum
+from typing import Any, Literal, Protocol
+
+# --------------------------------------------------------------------------- limits and vocabularies
+
+MAX_PANEL_MEMBERS = 8  # the panel takes 1–8 models
+MAX_TOKENS_LIMIT = 200_000  # the largest ``max_tokens`` a model spec may ask for
+
+
+class MemberStatus(str, Enum):
+    """What a panel member is doing; the run layer checkpoints it, the browser shows it."""
+
+    WAITING = "waiting"  # added, no token yet
+    THINKING = "thinking"  # reasoning tokens only so far
+    STREAMING = "streaming"  # content tokens arriving
+    SEARCHING = "searching"  # a tool call is running
+    COMPLETE = "complete"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+# Statuses of a member that has not ended: a run that ends (or a process that died) leaves none.
+LIVE_STATUSES: frozenset[MemberStatus] = frozenset(
+    {MemberStatus.WAITING, MemberStatus.THINKING, MemberStatus.STREAMING, MemberStatus.SEARCHING}
+)
+
+
+class RunPhase(str, Enum):
+    """Where a run is: the panel answers, the analyst compares, the writer writes the final answer."""
+
+    PANEL = "panel"
+    ANALYSIS = "analysis"
+    FINAL = "final"
+    DONE = "done"
+
 
 # --------------------------------------------------------------------------- providers
 
@@ -21,6 +61,11 @@ class Provider:
     # OpenRouter and OpenAI accept response_format={"type": "json_object"}; others may not.
     supports_response_format: bool = True
     extra_headers: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_openrouter(self) -> bool:
+        """OpenRouter itself (by name or address): its usage accounting, reasoning and server tools."""
+        return self.name == "openrouter" or "openrouter.ai" in (self.base_url or "")
 
 
 @dataclass(frozen=True)
@@ -266,6 +311,19 @@ class ToolCall:
     arguments: str = ""  # JSON text, as the model wrote it
 
 
+def merge_tool_call(calls: dict[int, ToolCall], fragment: ToolCallDelta) -> None:
+    """Add one streamed fragment to the tool call it belongs to (by index)."""
+    call = calls.setdefault(fragment.index, ToolCall(index=fragment.index))
+    call.id = call.id or fragment.id
+    call.name = call.name or fragment.name or ""
+    call.arguments += fragment.arguments or ""
+
+
+def ms(seconds: float) -> int:
+    """Seconds as the whole milliseconds every duration of these types is given in."""
+    return int(round(seconds * 1000))
+
+
 @dataclass
 class Completion:
     """A whole completion, as ``ChatClient.complete`` returns it."""
@@ -494,14 +552,78 @@ PipelineEvent = (
 )
 
 
-def event_to_dict(event: PipelineEvent) -> dict[str, Any]:
-    """JSON-ready dict of a pipeline event (records and errors expanded)."""
-    d: dict[str, Any] = {}
-    for key, value in vars(event).items():
-        if isinstance(value, (CallRecord, ProviderError, Usage)):
-            d[key] = value.to_dict()
-        elif isinstance(value, list) and value and isinstance(value[0], CallRecord):
-            d[key] = [r.to_dict() for r in value]
-        else:
-            d[key] = value
-    return d
+
+# --------------------------------------------------------------------------- tools
+# What a ``Tools`` call returns (chat.fusion.tools.WebTools makes them; the engine reads them).
+
+SourceKind = Literal["search", "fetch"]
+
+
+@dataclass
+class Source:
+    url: str
+    title: str | None
+    kind: SourceKind
+
+
+@dataclass
+class ToolOutcome:
+    ok: bool
+    content_for_model: str  # the tool message's content
+    summary: str  # short, for the UI ("Searched “x” — 5 results", "Fetch failed: too large")
+    sources: list[Source] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- what the pipeline is given
+
+
+class Registry(Protocol):
+    """Which provider serves a model id (``chat.fusion.providers.ProviderRegistry``)."""
+
+    def resolve(self, model: str) -> tuple[Provider, str]: ...
+
+
+class Client(Protocol):
+    """A chat-completions client (``chat.fusion.client.ChatClient``, or a test's fake).
+
+    ``stream`` ends with exactly one ``Finish`` or ``StreamError`` and never raises for provider
+    trouble; closing it closes the upstream call. ``registry`` tells which provider serves a
+    model (JSON mode, server tools); a client without one gets neither.
+    """
+
+    @property
+    def registry(self) -> Registry | None: ...
+
+    def stream(
+        self,
+        spec: ModelSpec,
+        messages: list[Message],
+        *,
+        response_format: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+    ) -> AsyncGenerator[ClientEvent, None]: ...
+
+    async def complete(
+        self,
+        spec: ModelSpec,
+        messages: list[Message],
+        *,
+        response_format: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+    ) -> Completion: ...
+
+
+class Tools(Protocol):
+    """The web tools of one run (``chat.fusion.tools.WebTools``).
+
+    ``call`` never raises but for cancellation: a failure is a ``ToolOutcome`` with ``ok`` False.
+    """
+
+    @property
+    def available(self) -> list[str]: ...
+
+    def tool_schemas(self) -> list[dict[str, Any]]: ...
+
+    async def call(self, name: str, arguments_json: str) -> ToolOutcome: ...

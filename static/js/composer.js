@@ -4,10 +4,11 @@ import { fmtInt, splitModel } from "./format.js";
 import { CostEstimate } from "./estimate.js";
 import { PresetChooser } from "./preset_chooser.js";
 
-const MAX_MEMBERS = 8;
-
-/** Members textarea → [{model, temperature?}] — the same format chat/forms.py reads. */
-export function parseMembers(text) {
+/**
+ * Members textarea → [{model, temperature?}] — the same format chat/forms/conversations.py reads.
+ * `maxMembers` is the engine's MAX_PANEL_MEMBERS, read from the form's data-max-members.
+ */
+export function parseMembers(text, maxMembers) {
   const members = [];
   const lines = String(text || "").split(/\r?\n/);
   for (let i = 0; i < lines.length; i += 1) {
@@ -26,7 +27,7 @@ export function parseMembers(text) {
     members.push(member);
   }
   if (!members.length) return { error: "The panel needs at least one member." };
-  if (members.length > MAX_MEMBERS) return { error: `A panel has at most ${MAX_MEMBERS} members (got ${members.length}).` };
+  if (members.length > maxMembers) return { error: `A panel has at most ${maxMembers} members (got ${members.length}).` };
   return { members };
 }
 
@@ -42,6 +43,7 @@ export class Composer {
     this.onSend = onSend;
     this.onStop = onStop;
     this.max = Number(form.dataset.max) || 20000;
+    this.maxMembers = Number(form.dataset.maxMembers);
     this.textarea = form.querySelector("[data-prompt]");
     this.counter = form.querySelector("[data-counter]");
     this.sendButton = form.querySelector("[data-send]");
@@ -112,7 +114,7 @@ export class Composer {
         name: chosen.name,
       };
     }
-    const parsed = parseMembers(get("members") ? get("members").value : "");
+    const parsed = parseMembers(get("members") ? get("members").value : "", this.maxMembers);
     if (parsed.error) return { error: parsed.error };
     const analyst = (get("analyst") ? get("analyst").value : "").trim();
     const writer = (get("writer") ? get("writer").value : "").trim();

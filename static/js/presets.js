@@ -10,7 +10,7 @@ function initEditor(form) {
   const addButton = form.querySelector("[data-add-member]");
   const total = form.querySelector(`input[name="${PREFIX}-TOTAL_FORMS"]`);
   const count = form.querySelector("[data-member-count]");
-  const max = Number(form.dataset.maxMembers) || 8;
+  const max = Number(form.dataset.maxMembers); // the engine's MAX_PANEL_MEMBERS
   if (!rows || !template || !addButton || !total) return;
 
   const renumber = () => {

@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from chat.fusion.sources import normalise_url
 from chat.fusion.tools.domains import DomainFilter, host_of
 from chat.fusion.tools.fetch import FetchPolicy, Fetcher, FetchResult
 from chat.fusion.tools.search import SearchBackend, SearchError, SearchResult, make_search_backend
 from chat.fusion.tools.text import clean_untrusted, wrap_page_content, wrap_search_results
+from chat.fusion.types import Source, ToolOutcome
 
 __all__ = [
     "FetchPolicy",
@@ -41,24 +42,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SourceKind = Literal["search", "fetch"]
 _MAX_QUERY = 400
 _MAX_URL = 4096
-
-
-@dataclass
-class Source:
-    url: str
-    title: str | None
-    kind: SourceKind
-
-
-@dataclass
-class ToolOutcome:
-    ok: bool
-    content_for_model: str  # the tool message's content
-    summary: str  # short, for the UI ("Searched “x” — 5 results", "Fetch failed: too large")
-    sources: list[Source] = field(default_factory=list)
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -203,9 +188,11 @@ class WebTools:
         results: list[SearchResult] = []
         seen: set[str] = set()
         for r in raw or []:
-            if not isinstance(r, SearchResult) or r.url in seen or not self._domains.permits_url(r.url):
+            # The same page twice (another fragment, host spelt in capitals) is one result.
+            key = (normalise_url(r.url) or r.url) if isinstance(r, SearchResult) else ""
+            if not key or key in seen or not self._domains.permits_url(r.url):
                 continue
-            seen.add(r.url)
+            seen.add(key)
             results.append(r)
             if len(results) >= want:
                 break

@@ -82,7 +82,7 @@ def _snippet(value: Any) -> str:
 class _HTTPBackend:
     """Common plumbing: one request, no redirects, capped body, JSON object out."""
 
-    name = "base"
+    name: str = "base"
     default_url = ""
     supports_domain_filters = False  # passed natively to the API (WebTools filters regardless)
     forbidden_hint = "check the API key / access"
@@ -104,6 +104,11 @@ class _HTTPBackend:
 
     def __repr__(self) -> str:  # never show the key
         return f"{type(self).__name__}(url={self.url!r})"
+
+    async def search(
+        self, query: str, *, max_results: int, include_domains: Sequence[str] = (), exclude_domains: Sequence[str] = ()
+    ) -> list[SearchResult]:
+        raise NotImplementedError  # each backend speaks its own API
 
     async def _request(
         self,
@@ -259,7 +264,8 @@ class BraveBackend(_HTTPBackend):
                 published=_text(item.get("page_age")) or _text(item.get("age")) or None,
             )
 
-        web = payload.get("web") if isinstance(payload.get("web"), dict) else {}
+        raw_web = payload.get("web")
+        web: dict[str, Any] = raw_web if isinstance(raw_web, dict) else {}
         return self._results(web.get("results"), convert, max_results)
 
 

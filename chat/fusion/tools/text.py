@@ -72,7 +72,7 @@ _INVISIBLE_RANGES = [
     (0xE0000, 0xE007F),  # tag characters: invisible ASCII ("ASCII smuggling")
     (0xE0100, 0xE01EF),  # variation selectors supplement (used to smuggle bytes)
 ]
-_INVISIBLE = {cp: None for lo, hi in _INVISIBLE_RANGES for cp in range(lo, hi + 1)}
+_INVISIBLE: dict[int, str | None] = {cp: None for lo, hi in _INVISIBLE_RANGES for cp in range(lo, hi + 1)}
 _INVISIBLE.update({0x2028: "\n", 0x2029: "\n"})
 _BLANK_LINES = re.compile(r"\n{3,}")
 

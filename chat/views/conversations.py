@@ -1,4 +1,4 @@
-"""Pages: the conversation list and page, exports, health (accounts: chat/views_accounts.py).
+"""Conversation pages: the list, a conversation, its settings and exports.
 
 Views parse, authorize (every conversation goes through ``conversation_get_for_user``), call one
 service and respond. Runs themselves are started over the websocket (chat/consumers.py).
@@ -20,23 +20,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from chat import conversations as svc
 from chat import presets
-from chat.forms import ComposerForm, PanelForm, RenameForm
+from chat.forms.conversations import ComposerForm, PanelForm, RenameForm
 from chat.models import Conversation, FollowUpMode
+from chat.views._common import AuthedRequest, not_found_is_404, sidebar
 
 PENDING_KEY = "pending_start:{pk}"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _sidebar(request: HttpRequest, *, current: Conversation | None = None) -> dict[str, Any]:
-    q = request.GET.get("q", "").strip()[:200]
-    items = svc.conversation_list_for_user(user=request.user, q=q)
-    return {
-        "sidebar_groups": svc.conversation_sidebar_groups(items),
-        "sidebar_q": q,
-        "current": current,
-    }
 
 
 def _composer(*, conversation: Conversation | None, form: PanelForm | None = None) -> dict[str, Any]:
@@ -72,7 +63,7 @@ def _stash_pending_start(request: HttpRequest, conversation: Conversation, promp
     request.session[PENDING_KEY.format(pk=conversation.pk)] = {"run_id": str(uuid.uuid4()), "prompt": prompt}
 
 
-def _take_pending_start(request: HttpRequest, conversation: Conversation) -> dict[str, str] | None:
+def _take_pending_start(request: AuthedRequest, conversation: Conversation) -> dict[str, str] | None:
     key = PENDING_KEY.format(pk=conversation.pk)
     pending = request.session.get(key)
     if not pending:
@@ -88,7 +79,7 @@ def _take_pending_start(request: HttpRequest, conversation: Conversation) -> dic
 
 @login_required
 @require_GET
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthedRequest) -> HttpResponse:
     """The newest conversation, or an empty state whose composer creates the first one."""
     newest = svc.conversation_list_for_user(user=request.user).first()
     if newest is not None:
@@ -96,12 +87,13 @@ def home(request: HttpRequest) -> HttpResponse:
         if request.GET.get("q"):
             url += "?" + request.GET.urlencode()
         return redirect(url)
-    return render(request, "chat/home.html", {**_sidebar(request), **_composer(conversation=None)})
+    return render(request, "chat/home.html", {**sidebar(request), **_composer(conversation=None)})
 
 
 @login_required
 @require_POST
-def conversation_new(request: HttpRequest) -> HttpResponse:
+@not_found_is_404
+def conversation_new(request: AuthedRequest) -> HttpResponse:
     """Create (or reuse an empty) conversation; with a prompt, start it on the next page.
 
     The sidebar's button posts nothing. The home page's composer posts the prompt and the panel:
@@ -112,7 +104,7 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
         return redirect("conversation", pk=conversation.pk)
     form = ComposerForm(request.POST)
     if not form.is_valid():
-        context = {**_sidebar(request), **_composer(conversation=None, form=form)}
+        context = {**sidebar(request), **_composer(conversation=None, form=form)}
         return render(request, "chat/home.html", context, status=400)
     chosen = presets.preset_resolve_posted(user=request.user, ref=request.POST.get("preset", ""))
     conversation = svc.conversation_create(
@@ -127,7 +119,8 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
+@not_found_is_404
+def conversation_detail(request: AuthedRequest, pk: int) -> HttpResponse:
     conversation = svc.conversation_get_for_user(user=request.user, pk=pk)
     if request.method == "POST":
         # The composer without its script (not loaded yet, or blocked): start via the session.
@@ -148,7 +141,7 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
                 messages.error(request, " ".join(error))
         return redirect("conversation", pk=conversation.pk)
     context = {
-        **_sidebar(request, current=conversation),
+        **sidebar(request, current=conversation),
         **_composer(conversation=conversation),
         "conversation": conversation,
         "turns_state": svc.conversation_turns_state(conversation=conversation),
@@ -166,7 +159,8 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def conversation_state(request: HttpRequest, pk: int) -> JsonResponse:
+@not_found_is_404
+def conversation_state(request: AuthedRequest, pk: int) -> JsonResponse:
     """The page's turns state again, for a client that reconnected after runs finished."""
     conversation = svc.conversation_get_for_user(user=request.user, pk=pk)
     return JsonResponse({"turns": svc.conversation_turns_state(conversation=conversation)})
@@ -174,7 +168,8 @@ def conversation_state(request: HttpRequest, pk: int) -> JsonResponse:
 
 @login_required
 @require_POST
-def conversation_rename(request: HttpRequest, pk: int) -> HttpResponse:
+@not_found_is_404
+def conversation_rename(request: AuthedRequest, pk: int) -> HttpResponse:
     conversation = svc.conversation_get_for_user(user=request.user, pk=pk)
     form = RenameForm(request.POST)
     if form.is_valid():
@@ -186,19 +181,21 @@ def conversation_rename(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def conversation_delete(request: HttpRequest, pk: int) -> HttpResponse:
+@not_found_is_404
+def conversation_delete(request: AuthedRequest, pk: int) -> HttpResponse:
     conversation = svc.conversation_get_for_user(user=request.user, pk=pk)
     if request.method == "POST":
         title = conversation.title
         svc.conversation_delete(conversation=conversation)
         messages.success(request, f"Deleted “{title}”.")
         return redirect("home")
-    return render(request, "chat/confirm_delete.html", {**_sidebar(request, current=conversation), "conversation": conversation})
+    return render(request, "chat/confirm_delete.html", {**sidebar(request, current=conversation), "conversation": conversation})
 
 
 @login_required
 @require_POST
-def conversation_settings(request: HttpRequest, pk: int) -> HttpResponse:
+@not_found_is_404
+def conversation_settings(request: AuthedRequest, pk: int) -> HttpResponse:
     """Save the composer's panel and follow-up mode as this conversation's defaults."""
     conversation = svc.conversation_get_for_user(user=request.user, pk=pk)
     form = PanelForm(request.POST)
@@ -225,7 +222,8 @@ def conversation_settings(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def conversation_export_md(request: HttpRequest, pk: int) -> HttpResponse:
+@not_found_is_404
+def conversation_export_md(request: AuthedRequest, pk: int) -> HttpResponse:
     conversation = svc.conversation_get_for_user(user=request.user, pk=pk)
     response = HttpResponse(svc.conversation_export_markdown(conversation=conversation), content_type="text/markdown; charset=utf-8")
     filename = svc.conversation_export_filename(conversation=conversation, ext="md")
@@ -235,18 +233,11 @@ def conversation_export_md(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def conversation_export_json(request: HttpRequest, pk: int) -> HttpResponse:
+@not_found_is_404
+def conversation_export_json(request: AuthedRequest, pk: int) -> HttpResponse:
     conversation = svc.conversation_get_for_user(user=request.user, pk=pk)
     body = json.dumps(svc.conversation_export_json(conversation=conversation), ensure_ascii=False, indent=2)
     response = HttpResponse(body, content_type="application/json; charset=utf-8")
     filename = svc.conversation_export_filename(conversation=conversation, ext="json")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
-
-
-# --------------------------------------------------------------------------- health
-
-
-@require_GET
-def healthz(request: HttpRequest) -> HttpResponse:
-    return HttpResponse("ok", content_type="text/plain")

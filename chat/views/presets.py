@@ -11,22 +11,22 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from chat import presets
-from chat.forms_presets import ImportForm, MemberFormSet, PresetForm, member_initial
+from chat.forms.presets import ImportForm, MemberFormSet, PresetForm, member_initial
 from chat.models import Preset
-from chat.panels import MAX_MEMBERS, default_panel, default_research
-from chat.views import _sidebar
+from chat.panels import default_panel, default_research
+from chat.views._common import AuthedRequest, not_found_is_404, sidebar
 
 MEMBERS_PREFIX = "members"
 
 
-def _page(request: HttpRequest, template: str, context: dict[str, Any], status: int = 200) -> HttpResponse:
-    return render(request, template, {**_sidebar(request), **context}, status=status)
+def _page(request: AuthedRequest, template: str, context: dict[str, Any], status: int = 200) -> HttpResponse:
+    return render(request, template, {**sidebar(request), **context}, status=status)
 
 
 def _summary(config: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def _json_download(data: dict[str, Any], filename: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def preset_list(request: HttpRequest) -> HttpResponse:
+def preset_list(request: AuthedRequest) -> HttpResponse:
     return _page(request, "presets/list.html", {
         "own": presets.preset_list_for_user(user=request.user),
         "builtins": presets.builtin_presets(),
@@ -58,7 +58,8 @@ def preset_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def preset_detail(request: HttpRequest, pk: int) -> HttpResponse:
+@not_found_is_404
+def preset_detail(request: AuthedRequest, pk: int) -> HttpResponse:
     preset = presets.preset_get_for_user(user=request.user, pk=pk)
     share_url = request.build_absolute_uri(reverse("shared_preset", args=[preset.share_token])) if preset.share_token else ""
     return _page(request, "presets/detail.html", {
@@ -68,7 +69,8 @@ def preset_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def builtin_detail(request: HttpRequest, key: str) -> HttpResponse:
+@not_found_is_404
+def builtin_detail(request: AuthedRequest, key: str) -> HttpResponse:
     builtin = presets.builtin_get(key=key)
     return _page(request, "presets/builtin.html", {"preset": builtin, **_summary(builtin.config)})
 
@@ -76,7 +78,7 @@ def builtin_detail(request: HttpRequest, key: str) -> HttpResponse:
 # --------------------------------------------------------------------------- editor
 
 
-def _editor(request: HttpRequest, *, preset: Preset | None) -> HttpResponse:
+def _editor(request: AuthedRequest, *, preset: Preset | None) -> HttpResponse:
     """Create (``preset`` None) or edit a preset: the form, a row per member, one error list."""
     error = ""
     if request.method == "POST":
@@ -108,19 +110,20 @@ def _editor(request: HttpRequest, *, preset: Preset | None) -> HttpResponse:
         members = MemberFormSet(initial=member_initial(config), prefix=MEMBERS_PREFIX)
     invalid = request.method == "POST"
     return _page(request, "presets/edit.html", {
-        "preset": preset, "form": form, "members": members, "error": error, "max_members": MAX_MEMBERS,
+        "preset": preset, "form": form, "members": members, "error": error,
     }, status=400 if invalid else 200)
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def preset_new(request: HttpRequest) -> HttpResponse:
+def preset_new(request: AuthedRequest) -> HttpResponse:
     return _editor(request, preset=None)
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def preset_edit(request: HttpRequest, pk: int) -> HttpResponse:
+@not_found_is_404
+def preset_edit(request: AuthedRequest, pk: int) -> HttpResponse:
     return _editor(request, preset=presets.preset_get_for_user(user=request.user, pk=pk))
 
 
@@ -129,7 +132,8 @@ def preset_edit(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def preset_duplicate(request: HttpRequest, pk: int) -> HttpResponse:
+@not_found_is_404
+def preset_duplicate(request: AuthedRequest, pk: int) -> HttpResponse:
     made = presets.preset_duplicate(preset=presets.preset_get_for_user(user=request.user, pk=pk))
     messages.success(request, f"Made “{made.name}”. Edit it as you like.")
     return redirect("preset_edit", pk=made.pk)
@@ -137,7 +141,8 @@ def preset_duplicate(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def preset_delete(request: HttpRequest, pk: int) -> HttpResponse:
+@not_found_is_404
+def preset_delete(request: AuthedRequest, pk: int) -> HttpResponse:
     preset = presets.preset_get_for_user(user=request.user, pk=pk)
     if request.method == "POST":
         presets.preset_delete(preset=preset)
@@ -148,7 +153,8 @@ def preset_delete(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def preset_default(request: HttpRequest, pk: int) -> HttpResponse:
+@not_found_is_404
+def preset_default(request: AuthedRequest, pk: int) -> HttpResponse:
     """``default=1`` makes it the preset new conversations start with; ``default=0`` clears that."""
     preset = presets.preset_get_for_user(user=request.user, pk=pk)
     make_default = request.POST.get("default", "1") != "0"
@@ -164,7 +170,8 @@ def preset_default(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def preset_share(request: HttpRequest, pk: int) -> HttpResponse:
+@not_found_is_404
+def preset_share(request: AuthedRequest, pk: int) -> HttpResponse:
     preset = presets.preset_get_for_user(user=request.user, pk=pk)
     had_link = bool(preset.share_token)
     presets.preset_share(preset=preset)
@@ -174,7 +181,8 @@ def preset_share(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def preset_unshare(request: HttpRequest, pk: int) -> HttpResponse:
+@not_found_is_404
+def preset_unshare(request: AuthedRequest, pk: int) -> HttpResponse:
     presets.preset_unshare(preset=presets.preset_get_for_user(user=request.user, pk=pk))
     messages.success(request, "Stopped sharing: the link no longer works.")
     return redirect("preset_detail", pk=pk)
@@ -182,14 +190,15 @@ def preset_unshare(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def preset_export(request: HttpRequest, pk: int) -> HttpResponse:
+@not_found_is_404
+def preset_export(request: AuthedRequest, pk: int) -> HttpResponse:
     preset = presets.preset_get_for_user(user=request.user, pk=pk)
     return _json_download(presets.preset_export(preset), presets.export_filename(preset))
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def preset_import(request: HttpRequest) -> HttpResponse:
+def preset_import(request: AuthedRequest) -> HttpResponse:
     form = ImportForm(request.POST or None, request.FILES or None)
     error = ""
     if request.method == "POST" and form.is_valid():
@@ -207,7 +216,8 @@ def preset_import(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def builtin_copy(request: HttpRequest, key: str) -> HttpResponse:
+@not_found_is_404
+def builtin_copy(request: AuthedRequest, key: str) -> HttpResponse:
     made = presets.preset_copy_builtin(user=request.user, key=key)
     messages.success(request, f"Copied “{made.name}” into your presets.")
     return redirect("preset_detail", pk=made.pk)
@@ -215,7 +225,8 @@ def builtin_copy(request: HttpRequest, key: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def builtin_export(request: HttpRequest, key: str) -> HttpResponse:
+@not_found_is_404
+def builtin_export(request: AuthedRequest, key: str) -> HttpResponse:
     builtin = presets.builtin_get(key=key)
     return _json_download(presets.preset_export(builtin), presets.export_filename(builtin))
 
@@ -225,7 +236,8 @@ def builtin_export(request: HttpRequest, key: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def shared_detail(request: HttpRequest, token: str) -> HttpResponse:
+@not_found_is_404
+def shared_detail(request: AuthedRequest, token: str) -> HttpResponse:
     """The read-only page behind a share link: the panel, its settings, the owner's display name."""
     shared = presets.preset_get_shared(token=token)
     owner = shared.user
@@ -242,7 +254,8 @@ def shared_detail(request: HttpRequest, token: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def shared_copy(request: HttpRequest, token: str) -> HttpResponse:
+@not_found_is_404
+def shared_copy(request: AuthedRequest, token: str) -> HttpResponse:
     made = presets.preset_copy_shared(user=request.user, token=token)
     messages.success(request, f"Copied “{made.name}” into your presets. It is yours now: later changes to the shared one do not affect it.")
     return redirect("preset_detail", pk=made.pk)

@@ -11,8 +11,10 @@ from typing import Any
 
 from django import forms
 
+from chat.forms._common import PlainLabels
+from chat.fusion.types import MAX_PANEL_MEMBERS, MAX_TOKENS_LIMIT
 from chat.models import FollowUpMode
-from chat.panels import MAX_MEMBERS, MAX_TOKENS_LIMIT, MAX_TOOL_CALLS_LIMIT, default_research
+from chat.panels import MAX_TOOL_CALLS_LIMIT, default_research
 from chat.presets import DESCRIPTION_MAX, IMPORT_MAX_BYTES, NAME_MAX, too_large_message
 
 # Most effort first, as providers document them; "" leaves it to the model.
@@ -22,13 +24,7 @@ MODEL_ATTRS = {"spellcheck": "false", "autocomplete": "off", "class": "mono", "p
                "data-model-picker": ""}
 
 
-class _PlainLabels:
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("label_suffix", "")
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
-
-
-class MemberForm(_PlainLabels, forms.Form):
+class MemberForm(PlainLabels, forms.Form):
     """One panel member. Numbers stay text here so chat.panels words the range errors."""
 
     model = forms.CharField(max_length=200, required=False, widget=forms.TextInput(attrs=MODEL_ATTRS))
@@ -52,9 +48,9 @@ class MemberForm(_PlainLabels, forms.Form):
         return data or None
 
 
-# The editor's script adds and removes rows; validate_max is off so that nine members reach
-# chat.panels and get its "at most 8 members" message.
-MemberFormSet = forms.formset_factory(MemberForm, extra=0, max_num=MAX_MEMBERS, absolute_max=50, validate_max=False)
+# The editor's script adds and removes rows; validate_max is off so that a panel over the limit
+# reaches chat.panels and gets its "at most … members" message.
+MemberFormSet = forms.formset_factory(MemberForm, extra=0, max_num=MAX_PANEL_MEMBERS, absolute_max=50, validate_max=False)
 
 
 def _domains_text(domains: list[str]) -> str:
@@ -65,7 +61,7 @@ def _split_domains(text: str) -> list[str]:
     return [d for d in re.split(r"[\s,]+", text or "") if d]
 
 
-class PresetForm(_PlainLabels, forms.Form):
+class PresetForm(PlainLabels, forms.Form):
     name = forms.CharField(max_length=NAME_MAX)
     description = forms.CharField(max_length=DESCRIPTION_MAX, required=False, widget=forms.Textarea(attrs={"rows": 2}))
     analyst = forms.CharField(max_length=200, widget=forms.TextInput(attrs=MODEL_ATTRS),
@@ -154,7 +150,7 @@ def member_initial(config: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-class ImportForm(_PlainLabels, forms.Form):
+class ImportForm(PlainLabels, forms.Form):
     file = forms.FileField(required=False, label="JSON file")
     text = forms.CharField(required=False, label="…or paste the JSON",
                            widget=forms.Textarea(attrs={"rows": 8, "class": "mono", "spellcheck": "false"}))

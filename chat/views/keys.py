@@ -7,17 +7,18 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.contrib.auth.models import AbstractBaseUser
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from chat import keys
 from chat.models import ProviderKey
-from chat.views import _sidebar
+from chat.views._common import AuthedRequest, not_found_is_404, sidebar
 
 
-def _providers(user: object) -> list[dict[str, object]]:
+def _providers(user: AbstractBaseUser) -> list[dict[str, object]]:
     """Every configured provider: the user's key (if any), what runs use otherwise, where it goes."""
     stored = {k.provider: k for k in ProviderKey.objects.filter(user=user)}
     sources = keys.key_sources(user=user)
@@ -36,7 +37,7 @@ def _providers(user: object) -> list[dict[str, object]]:
 @login_required
 @sensitive_post_parameters("key")
 @require_http_methods(["GET", "POST"])
-def keys_page(request: HttpRequest) -> HttpResponse:
+def keys_page(request: AuthedRequest) -> HttpResponse:
     error_for, error = "", ""
     if request.method == "POST":
         provider = request.POST.get("provider", "")
@@ -47,13 +48,14 @@ def keys_page(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Saved your {keys.provider_title(provider)} key.")
             return redirect("keys")
-    context = {**_sidebar(request), "providers": _providers(request.user), "error_for": error_for, "error": error}
+    context = {**sidebar(request), "providers": _providers(request.user), "error_for": error_for, "error": error}
     return render(request, "settings/keys.html", context, status=400 if error else 200)
 
 
 @login_required
 @require_POST
-def key_delete(request: HttpRequest, pk: int) -> HttpResponse:
+@not_found_is_404
+def key_delete(request: AuthedRequest, pk: int) -> HttpResponse:
     key = keys.key_get_for_user(user=request.user, pk=pk)
     keys.key_delete(user=request.user, provider=key.provider)
     messages.success(request, f"Deleted your {keys.provider_title(key.provider)} key.")

@@ -6,21 +6,22 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, JsonResponse
+from django.http import JsonResponse
 from django.views.decorators.http import require_GET
 
-from chat import model_catalogue, conversations, spend
-from chat.forms import PanelForm
+from chat import conversations, model_catalogue, spend
+from chat.forms.conversations import PanelForm
 from chat.models import Conversation
 from chat.panels import default_panel
-from chat.runs import _history
+from chat.runs import history_messages
+from chat.views._common import AuthedRequest, not_found_is_404
 
 MAX_QUERY_CHARS = 200
 
 
 @login_required
 @require_GET
-def models_json(request: HttpRequest) -> JsonResponse:
+def models_json(request: AuthedRequest) -> JsonResponse:
     """``?q=`` → up to 40 models: id, name, provider, price per 1M tokens in/out, context length."""
     q = request.GET.get("q", "")[:MAX_QUERY_CHARS]
     return JsonResponse({"models": model_catalogue.catalogue_search(q)})
@@ -28,13 +29,14 @@ def models_json(request: HttpRequest) -> JsonResponse:
 
 def _history_chars(conversation: Conversation, *, panel_size: int) -> int:
     """How much of the conversation so far the next run sends along with the prompt."""
-    fused, threads = _history(conversation, conversation.turns.count(), panel_size=panel_size)
+    fused, threads = history_messages(conversation, conversation.turns.count(), panel_size=panel_size)
     return max(sum(len(str(m["content"])) for m in thread) for thread in [fused, *threads.values()])
 
 
 @login_required
 @require_GET
-def estimate_json(request: HttpRequest, pk: int | None = None) -> JsonResponse:
+@not_found_is_404
+def estimate_json(request: AuthedRequest, pk: int | None = None) -> JsonResponse:
     """``?chars=N`` plus the composer's panel fields → the run's estimated cost range in USD.
 
     On a conversation page (``pk``) the conversation so far counts towards the prompt, as it

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from chat import spend
-from chat.views import _sidebar
+from chat.views._common import AuthedRequest, sidebar
 
 DAYS = 30
 
 
 @login_required
 @require_GET
-def usage_page(request: HttpRequest) -> HttpResponse:
+def usage_page(request: AuthedRequest) -> HttpResponse:
     report = spend.usage_report(user=request.user, days=DAYS)
-    return render(request, "settings/usage.html", {**_sidebar(request), "report": report, "days": DAYS})
+    return render(request, "settings/usage.html", {**sidebar(request), "report": report, "days": DAYS})

@@ -1,47 +1,14 @@
-"""Forms: sign-up, rename, and the composer's panel settings."""
+"""The composer's forms: the panel (members one per line, analyst, writer), the first prompt, a rename."""
 from __future__ import annotations
 
 from typing import Any
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm, UserCreationForm
 
+from chat.fusion.types import MAX_PANEL_MEMBERS
 from chat.models import FollowUpMode
-from chat.panels import MAX_MEMBERS, PanelError, parse_panel
-
-
-class _PlainLabels:
-    """Labels without Django's trailing colon, to match the rest of the app."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("label_suffix", "")
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
-
-
-class SignUpForm(_PlainLabels, UserCreationForm):
-    """Django's own form: username + password twice, checked by AUTH_PASSWORD_VALIDATORS."""
-
-
-class SignInForm(_PlainLabels, AuthenticationForm):
-    pass
-
-
-class InviteForm(_PlainLabels, forms.Form):
-    """Settings → Invites: a note for staff's own records and how long the link stays valid."""
-
-    note = forms.CharField(
-        max_length=200, required=False, strip=True,
-        help_text="Only staff see it, e.g. who the invite is for.",
-    )
-    expires_in_days = forms.TypedChoiceField(
-        label="Valid for", coerce=int, initial=7,
-        choices=[(1, "1 day"), (7, "7 days"), (30, "30 days"), (0, "No expiry")],
-    )
-
-
-class ChangePasswordForm(_PlainLabels, PasswordChangeForm):
-    pass
+from chat.panels import PanelError, parse_panel
 
 
 class RenameForm(forms.Form):
@@ -89,7 +56,7 @@ class PanelForm(forms.Form):
 
     members = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "autocomplete": "off", "data-model-picker": ""}),
-        help_text=f"One model per line, up to {MAX_MEMBERS}; an optional temperature after a space.",
+        help_text=f"One model per line, up to {MAX_PANEL_MEMBERS}; an optional temperature after a space.",
     )
     analyst = forms.CharField(max_length=200, widget=forms.TextInput(attrs=MODEL_INPUT_ATTRS))
     writer = forms.CharField(max_length=200, widget=forms.TextInput(attrs=MODEL_INPUT_ATTRS))

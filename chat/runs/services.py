@@ -1,0 +1,530 @@
+"""The run services: start, steer, re-run and read runs (``run_<action>``), and their sync parts.
+
+Every door (the websocket, ``manage.py fuse``, the API, MCP) starts a run here, so limits,
+spend, keys and storage are the same whichever door a request used. The sync helpers validate
+and write rows; the async services hand the run to this process's manager (chat.runs.live).
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from chat import keys, model_catalogue, panels, presets, spend
+from chat.engine import (
+    build_limits,
+    build_registry,
+    build_web_tools,
+    known_secrets,
+    research_settings,
+    search_unavailable_reason,
+)
+from chat.errors import NotFound
+from chat.fusion.client import ChatClient
+from chat.fusion.pipeline import FusionRun
+from chat.fusion.providers import ProviderRegistry
+from chat.fusion.types import AnalysisCompleted, FusionRequest, Message
+from chat.models import Conversation, FollowUpMode, MemberResponse, MemberStatus, Run, RunStatus, Turn
+from chat.runs.live import ActiveRun, control_group, group_name, join_control_group, manager
+from chat.runs.recovery import PROCESS_ID, mark_interrupted, stale_after
+from chat.runs.state import RunState, call_metrics
+
+log = logging.getLogger(__name__)
+
+TITLE_CHARS = 60
+
+
+class RunError(Exception):
+    """A request about runs that cannot be honoured; ``code`` and ``message`` go to the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def history_messages(
+    conversation: Conversation, before_index: int, *, panel_size: int
+) -> tuple[list[Message], dict[int, list[Message]]]:
+    """The conversation before turn *before_index*: fused history for everyone, and each member's own thread."""
+    fused: list[Message] = []
+    threads: dict[int, list[Message]] = {i: [] for i in range(panel_size)}
+    turns = conversation.turns.filter(index__lt=before_index).order_by("index").prefetch_related("runs__members")
+    for turn in turns:
+        runs = sorted(turn.runs.all(), key=lambda r: (r.created_at, str(r.pk)))
+        done = [r for r in runs if r.status == RunStatus.COMPLETE and r.answer] or runs
+        run = done[-1] if done else None
+        fused.append({"role": "user", "content": turn.prompt})
+        if run and run.answer:
+            fused.append({"role": "assistant", "content": run.answer})
+        answers = {m.slot: m.content for m in run.members.all() if m.status == MemberStatus.COMPLETE} if run else {}
+        for slot in threads:
+            threads[slot].append({"role": "user", "content": turn.prompt})
+            own = answers.get(slot) or (run.answer if run else "")
+            if own:
+                threads[slot].append({"role": "assistant", "content": own})
+    return fused, threads
+
+
+def build_request(conversation: Conversation, turn: Turn, panel: dict[str, Any]) -> FusionRequest:
+    """The engine's request for *turn* with *panel* (parsed by chat.panels.parse_panel)."""
+    members = [panels.spec_from_dict(m) for m in panel["members"]]
+    fused, threads = history_messages(conversation, turn.index, panel_size=len(members))
+    question = {"role": "user", "content": turn.prompt}
+    member_messages = None
+    if conversation.follow_up_mode == FollowUpMode.PER_MEMBER:
+        member_messages = {slot: thread + [question] for slot, thread in threads.items()}
+    return FusionRequest(
+        messages=fused + [question],
+        panel=members,  # type: ignore[arg-type]
+        analyst=panels.spec_from_dict(panel["analyst"]),  # type: ignore[arg-type]
+        writer=panels.spec_from_dict(panel["writer"]),  # type: ignore[arg-type]
+        fallback_analyst=panels.spec_from_dict(panel.get("fallback_analyst")),
+        fallback_writer=panels.spec_from_dict(panel.get("fallback_writer")),
+        member_messages=member_messages,
+        research=research_settings(panel.get("research")),
+    )
+
+
+def _no_tool_models(request: FusionRequest) -> set[str]:
+    """Members the model catalogue says cannot take tools (only when it lists parameters at all)."""
+    if request.research is None or not request.research.web_tools:
+        return set()
+    try:
+        lookup = model_catalogue.model_resolver()
+        found = {spec.model: lookup(spec.model) for spec in request.panel}
+    except Exception:  # the catalogue is a hint; a run never fails over it
+        log.warning("could not read tool support from the model catalogue", exc_info=True)
+        return set()
+    return {
+        model for model, info in found.items()
+        if info is not None and getattr(info, "supported_parameters", None) and not getattr(info, "supports_tools", True)
+    }
+
+
+def _research_notice(request: FusionRequest) -> str | None:
+    """Why web search is not offered although the panel asked for web tools, else None."""
+    if request.research is None or not request.research.web_tools:
+        return None
+    return search_unavailable_reason()
+
+
+def _search_price_usd() -> float:
+    return float(settings.FUSION_SEARCH_PRICE_USD or 0)
+
+
+def _search_reserve_usd(request: FusionRequest) -> float:
+    """The most a run's paid searches can cost: every member spending its whole budget on them."""
+    price = _search_price_usd()
+    research = request.research
+    if price <= 0 or research is None or not research.web_tools or not settings.FUSION_SEARCH_BACKEND:
+        return 0.0
+    return price * research.budget * len(request.panel)
+
+
+# --------------------------------------------------------------------------- checks before a paid call
+
+
+def _check_limits(*, user: Any, conversation: Conversation) -> None:
+    if Run.objects.filter(conversation=conversation, status=RunStatus.RUNNING).exists():
+        raise RunError("busy", "A run is already going in this conversation. Stop it or wait for it to finish.")
+    limit = settings.FUSION_MAX_CONCURRENT_RUNS_PER_USER
+    if Run.objects.filter(user=user, status=RunStatus.RUNNING).count() >= limit:
+        raise RunError("limit", f"You already have {limit} runs going. Wait for one to finish or stop one.")
+
+
+def _check_models_and_keys(*, user: Any, panel: dict[str, Any]) -> None:
+    """Before any paid call: every model is in its provider's catalogue, every provider has a key."""
+    models = [s["model"] for s in (*panel["members"], panel["analyst"], panel["writer"],
+                                   panel.get("fallback_analyst"), panel.get("fallback_writer")) if s]
+    errors = model_catalogue.validate_models(models)
+    if errors:
+        raise RunError("invalid", " ".join(errors))
+    registry = build_registry()
+    problems = keys.key_problems(user=user, providers=[registry.resolve(m)[0].name for m in models])
+    if problems:
+        raise RunError("no_key", " ".join(problems))
+
+
+def _reserve_spend(*, user: Any, run: Run, request: FusionRequest, reused_slots: Any = (),
+                   reuse_analysis: bool = False) -> None:
+    """Hold the run's high cost estimate against today's limit (inside the run's transaction)."""
+    threads = [request.messages, *(request.member_messages or {}).values()]
+    chars = max(sum(len(str(m.get("content") or "")) for m in thread) for thread in threads)
+    _, high = model_catalogue.estimate_panel_cost(
+        run.config, prompt_tokens=model_catalogue.tokens_of_chars(chars), reused_slots=reused_slots,
+        reuse_analysis=reuse_analysis,
+    )
+    high += _search_reserve_usd(request)
+    registry = build_registry()
+    specs = [run.config.get(k) for k in ("analyst", "writer", "fallback_analyst", "fallback_writer")]
+    providers = [registry.resolve(s["model"])[0].name for s in (*run.config["members"], *specs) if s]
+    run.uses_server_key = keys.uses_server_key(user=user, providers=providers)
+    try:
+        run.reserved_usd = spend.spend_reserve(user=user, high_usd=high, server_key=run.uses_server_key)
+    except spend.SpendLimitExceeded as exc:
+        raise RunError("spend_limit", str(exc)) from None
+    Run.objects.filter(pk=run.pk).update(reserved_usd=run.reserved_usd, uses_server_key=run.uses_server_key)
+
+
+# --------------------------------------------------------------------------- writing a run
+
+
+def _create_run(*, user: Any, conversation: Conversation, turn: Turn, client_run_id: str, panel: dict[str, Any],
+                writer: str | None = None, reuse: dict[int, MemberResponse] | None = None) -> Run:
+    run = Run.objects.create(
+        user=user, conversation=conversation, turn=turn, client_run_id=client_run_id, config=panel,
+        analyst_model=panel["analyst"]["model"], writer_model=writer or panel["writer"]["model"],
+        process_id=PROCESS_ID,
+    )
+    reuse = reuse or {}
+    MemberResponse.objects.bulk_create(
+        [
+            MemberResponse(
+                run=run, slot=i, model=m["model"], label=m.get("label", ""),
+                **(
+                    {"status": MemberStatus.COMPLETE, "content": reuse[i].content, "reasoning": reuse[i].reasoning,
+                     "ttft_ms": reuse[i].ttft_ms, "duration_ms": reuse[i].duration_ms, "usage": reuse[i].usage,
+                     "tool_calls": reuse[i].tool_calls, "sources": reuse[i].sources, "notes": reuse[i].notes}
+                    if i in reuse else {}
+                ),
+            )
+            for i, m in enumerate(panel["members"])
+        ]
+    )
+    return run
+
+
+def _resolve_preset(*, user: Any, ref: Any) -> presets.ResolvedPreset:
+    try:
+        return presets.preset_resolve(user=user, ref=ref)
+    except NotFound:
+        raise RunError("not_found", "No such preset.") from None
+    except presets.PresetError as exc:
+        raise RunError("invalid", str(exc)) from None
+
+
+def _checked_prompt(prompt: str) -> str:
+    prompt = prompt.strip()
+    if not prompt:
+        raise RunError("invalid", "Write a prompt first.")
+    if len(prompt) > settings.FUSION_MAX_PROMPT_CHARS:
+        raise RunError(
+            "invalid", f"The prompt is {len(prompt)} characters; the limit is {settings.FUSION_MAX_PROMPT_CHARS}."
+        )
+    return prompt
+
+
+def _start_sync(*, user: Any, conversation_id: int, client_run_id: str, prompt: str, panel_data: Any,
+                follow_up_mode: str | None, preset_ref: Any = None) -> tuple[Run, FusionRequest | None]:
+    """Validate and write the turn and the run; return (run, request) or (existing run, None).
+
+    A ``panel`` or ``preset`` sent with start is for this turn only; the conversation keeps its
+    own panel, except that a conversation without one yet adopts it.
+    """
+    existing = Run.objects.filter(user=user, client_run_id=client_run_id).select_related("turn").first()
+    if existing is not None:
+        if existing.conversation_id != conversation_id:
+            raise RunError("not_found", "No such run.")
+        return existing, None
+    conversation = Conversation.objects.filter(user=user, pk=conversation_id).first()
+    if conversation is None:
+        raise RunError("not_found", "No such conversation.")
+    prompt = _checked_prompt(prompt)
+    resolved = _resolve_preset(user=user, ref=preset_ref) if preset_ref is not None else None
+    if resolved is not None:
+        panel_data = resolved.panel
+    try:
+        panel = panels.parse_panel(panel_data if panel_data is not None else (conversation.panel or panels.default_panel()))
+    except panels.PanelError as exc:
+        raise RunError("invalid", str(exc)) from None
+    _check_limits(user=user, conversation=conversation)
+    _check_models_and_keys(user=user, panel=panel)
+    try:
+        with transaction.atomic():
+            index = conversation.turns.count()
+            turn = Turn.objects.create(conversation=conversation, index=index, prompt=prompt)
+            run = _create_run(user=user, conversation=conversation, turn=turn, client_run_id=client_run_id, panel=panel)
+            if not conversation.panel:
+                conversation.panel = panel
+                if resolved is not None:
+                    conversation.preset, conversation.builtin_preset = resolved.preset, resolved.builtin_key
+                    if follow_up_mode is None:
+                        conversation.follow_up_mode = resolved.follow_up_mode
+            if follow_up_mode in (FollowUpMode.FUSED, FollowUpMode.PER_MEMBER):
+                conversation.follow_up_mode = follow_up_mode
+            if index == 0 and conversation.title in ("", "New conversation"):
+                conversation.title = title_from_prompt(prompt)
+            conversation.updated_at = timezone.now()
+            conversation.save()
+            request = build_request(conversation, turn, panel)
+            _reserve_spend(user=user, run=run, request=request)
+    except IntegrityError:
+        # Another tab started a run here a moment ago, or the same client run id raced in.
+        existing = Run.objects.filter(user=user, client_run_id=client_run_id).first()
+        if existing is not None and existing.conversation_id == conversation_id:
+            return existing, None
+        raise RunError("busy", "A run is already going in this conversation. Stop it or wait for it to finish.") from None
+    return run, request
+
+
+def title_from_prompt(prompt: str) -> str:
+    line = " ".join(prompt.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+# --------------------------------------------------------------------------- launching
+
+
+async def _start_active(run: Run, request: FusionRequest, frame: dict[str, Any], **launch_kw: Any) -> ActiveRun:
+    """Listen for controls, tell the conversation the run started, then run it — in that order."""
+    channel = await join_control_group(run.pk)
+    await get_channel_layer().group_send(group_name(run.conversation_id), {"type": "run.frame", "frame": frame})
+    return _launch(run, request, control_channel=channel, **launch_kw)
+
+
+def _launch(run: Run, request: FusionRequest, *, registry: ProviderRegistry, control_channel: str | None = None,
+            price_lookup: Any = None,
+            reused: dict[int, dict[str, Any]] | None = None,
+            reused_research: dict[int, dict[str, Any]] | None = None, **fusion_kw: Any) -> ActiveRun:
+    """Run the pipeline with *registry*: the run's user's own keys (chat.engine.build_registry).
+
+    Web tools are built here from the request's research settings (chat.engine.build_web_tools).
+    """
+    # Error text is scrubbed of every key the process knows, not only the ones this run uses.
+    client = ChatClient(registry, limits=build_limits(), extra_secrets=known_secrets())
+    fusion = FusionRun(request, client, tools=build_web_tools(request.research), **fusion_kw)
+    state = RunState.start(
+        run, request.panel, reused=reused or {}, price_lookup=price_lookup,
+        research_notice=_research_notice(request), search_price_usd=_search_price_usd(),
+    )
+    for slot, research in (reused_research or {}).items():  # answers carried over keep their research
+        member = state.members[slot]
+        member.tool_calls, member.sources, member.notes = (
+            list(research.get(k) or []) for k in ("tool_calls", "sources", "notes")
+        )
+    active = ActiveRun(run=run, request=request, client=client, fusion=fusion, state=state,
+                       control_channel=control_channel)
+    manager.launch(active)
+    return active
+
+
+def _run_started_frame(run: Run, request: FusionRequest, replaces: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "run.started",
+        "run": str(run.pk),
+        "client_run_id": run.client_run_id,
+        "turn": {"id": run.turn_id, "index": run.turn.index, "prompt": run.turn.prompt},
+        "members": [{"slot": i, "model": s.model, "label": s.label or ""} for i, s in enumerate(request.panel)],
+        "analyst": request.analyst.model,
+        "writer": run.writer_model,
+        "replaces": replaces,
+        "research_notice": _research_notice(request),
+        "started_at": run.created_at.isoformat(),
+    }
+
+
+async def _engine_inputs(*, user: Any, request: FusionRequest) -> dict[str, Any]:
+    """What the run reads before it starts: the user's keys, the catalogue's prices, tool support."""
+    return {
+        "registry": await database_sync_to_async(build_registry)(user=user),
+        "price_lookup": await database_sync_to_async(model_catalogue.model_resolver)(),
+        "no_tool_models": await database_sync_to_async(_no_tool_models)(request),
+    }
+
+
+async def run_start(*, user: Any, conversation_id: int, client_run_id: str, prompt: str, panel: Any = None,
+                    follow_up_mode: str | None = None, preset: Any = None) -> tuple[dict[str, Any], bool]:
+    """Start a run, or attach to the one this client run id already started.
+
+    Returns (state or run.started frame, created).
+    """
+    run, request = await database_sync_to_async(_start_sync)(
+        user=user, conversation_id=conversation_id, client_run_id=client_run_id, prompt=prompt,
+        panel_data=panel, follow_up_mode=follow_up_mode, preset_ref=preset,
+    )
+    if request is None:
+        return await run_snapshot(run_id=run.pk), False
+    inputs = await _engine_inputs(user=user, request=request)
+    frame = _run_started_frame(run, request)
+    await _start_active(run, request, frame, **inputs)
+    return frame, True
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+def run_state(run: Run) -> dict[str, Any]:
+    """The snapshot shape of docs/protocol.md, from the database (history, or another process's run)."""
+    return RunState.from_rows(run).snapshot()
+
+
+async def run_snapshot(*, run_id: uuid.UUID) -> dict[str, Any]:
+    active = manager.get(run_id)
+    if active is not None:
+        return active.snapshot()
+    run = await database_sync_to_async(
+        lambda: Run.objects.select_related("turn").prefetch_related("members").get(pk=run_id)
+    )()
+    return await database_sync_to_async(run_state)(run)
+
+
+async def run_request_live_snapshot(*, run_id: uuid.UUID, reply_to: str) -> None:
+    """Ask the process that owns a running run for its live snapshot, sent to *reply_to*."""
+    if manager.get(run_id) is None:
+        await get_channel_layer().group_send(
+            control_group(run_id), {"type": "run.control", "action": "snapshot", "reply_to": reply_to}
+        )
+
+
+def running_runs_for_conversation(*, user: Any, conversation_id: int) -> list[uuid.UUID]:
+    """Running runs of a conversation; runs whose owner process went silent become interrupted."""
+    stale_before = timezone.now() - stale_after()
+    runs = Run.objects.filter(user=user, conversation_id=conversation_id, status=RunStatus.RUNNING)
+    ids = []
+    for run in runs:
+        if manager.get(run.pk) is None and run.heartbeat_at < stale_before:
+            mark_interrupted(Run.objects.filter(pk=run.pk))
+        else:
+            ids.append(run.pk)
+    return ids
+
+
+# --------------------------------------------------------------------------- steering runs
+
+
+def _owned_run(*, user: Any, conversation_id: int, client_run_id: str) -> Run:
+    run = (
+        Run.objects.filter(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
+        .select_related("turn", "conversation")
+        .first()
+    )
+    if run is None:
+        raise RunError("not_found", "No such run.")
+    return run
+
+
+async def _active_for(*, user: Any, conversation_id: int, client_run_id: str) -> tuple[Run, ActiveRun | None]:
+    run = await database_sync_to_async(_owned_run)(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
+    return run, manager.get(run.pk)
+
+
+async def _control(*, user: Any, conversation_id: int, client_run_id: str, action: str,
+                   slot: int | None = None) -> tuple[Run, bool | None]:
+    """Steer a run wherever it runs: here directly, in another process through the channel layer.
+
+    Returns (run, True/False) when this process owns the run (did the control apply?),
+    (run, None) when it was sent to the owning process, (run, False) when the run is over.
+    """
+    run, active = await _active_for(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
+    if active is not None:
+        return run, active.control(action, slot)
+    if run.status == RunStatus.RUNNING:
+        await get_channel_layer().group_send(
+            control_group(run.pk), {"type": "run.control", "action": action, "slot": slot}
+        )
+        return run, None
+    return run, False
+
+
+async def run_stop(*, user: Any, conversation_id: int, client_run_id: str) -> None:
+    _, applied = await _control(user=user, conversation_id=conversation_id, client_run_id=client_run_id, action="stop")
+    if applied is False:
+        raise RunError("invalid", "This run is not running.")
+
+
+async def run_stop_member(*, user: Any, conversation_id: int, client_run_id: str, slot: int) -> None:
+    _, applied = await _control(user=user, conversation_id=conversation_id, client_run_id=client_run_id,
+                                action="stop_member", slot=slot)
+    if applied is False:
+        raise RunError("invalid", "That member is not running.")
+
+
+async def run_fuse_now(*, user: Any, conversation_id: int, client_run_id: str) -> None:
+    _, applied = await _control(user=user, conversation_id=conversation_id, client_run_id=client_run_id,
+                                action="fuse_now")
+    if applied is False:
+        raise RunError("invalid", "Fuse now works only while panel members are still answering.")
+
+
+# --------------------------------------------------------------------------- re-running a turn
+
+
+def _rerun_sync(*, user: Any, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None
+                ) -> tuple[Run, FusionRequest, dict[int, MemberResponse], AnalysisCompleted | None, str]:
+    """A new run for the same turn that reuses the old run's answers (and analysis, for regenerate)."""
+    old = _owned_run(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
+    if old.status == RunStatus.RUNNING:
+        raise RunError("busy", "Wait for the run to finish first.")
+    panel = dict(old.config)
+    members = {m.slot: m for m in old.members.all()}
+    if slot is not None and slot not in members:
+        raise RunError("invalid", "No such member.")
+    if writer is not None:
+        try:
+            panel["writer"] = panels.parse_panel({**panel, "writer": {"model": writer}})["writer"]
+        except panels.PanelError as exc:
+            raise RunError("invalid", str(exc)) from None
+    reuse = {s: m for s, m in members.items() if m.status == MemberStatus.COMPLETE and s != slot}
+    if writer is not None and not reuse:
+        raise RunError("invalid", "No member answered in this run, so there is nothing to fuse again.")
+    _check_limits(user=user, conversation=old.conversation)
+    _check_models_and_keys(user=user, panel=panel)
+    new_client_id = f"{old.client_run_id[:40]}-{uuid.uuid4().hex[:12]}"
+    request = build_request(old.conversation, old.turn, panel)
+    keep_analysis = writer is not None and old.analysis is not None and slot is None
+    try:
+        with transaction.atomic():
+            run = _create_run(user=user, conversation=old.conversation, turn=old.turn, client_run_id=new_client_id,
+                              panel=panel, writer=panel["writer"]["model"], reuse=reuse)
+            _reserve_spend(user=user, run=run, request=request, reused_slots=reuse, reuse_analysis=keep_analysis)
+    except IntegrityError:
+        raise RunError("busy", "A run is already going in this conversation.") from None
+    reuse_analysis = None
+    if keep_analysis:
+        reuse_analysis = AnalysisCompleted(
+            analyst_model=old.analyst_model, analysis=old.analysis, label_map=old.label_map, records=[]
+        )
+        Run.objects.filter(pk=run.pk).update(analysis=old.analysis, label_map=old.label_map, analyst_model=old.analyst_model)
+        run.analysis, run.label_map = old.analysis, old.label_map
+    return run, request, reuse, reuse_analysis, str(old.pk)
+
+
+async def _rerun(*, user: Any, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None) -> dict[str, Any]:
+    run, request, reuse, analysis, old_id = await database_sync_to_async(_rerun_sync)(
+        user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=slot, writer=writer
+    )
+    inputs = await _engine_inputs(user=user, request=request)
+    frame = _run_started_frame(run, request, replaces=old_id)
+    await _start_active(
+        run, request, frame, **inputs,
+        reuse_answers={s: m.content for s, m in reuse.items()}, reuse_analysis=analysis,
+        reused={s: call_metrics(m.ttft_ms, m.duration_ms, m.usage) for s, m in reuse.items()},
+        reuse_sources={s: m.sources or [] for s, m in reuse.items()},
+        reused_research={s: {"tool_calls": m.tool_calls, "sources": m.sources, "notes": m.notes} for s, m in reuse.items()},
+    )
+    return frame
+
+
+async def run_retry_member(*, user: Any, conversation_id: int, client_run_id: str, slot: int) -> None:
+    run, active = await _active_for(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
+    if active is not None or run.status == RunStatus.RUNNING:  # still running: restart in place
+        _, applied = await _control(user=user, conversation_id=conversation_id, client_run_id=client_run_id,
+                                    action="retry_member", slot=slot)
+        if applied is False:
+            raise RunError("invalid", "Only a failed or stopped member can be retried, while the panel is answering.")
+        return
+    await _rerun(user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=slot, writer=None)
+
+
+async def run_regenerate(*, user: Any, conversation_id: int, client_run_id: str, writer: str) -> None:
+    await _rerun(user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=None, writer=writer)
