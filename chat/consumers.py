@@ -21,6 +21,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from chat import ratelimit, runs
+from chat.fusion.types import MAX_PANEL_MEMBERS
 from chat.models import Conversation
 from chat.ws_security import CLOSE_SESSION_ENDED, SessionWatch
 
@@ -114,8 +115,8 @@ def _preset_ref(value: Any) -> str | int | None:
 
 
 def _slot(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 8:
-        raise FrameError("slot must be a member number from 0 to 7.")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_PANEL_MEMBERS:
+        raise FrameError(f"slot must be a member number from 0 to {MAX_PANEL_MEMBERS - 1}.")
     return value
 
 

@@ -1,4 +1,4 @@
-"""The panel's tool loop (chat/fusion/pipeline.py) end to end, without a database.
+"""The panel's tool loop (chat/fusion/member.py, research.py) end to end, without a database.
 
 Real HTTP everywhere: the engine's ChatClient talks to the scripted upstream, and the real
 ``WebTools`` searches a fake SearXNG and fetches pages, both served by the local test web server

@@ -549,6 +549,17 @@ class TestNotFoundIsA404:
         assert foreign.content == absent.content
 
 
+class TestLimitsOnThePage:
+    """The scripts read the panel limit from the page: the engine declares it once."""
+
+    def test_the_composer_and_the_preset_editor_carry_the_engines_panel_limit(self, alice_client: Client) -> None:
+        from chat.fusion.types import MAX_PANEL_MEMBERS
+
+        for url in (reverse("home"), reverse("preset_new")):
+            html = alice_client.get(url).content.decode()
+            assert f'data-max-members="{MAX_PANEL_MEMBERS}"' in html, url
+
+
 # --------------------------------------------------------------------------- admin
 
 

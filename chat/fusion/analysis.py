@@ -15,6 +15,9 @@ Validation is strict about structure (a wrong type raises :class:`AnalysisError`
 is written to be sent back to the model in a repair request) and lenient about wording: fences,
 prose around the object, extra keys, and label spellings like ``"A"`` or ``"response a"`` are
 accepted. A label that names no answer is dropped with a note instead of failing the analysis.
+
+Pure functions (no calls; ``analyst`` makes them). Imports the standard library only: no
+Django, no httpx, no other engine module.
 """
 from __future__ import annotations
 

@@ -8,6 +8,9 @@ OpenAI) list bare ids, so every field but ``id`` is optional here.
 OpenRouter's ``~vendor/family-latest`` ids are aliases for the newest model of a family.
 ``resolve`` maps one onto a concrete row: the alias's own ``alias_target`` when the catalogue
 lists the alias, else the newest row of that vendor whose name has the family's words in order.
+
+Imports httpx and the engine's types only: no Django (the cached, database-backed
+catalogue is ``chat.model_catalogue``).
 """
 from __future__ import annotations
 

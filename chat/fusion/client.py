@@ -27,6 +27,9 @@ capped at the same number of characters; reasoning past it is dropped, the call 
 
 Error text that may reach a user is scrubbed of every key of the registry, of the
 ``extra_secrets`` the client was given (the process's other keys), and of bearer tokens.
+
+Owns every HTTP request to an LLM provider (``sse`` parses the stream). Imports httpx and the
+engine's ``types``, ``providers`` and ``sse``: no Django, no pipeline module.
 """
 from __future__ import annotations
 
@@ -364,7 +367,7 @@ class ChatClient:
         *,
         response_format: dict[str, Any] | None = None,
         tools: list[dict[str, Any]] | None = None,
-        tool_choice: Any = None,
+        tool_choice: str | dict[str, Any] | None = None,
         limits: Limits | None = None,
     ) -> AsyncGenerator[ClientEvent, None]:
         limits = limits or self.limits
@@ -403,7 +406,7 @@ class ChatClient:
         *,
         response_format: dict[str, Any] | None = None,
         tools: list[dict[str, Any]] | None = None,
-        tool_choice: Any = None,
+        tool_choice: str | dict[str, Any] | None = None,
         limits: Limits | None = None,
     ) -> Completion:
         """The whole answer at once, built on stream() (same limits, retries and errors)."""
@@ -450,7 +453,7 @@ class ChatClient:
         messages: list[Message],
         response_format: dict[str, Any] | None,
         tools: list[dict[str, Any]] | None,
-        tool_choice: Any,
+        tool_choice: str | dict[str, Any] | None,
         limits: Limits,
     ) -> httpx.Request:
         is_openrouter = provider.is_openrouter

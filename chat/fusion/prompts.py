@@ -2,6 +2,9 @@
 
 Kept apart from pipeline.py so the wording can be read and tuned in one place. Every builder
 returns plain OpenAI-style message dicts.
+
+Owns every word the engine sends a model on its own behalf. Imports the engine's types
+and ``analysis`` only: no Django, no httpx.
 """
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 ``"ollama:llama3.1:8b"`` goes to the provider named ``ollama`` as ``llama3.1:8b`` when such a
 provider is configured; every other id (``"openai/gpt-4o:free"``) goes, whole, to the default
 provider, normally OpenRouter.
+
+Owns resolving a model id to its provider. Imports the engine's types only: no Django, no httpx.
 """
 from __future__ import annotations
 

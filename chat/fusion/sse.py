@@ -11,6 +11,9 @@ a multi-byte UTF-8 character — and it returns the complete items so far:
 Follows the WHATWG event-stream parsing rules: CRLF, CR and LF line endings, one optional space
 after the colon, ``event:``/``id:``/``retry:`` understood and otherwise ignored, unknown fields
 ignored. JSON decoding of ``data`` is the caller's job.
+
+Owns SSE parsing for the whole project (only ``client`` uses it). Standard library only:
+no Django, no httpx, no other engine module.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 Owns starting, steering, streaming, storing and recovering runs. Modules, one job each:
 
 * ``services``: ``run_start``, ``run_stop``, … — what callers use; validate, write rows, launch.
+* ``checks``: what must hold before a paid call (limits, models, keys, spend), and ``RunError``.
 * ``live``: this process's ``RunManager`` and the task that owns each run (``ActiveRun``).
 * ``state``: ``RunState``, the pure state of a run and its one serialiser (snapshot, frames, export).
 * ``frames``: streamed text with offsets, coalescing into frames, the flush.
@@ -14,10 +15,10 @@ or views, which import it.
 """
 from __future__ import annotations
 
+from chat.runs.checks import RunError
 from chat.runs.live import ActiveRun, RunManager, control_group, group_name, join_control_group, manager
 from chat.runs.recovery import PROCESS_ID, mark_interrupted, recover_interrupted_runs, stale_after
 from chat.runs.services import (
-    RunError,
     build_request,
     history_messages,
     run_fuse_now,

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from chat import keys, model_catalogue, panels, presets, spend
+from chat import model_catalogue, panels, presets
 from chat.engine import (
     build_limits,
     build_registry,
@@ -31,6 +31,7 @@ from chat.fusion.pipeline import FusionRun
 from chat.fusion.providers import ProviderRegistry
 from chat.fusion.types import AnalysisCompleted, FusionRequest, Message
 from chat.models import Conversation, FollowUpMode, MemberResponse, MemberStatus, Run, RunStatus, Turn
+from chat.runs.checks import RunError, check_limits, check_models_and_keys, reserve_spend, search_price_usd
 from chat.runs.live import ActiveRun, control_group, group_name, join_control_group, manager
 from chat.runs.recovery import PROCESS_ID, mark_interrupted, stale_after
 from chat.runs.state import RunState, call_metrics
@@ -38,15 +39,6 @@ from chat.runs.state import RunState, call_metrics
 log = logging.getLogger(__name__)
 
 TITLE_CHARS = 60
-
-
-class RunError(Exception):
-    """A request about runs that cannot be honoured; ``code`` and ``message`` go to the client."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 # --------------------------------------------------------------------------- requests
@@ -116,64 +108,6 @@ def _research_notice(request: FusionRequest) -> str | None:
     if request.research is None or not request.research.web_tools:
         return None
     return search_unavailable_reason()
-
-
-def _search_price_usd() -> float:
-    return float(settings.FUSION_SEARCH_PRICE_USD or 0)
-
-
-def _search_reserve_usd(request: FusionRequest) -> float:
-    """The most a run's paid searches can cost: every member spending its whole budget on them."""
-    price = _search_price_usd()
-    research = request.research
-    if price <= 0 or research is None or not research.web_tools or not settings.FUSION_SEARCH_BACKEND:
-        return 0.0
-    return price * research.budget * len(request.panel)
-
-
-# --------------------------------------------------------------------------- checks before a paid call
-
-
-def _check_limits(*, user: Any, conversation: Conversation) -> None:
-    if Run.objects.filter(conversation=conversation, status=RunStatus.RUNNING).exists():
-        raise RunError("busy", "A run is already going in this conversation. Stop it or wait for it to finish.")
-    limit = settings.FUSION_MAX_CONCURRENT_RUNS_PER_USER
-    if Run.objects.filter(user=user, status=RunStatus.RUNNING).count() >= limit:
-        raise RunError("limit", f"You already have {limit} runs going. Wait for one to finish or stop one.")
-
-
-def _check_models_and_keys(*, user: Any, panel: dict[str, Any]) -> None:
-    """Before any paid call: every model is in its provider's catalogue, every provider has a key."""
-    models = [s["model"] for s in (*panel["members"], panel["analyst"], panel["writer"],
-                                   panel.get("fallback_analyst"), panel.get("fallback_writer")) if s]
-    errors = model_catalogue.validate_models(models)
-    if errors:
-        raise RunError("invalid", " ".join(errors))
-    registry = build_registry()
-    problems = keys.key_problems(user=user, providers=[registry.resolve(m)[0].name for m in models])
-    if problems:
-        raise RunError("no_key", " ".join(problems))
-
-
-def _reserve_spend(*, user: Any, run: Run, request: FusionRequest, reused_slots: Any = (),
-                   reuse_analysis: bool = False) -> None:
-    """Hold the run's high cost estimate against today's limit (inside the run's transaction)."""
-    threads = [request.messages, *(request.member_messages or {}).values()]
-    chars = max(sum(len(str(m.get("content") or "")) for m in thread) for thread in threads)
-    _, high = model_catalogue.estimate_panel_cost(
-        run.config, prompt_tokens=model_catalogue.tokens_of_chars(chars), reused_slots=reused_slots,
-        reuse_analysis=reuse_analysis,
-    )
-    high += _search_reserve_usd(request)
-    registry = build_registry()
-    specs = [run.config.get(k) for k in ("analyst", "writer", "fallback_analyst", "fallback_writer")]
-    providers = [registry.resolve(s["model"])[0].name for s in (*run.config["members"], *specs) if s]
-    run.uses_server_key = keys.uses_server_key(user=user, providers=providers)
-    try:
-        run.reserved_usd = spend.spend_reserve(user=user, high_usd=high, server_key=run.uses_server_key)
-    except spend.SpendLimitExceeded as exc:
-        raise RunError("spend_limit", str(exc)) from None
-    Run.objects.filter(pk=run.pk).update(reserved_usd=run.reserved_usd, uses_server_key=run.uses_server_key)
 
 
 # --------------------------------------------------------------------------- writing a run
@@ -247,8 +181,8 @@ def _start_sync(*, user: Any, conversation_id: int, client_run_id: str, prompt: 
         panel = panels.parse_panel(panel_data if panel_data is not None else (conversation.panel or panels.default_panel()))
     except panels.PanelError as exc:
         raise RunError("invalid", str(exc)) from None
-    _check_limits(user=user, conversation=conversation)
-    _check_models_and_keys(user=user, panel=panel)
+    check_limits(user=user, conversation=conversation)
+    check_models_and_keys(user=user, panel=panel)
     try:
         with transaction.atomic():
             index = conversation.turns.count()
@@ -267,7 +201,7 @@ def _start_sync(*, user: Any, conversation_id: int, client_run_id: str, prompt: 
             conversation.updated_at = timezone.now()
             conversation.save()
             request = build_request(conversation, turn, panel)
-            _reserve_spend(user=user, run=run, request=request)
+            reserve_spend(user=user, run=run, request=request)
     except IntegrityError:
         # Another tab started a run here a moment ago, or the same client run id raced in.
         existing = Run.objects.filter(user=user, client_run_id=client_run_id).first()
@@ -305,7 +239,7 @@ def _launch(run: Run, request: FusionRequest, *, registry: ProviderRegistry, con
     fusion = FusionRun(request, client, tools=build_web_tools(request.research), **fusion_kw)
     state = RunState.start(
         run, request.panel, reused=reused or {}, price_lookup=price_lookup,
-        research_notice=_research_notice(request), search_price_usd=_search_price_usd(),
+        research_notice=_research_notice(request), search_price_usd=search_price_usd(),
     )
     for slot, research in (reused_research or {}).items():  # answers carried over keep their research
         member = state.members[slot]
@@ -477,8 +411,8 @@ def _rerun_sync(*, user: Any, conversation_id: int, client_run_id: str, slot: in
     reuse = {s: m for s, m in members.items() if m.status == MemberStatus.COMPLETE and s != slot}
     if writer is not None and not reuse:
         raise RunError("invalid", "No member answered in this run, so there is nothing to fuse again.")
-    _check_limits(user=user, conversation=old.conversation)
-    _check_models_and_keys(user=user, panel=panel)
+    check_limits(user=user, conversation=old.conversation)
+    check_models_and_keys(user=user, panel=panel)
     new_client_id = f"{old.client_run_id[:40]}-{uuid.uuid4().hex[:12]}"
     request = build_request(old.conversation, old.turn, panel)
     keep_analysis = writer is not None and old.analysis is not None and slot is None
@@ -486,7 +420,7 @@ def _rerun_sync(*, user: Any, conversation_id: int, client_run_id: str, slot: in
         with transaction.atomic():
             run = _create_run(user=user, conversation=old.conversation, turn=old.turn, client_run_id=new_client_id,
                               panel=panel, writer=panel["writer"]["model"], reuse=reuse)
-            _reserve_spend(user=user, run=run, request=request, reused_slots=reuse, reuse_analysis=keep_analysis)
+            reserve_spend(user=user, run=run, request=request, reused_slots=reuse, reuse_analysis=keep_analysis)
     except IntegrityError:
         raise RunError("busy", "A run is already going in this conversation.") from None
     reuse_analysis = None

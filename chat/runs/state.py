@@ -59,6 +59,17 @@ RETRYABLE_RUN = (RunStatus.INTERRUPTED, RunStatus.ERROR, RunStatus.CANCELLED, Ru
 UNEXPECTED_END = {"kind": "internal", "message": "The run stopped unexpectedly."}
 
 
+def vocabulary() -> dict[str, Any]:
+    """The status and phase names, for the page's scripts (the conversation page's json_script)."""
+    return {
+        "member_status": {s.name: s.value for s in MemberStatus},
+        "live_statuses": sorted(s.value for s in LIVE_STATUSES),
+        "ended_statuses": [s.value for s in ENDED],
+        "phase": {p.name: p.value for p in RunPhase},
+        "run_status": {s.name: s.value for s in RunStatus},
+    }
+
+
 def call_metrics(ttft_ms: int | None, duration_ms: int | None, usage: dict[str, Any] | None) -> dict[str, Any]:
     return {"ttft_ms": ttft_ms, "duration_ms": duration_ms, "usage": usage or {}}
 

@@ -14,14 +14,17 @@ import {
   applyToolStarted,
   GAP,
   isRunning,
+  LIVE_MEMBER,
+  MEMBER,
   normalizeRun,
+  PHASE,
   pendingRun,
   resetMember,
+  RUN,
   runFromStarted,
 } from "./state.js";
 import { TurnView } from "./view.js";
 
-const ACTIVE = new Set(["waiting", "thinking", "streaming", "searching"]);
 const DEFAULT_TITLE = "New conversation";
 const TITLE_CHARS = 60;
 
@@ -360,7 +363,7 @@ class ConversationPage {
         if (!member) return;
         if ((ev.attempt || 1) > 1) resetMember(member);
         member.attempt = ev.attempt || 1;
-        if (!ACTIVE.has(member.status) && (ev.attempt || 1) > 1) member.status = "waiting";
+        if (!LIVE_MEMBER.has(member.status) && (ev.attempt || 1) > 1) member.status = MEMBER.WAITING;
         view.memberBody(member.slot);
         view.memberChrome(member.slot);
         view.controls();
@@ -372,8 +375,8 @@ class ConversationPage {
         const result = applyTextDelta(member, ev);
         if (result === GAP) return this.resync();
         if (!result) return;
-        if (member.status === "waiting" || member.status === "thinking") {
-          member.status = "streaming";
+        if (member.status === MEMBER.WAITING || member.status === MEMBER.THINKING) {
+          member.status = MEMBER.STREAMING;
           view.memberChrome(member.slot);
           view.controls();
         }
@@ -384,8 +387,8 @@ class ConversationPage {
         if (!member) return;
         const text = applyReasoningDelta(member, ev);
         if (text === GAP) return this.resync();
-        if (member.status === "waiting") {
-          member.status = "thinking";
+        if (member.status === MEMBER.WAITING) {
+          member.status = MEMBER.THINKING;
           view.memberChrome(member.slot);
         }
         view.memberReasoning(member.slot, text);
@@ -394,7 +397,7 @@ class ConversationPage {
       case "panel.tool.started": {
         if (!member) return;
         applyToolStarted(member, ev);
-        member.status = "searching";
+        member.status = MEMBER.SEARCHING;
         view.memberResearch(member.slot);
         view.memberBody(member.slot);
         view.memberChrome(member.slot);
@@ -404,8 +407,8 @@ class ConversationPage {
       case "panel.tool.finished": {
         if (!member) return;
         applyToolFinished(member, ev);
-        if (member.status === "searching" && !member.tool_calls.some((c) => c.status === "running")) {
-          member.status = ev.status && ev.status !== "searching" ? ev.status : member.content ? "streaming" : "waiting";
+        if (member.status === MEMBER.SEARCHING && !member.tool_calls.some((c) => c.status === "running")) {
+          member.status = ev.status && ev.status !== MEMBER.SEARCHING ? ev.status : member.content ? MEMBER.STREAMING : MEMBER.WAITING;
         }
         view.memberResearch(member.slot);
         view.memberBody(member.slot);
@@ -421,7 +424,7 @@ class ConversationPage {
       }
       case "panel.completed": {
         if (!member) return;
-        member.status = "complete";
+        member.status = MEMBER.COMPLETE;
         member.html = ev.html || "";
         member.metrics = ev.metrics || member.metrics;
         member.error = null;
@@ -435,7 +438,7 @@ class ConversationPage {
       }
       case "panel.failed": {
         if (!member) return;
-        member.status = ev.status === "stopped" ? "stopped" : "failed";
+        member.status = ev.status === MEMBER.STOPPED ? MEMBER.STOPPED : MEMBER.FAILED;
         member.error = ev.error || null;
         member.metrics = ev.metrics || member.metrics;
         if (typeof ev.html === "string") member.html = ev.html;
@@ -445,11 +448,11 @@ class ConversationPage {
         view.memberBody(member.slot);
         view.memberChrome(member.slot);
         view.controls();
-        this.announcer.say(member.status === "stopped" ? `${name(member)} stopped.` : `${name(member)} failed: ${(member.error && member.error.message) || "error"}`);
+        this.announcer.say(member.status === MEMBER.STOPPED ? `${name(member)} stopped.` : `${name(member)} failed: ${(member.error && member.error.message) || "error"}`);
         return;
       }
       case "analysis.in_progress":
-        run.phase = "analysis";
+        run.phase = PHASE.ANALYSIS;
         if (ev.analyst_model) run.analyst = ev.analyst_model;
         view.analysis();
         view.controls();
@@ -471,7 +474,7 @@ class ConversationPage {
         this.announcer.say(`No analysis: ${run.analysis_error}`);
         return;
       case "final.started":
-        run.phase = "final";
+        run.phase = PHASE.FINAL;
         if (ev.writer_model) run.writer = ev.writer_model;
         run.final = { content: "", html: null, blocks_html: "", consumed: 0 };
         view.finalBody();
@@ -486,8 +489,8 @@ class ConversationPage {
       }
       case "completed":
       case "failed": {
-        run.status = ev.type === "completed" ? "complete" : ev.status || "error";
-        run.phase = "done";
+        run.status = ev.type === "completed" ? RUN.COMPLETE : ev.status || RUN.ERROR;
+        run.phase = PHASE.DONE;
         if (typeof ev.html === "string" && (ev.html || !run.final.content)) run.final.html = ev.html;
         if (ev.usage) run.usage = ev.usage;
         if (ev.timings) run.timings = ev.timings;
@@ -499,9 +502,9 @@ class ConversationPage {
         if (Array.isArray(ev.sources)) run.sources = ev.sources;
         if (ev.tool_usage) run.tool_usage = ev.tool_usage;
         if (ev.type === "failed") run.error = { kind: ev.kind || "error", message: ev.message || "" };
-        for (const m of run.members) if (ACTIVE.has(m.status)) m.status = "stopped";
+        for (const m of run.members) if (LIVE_MEMBER.has(m.status)) m.status = MEMBER.STOPPED;
         view.render();
-        this.announcer.say(ev.type === "completed" ? "Fused answer ready." : `Run ${run.status === "cancelled" ? "stopped" : "failed"}. ${ev.message || ""}`);
+        this.announcer.say(ev.type === "completed" ? "Fused answer ready." : `Run ${run.status === RUN.CANCELLED ? "stopped" : "failed"}. ${ev.message || ""}`);
         return;
       }
       default:

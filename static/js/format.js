@@ -39,9 +39,9 @@ export function fmtCost(cost) {
   if (cost === null || cost === undefined || cost === "") return null;
   const c = Number(cost);
   if (!Number.isFinite(c)) return null;
-  if (c === 0) return "$0";
-  if (c < 0.001) return `$${c.toPrecision(2)}`;
-  if (c < 1) return `$${c.toFixed(4)}`;
+  // The same rule as chat.spend.usd, the server's one formatter: cents, or four decimals rounded
+  // up below a cent (so a small cost never shows as $0.00).
+  if (c !== 0 && Math.abs(c) < 0.01) return `$${(Math.ceil(Math.abs(c) * 10000 - 1e-9) / 10000 * Math.sign(c)).toFixed(4)}`;
   return `$${c.toFixed(2)}`;
 }
 

@@ -4,7 +4,22 @@
 // every other event mutates it; the view renders from the same shape either way, so a live run
 // and a reloaded one look the same.
 
-export const TERMINAL_MEMBER = new Set(["complete", "failed", "stopped"]);
+import { readJSON } from "./dom.js";
+
+// The status and phase names come from the server (chat.runs.state.vocabulary, embedded as
+// #run-vocabulary), so the page and the engine never spell one differently.
+const VOCABULARY = readJSON("run-vocabulary");
+if (!VOCABULARY) throw new Error("This page has no #run-vocabulary: the run status names come from the server.");
+
+/** Member statuses: MEMBER.WAITING === "waiting", … (chat.fusion.types.MemberStatus). */
+export const MEMBER = Object.freeze({ ...VOCABULARY.member_status });
+/** Run phases: PHASE.PANEL, PHASE.ANALYSIS, PHASE.FINAL, PHASE.DONE. */
+export const PHASE = Object.freeze({ ...VOCABULARY.phase });
+/** Run statuses: RUN.RUNNING, RUN.COMPLETE, RUN.CANCELLED, … (chat.models.RunStatus). */
+export const RUN = Object.freeze({ ...VOCABULARY.run_status });
+/** A member still at work (waiting, thinking, streaming, searching); a run that ends leaves none. */
+export const LIVE_MEMBER = new Set(VOCABULARY.live_statuses);
+export const TERMINAL_MEMBER = new Set(VOCABULARY.ended_statuses);
 
 function textState(raw) {
   const t = raw || {};
@@ -22,7 +37,7 @@ function memberState(raw) {
     model: raw.model || "",
     key: raw.key || raw.model || "",
     label: raw.label || "",
-    status: raw.status || "waiting",
+    status: raw.status || MEMBER.WAITING,
     reasoning: raw.reasoning || "",
     error: raw.error || null,
     metrics: raw.metrics || {},
@@ -40,8 +55,8 @@ export function normalizeRun(raw) {
   return {
     run: raw.run || null,
     client_run_id: raw.client_run_id || null,
-    status: raw.status || "running",
-    phase: raw.phase || (raw.status && raw.status !== "running" ? "done" : "panel"),
+    status: raw.status || RUN.RUNNING,
+    phase: raw.phase || (raw.status && raw.status !== RUN.RUNNING ? PHASE.DONE : PHASE.PANEL),
     turn: raw.turn || { id: null, index: null, prompt: "" },
     members,
     analyst: raw.analyst || "",
@@ -68,10 +83,10 @@ export function runFromStarted(ev) {
   return normalizeRun({
     run: ev.run,
     client_run_id: ev.client_run_id,
-    status: "running",
-    phase: "panel",
+    status: RUN.RUNNING,
+    phase: PHASE.PANEL,
     turn: ev.turn,
-    members: (ev.members || []).map((m) => ({ ...m, status: "waiting" })),
+    members: (ev.members || []).map((m) => ({ ...m, status: MEMBER.WAITING })),
     analyst: ev.analyst,
     writer: ev.writer,
     research_notice: ev.research_notice || null,
@@ -84,10 +99,10 @@ export function pendingRun({ clientRunId, prompt, panel }) {
   return normalizeRun({
     run: null,
     client_run_id: clientRunId,
-    status: "running",
-    phase: "panel",
+    status: RUN.RUNNING,
+    phase: PHASE.PANEL,
     turn: { id: null, index: null, prompt },
-    members: ((panel && panel.members) || []).map((m, slot) => ({ slot, model: m.model, status: "waiting" })),
+    members: ((panel && panel.members) || []).map((m, slot) => ({ slot, model: m.model, status: MEMBER.WAITING })),
     analyst: panel && panel.analyst ? panel.analyst.model : "",
     writer: panel && panel.writer ? panel.writer.model : "",
     started_at: new Date().toISOString(),
@@ -146,7 +161,7 @@ export function applyReasoningDelta(member, ev) {
 
 export function resetMember(member) {
   Object.assign(member, {
-    status: "waiting",
+    status: MEMBER.WAITING,
     content: "",
     html: null,
     blocks_html: "",
@@ -218,7 +233,7 @@ export function describeToolCall(call) {
 }
 
 export function isRunning(run) {
-  return run.status === "running";
+  return run.status === RUN.RUNNING;
 }
 
 /** The slot an analysis model id refers to ("model", or "model#2" for a repeated model). */
@@ -235,20 +250,20 @@ export function slotForModel(run, modelId) {
 
 /** What the status pill says. */
 export function memberStatusLabel(status) {
-  return { complete: "done", searching: "searching" }[status] || status || "waiting";
+  return { [MEMBER.COMPLETE]: "done" }[status] || status || MEMBER.WAITING;
 }
 
 export function runStatusSentence(run) {
   switch (run.status) {
-    case "complete":
+    case RUN.COMPLETE:
       return "Done";
-    case "cancelled":
+    case RUN.CANCELLED:
       return "Stopped";
-    case "timeout":
+    case RUN.TIMEOUT:
       return "Timed out";
-    case "interrupted":
+    case RUN.INTERRUPTED:
       return "Interrupted";
-    case "error":
+    case RUN.ERROR:
       return "Failed";
     default:
       return "Running";

@@ -5,9 +5,8 @@
 import { analysisCounts, renderAnalysisBody } from "./analysis.js";
 import { appendHTML, h, icon, ICONS, setHTML } from "./dom.js";
 import { fmtCost, fmtInt, fmtMs, splitModel, tokensOf } from "./format.js";
-import { describeToolCall, isRunning, memberStatusLabel, runStatusSentence, safeHttpUrl, slotForModel, TERMINAL_MEMBER } from "./state.js";
+import { describeToolCall, isRunning, LIVE_MEMBER, MEMBER, memberStatusLabel, PHASE, RUN, runStatusSentence, safeHttpUrl, slotForModel, TERMINAL_MEMBER } from "./state.js";
 
-const ACTIVE_MEMBER = new Set(["waiting", "thinking", "streaming", "searching"]);
 
 // Icons of tool calls (inline SVG: no emoji font needed).
 const TOOL_ICONS = {
@@ -249,12 +248,12 @@ export class TurnView {
     const empty = !m.content && !(m.html || "").trim();
     let text = "";
     if (empty) {
-      if (m.status === "searching") text = "Researching the web…";
-      else if (m.status === "waiting" && m.tool_calls && m.tool_calls.length) text = "Reading what it found…";
-      else if (m.status === "waiting") text = this.run.pending ? "Starting…" : "Waiting for the first token…";
-      else if (m.status === "thinking") text = "Thinking…";
-      else if (m.status === "streaming") text = "";
-      else if (m.status === "complete") text = "(empty answer)";
+      if (m.status === MEMBER.SEARCHING) text = "Researching the web…";
+      else if (m.status === MEMBER.WAITING && m.tool_calls && m.tool_calls.length) text = "Reading what it found…";
+      else if (m.status === MEMBER.WAITING) text = this.run.pending ? "Starting…" : "Waiting for the first token…";
+      else if (m.status === MEMBER.THINKING) text = "Thinking…";
+      else if (m.status === MEMBER.STREAMING) text = "";
+      else if (m.status === MEMBER.COMPLETE) text = "(empty answer)";
       else text = "No answer.";
     }
     card.placeholder.textContent = text;
@@ -266,20 +265,20 @@ export class TurnView {
     const m = this.member(slot);
     const card = this.cards.get(slot);
     if (!m || !card) return;
-    const status = m.status === "complete" ? "done" : m.status;
+    const status = m.status === MEMBER.COMPLETE ? "done" : m.status;
     card.pill.replaceWith((card.pill = pill(status, memberStatusLabel(m.status))));
-    card.root.classList.toggle("is-streaming", m.status === "streaming" && m.html === null);
-    card.root.setAttribute("aria-busy", String(ACTIVE_MEMBER.has(m.status) && isRunning(this.run)));
+    card.root.classList.toggle("is-streaming", m.status === MEMBER.STREAMING && m.html === null);
+    card.root.setAttribute("aria-busy", String(LIVE_MEMBER.has(m.status) && isRunning(this.run)));
     card.reasoning.hidden = !m.reasoning;
 
     // Error or stop, in a sentence a user can act on.
     card.error.replaceChildren();
     card.error.hidden = true;
-    if (m.status === "failed") {
+    if (m.status === MEMBER.FAILED) {
       const message = (m.error && m.error.message) || "This member failed.";
       card.error.append(h("div", { class: "notice notice-error", role: "note" }, h("p", {}, message)));
       card.error.hidden = false;
-    } else if (m.status === "stopped") {
+    } else if (m.status === MEMBER.STOPPED) {
       const ms = m.metrics && m.metrics.duration_ms;
       const custom = m.error && m.error.message && m.error.kind !== "cancelled" ? m.error.message : "";
       const base = ms ? `Stopped after ${fmtMs(ms)}` : "Stopped";
@@ -303,12 +302,12 @@ export class TurnView {
       : null;
     const actions = h("div", { class: "card-actions" });
     const running = isRunning(this.run) && !this.run.pending;
-    if (running && this.run.phase === "panel" && ACTIVE_MEMBER.has(m.status)) {
+    if (running && this.run.phase === PHASE.PANEL && LIVE_MEMBER.has(m.status)) {
       actions.append(
         h("button", { type: "button", class: "btn btn-tiny btn-stop", data: { action: "stop_member", slot: m.slot }, aria: { label: `Stop ${m.model}` } }, icon(ICONS.stop, 12), "Stop"),
       );
     }
-    const canRetry = (m.status === "failed" || m.status === "stopped") && !this.run.pending && this.run.run && (!running || this.run.phase === "panel");
+    const canRetry = (m.status === MEMBER.FAILED || m.status === MEMBER.STOPPED) && !this.run.pending && this.run.run && (!running || this.run.phase === PHASE.PANEL);
     if (canRetry) {
       actions.append(
         h("button", { type: "button", class: "btn btn-tiny", data: { action: "retry_member", slot: m.slot }, aria: { label: `Retry ${m.model}` } }, icon(ICONS.retry, 12), "Retry"),
@@ -346,7 +345,7 @@ export class TurnView {
           h("div", { class: "notice-text" }, h("p", {}, h("strong", {}, "No analysis for this turn. "), run.analysis_error), h("p", {}, "The writer worked from the raw answers.")),
         ),
       );
-    } else if (isRunning(run) && run.phase === "analysis") {
+    } else if (isRunning(run) && run.phase === PHASE.ANALYSIS) {
       el.append(
         h(
           "div",
@@ -456,12 +455,12 @@ export class TurnView {
       if (run.pending) text = "Starting the panel…";
       else if (isRunning(run)) {
         text =
-          run.phase === "panel"
+          run.phase === PHASE.PANEL
             ? "The fused answer appears here once the panel has answered."
-            : run.phase === "analysis"
+            : run.phase === PHASE.ANALYSIS
               ? "Waiting for the analysis…"
               : "Writing…";
-      } else if (run.status === "complete") text = "(empty answer)";
+      } else if (run.status === RUN.COMPLETE) text = "(empty answer)";
     }
     this.finalPlaceholder.textContent = text;
     this.finalPlaceholder.hidden = !text;
@@ -478,15 +477,15 @@ export class TurnView {
 
     // Panel header: count, Fuse now, Stop, Expand/Compact.
     const n = run.members.length;
-    const done = run.members.filter((m) => m.status === "complete").length;
-    const failed = run.members.filter((m) => m.status === "failed" || m.status === "stopped").length;
-    this.panelMeta.textContent = running && run.phase === "panel"
+    const done = run.members.filter((m) => m.status === MEMBER.COMPLETE).length;
+    const failed = run.members.filter((m) => m.status === MEMBER.FAILED || m.status === MEMBER.STOPPED).length;
+    this.panelMeta.textContent = running && run.phase === PHASE.PANEL
       ? `${done} of ${n} answered${failed ? ` · ${failed} failed or stopped` : ""}`
       : `${n} model${n === 1 ? "" : "s"}${failed ? ` · ${failed} failed or stopped` : ""}`;
 
     this.panelActions.replaceChildren();
-    const stillAnswering = run.members.some((m) => ACTIVE_MEMBER.has(m.status));
-    if (running && started && run.phase === "panel" && done > 0 && stillAnswering) {
+    const stillAnswering = run.members.some((m) => LIVE_MEMBER.has(m.status));
+    if (running && started && run.phase === PHASE.PANEL && done > 0 && stillAnswering) {
       this.panelActions.append(
         h("button", { type: "button", class: "btn btn-small", data: { action: "fuse_now" }, title: "Stop waiting and fuse the answers that are ready" }, icon(ICONS.fuse), "Fuse now"),
       );
@@ -513,12 +512,12 @@ export class TurnView {
     this.finalWriter.textContent = run.writer ? `by ${splitModel(run.writer).name}` : "";
     this.finalWriter.title = run.writer || "";
     let status;
-    if (running) status = run.phase === "final" ? pill("streaming", "writing") : pill("waiting", "waiting");
-    else if (run.status === "complete") status = pill("done", "done");
-    else if (run.status === "cancelled") status = pill("stopped", "stopped");
+    if (running) status = run.phase === PHASE.FINAL ? pill("streaming", "writing") : pill("waiting", "waiting");
+    else if (run.status === RUN.COMPLETE) status = pill("done", "done");
+    else if (run.status === RUN.CANCELLED) status = pill("stopped", "stopped");
     else status = pill("failed", runStatusSentence(run).toLowerCase());
     this.finalPill.replaceWith((this.finalPill = status));
-    this.fusedEl.classList.toggle("is-streaming", running && run.phase === "final");
+    this.fusedEl.classList.toggle("is-streaming", running && run.phase === PHASE.FINAL);
     this.fusedEl.setAttribute("aria-busy", String(running));
 
     this.fusedActions.replaceChildren();
@@ -540,8 +539,8 @@ export class TurnView {
     // Run-level failure.
     this.finalError.replaceChildren();
     this.finalError.hidden = true;
-    if (!running && run.status !== "complete" && run.error) {
-      const cls = run.status === "cancelled" ? "notice notice-warn" : "notice notice-error";
+    if (!running && run.status !== RUN.COMPLETE && run.error) {
+      const cls = run.status === RUN.CANCELLED ? "notice notice-warn" : "notice notice-error";
       const message = run.error.message || runStatusSentence(run);
       this.finalError.append(h("div", { class: cls, role: "note" }, h("p", {}, message)));
       this.finalError.hidden = false;
@@ -583,7 +582,7 @@ export class TurnView {
   #regenControls() {
     const run = this.run;
     this.regen.replaceChildren();
-    const anyAnswer = run.members.some((m) => m.status === "complete");
+    const anyAnswer = run.members.some((m) => m.status === MEMBER.COMPLETE);
     if (isRunning(run) || !run.run || !anyAnswer) return;
     const id = `regen-${run.run}`;
     const input = h("input", {

@@ -12,12 +12,16 @@
 ``call`` never raises (cancellation aside). Everything web text contributes is cleaned and
 quoted as untrusted data (``text.wrap_page_content`` / ``wrap_search_results``). The domain
 lists are fixed at construction: nothing a page or a model says can widen what the tools reach.
+
+Owns ``WebTools`` (the engine's ``types.Tools``). Imports the tools modules, ``sources`` and
+``types``: no Django, and nothing of the pipeline (the pipeline is given a ``WebTools``).
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from chat.fusion.sources import normalise_url
@@ -65,9 +69,9 @@ class WebTools:
         *,
         search: SearchBackend | None,
         fetch_policy: FetchPolicy | None = None,
-        allowed_domains: Any = (),
-        excluded_domains: Any = (),
-        blocked_domains: Any = (),
+        allowed_domains: Iterable[str] = (),
+        excluded_domains: Iterable[str] = (),
+        blocked_domains: Iterable[str] = (),
         max_results: int = 5,
         search_timeout: float = 30.0,
         fetcher: Fetcher | None = None,
@@ -185,9 +189,20 @@ class WebTools:
             return _error(f'web_search for "{query}" timed out', "Search timed out")
         except SearchError as exc:
             return _error(f'web_search for "{query}" failed: {exc}', f"Search failed: {_short(str(exc))}")
+        results = self._kept_results(raw or [], want)
+        n = len(results)
+        return ToolOutcome(
+            ok=True,
+            content_for_model=wrap_search_results(query, results),
+            summary=f"Searched “{_short(query)}” — {n} result{'s' if n != 1 else ''}",
+            sources=[Source(url=r.url, title=_short(r.title, 200) or None, kind="search") for r in results],
+        )
+
+    def _kept_results(self, raw: list[SearchResult], want: int) -> list[SearchResult]:
+        """The first *want* results the domain filters permit, each page once."""
         results: list[SearchResult] = []
         seen: set[str] = set()
-        for r in raw or []:
+        for r in raw:
             # The same page twice (another fragment, host spelt in capitals) is one result.
             key = (normalise_url(r.url) or r.url) if isinstance(r, SearchResult) else ""
             if not key or key in seen or not self._domains.permits_url(r.url):
@@ -196,13 +211,7 @@ class WebTools:
             results.append(r)
             if len(results) >= want:
                 break
-        n = len(results)
-        return ToolOutcome(
-            ok=True,
-            content_for_model=wrap_search_results(query, results),
-            summary=f"Searched “{_short(query)}” — {n} result{'s' if n != 1 else ''}",
-            sources=[Source(url=r.url, title=_short(r.title, 200) or None, kind="search") for r in results],
-        )
+        return results
 
     async def _web_fetch(self, args: dict[str, Any]) -> ToolOutcome:
         url = args.get("url")

@@ -4,6 +4,8 @@ A domain entry matches itself and its subdomains: ``example.com`` matches ``exam
 ``a.b.example.com`` but not ``notexample.com``. Entries and hosts are compared in their ASCII
 (IDNA) form, lower-case, without a trailing dot; a leading ``*.`` or ``.`` on an entry, a scheme,
 a port or a path pasted with it are tolerated and dropped. IP literals match only exactly.
+
+Pure; standard library only: no Django, no httpx.
 """
 from __future__ import annotations
 

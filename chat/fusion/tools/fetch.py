@@ -25,6 +25,9 @@ The body is read raw (``aiter_raw``) and decompressed here with ``zlib``'s ``max
 ``max_bytes`` bounds the *decompressed* size and memory: a gzip bomb stops at the cap. Only
 text-like content types are read. ``timeout`` bounds the whole fetch: DNS, every hop, the body
 and the text extraction. Environment proxies are ignored (a proxy would resolve names itself).
+
+The one place that fetches web pages for a model. Imports httpx, httpcore and the other
+tools modules: no Django, no pipeline module.
 """
 from __future__ import annotations
 

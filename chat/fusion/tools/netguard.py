@@ -14,6 +14,8 @@ Everything here is pure and synchronous except ``resolve``. The rules:
   IPv4-mapped, IPv4-compatible and IPv4-translated forms are refused outright.
 * A few names are refused before any DNS query (``localhost`` and ``*.localhost``, cloud
   metadata names); the address check would catch them anyway.
+
+Standard library only: no Django, no httpx.
 """
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ check, but redirects are never followed (a 3xx is an error) and response bodies 
 Domain filters: backends that support them natively (Tavily, Exa) are given
 ``include_domains`` / ``exclude_domains``; ``WebTools`` filters every result again whatever the
 backend did, subdomains included.
+
+The one place that calls search APIs. Imports httpx: no Django, no pipeline module.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import functools
 import json
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -186,7 +188,9 @@ class _HTTPBackend:
         return response, bytes(body)
 
     @staticmethod
-    def _results(items: Any, convert: Any, max_results: int) -> list[SearchResult]:
+    def _results(
+        items: Any, convert: Callable[[dict[str, Any]], SearchResult | None], max_results: int
+    ) -> list[SearchResult]:
         out: list[SearchResult] = []
         for item in items if isinstance(items, list) else []:
             if not isinstance(item, dict):

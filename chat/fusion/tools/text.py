@@ -12,6 +12,9 @@ HTML is cleaned before extraction: scripts, styles, templates and elements hidde
 instructions hide. Main text comes from trafilatura, then readability-lxml, then a plain
 text-content walk.
 Extraction is CPU work: call ``extract_document`` from a thread (``asyncio.to_thread``).
+
+Imports the extraction libraries (trafilatura, readability, lxml): no Django, no httpx,
+no pipeline module.
 """
 from __future__ import annotations
 

@@ -1,0 +1,79 @@
+"""What must hold before a run makes a paid call: run limits, known models, keys, and spend.
+
+Each check raises ``RunError`` with a message the user can act on; ``reserve_spend`` holds the
+run's highest estimated cost against the user's daily limit inside the run's transaction.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+from chat import keys, model_catalogue, spend
+from chat.engine import build_registry
+from chat.fusion.types import FusionRequest
+from chat.models import Conversation, Run, RunStatus
+
+
+class RunError(Exception):
+    """A request about runs that cannot be honoured; ``code`` and ``message`` go to the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def search_price_usd() -> float:
+    return float(settings.FUSION_SEARCH_PRICE_USD or 0)
+
+
+def _search_reserve_usd(request: FusionRequest) -> float:
+    """The most a run's paid searches can cost: every member spending its whole budget on them."""
+    price = search_price_usd()
+    research = request.research
+    if price <= 0 or research is None or not research.web_tools or not settings.FUSION_SEARCH_BACKEND:
+        return 0.0
+    return price * research.budget * len(request.panel)
+
+
+def check_limits(*, user: Any, conversation: Conversation) -> None:
+    if Run.objects.filter(conversation=conversation, status=RunStatus.RUNNING).exists():
+        raise RunError("busy", "A run is already going in this conversation. Stop it or wait for it to finish.")
+    limit = settings.FUSION_MAX_CONCURRENT_RUNS_PER_USER
+    if Run.objects.filter(user=user, status=RunStatus.RUNNING).count() >= limit:
+        raise RunError("limit", f"You already have {limit} runs going. Wait for one to finish or stop one.")
+
+
+def check_models_and_keys(*, user: Any, panel: dict[str, Any]) -> None:
+    """Before any paid call: every model is in its provider's catalogue, every provider has a key."""
+    models = [s["model"] for s in (*panel["members"], panel["analyst"], panel["writer"],
+                                   panel.get("fallback_analyst"), panel.get("fallback_writer")) if s]
+    errors = model_catalogue.validate_models(models)
+    if errors:
+        raise RunError("invalid", " ".join(errors))
+    registry = build_registry()
+    problems = keys.key_problems(user=user, providers=[registry.resolve(m)[0].name for m in models])
+    if problems:
+        raise RunError("no_key", " ".join(problems))
+
+
+def reserve_spend(*, user: Any, run: Run, request: FusionRequest, reused_slots: Any = (),
+                   reuse_analysis: bool = False) -> None:
+    """Hold the run's high cost estimate against today's limit (inside the run's transaction)."""
+    threads = [request.messages, *(request.member_messages or {}).values()]
+    chars = max(sum(len(str(m.get("content") or "")) for m in thread) for thread in threads)
+    _, high = model_catalogue.estimate_panel_cost(
+        run.config, prompt_tokens=model_catalogue.tokens_of_chars(chars), reused_slots=reused_slots,
+        reuse_analysis=reuse_analysis,
+    )
+    high += _search_reserve_usd(request)
+    registry = build_registry()
+    specs = [run.config.get(k) for k in ("analyst", "writer", "fallback_analyst", "fallback_writer")]
+    providers = [registry.resolve(s["model"])[0].name for s in (*run.config["members"], *specs) if s]
+    run.uses_server_key = keys.uses_server_key(user=user, providers=providers)
+    try:
+        run.reserved_usd = spend.spend_reserve(user=user, high_usd=high, server_key=run.uses_server_key)
+    except spend.SpendLimitExceeded as exc:
+        raise RunError("spend_limit", str(exc)) from None
+    Run.objects.filter(pk=run.pk).update(reserved_usd=run.reserved_usd, uses_server_key=run.uses_server_key)
