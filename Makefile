@@ -43,6 +43,8 @@ browser:
 
 test: install-dev browser
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python manage.py check
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	FUSION_BEHIND_TLS=true DJANGO_DEBUG=false $(BIN)/python manage.py check --deploy --fail-level WARNING

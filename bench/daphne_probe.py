@@ -13,6 +13,7 @@ On shutdown (SIGTERM) it writes ``{"gaps": [[unix time, ms]], "gcs": [[unix time
 ms]], "samples": [[unix time, [frames]]], "profile": [[unix time, where]]}`` to the file named
 by ``BENCH_LOOP_PROBE_OUT``. The probe costs ~300 wake-ups per second (a few % of a core).
 """
+
 from __future__ import annotations
 
 import gc
@@ -83,8 +84,9 @@ def _sampler() -> None:
         _profile.append([time.time(), _where(frame)])
         if time.monotonic() - _last[0] > STALL_S:
             stack = traceback.extract_stack(frame)[-12:]
-            _samples.append([time.time(), [
-                f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}" for f in stack]])
+            _samples.append(
+                [time.time(), [f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}" for f in stack]]
+            )
 
 
 def _dump() -> None:

@@ -10,6 +10,7 @@ Python allocations. A case that passes --timeout is reported as such and killed.
 renders with another copy of render.py (e.g. ``git show HEAD~1:chat/render.py > /tmp/r.py``),
 to get "before" numbers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,8 +79,18 @@ def _child(name: str, module: str | None) -> None:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_mb": peak / 1e6, "rss_mb": rss_kb / 1e3,
-                      "input_chars": len(text), "html_chars": len(html), "escaped": html.startswith("<pre>")}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_mb": peak / 1e6,
+                "rss_mb": rss_kb / 1e3,
+                "input_chars": len(text),
+                "html_chars": len(html),
+                "escaped": html.startswith("<pre>"),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -106,8 +117,10 @@ def main() -> None:
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
         note = "shown as escaped text" if r["escaped"] else ""
-        print(f"{name:<12} {r['input_chars']:>10,} {r['seconds']:>8.3f}s {r['peak_mb']:>9.1f}MB {r['rss_mb']:>7.0f}MB "
-              f"{r['html_chars']:>10,}  {note}")
+        print(
+            f"{name:<12} {r['input_chars']:>10,} {r['seconds']:>8.3f}s {r['peak_mb']:>9.1f}MB {r['rss_mb']:>7.0f}MB "
+            f"{r['html_chars']:>10,}  {note}"
+        )
 
 
 if __name__ == "__main__":

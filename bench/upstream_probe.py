@@ -13,6 +13,7 @@ Nothing in ``chat/`` is changed: two methods are wrapped at import time. If the 
 longer has them, the upstream runs unwrapped and ``/_bench/sends`` answers 404 — the benchmark
 then falls back to the scripted schedule (request time + ttft + offset / pace).
 """
+
 from __future__ import annotations
 
 import sys

@@ -16,6 +16,7 @@ What it prints (see bench/README.md for how to read it):
 (c) frames per second (total, per socket) and upstream chunks per frame (coalescing factor);
 (d) peak RSS of the Daphne process and of this client (psutil, sampled every 100 ms).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,8 +112,13 @@ class Children:
         out = open(log, "wb")
         try:
             proc = subprocess.Popen(
-                args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
+                args,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
             )
         finally:
             out.close()
@@ -189,10 +195,12 @@ def build_scripts(args: argparse.Namespace) -> tuple[dict[str, Any], list[list[R
     plans: list[list[RunPlan]] = []
     member_timing = []
     for m in range(args.members):
-        member_timing.append({
-            "ttft_ms": args.member_ttft_ms + args.member_ttft_step_ms * m,
-            "tokens_per_s": max(args.member_tps / 4, args.member_tps - args.member_tps_step * m),
-        })
+        member_timing.append(
+            {
+                "ttft_ms": args.member_ttft_ms + args.member_ttft_step_ms * m,
+                "tokens_per_s": max(args.member_tps / 4, args.member_tps - args.member_tps_step * m),
+            }
+        )
     writer_content = None
     for c in range(args.runs):
         row = []
@@ -282,14 +290,18 @@ print("BENCH_JSON " + json.dumps({"cookie": settings.SESSION_COOKIE_NAME, "sessi
 
 def run_django(code: str, argv: list[str], env: dict[str, str], timeout: float) -> Any:
     proc = subprocess.run(
-        [sys.executable, "-c", code, *argv], cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "fusionsite.settings"},
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-c", code, *argv],
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "fusionsite.settings"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if proc.returncode != 0:
         raise BenchError(f"setup subprocess failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH_JSON "):
-            return json.loads(line[len("BENCH_JSON "):])
+            return json.loads(line[len("BENCH_JSON ") :])
     raise BenchError(f"setup subprocess printed no result:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
@@ -457,8 +469,13 @@ class LoopLag:
 
 
 async def drive(
-    args: argparse.Namespace, base_port: int, accounts: list[dict[str, Any]], cookie_name: str,
-    plans: list[list[RunPlan]], on_connected: Any, lag: LoopLag,
+    args: argparse.Namespace,
+    base_port: int,
+    accounts: list[dict[str, Any]],
+    cookie_name: str,
+    plans: list[list[RunPlan]],
+    on_connected: Any,
+    lag: LoopLag,
 ) -> list[SocketRecord]:
     origin = f"http://127.0.0.1:{base_port}"
     socks = [SocketRecord(i, a["conversation_id"]) for i, a in enumerate(accounts)]
@@ -468,11 +485,17 @@ async def drive(
     conns = []
     async with stack:
         for sock, acc in zip(socks, accounts):
-            ws = await stack.enter_async_context(ws_connect(
-                f"ws://127.0.0.1:{base_port}/ws/conversations/{sock.conversation_id}/",
-                origin=origin, additional_headers={"Cookie": f"{cookie_name}={acc['session']}"},
-                max_size=None, open_timeout=15, ping_interval=None, close_timeout=2,
-            ))
+            ws = await stack.enter_async_context(
+                ws_connect(
+                    f"ws://127.0.0.1:{base_port}/ws/conversations/{sock.conversation_id}/",
+                    origin=origin,
+                    additional_headers={"Cookie": f"{cookie_name}={acc['session']}"},
+                    max_size=None,
+                    open_timeout=15,
+                    ping_interval=None,
+                    close_timeout=2,
+                )
+            )
             conns.append(ws)
             by_client: dict[str, RunRecord] = {}
             by_server: dict[str, RunRecord] = {}
@@ -498,9 +521,15 @@ async def drive(
                         "analyst": {"model": plan.analyst},
                         "writer": {"model": plan.writer},
                     }
-                    frame = json.dumps({"type": "start", "run_id": rec.client_run_id, "panel": panel,
-                                        "prompt": f"Benchmark round {r}, conversation {sock.index}: "
-                                                  "how should a small team choose a database?"})
+                    frame = json.dumps(
+                        {
+                            "type": "start",
+                            "run_id": rec.client_run_id,
+                            "panel": panel,
+                            "prompt": f"Benchmark round {r}, conversation {sock.index}: "
+                            "how should a small team choose a database?",
+                        }
+                    )
                     rec.t_start = time.time()
                     await ws.send(frame)
                 left = max(1.0, args.round_timeout)
@@ -513,8 +542,11 @@ async def drive(
                         rec.status, rec.error = "timeout", f"no completed/failed frame within {left:.0f} s"
                 bad = [rec for rec in recs if rec.status != "complete"]
                 if bad:
-                    print(f"  round {r + 1}/{args.rounds}: {len(bad)} of {len(recs)} runs did not complete "
-                          f"(first: {bad[0].status} {bad[0].error})", file=sys.stderr)
+                    print(
+                        f"  round {r + 1}/{args.rounds}: {len(bad)} of {len(recs)} runs did not complete "
+                        f"(first: {bad[0].status} {bad[0].error})",
+                        file=sys.stderr,
+                    )
                     if all(rec.status != "complete" for rec in recs):
                         break  # nothing works: stop early, report what there is
                 else:
@@ -561,8 +593,13 @@ class StreamFrames:
 
 
 def analyse(
-    args: argparse.Namespace, socks: list[SocketRecord], scripts: dict[str, Any], timing: dict[str, Any],
-    sends: list[list[Any]] | None, requests: list[dict[str, Any]], dump: list[list[Any]] | None = None,
+    args: argparse.Namespace,
+    socks: list[SocketRecord],
+    scripts: dict[str, Any],
+    timing: dict[str, Any],
+    sends: list[list[Any]] | None,
+    requests: list[dict[str, Any]],
+    dump: list[list[Any]] | None = None,
 ) -> dict[str, Any]:
     ts = args.time_scale
     # --- per run, per stream: which frame carried which characters
@@ -693,10 +730,18 @@ def analyse(
     # --- (b) fused answer's first frame vs the scripted critical path, and where the time goes
     overhead: list[float] = []
     server_overhead: list[float] = []
-    parts: dict[str, list[float]] = {k: [] for k in (
-        "start sent → panel request upstream", "upstream pacing (slowest member)", "panel done → analyst request",
-        "upstream (analyst)", "analyst answer → writer request", "upstream (writer ttft)",
-        "writer first chunk → ws frame")}
+    parts: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "start sent → panel request upstream",
+            "upstream pacing (slowest member)",
+            "panel done → analyst request",
+            "upstream (analyst)",
+            "analyst answer → writer request",
+            "upstream (writer ttft)",
+            "writer first chunk → ws frame",
+        )
+    }
     crit = timing["critical_path_ms"]
     started_frame: list[float] = []
     app_overhead: list[float] = []
@@ -733,8 +778,11 @@ def analyse(
             parts["analyst answer → writer request"].append((w_req - ends[p.analyst]) * 1000)
             parts["upstream (writer ttft)"].append((w_first - w_req) * 1000 - timing["writer_ttft_ms"])
             parts["writer first chunk → ws frame"].append((t_first - w_first) * 1000)
-            upstream_late = parts["upstream pacing (slowest member)"][-1] + parts["upstream (analyst)"][-1] \
+            upstream_late = (
+                parts["upstream pacing (slowest member)"][-1]
+                + parts["upstream (analyst)"][-1]
                 + parts["upstream (writer ttft)"][-1]
+            )
             app_overhead.append(overhead[-1] - upstream_late)
 
     # --- (c) frame rates
@@ -744,28 +792,48 @@ def analyse(
     coalesce = [c for c in chunk_counts.values() if c > 0]
     total_bytes = sum(s.bytes for s in socks)
     return {
-        "runs": {"total": runs_total, "complete": runs_ok,
-                 "not_complete": [f"{rec.plan.conv_index}/{rec.plan.round}: {rec.status} {rec.error}"
-                                  for s in socks for rec in s.runs if rec.status != "complete"][:10]},
+        "runs": {
+            "total": runs_total,
+            "complete": runs_ok,
+            "not_complete": [
+                f"{rec.plan.conv_index}/{rec.plan.round}: {rec.status} {rec.error}"
+                for s in socks
+                for rec in s.runs
+                if rec.status != "complete"
+            ][:10],
+        },
         "latency_method": "probe" if sends else "schedule",
         "a_latency_ms": {
-            "all": stats(lat_all), "first_chunk_of_stream": stats(lat_first), "later_chunks": stats(lat_rest),
-            "final_answer_chunks": stats(lat_final), "vs_schedule": stats(lat_sched),
+            "all": stats(lat_all),
+            "first_chunk_of_stream": stats(lat_first),
+            "later_chunks": stats(lat_rest),
+            "final_answer_chunks": stats(lat_final),
+            "vs_schedule": stats(lat_sched),
             "upstream_lateness_vs_schedule": stats(lateness),
         },
         "b_final_first_token": {
-            "critical_path_ms": crit, "overhead_ms": stats(overhead), "server_final_ttft_overhead_ms": stats(server_overhead),
-            "app_overhead_ms": stats(app_overhead), "start_to_run_started_frame_ms": stats(started_frame),
+            "critical_path_ms": crit,
+            "overhead_ms": stats(overhead),
+            "server_final_ttft_overhead_ms": stats(server_overhead),
+            "app_overhead_ms": stats(app_overhead),
+            "start_to_run_started_frame_ms": stats(started_frame),
             "breakdown_ms": {k: stats(v) for k, v in parts.items()},
         },
         "c_frames": {
-            "span_s": span, "frames_total": total_frames, "frames_per_s_total": total_frames / span,
-            "frames_per_s_per_socket": stats(sock_rates), "delta_frames": delta_frames,
-            "upstream_chunks": sum(coalesce), "upstream_chunks_per_delta_frame": stats([float(c) for c in coalesce]),
+            "span_s": span,
+            "frames_total": total_frames,
+            "frames_per_s_total": total_frames / span,
+            "frames_per_s_per_socket": stats(sock_rates),
+            "delta_frames": delta_frames,
+            "upstream_chunks": sum(coalesce),
+            "upstream_chunks_per_delta_frame": stats([float(c) for c in coalesce]),
             "delta_events_per_delta_frame": stats([float(c) for c in delta_events_per_frame]),
-            "bytes_total": total_bytes, "mean_frame_bytes": total_bytes / max(1, sum(len(s.frames) for s in socks)),
+            "bytes_total": total_bytes,
+            "mean_frame_bytes": total_bytes / max(1, sum(len(s.frames) for s in socks)),
         },
-        "per_round": {r: {"a_latency_ms": stats(v["a"]), "b_overhead_ms": stats(v["b"])} for r, v in sorted(per_round.items())},
+        "per_round": {
+            r: {"a_latency_ms": stats(v["a"]), "b_overhead_ms": stats(v["b"])} for r, v in sorted(per_round.items())
+        },
         "integrity": {**coverage, "offset_gaps_or_overlaps": mismatches, "chunks_not_found_in_frames": missing},
     }
 
@@ -793,10 +861,16 @@ def summarise_probe(path: Path, t_runs: float, t_end: float | None = None) -> di
     busy = n_prof - prof.get("idle", 0)
     return {
         "busy_pct_of_samples": 100 * busy / max(1, n_prof),
-        "profile_top": [(w, 100 * n / max(1, n_prof)) for w, n in sorted(prof.items(), key=lambda kv: -kv[1])
-                        if w != "idle"][:8],
-        "file": str(path), "stalls": len(gaps), "max_stall_ms": max(gaps, default=None), "stall_ms_total": sum(gaps),
-        "gc_pauses": len(gcs), "max_gc_ms": max(gcs, default=None), "gc_ms_total": sum(gcs),
+        "profile_top": [
+            (w, 100 * n / max(1, n_prof)) for w, n in sorted(prof.items(), key=lambda kv: -kv[1]) if w != "idle"
+        ][:8],
+        "file": str(path),
+        "stalls": len(gaps),
+        "max_stall_ms": max(gaps, default=None),
+        "stall_ms_total": sum(gaps),
+        "gc_pauses": len(gcs),
+        "max_gc_ms": max(gcs, default=None),
+        "gc_ms_total": sum(gcs),
         "top_stacks": sorted(counts.items(), key=lambda kv: -kv[1])[:5],
     }
 
@@ -818,13 +892,18 @@ def print_report(cfg: dict[str, Any], res: dict[str, Any], mem: dict[str, Any]) 
         print(f"    not complete: {msg}")
 
     def row(label: str, s: dict[str, Any], unit: str = "ms", digits: int = 1) -> None:
-        print(f"  {label:<44} {fmt(s['p50'], digits):>8} {fmt(s['p99'], digits):>8} {fmt(s['max'], digits):>8}"
-              f" {s['n']:>7}  {unit}")
+        print(
+            f"  {label:<44} {fmt(s['p50'], digits):>8} {fmt(s['p99'], digits):>8} {fmt(s['max'], digits):>8}"
+            f" {s['n']:>7}  {unit}"
+        )
 
     head = f"  {'':<44} {'p50':>8} {'p99':>8} {'max':>8} {'n':>7}"
     a = res["a_latency_ms"]
-    method = ("upstream send time (probe) → frame receive time" if res["latency_method"] == "probe"
-              else "scripted schedule → frame receive time (no probe)")
+    method = (
+        "upstream send time (probe) → frame receive time"
+        if res["latency_method"] == "probe"
+        else "scripted schedule → frame receive time (no probe)"
+    )
     print(f"\n(a) upstream token → websocket frame  [{method}]")
     print(head)
     row("all chunks", a["all"])
@@ -849,8 +928,10 @@ def print_report(cfg: dict[str, Any], res: dict[str, Any], mem: dict[str, Any]) 
         print("  per round (round 1 includes the server's first-use costs):")
         for rnd, v in res["per_round"].items():
             a_, b_ = v["a_latency_ms"], v["b_overhead_ms"]
-            print(f"    round {rnd + 1}: (a) p50 {fmt(a_['p50'])} / p99 {fmt(a_['p99'])} ms;"
-                  f"  (b) overhead p50 {fmt(b_['p50'])} / max {fmt(b_['max'])} ms")
+            print(
+                f"    round {rnd + 1}: (a) p50 {fmt(a_['p50'])} / p99 {fmt(a_['p99'])} ms;"
+                f"  (b) overhead p50 {fmt(b_['p50'])} / max {fmt(b_['max'])} ms"
+            )
     c = res["c_frames"]
     print(f"\n(c) frames over {c['span_s']:.1f} s")
     print(f"  frames received (run frames, all sockets)     {c['frames_total']}")
@@ -863,29 +944,41 @@ def print_report(cfg: dict[str, Any], res: dict[str, Any], mem: dict[str, Any]) 
     print("\n(d) memory (RSS, sampled every 100 ms) and CPU during the runs")
     print(f"  {'process':<14} {'before runs':>12} {'peak':>10} {'growth':>10} {'CPU s':>8} {'CPU %':>7}")
     for name, m in mem["processes"].items():
-        print(f"  {name:<14} {m['baseline_mb']:>10.1f}MB {m['peak_mb']:>8.1f}MB {m['peak_mb'] - m['baseline_mb']:>8.1f}MB"
-              f" {m['cpu_s']:>8.2f} {m['cpu_pct']:>6.0f}%")
-    print(f"  ({mem['samples']} samples; CPU % is of one core over {mem['window_s']:.1f} s; the machine has "
-          f"{os.cpu_count()} cores)")
-    print(f"  whole machine {mem['machine_cpu_pct']:.0f}% busy, of which processes outside the benchmark "
-          f"{mem['other_processes_cpu_pct']:.0f}%"
-          + ("  ← NOISY: other work was competing for the cores" if mem["other_processes_cpu_pct"] > 25 else ""))
+        print(
+            f"  {name:<14} {m['baseline_mb']:>10.1f}MB {m['peak_mb']:>8.1f}MB {m['peak_mb'] - m['baseline_mb']:>8.1f}MB"
+            f" {m['cpu_s']:>8.2f} {m['cpu_pct']:>6.0f}%"
+        )
+    print(
+        f"  ({mem['samples']} samples; CPU % is of one core over {mem['window_s']:.1f} s; the machine has "
+        f"{os.cpu_count()} cores)"
+    )
+    print(
+        f"  whole machine {mem['machine_cpu_pct']:.0f}% busy, of which processes outside the benchmark "
+        f"{mem['other_processes_cpu_pct']:.0f}%"
+        + ("  ← NOISY: other work was competing for the cores" if mem["other_processes_cpu_pct"] > 25 else "")
+    )
     cl = mem["client_loop_lag_ms"]
-    print(f"  bench client event-loop lag: p99 {fmt(cl['p99'])} ms, max {fmt(cl['max'])} ms, "
-          f"{mem['client_loop_stalls_over_20ms']} stalls > 20 ms (its receive times are late by as much)")
+    print(
+        f"  bench client event-loop lag: p99 {fmt(cl['p99'])} ms, max {fmt(cl['max'])} ms, "
+        f"{mem['client_loop_stalls_over_20ms']} stalls > 20 ms (its receive times are late by as much)"
+    )
     if mem.get("daphne_loop_probe"):
         lp = mem["daphne_loop_probe"]
-        print(f"  Daphne loop probe: {lp['stalls']} stalls > 40 ms (max {fmt(lp['max_stall_ms'])} ms, "
-              f"{lp['stall_ms_total']:.0f} ms in all); {lp['gc_pauses']} GC pauses > 5 ms "
-              f"(max {fmt(lp['max_gc_ms'])} ms); stack samples in {lp['file']}")
+        print(
+            f"  Daphne loop probe: {lp['stalls']} stalls > 40 ms (max {fmt(lp['max_stall_ms'])} ms, "
+            f"{lp['stall_ms_total']:.0f} ms in all); {lp['gc_pauses']} GC pauses > 5 ms "
+            f"(max {fmt(lp['max_gc_ms'])} ms); stack samples in {lp['file']}"
+        )
         for stack, n in lp["top_stacks"][:3]:
             print(f"    {n:>4} stall samples: {stack}")
         print(f"  Daphne main thread busy in {lp['busy_pct_of_samples']:.0f}% of 5-ms samples; where:")
         for where, share in lp["profile_top"]:
             print(f"    {share:5.1f}%  {where}")
     integ = res["integrity"]
-    print(f"\n  integrity: {integ['received_chars']}/{integ['expected_chars']} streamed characters received, "
-          f"{integ['offset_gaps_or_overlaps']} offset gaps/overlaps, {integ['chunks_not_found_in_frames']} chunks unmatched")
+    print(
+        f"\n  integrity: {integ['received_chars']}/{integ['expected_chars']} streamed characters received, "
+        f"{integ['offset_gaps_or_overlaps']} offset gaps/overlaps, {integ['chunks_not_found_in_frames']} chunks unmatched"
+    )
     print(line)
 
 
@@ -893,7 +986,9 @@ def print_report(cfg: dict[str, Any], res: dict[str, Any], mem: dict[str, Any]) 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--runs", type=int, default=8, help="concurrent runs (= users = conversations = websockets)")
     p.add_argument("--members", type=int, default=3, help="panel members per run (1-8)")
     p.add_argument("--rounds", type=int, default=3, help="rounds of --runs simultaneous runs (one turn each)")
@@ -908,17 +1003,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--writer-ttft-ms", type=float, default=300)
     p.add_argument("--writer-tps", type=float, default=125)
     p.add_argument("--writer-chars", type=int, default=1000)
-    p.add_argument("--frame-interval-ms", type=int, default=None, help="FUSION_FRAME_INTERVAL_MS for Daphne (app default 40)")
-    p.add_argument("--login", choices=("http", "session"), default="http",
-                   help="sign in through /accounts/login/ (falls back to sessions) or create sessions directly")
+    p.add_argument(
+        "--frame-interval-ms", type=int, default=None, help="FUSION_FRAME_INTERVAL_MS for Daphne (app default 40)"
+    )
+    p.add_argument(
+        "--login",
+        choices=("http", "session"),
+        default="http",
+        help="sign in through /accounts/login/ (falls back to sessions) or create sessions directly",
+    )
     p.add_argument("--pause-s", type=float, default=0.3, help="pause between rounds")
     p.add_argument("--round-timeout", type=float, default=45.0, help="seconds a round may take")
     p.add_argument("--timeout", type=float, default=110.0, help="hard limit for the whole benchmark, seconds")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
-    p.add_argument("--no-probe", action="store_true",
-                   help="run plain `python -m chat.testing.scripted`; (a) is then measured against the scripted schedule")
-    p.add_argument("--loop-probe", action="store_true",
-                   help="run Daphne through bench/daphne_probe.py: event-loop stalls, GC pauses, stack samples")
+    p.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="run plain `python -m chat.testing.scripted`; (a) is then measured against the scripted schedule",
+    )
+    p.add_argument(
+        "--loop-probe",
+        action="store_true",
+        help="run Daphne through bench/daphne_probe.py: event-loop stalls, GC pauses, stack samples",
+    )
     p.add_argument("--dump-chunks", metavar="PATH", help="write every chunk's send and receive time (JSON)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (logs, database)")
     args = p.parse_args(argv)
@@ -997,21 +1104,51 @@ def _main(args: argparse.Namespace, tmp: Path, children: Children, t_begin: floa
         env["FUSION_FRAME_INTERVAL_MS"] = str(args.frame_interval_ms)
     frame_interval = env.get("FUSION_FRAME_INTERVAL_MS") or "40 (app default)"
 
-    print(f"ws_fanout: {args.runs} runs × {args.rounds} rounds, {args.members} members; temp dir {tmp}", file=sys.stderr)
+    print(
+        f"ws_fanout: {args.runs} runs × {args.rounds} rounds, {args.members} members; temp dir {tmp}", file=sys.stderr
+    )
     up_log, app_log = tmp / "upstream.log", tmp / "daphne.log"
     upstream = children.start(
-        "upstream", [py, *(["-m", "chat.testing.scripted"] if args.no_probe else [str(ROOT / "bench" / "upstream_probe.py")]),
-                     "--port", str(up_port),
-                     "--scripts", str(scripts_file), "--time-scale", str(args.time_scale)], env=env, log=up_log)
-    mig = subprocess.run([py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env,
-                         timeout=60, capture_output=True, text=True)
+        "upstream",
+        [
+            py,
+            *(["-m", "chat.testing.scripted"] if args.no_probe else [str(ROOT / "bench" / "upstream_probe.py")]),
+            "--port",
+            str(up_port),
+            "--scripts",
+            str(scripts_file),
+            "--time-scale",
+            str(args.time_scale),
+        ],
+        env=env,
+        log=up_log,
+    )
+    mig = subprocess.run(
+        [py, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
     if mig.returncode != 0:
         raise BenchError(f"manage.py migrate failed (exit {mig.returncode}):\n{mig.stderr[-3000:]}")
     accounts = run_django(SETUP, [str(args.runs), PASSWORD], env, timeout=60)
     wait_http(upstream_url + "/v1/models", upstream, "scripted upstream", up_log, 15)
     daphne = children.start(
-        "daphne", [py, *([str(ROOT / "bench" / "daphne_probe.py")] if args.loop_probe else ["-m", "daphne"]), "-b", "127.0.0.1", "-p", str(app_port), "fusionsite.asgi:application"],
-        env=env, log=app_log)
+        "daphne",
+        [
+            py,
+            *([str(ROOT / "bench" / "daphne_probe.py")] if args.loop_probe else ["-m", "daphne"]),
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(app_port),
+            "fusionsite.asgi:application",
+        ],
+        env=env,
+        log=app_log,
+    )
     wait_http(base + "/healthz", daphne, "Daphne", app_log, 30)
     print(f"  servers up after {time.monotonic() - t_begin:.1f} s", file=sys.stderr)
 
@@ -1060,7 +1197,8 @@ def _main(args: argparse.Namespace, tmp: Path, children: Children, t_begin: floa
     if sys_cpu0:
         a, b = sys_cpu0[0], sys_cpu1
         busy = (b.user + b.system + getattr(b, "nice", 0) + getattr(b, "irq", 0) + getattr(b, "softirq", 0)) - (
-            a.user + a.system + getattr(a, "nice", 0) + getattr(a, "irq", 0) + getattr(a, "softirq", 0))
+            a.user + a.system + getattr(a, "nice", 0) + getattr(a, "irq", 0) + getattr(a, "softirq", 0)
+        )
     sampler.sample()
     sampler.stop()
 
@@ -1080,18 +1218,34 @@ def _main(args: argparse.Namespace, tmp: Path, children: Children, t_begin: floa
     probe = None
     if args.loop_probe:
         children.stop(daphne)  # the probe writes its record on shutdown
-        probe = summarise_probe(tmp / "daphne_probe.json", min((r.t_start for s in socks for r in s.runs), default=0),
-                                max((r.t_end or 0 for s in socks for r in s.runs), default=None))
+        probe = summarise_probe(
+            tmp / "daphne_probe.json",
+            min((r.t_start for s in socks for r in s.runs), default=0),
+            max((r.t_end or 0 for s in socks for r in s.runs), default=None),
+        )
     dump: list[list[Any]] | None = [] if args.dump_chunks else None
     res = analyse(args, socks, scripts, timing, sends, requests, dump)
     if args.dump_chunks:
-        Path(args.dump_chunks).write_text(json.dumps({
-            "chunks": dump,  # [model, offset, length, upstream send time, frame receive time]
-            "runs": [{"conv": rec.plan.conv_index, "round": rec.plan.round, "t_start": rec.t_start, "t_end": rec.t_end,
-                      "status": rec.status} for s in socks for rec in s.runs],
-            "requests": [{"model": q["model"], "time": q["time"]} for q in requests],
-            "sends": sends,
-        }))
+        Path(args.dump_chunks).write_text(
+            json.dumps(
+                {
+                    "chunks": dump,  # [model, offset, length, upstream send time, frame receive time]
+                    "runs": [
+                        {
+                            "conv": rec.plan.conv_index,
+                            "round": rec.plan.round,
+                            "t_start": rec.t_start,
+                            "t_end": rec.t_end,
+                            "status": rec.status,
+                        }
+                        for s in socks
+                        for rec in s.runs
+                    ],
+                    "requests": [{"model": q["model"], "time": q["time"]} for q in requests],
+                    "sends": sends,
+                }
+            )
+        )
     ours = sum(cpu1.get(n, 0) - cpu0.get(n, 0) for n in sampler.procs)
     mem = {
         "samples": sampler.samples,
@@ -1117,24 +1271,27 @@ def _main(args: argparse.Namespace, tmp: Path, children: Children, t_begin: floa
         "panel": f"{args.members} members + analyst + writer",
         "member timing": ", ".join(
             f"m{m}: ttft {t['ttft_ms'] * args.time_scale:.0f} ms, {t['tokens_per_s'] / args.time_scale:.0f} tok/s"
-            for m, t in enumerate(timing["members"])),
+            for m, t in enumerate(timing["members"])
+        ),
         "member answer": f"{timing['member_chars'][0]} chars, {args.chunk_chars}-char chunks "
-                         f"(durations {', '.join(f'{d:.0f}' for d in timing['member_duration_ms'])} ms)",
+        f"(durations {', '.join(f'{d:.0f}' for d in timing['member_duration_ms'])} ms)",
         "analyst": f"ttft {timing['analyst_ms']:.0f} ms, unpaced (generated analysis JSON)",
         "writer": f"ttft {timing['writer_ttft_ms']:.0f} ms, {args.writer_tps / args.time_scale:.0f} tok/s, "
-                  f"{timing['writer_chars']} chars",
+        f"{timing['writer_chars']} chars",
         "scripted critical path": f"{timing['critical_path_ms']:.0f} ms to the fused answer's first token",
         "time scale": args.time_scale,
         "FUSION_FRAME_INTERVAL_MS": frame_interval,
         "login": login_used,
         "channel layer / database": "in-memory / temporary SQLite",
         "machine": f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, "
-                   f"{platform.machine()}",
+        f"{platform.machine()}",
         "total wall time": f"{time.monotonic() - t_begin:.1f} s",
     }
     print_report(cfg, res, mem)
     if args.json:
-        Path(args.json).write_text(json.dumps({"config": cfg, "timing": timing, "results": res, "memory": mem}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"config": cfg, "timing": timing, "results": res, "memory": mem}, indent=2)
+        )
         print(f"  wrote {args.json}")
     return 0 if res["runs"]["complete"] == res["runs"]["total"] else 2
 

@@ -4,6 +4,7 @@ Services are keyword-only functions named ``<entity>_<action>``. An invite is re
 transaction that creates its user, so a failed sign-up leaves the invite unused and a used
 invite always has its user.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,9 +60,7 @@ def signup_closed_message() -> str:
 # --------------------------------------------------------------------------- invites
 
 
-def invite_create(
-    *, created_by: AbstractBaseUser, note: str = "", expires_at: datetime | None = None
-) -> Invite:
+def invite_create(*, created_by: AbstractBaseUser, note: str = "", expires_at: datetime | None = None) -> Invite:
     return Invite.objects.create(
         token=secrets.token_urlsafe(32), created_by=created_by, note=note.strip(), expires_at=expires_at
     )
@@ -100,9 +99,7 @@ def invite_check(*, token: str) -> Invite:
         raise SignupRefused("Sign-up on this server is by invitation. Open the invite link you were sent.")
     invite = Invite.objects.filter(token=token).first()
     if invite is None:
-        raise SignupRefused(
-            "This invite link is not valid. Check that you copied all of it, or ask for a new one."
-        )
+        raise SignupRefused("This invite link is not valid. Check that you copied all of it, or ask for a new one.")
     status = invite_status(invite=invite)
     if status == "used":
         raise SignupRefused("This invite link has already been used. Ask whoever sent it for a new one.")
@@ -140,8 +137,9 @@ class LockoutBackend(AxesStandaloneBackend):
     sign-in page and /admin/login/ always pass the request, so they are always checked.
     """
 
-    def authenticate(self, request: HttpRequest | None, username: str | None = None,
-                     password: str | None = None, **kwargs: Any) -> None:
+    def authenticate(
+        self, request: HttpRequest | None, username: str | None = None, password: str | None = None, **kwargs: Any
+    ) -> None:
         if request is None:
             return None
         return super().authenticate(request, username, password, **kwargs)

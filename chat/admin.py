@@ -52,7 +52,18 @@ class TurnAdmin(admin.ModelAdmin):
 class MemberResponseInline(admin.StackedInline):
     model = MemberResponse
     extra = 0
-    fields = ("slot", "model", "status", "attempt", "ttft_ms", "duration_ms", "usage", "error_kind", "error_message", "content")
+    fields = (
+        "slot",
+        "model",
+        "status",
+        "attempt",
+        "ttft_ms",
+        "duration_ms",
+        "usage",
+        "error_kind",
+        "error_message",
+        "content",
+    )
     readonly_fields = fields
 
 

@@ -8,6 +8,7 @@ that start or steer a run re-check the session first (chat.ws_security), and the
 SessionWatch closes sockets whose session ended even when they are idle. No server frame is
 larger than FUSION_MAX_WS_FRAME_BYTES: bigger ones are sent as ``chunk`` frames.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,10 +71,13 @@ def split_frame(text: str, limit: int, frame_id: str) -> Iterator[str]:
     while start < len(text):
         piece_len = size
         while True:
-            piece = text[start:start + piece_len]
+            piece = text[start : start + piece_len]
             last = start + len(piece) >= len(text)
-            out = json.dumps({"type": "chunk", "id": frame_id, "seq": seq, "last": last, "data": piece},
-                             separators=(",", ":"), ensure_ascii=False)
+            out = json.dumps(
+                {"type": "chunk", "id": frame_id, "seq": seq, "last": last, "data": piece},
+                separators=(",", ":"),
+                ensure_ascii=False,
+            )
             encoded = len(out.encode("utf-8", "surrogatepass"))
             if encoded <= limit or piece_len <= 64:
                 break
@@ -111,7 +115,7 @@ def _preset_ref(value: Any) -> str | int | None:
         return value
     if isinstance(value, str) and 0 < len(value) <= 80 and (value.startswith("builtin:") or value.isdigit()):
         return value
-    raise FrameError("preset must be a preset id or \"builtin:<name>\".")
+    raise FrameError('preset must be a preset id or "builtin:<name>".')
 
 
 def _slot(value: Any) -> int:
@@ -137,9 +141,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.bucket = ratelimit.Bucket(rate=settings.FUSION_WS_RATE_PER_S, burst=settings.FUSION_WS_BURST)
         self.refused_in_a_row = 0
         self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
-        owned = await database_sync_to_async(
-            Conversation.objects.filter(user=user, pk=self.conversation_id).exists
-        )()
+        owned = await database_sync_to_async(Conversation.objects.filter(user=user, pk=self.conversation_id).exists)()
         if not owned:
             await self._refuse(CLOSE_NOT_FOUND)
             return
@@ -192,8 +194,14 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_FLOODING)
             return False
         retry = round(max(decision.retry_after, 0.05), 2)
-        await self._send({"type": "error", "code": "rate_limited", "retry_after": retry,
-                          "message": f"Too many messages at once. Wait {retry:g} s and try again."})
+        await self._send(
+            {
+                "type": "error",
+                "code": "rate_limited",
+                "retry_after": retry,
+                "message": f"Too many messages at once. Wait {retry:g} s and try again.",
+            }
+        )
         return False
 
     async def _receive(self, text_data: str | None) -> None:
@@ -251,34 +259,53 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if preset is not None and panel is not None:
             raise FrameError("Send either a panel or a preset, not both.")
         state, created = await runs.run_start(
-            user=self.scope["user"], conversation_id=self.conversation_id, client_run_id=run_id,
-            prompt=prompt, panel=panel, follow_up_mode=mode, preset=preset,
+            user=self.scope["user"],
+            conversation_id=self.conversation_id,
+            client_run_id=run_id,
+            prompt=prompt,
+            panel=panel,
+            follow_up_mode=mode,
+            preset=preset,
         )
         if not created:  # attached to the existing run: send where it is now
             await self._send({"type": "snapshot", "runs": [state]})
 
     async def on_stop(self, frame: dict[str, Any]) -> None:
-        await runs.run_stop(user=self.scope["user"], conversation_id=self.conversation_id,
-                            client_run_id=_run_ref(frame.get("run_id")))
+        await runs.run_stop(
+            user=self.scope["user"], conversation_id=self.conversation_id, client_run_id=_run_ref(frame.get("run_id"))
+        )
 
     async def on_stop_member(self, frame: dict[str, Any]) -> None:
-        await runs.run_stop_member(user=self.scope["user"], conversation_id=self.conversation_id,
-                                   client_run_id=_run_ref(frame.get("run_id")), slot=_slot(frame.get("slot")))
+        await runs.run_stop_member(
+            user=self.scope["user"],
+            conversation_id=self.conversation_id,
+            client_run_id=_run_ref(frame.get("run_id")),
+            slot=_slot(frame.get("slot")),
+        )
 
     async def on_retry_member(self, frame: dict[str, Any]) -> None:
-        await runs.run_retry_member(user=self.scope["user"], conversation_id=self.conversation_id,
-                                    client_run_id=_run_ref(frame.get("run_id")), slot=_slot(frame.get("slot")))
+        await runs.run_retry_member(
+            user=self.scope["user"],
+            conversation_id=self.conversation_id,
+            client_run_id=_run_ref(frame.get("run_id")),
+            slot=_slot(frame.get("slot")),
+        )
 
     async def on_fuse_now(self, frame: dict[str, Any]) -> None:
-        await runs.run_fuse_now(user=self.scope["user"], conversation_id=self.conversation_id,
-                                client_run_id=_run_ref(frame.get("run_id")))
+        await runs.run_fuse_now(
+            user=self.scope["user"], conversation_id=self.conversation_id, client_run_id=_run_ref(frame.get("run_id"))
+        )
 
     async def on_regenerate(self, frame: dict[str, Any]) -> None:
         writer = frame.get("writer")
         if not isinstance(writer, str) or not writer.strip():
             raise FrameError("writer must be a model id.")
-        await runs.run_regenerate(user=self.scope["user"], conversation_id=self.conversation_id,
-                                  client_run_id=_run_ref(frame.get("run_id")), writer=writer.strip())
+        await runs.run_regenerate(
+            user=self.scope["user"],
+            conversation_id=self.conversation_id,
+            client_run_id=_run_ref(frame.get("run_id")),
+            writer=writer.strip(),
+        )
 
     # ----------------------------------------------------------------- server side
 

@@ -13,4 +13,8 @@ RUN_VOCABULARY = vocabulary()  # the status and phase names, for the conversatio
 
 def site(request: HttpRequest) -> dict[str, Any]:
     """Site-wide template flags and the engine's limits (the scripts read them from the page)."""
-    return {"FUSION_DEMO": settings.FUSION_DEMO, "MAX_PANEL_MEMBERS": MAX_PANEL_MEMBERS, "RUN_VOCABULARY": RUN_VOCABULARY}
+    return {
+        "FUSION_DEMO": settings.FUSION_DEMO,
+        "MAX_PANEL_MEMBERS": MAX_PANEL_MEMBERS,
+        "RUN_VOCABULARY": RUN_VOCABULARY,
+    }

@@ -3,6 +3,7 @@
 Every lookup goes through the owner: another user's conversation is "not found", exactly like a
 missing one, so ids reveal nothing.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta

@@ -1,4 +1,5 @@
 """The bridge from Django settings to the framework-free engine in chat/fusion/."""
+
 from __future__ import annotations
 
 import logging
@@ -88,7 +89,10 @@ def _search_backend() -> tuple[Any, str | None]:
     from chat.fusion.tools import make_search_backend
 
     if not settings.FUSION_SEARCH_BACKEND:
-        return None, "No search backend is configured on this server (FUSION_SEARCH_BACKEND), so only web_fetch is offered."
+        return (
+            None,
+            "No search backend is configured on this server (FUSION_SEARCH_BACKEND), so only web_fetch is offered.",
+        )
     try:
         backend = make_search_backend(
             {

@@ -3,6 +3,7 @@
 Services never raise HTTP exceptions: a view turns :class:`NotFound` into a 404 page (see
 ``chat.views._common``), the websocket consumer into an ``error`` frame.
 """
+
 from __future__ import annotations
 
 

@@ -8,6 +8,7 @@ A decrypted key goes to exactly one place: the ``Provider`` of the same name in 
 run is built with (chat.engine.build_registry), whose base URL only the administrator sets.
 Nothing here logs a key, and no page or export renders one.
 """
+
 from __future__ import annotations
 
 import base64
@@ -136,7 +137,8 @@ def key_set(*, user: AbstractBaseUser, provider: str, raw: str) -> ProviderKey:
     if not KEY_RE.fullmatch(raw):
         raise InvalidKey("A key is 8 to 512 printable characters, without spaces.")
     key, _ = ProviderKey.objects.update_or_create(
-        user=user, provider=provider,
+        user=user,
+        provider=provider,
         defaults={"encrypted_key": key_encrypt(raw), "last4": raw[-4:], "updated_at": timezone.now()},
     )
     return key

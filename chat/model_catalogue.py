@@ -10,6 +10,7 @@ before any paid call) fetches it once, synchronously, so the first run of a new 
 checked too. If that fails, models of that provider are accepted unchecked, with a warning in
 the log — a provider without a ``/models`` endpoint must not become unusable.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,13 +52,20 @@ def catalogue_refresh(provider: str) -> bool:
         endpoint = build_registry().get(provider)
         models = fetch_models(endpoint, timeout=SYNC_FETCH_TIMEOUT_S)
     except (CatalogueError, UnknownProvider) as exc:
-        CatalogueCache.objects.update_or_create(provider=provider, defaults={"last_attempt_at": now, "last_error": str(exc)})
+        CatalogueCache.objects.update_or_create(
+            provider=provider, defaults={"last_attempt_at": now, "last_error": str(exc)}
+        )
         log.warning("model catalogue of %s not refreshed: %s", provider, exc)
         return False
     CatalogueCache.objects.update_or_create(
         provider=provider,
-        defaults={"models_json": [m.to_dict() for m in models], "fetched_at": now, "last_attempt_at": now,
-                  "last_error": "", "base_url": endpoint.base_url},
+        defaults={
+            "models_json": [m.to_dict() for m in models],
+            "fetched_at": now,
+            "last_attempt_at": now,
+            "last_error": "",
+            "base_url": endpoint.base_url,
+        },
     )
     log.info("model catalogue of %s refreshed: %d models", provider, len(models))
     return True
@@ -212,7 +220,9 @@ def validate_models(model_ids: Iterable[str], *, fetch_missing: bool = True) -> 
                 continue
             log.warning(
                 "the model catalogue of %s could never be fetched (%s); accepting %s unchecked",
-                name, row.last_error if row else "no attempt", ", ".join(w for w, _ in requested),
+                name,
+                row.last_error if row else "no attempt",
+                ", ".join(w for w, _ in requested),
             )
             continue
         title = "OpenRouter" if name == registry.default else f"provider {name!r}"

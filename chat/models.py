@@ -1,4 +1,5 @@
 """Conversations, turns, runs and member responses. Every row belongs to a user."""
+
 from __future__ import annotations
 
 import uuid
@@ -164,7 +165,9 @@ class Preset(models.Model):
     class Meta:
         ordering = ["name", "pk"]
         constraints = [
-            models.UniqueConstraint(fields=["user"], condition=models.Q(is_default=True), name="one_default_preset_per_user"),
+            models.UniqueConstraint(
+                fields=["user"], condition=models.Q(is_default=True), name="one_default_preset_per_user"
+            ),
         ]
 
     def __str__(self) -> str:

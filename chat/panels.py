@@ -1,4 +1,5 @@
 """Panels as stored and sent by the browser ⇄ the engine's ModelSpec, with validation."""
+
 from __future__ import annotations
 
 import re
@@ -172,7 +173,9 @@ def parse_research(data: Any) -> dict[str, Any]:
                 raise ValueError
             calls = int(calls)
         except (TypeError, ValueError):
-            raise PanelError(f"Research: max tool calls must be a whole number from 1 to {MAX_TOOL_CALLS_LIMIT}.") from None
+            raise PanelError(
+                f"Research: max tool calls must be a whole number from 1 to {MAX_TOOL_CALLS_LIMIT}."
+            ) from None
         if not 1 <= calls <= MAX_TOOL_CALLS_LIMIT:
             raise PanelError(f"Research: max tool calls must be between 1 and {MAX_TOOL_CALLS_LIMIT} (got {calls}).")
     research = {

@@ -12,6 +12,7 @@ A preset's ``config`` (validated by ``chat.panels.parse_preset_config``)::
      "fallback_writer": {model} | None, "follow_up_mode": "fused" | "per_member",
      "research": {web_tools, max_tool_calls, excluded_domains, blocked_domains}}
 """
+
 from __future__ import annotations
 
 import copy
@@ -209,7 +210,7 @@ def preset_get_shared(*, token: str) -> Preset:
 def preset_resolve(*, user: AbstractBaseUser, ref: object) -> ResolvedPreset:
     """``"builtin:<key>"`` or one of the user's preset ids → its config; NotFound otherwise."""
     if isinstance(ref, str) and ref.startswith(BUILTIN_PREFIX):
-        builtin = builtin_get(key=ref[len(BUILTIN_PREFIX):])
+        builtin = builtin_get(key=ref[len(BUILTIN_PREFIX) :])
         return ResolvedPreset(preset=None, builtin_key=builtin.key, name=builtin.name, config=builtin.config)
     if isinstance(ref, bool) or not isinstance(ref, (int, str)):
         raise NotFound("No such preset.")
@@ -232,11 +233,17 @@ def preset_choices_for_user(*, user: AbstractBaseUser) -> dict[str, Any]:
             config = parse_preset_config(preset.config)
         except PanelError:
             continue  # an unrunnable old row is left out of the chooser, not an error page
-        panels[str(preset.pk)] = {"name": preset.name, "panel": panel_from_config(config),
-                                  "follow_up_mode": config["follow_up_mode"]}
+        panels[str(preset.pk)] = {
+            "name": preset.name,
+            "panel": panel_from_config(config),
+            "follow_up_mode": config["follow_up_mode"],
+        }
     for builtin in builtins:
-        panels[builtin.ref] = {"name": builtin.name, "panel": panel_from_config(builtin.config),
-                               "follow_up_mode": builtin.config["follow_up_mode"]}
+        panels[builtin.ref] = {
+            "name": builtin.name,
+            "panel": panel_from_config(builtin.config),
+            "follow_up_mode": builtin.config["follow_up_mode"],
+        }
     return {
         "own": [p for p in own if str(p.pk) in panels],
         "builtins": builtins,
@@ -312,7 +319,9 @@ def preset_update(*, preset: Preset, name: str, description: str = "", config: A
 def preset_duplicate(*, preset: Preset) -> Preset:
     """An independent copy in the same user's presets (not default, not shared)."""
     return Preset.objects.create(
-        user=preset.user, name=_copy_name(preset.name), description=preset.description,
+        user=preset.user,
+        name=_copy_name(preset.name),
+        description=preset.description,
         config=copy.deepcopy(preset.config),
     )
 
@@ -332,7 +341,9 @@ def preset_delete(*, preset: Preset) -> None:
 def preset_set_default(*, user: AbstractBaseUser, preset: Preset | None) -> None:
     """Make ``preset`` the user's default (None: no default). One default per user, DB-enforced."""
     with transaction.atomic():
-        Preset.objects.filter(user=user, is_default=True).exclude(pk=getattr(preset, "pk", None)).update(is_default=False)
+        Preset.objects.filter(user=user, is_default=True).exclude(pk=getattr(preset, "pk", None)).update(
+            is_default=False
+        )
         if preset is not None and not preset.is_default:
             preset.is_default = True
             preset.save(update_fields=["is_default"])
@@ -354,7 +365,10 @@ def preset_copy_shared(*, user: AbstractBaseUser, token: str) -> Preset:
     """Copy a shared preset into ``user``'s presets: a deep copy, unaffected by later edits."""
     shared = preset_get_shared(token=token)
     return Preset.objects.create(
-        user=user, name=shared.name, description=shared.description, config=copy.deepcopy(shared.config),
+        user=user,
+        name=shared.name,
+        description=shared.description,
+        config=copy.deepcopy(shared.config),
         copied_from_share=True,
     )
 
@@ -529,8 +543,8 @@ def _parse_import(data: Any) -> tuple[str, str, dict[str, Any]]:
     if data.get("id") == "fusion" or "analysis_models" in data:
         return "Imported Fusion plugin", "", config_from_openrouter_plugin(data)
     raise PresetError(
-        f"This JSON is neither a preset export (\"format\": \"{EXPORT_FORMAT}\") nor an OpenRouter Fusion plugin "
-        "({\"id\": \"fusion\", \"analysis_models\": […], \"model\": …})."
+        f'This JSON is neither a preset export ("format": "{EXPORT_FORMAT}") nor an OpenRouter Fusion plugin '
+        '({"id": "fusion", "analysis_models": […], "model": …}).'
     )
 
 

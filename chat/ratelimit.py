@@ -6,6 +6,7 @@ takes one. :class:`Bucket` lives in one object (a socket's own bucket). :func:`t
 across every process, else in this process. If Redis cannot be reached the process-local bucket
 answers instead (a limit that is briefly per process beats locking everyone out).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -173,7 +174,8 @@ class SignInRateLimitMiddleware:
         if request.method == "POST" and request.path in self.paths():
             decision = take(
                 f"signin:{request.META.get('REMOTE_ADDR', '')}",
-                rate=settings.FUSION_LOGIN_RATE_PER_MIN / 60, burst=settings.FUSION_LOGIN_BURST,
+                rate=settings.FUSION_LOGIN_RATE_PER_MIN / 60,
+                burst=settings.FUSION_LOGIN_BURST,
             )
             if not decision.allowed:
                 return self.refused(request, decision.retry_after)
@@ -197,8 +199,12 @@ class SignInRateLimitMiddleware:
         from chat.forms import SignInForm
 
         seconds = max(1, math.ceil(retry_after))
-        context = {"form": SignInForm(request), "next": request.POST.get("next", ""), "signup_mode": signup_mode(),
-                   "rate_wait": lockout_wait_text(timedelta(seconds=seconds))}
+        context = {
+            "form": SignInForm(request),
+            "next": request.POST.get("next", ""),
+            "signup_mode": signup_mode(),
+            "rate_wait": lockout_wait_text(timedelta(seconds=seconds)),
+        }
         response = render(request, "accounts/login.html", context, status=429)
         response["Retry-After"] = str(seconds)
         return response

@@ -73,11 +73,31 @@ URL_SCHEMES = frozenset({"http", "https", "mailto"})
 
 ALLOWED_TAGS = frozenset(
     {
-        "p", "br", "hr",
-        "h1", "h2", "h3", "h4", "h5", "h6",
-        "strong", "em", "del", "code", "pre", "span",
-        "blockquote", "ul", "ol", "li",
-        "table", "thead", "tbody", "tr", "th", "td",
+        "p",
+        "br",
+        "hr",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "strong",
+        "em",
+        "del",
+        "code",
+        "pre",
+        "span",
+        "blockquote",
+        "ul",
+        "ol",
+        "li",
+        "table",
+        "thead",
+        "tbody",
+        "tr",
+        "th",
+        "td",
         "a",
         # codehilite wraps highlighted code in <div class="highlight">; the class is
         # the only attribute a div may carry.
@@ -144,8 +164,8 @@ class _RemoteImageTreeprocessor(Treeprocessor):
                 host = urlsplit(src.strip()).hostname or ""
             except ValueError:
                 host = ""
-            label = f"\N{FRAME WITH PICTURE} {alt} (image: {host})" if host else (
-                f"\N{FRAME WITH PICTURE} {alt} (image)"
+            label = (
+                f"\N{FRAME WITH PICTURE} {alt} (image: {host})" if host else (f"\N{FRAME WITH PICTURE} {alt} (image)")
             )
             inside_link = False
             p = parents.get(el)
@@ -174,9 +194,7 @@ class _SafeMarkdownExtension(Extension):
         md.preprocessors.deregister("html_block")
         md.inlinePatterns.deregister("html")
         # ~~strike~~ -> <del>
-        md.inlinePatterns.register(
-            SimpleTagInlineProcessor(r"(~~)(?=\S)(.+?)(?<=\S)~~", "del"), "del", 65
-        )
+        md.inlinePatterns.register(SimpleTagInlineProcessor(r"(~~)(?=\S)(.+?)(?<=\S)~~", "del"), "del", 65)
         # After the inline processor (20) and prettify (10), before unescape (0).
         md.treeprocessors.register(_RemoteImageTreeprocessor(md), "remote_image", 5)
 
@@ -322,7 +340,7 @@ def _render_long(text: str) -> str:
         unit_chars += len(block)
         unit_lines += lines
     flush()
-    rest = text[splitter.consumed:]
+    rest = text[splitter.consumed :]
     if rest.strip():
         parts.append(_render_escaped(rest))
     return "\n".join(p for p in parts if p)
@@ -470,9 +488,7 @@ def pygments_css(light: str = "default", dark: str = "github-dark") -> str:
     df = HtmlFormatter(style=dark, cssclass=CSS_CLASS)
 
     def defs(fmt: HtmlFormatter) -> str:
-        return "\n".join(
-            fmt.get_background_style_defs(sel) + fmt.get_token_style_defs(sel)
-        )
+        return "\n".join(fmt.get_background_style_defs(sel) + fmt.get_token_style_defs(sel))
 
     light_classes = sorted({c for c in lf.class2style if c})
     resets = ""
@@ -649,7 +665,7 @@ class IncrementalRenderer:
         # Early decision on a partial line that follows blank lines.
         if self._after_blank and self._fence is None and self._has_text:
             # A short prefix settles it; never re-copy a long partial line.
-            partial = pending[self._line_start:self._line_start + 64]
+            partial = pending[self._line_start : self._line_start + 64]
             decision = self._decide(_normalize_prefix(partial), partial_line=True)
             if decision == _SPLIT:
                 self._after_blank = False

@@ -17,6 +17,7 @@ out, or cut by a process that died. Its cost is the provider-reported one; what 
 not report (a cut stream sends no usage) is estimated from the characters sent and received at
 the catalogue price (``call_usage``), and the usage says ``"estimated": true``.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,7 +92,9 @@ def server_spent_today() -> Decimal:
 
 def _spent_today(runs: Any) -> Decimal:
     start = _day_start(timezone.localdate())
-    finished = runs.filter(created_at__gte=start).exclude(status=RunStatus.RUNNING).aggregate(total=Sum("cost_usd"))["total"]
+    finished = (
+        runs.filter(created_at__gte=start).exclude(status=RunStatus.RUNNING).aggregate(total=Sum("cost_usd"))["total"]
+    )
     reserved = runs.filter(status=RunStatus.RUNNING).aggregate(total=Sum("reserved_usd"))["total"]
     return (finished or Decimal(0)) + (reserved or Decimal(0))
 
@@ -116,8 +119,14 @@ def call_usage(call: dict[str, Any], *, lookup: Callable[[str], Any] | None = No
     """
     usage = dict(call.get("usage") or {})
     prompt_chars, streamed_chars = int(call.get("prompt_chars") or 0), int(call.get("streamed_chars") or 0)
-    extra_prompt, extra_completion = model_catalogue.tokens_of_chars(prompt_chars), model_catalogue.tokens_of_chars(streamed_chars)
-    reported_prompt, reported_completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    extra_prompt, extra_completion = (
+        model_catalogue.tokens_of_chars(prompt_chars),
+        model_catalogue.tokens_of_chars(streamed_chars),
+    )
+    reported_prompt, reported_completion = (
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+    )
     unpriced = usage.get("cost") is None and (reported_prompt or reported_completion)
     if not (extra_prompt or extra_completion or unpriced):
         return usage
@@ -156,14 +165,16 @@ def usage_total(usages: Iterable[dict[str, Any]]) -> Usage:
     """The sum of calls' usages; ``estimated`` when any part is."""
     total = Usage()
     for usage in usages:
-        total.add(Usage(
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            reasoning_tokens=int(usage.get("reasoning_tokens") or 0),
-            total_tokens=int(usage.get("total_tokens") or 0),
-            cost=None if usage.get("cost") is None else float(usage["cost"]),
-            estimated=bool(usage.get("estimated")),
-        ))
+        total.add(
+            Usage(
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                reasoning_tokens=int(usage.get("reasoning_tokens") or 0),
+                total_tokens=int(usage.get("total_tokens") or 0),
+                cost=None if usage.get("cost") is None else float(usage["cost"]),
+                estimated=bool(usage.get("estimated")),
+            )
+        )
     return total
 
 
@@ -179,8 +190,10 @@ def interrupted_calls(*, run: Run, request: FusionRequest) -> list[dict[str, Any
     members = list(run.members.order_by("slot"))
     earlier = Run.objects.filter(turn_id=run.turn_id, created_at__lt=run.created_at)
     copies = {
-        (slot, content) for slot, content in
-        MemberResponse.objects.filter(run__in=earlier, status=MemberStatus.COMPLETE).values_list("slot", "content")
+        (slot, content)
+        for slot, content in MemberResponse.objects.filter(run__in=earlier, status=MemberStatus.COMPLETE).values_list(
+            "slot", "content"
+        )
     }
     overhead = model_catalogue.PROMPT_OVERHEAD_TOKENS * 4  # the instructions around the answers
     question = _chars(request.messages)
@@ -199,10 +212,18 @@ def interrupted_calls(*, run: Run, request: FusionRequest) -> list[dict[str, Any
             continue
         spec = request.panel[m.slot] if m.slot < len(request.panel) else None
         thread = (request.member_messages or {}).get(m.slot) or request.messages
-        calls.append(_estimated_call("panel", m.model, _chars(thread) + len(getattr(spec, "system_prompt", None) or ""),
-                                     streamed, slot=m.slot))
-    panel_over = answers and all(m.status in (MemberStatus.COMPLETE, MemberStatus.FAILED, MemberStatus.STOPPED)
-                                 for m in members)
+        calls.append(
+            _estimated_call(
+                "panel",
+                m.model,
+                _chars(thread) + len(getattr(spec, "system_prompt", None) or ""),
+                streamed,
+                slot=m.slot,
+            )
+        )
+    panel_over = answers and all(
+        m.status in (MemberStatus.COMPLETE, MemberStatus.FAILED, MemberStatus.STOPPED) for m in members
+    )
     analysis = len(json.dumps(run.analysis)) if run.analysis is not None else 0
     copied_analysis = run.analysis is not None and run.analysis in earlier.values_list("analysis", flat=True)
     if run.calls:  # the analyst's and writer's calls were written: what was reported
@@ -210,7 +231,9 @@ def interrupted_calls(*, run: Run, request: FusionRequest) -> list[dict[str, Any
     if panel_over and run.analyst_model and not copied_analysis:
         calls.append(_estimated_call("analyst", run.analyst_model, question + answers + overhead, analysis))
     if panel_over and run.writer_model and (run.answer or run.analysis is not None):
-        calls.append(_estimated_call("writer", run.writer_model, question + answers + analysis + overhead, len(run.answer)))
+        calls.append(
+            _estimated_call("writer", run.writer_model, question + answers + analysis + overhead, len(run.answer))
+        )
     return calls
 
 
@@ -218,9 +241,19 @@ def _chars(messages: list[dict[str, Any]]) -> int:
     return sum(len(str(m.get("content") or "")) for m in messages)
 
 
-def _estimated_call(role: str, model: str, prompt_chars: int, streamed_chars: int, slot: int | None = None) -> dict[str, Any]:
-    return {"role": role, "model": model, "slot": slot, "status": "cancelled", "usage": Usage().to_dict(),
-            "error": None, "prompt_chars": prompt_chars, "streamed_chars": streamed_chars}
+def _estimated_call(
+    role: str, model: str, prompt_chars: int, streamed_chars: int, slot: int | None = None
+) -> dict[str, Any]:
+    return {
+        "role": role,
+        "model": model,
+        "slot": slot,
+        "status": "cancelled",
+        "usage": Usage().to_dict(),
+        "error": None,
+        "prompt_chars": prompt_chars,
+        "streamed_chars": streamed_chars,
+    }
 
 
 # --------------------------------------------------------------------------- services
@@ -266,8 +299,7 @@ def spend_reserve(*, user: Any, high_usd: float | Decimal, server_key: bool = Fa
         left = max(Decimal(0), limit - spent_today(user=user))
         if amount > left:
             raise SpendLimitExceeded(
-                f"This run could cost up to {usd(amount)}; you have {usd(left)} left today "
-                f"(daily limit {usd(limit)})."
+                f"This run could cost up to {usd(amount)}; you have {usd(left)} left today (daily limit {usd(limit)})."
             )
     server_limit = server_daily_limit() if server_key else None
     if server_limit is not None:
@@ -320,7 +352,8 @@ def usage_report(*, user: Any, days: int = 30) -> UsageReport:
     start = _day_start(today - timedelta(days=days - 1))
     runs = Run.objects.filter(user=user, created_at__gte=start)
     per_day = list(
-        runs.annotate(day=TruncDate("created_at")).values("day")
+        runs.annotate(day=TruncDate("created_at"))
+        .values("day")
         .annotate(runs=Count("pk"), cost=Sum("cost_usd"), estimated=Count("pk", filter=Q(usage__estimated=True)))
         .order_by("-day")
     )

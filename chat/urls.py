@@ -1,4 +1,5 @@
 """Every page and JSON endpoint of the app (accounts and admin are routed in fusionsite/urls.py)."""
+
 from __future__ import annotations
 
 from django.urls import path

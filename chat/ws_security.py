@@ -13,6 +13,7 @@
   ``FUSION_SESSION_RECHECK_S`` it checks all of them at once and closes the sockets of ended
   sessions with 4401, idle or not.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,8 +48,14 @@ def _normalise_origin(value: str) -> tuple[str, str, int] | None:
     except ValueError:
         return None
     scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/") or parts.query \
-            or parts.username or parts.password:
+    if (
+        scheme not in _DEFAULT_PORTS
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.username
+        or parts.password
+    ):
         return None
     return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
 
@@ -117,8 +124,11 @@ class SameOriginValidator:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if scope["type"] == "websocket" and not origin_allowed(scope):
-            log.info("websocket refused: origin %r is not this site's (host %r)",
-                     _header(scope, b"origin"), _header(scope, b"host"))
+            log.info(
+                "websocket refused: origin %r is not this site's (host %r)",
+                _header(scope, b"origin"),
+                _header(scope, b"host"),
+            )
             return await WebsocketDenier()(scope, receive, send)
         return await self.application(scope, receive, send)
 
@@ -168,7 +178,9 @@ def sessions_valid(pairs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], bo
         session = data.get(key) if key else None
         user = users.get(uid)
         ok = (
-            session is not None and user is not None and getattr(user, "is_active", True)
+            session is not None
+            and user is not None
+            and getattr(user, "is_active", True)
             and str(session.get(SESSION_KEY)) == str(uid)
             and session.get(BACKEND_SESSION_KEY) in settings.AUTHENTICATION_BACKENDS
             and any(constant_time_compare(str(session.get(HASH_SESSION_KEY, "")), h) for h in _auth_hashes(user))

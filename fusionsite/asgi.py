@@ -1,4 +1,5 @@
 """ASGI entry point: HTTP through Django, websockets through Channels (session auth + Origin check)."""
+
 from __future__ import annotations
 
 import os

@@ -2,6 +2,7 @@
 
 Every variable is listed in the README. Nothing secret is a constant here.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,9 +54,7 @@ def _secret_key() -> str:
 SECRET_KEY = _secret_key()
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
-CSRF_TRUSTED_ORIGINS = [
-    o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
-]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 
 INSTALLED_APPS = [
     "daphne",
@@ -117,11 +116,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {})
     # WAL lets pages read while a run checkpoints; synchronous=NORMAL is durable across
     # application crashes in WAL mode and makes each commit several times cheaper.
-    DATABASES["default"]["OPTIONS"].update({
-        "timeout": 20,
-        "transaction_mode": "IMMEDIATE",
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-    })
+    DATABASES["default"]["OPTIONS"].update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
     # A file (not :memory:) so a live Daphne in the browser tests can share it; per process so two
     # test runs on one machine do not collide.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / f".test-db-{os.getpid()}.sqlite3")}
@@ -365,7 +366,9 @@ if os.environ.get("FUSION_BUILTIN_PRESETS", "").strip():
 # Users' own provider keys are encrypted with the first of these Fernet keys; all of them decrypt,
 # so a new key can be put first and the keys re-encrypted (manage.py rotate_keys) before the old
 # one is dropped. Unset: derived from DJANGO_SECRET_KEY (fine for one box; set it in production).
-FUSION_KEY_ENCRYPTION_KEYS = [k.strip() for k in os.environ.get("FUSION_KEY_ENCRYPTION_KEYS", "").split(",") if k.strip()]
+FUSION_KEY_ENCRYPTION_KEYS = [
+    k.strip() for k in os.environ.get("FUSION_KEY_ENCRYPTION_KEYS", "").split(",") if k.strip()
+]
 # Whether users without their own key may use the server-wide keys (per-user override in the admin).
 FUSION_ALLOW_SERVER_KEY = env_bool("FUSION_ALLOW_SERVER_KEY", False)
 # Who may create an account: "open" (anyone), "invite" (with a link staff made in Settings →
@@ -396,7 +399,9 @@ FUSION_FETCH_MAX_CHARS = env_int("FUSION_FETCH_MAX_CHARS", 20_000)
 # ("127.0.0.1" on 80/443, or "127.0.0.1:8123" for that port). Default: none. Every path of a
 # trusted host:port is reachable from a model's web_fetch, so a production start-up refuses it
 # unless told it is meant.
-FUSION_FETCH_TRUSTED_HOSTS = [h.strip() for h in os.environ.get("FUSION_FETCH_TRUSTED_HOSTS", "").split(",") if h.strip()]
+FUSION_FETCH_TRUSTED_HOSTS = [
+    h.strip() for h in os.environ.get("FUSION_FETCH_TRUSTED_HOSTS", "").split(",") if h.strip()
+]
 if (
     FUSION_FETCH_TRUSTED_HOSTS
     and not DEBUG

@@ -10,6 +10,7 @@ It sits after SecurityMiddleware and CSPMiddleware, so a static response still g
 file (``/static/../../etc/passwd``, percent-encoded or not) goes on to Django's URL routing,
 which answers 404.
 """
+
 from __future__ import annotations
 
 import warnings

@@ -1,4 +1,5 @@
 """Shared fixtures: users alice and bob, so every permission test has a second user ready."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Start the app with Daphne in a subprocess for tests that need a live server with websockets."""
+
 from __future__ import annotations
 
 import socket
@@ -33,12 +34,16 @@ def stop_process(process: subprocess.Popen[Any]) -> None:
 def start_daphne(port: int, env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "fusionsite.asgi:application"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 
-def wait_until_healthy(url: str, process: subprocess.Popen[Any], *, name: str, log_tail: Callable[[], str],
-                       timeout: float = 30) -> None:
+def wait_until_healthy(
+    url: str, process: subprocess.Popen[Any], *, name: str, log_tail: Callable[[], str], timeout: float = 30
+) -> None:
     """Poll ``/healthz`` until it answers 200; a failure says why, with the server's log."""
     import pytest
 

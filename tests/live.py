@@ -5,6 +5,7 @@ recovery) share this: :func:`live_app` starts the scripted upstream in a thread,
 database, starts Daphne with the given environment, and hands back a :class:`LiveApp` that signs
 users in over HTTP and runs ORM snippets in the server's database through ``manage.py shell``.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,6 @@ from chat.testing.scripted import ScriptedUpstream
 from tests.daphne import ROOT, free_port, start_daphne, stop_process, wait_until_healthy
 
 ARTIFACTS = ROOT / "test-artifacts"
-
 
 
 @dataclass
@@ -54,10 +54,18 @@ class LiveApp:
 
     def orm(self, code: str) -> Any:
         """Run *code* in the server's database (``manage.py shell``); it sets ``result`` (JSON)."""
-        script = "import json\nfrom chat.models import *\nfrom django.contrib.auth.models import User\n" \
-                 "result = None\n" + code + "\nprint('@@' + json.dumps(result, default=str))"
-        done = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=60)
+        script = (
+            "import json\nfrom chat.models import *\nfrom django.contrib.auth.models import User\n"
+            "result = None\n" + code + "\nprint('@@' + json.dumps(result, default=str))"
+        )
+        done = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", script],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if done.returncode != 0:
             raise AssertionError(f"manage.py shell failed:\n{done.stdout}\n{done.stderr}")
         line = next(line for line in done.stdout.splitlines()[::-1] if line.startswith("@@"))
@@ -76,17 +84,18 @@ class LiveApp:
         client = httpx.Client(base_url=self.url, timeout=10, follow_redirects=False)
         page = client.get("/accounts/login/")
         token = _csrf(page.text)
-        response = client.post("/accounts/login/", data={"username": username, "password": password,
-                                                         "csrfmiddlewaretoken": token},
-                               headers={"Referer": f"{self.url}/accounts/login/"})
+        response = client.post(
+            "/accounts/login/",
+            data={"username": username, "password": password, "csrfmiddlewaretoken": token},
+            headers={"Referer": f"{self.url}/accounts/login/"},
+        )
         assert response.status_code == 302, f"sign-in failed: {response.status_code} {response.text[:500]}"
         return client
 
     def post_form(self, client: httpx.Client, path: str, data: dict[str, str]) -> httpx.Response:
         page = client.get(path)
         token = _csrf(page.text) if "csrfmiddlewaretoken" in page.text else client.cookies.get("csrftoken", "")
-        return client.post(path, data={**data, "csrfmiddlewaretoken": token},
-                           headers={"Referer": f"{self.url}{path}"})
+        return client.post(path, data={**data, "csrfmiddlewaretoken": token}, headers={"Referer": f"{self.url}{path}"})
 
     def cookie_header(self, client: httpx.Client) -> str:
         return "; ".join(f"{name}={value}" for name, value in client.cookies.items())
@@ -99,8 +108,9 @@ def _csrf(html: str) -> str:
 
 
 @contextmanager
-def live_app(tmp_path: Path, scripts: dict[str, Any], env: dict[str, str] | None = None,
-             name: str = "live") -> Iterator[LiveApp]:
+def live_app(
+    tmp_path: Path, scripts: dict[str, Any], env: dict[str, str] | None = None, name: str = "live"
+) -> Iterator[LiveApp]:
     ARTIFACTS.mkdir(exist_ok=True)
     upstream = ScriptedUpstream(scripts, time_scale=1.0).start_in_thread()
     port = free_port()
@@ -128,15 +138,27 @@ def live_app(tmp_path: Path, scripts: dict[str, Any], env: dict[str, str] | None
         **(env or {}),
     }
     try:
-        migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT,
-                                 env=full_env, capture_output=True, text=True, timeout=120)
+        migrate = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if migrate.returncode != 0:
             pytest.fail(f"manage.py migrate failed:\n{migrate.stdout}\n{migrate.stderr}", pytrace=False)
         log_path = ARTIFACTS / f"{name}-daphne.log"
         log = log_path.open("wb")
         process = start_daphne(port, full_env, log)
-        app = LiveApp(url=f"http://127.0.0.1:{port}", port=port, env=full_env, process=process,
-                      log_path=log_path, upstream=upstream)
+        app = LiveApp(
+            url=f"http://127.0.0.1:{port}",
+            port=port,
+            env=full_env,
+            process=process,
+            log_path=log_path,
+            upstream=upstream,
+        )
         try:
             wait_until_healthy(app.url, process, name="Daphne", log_tail=app.log_tail)
             yield app

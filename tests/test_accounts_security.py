@@ -1,4 +1,5 @@
 """Accounts security: the sign-in lockout (django-axes), FUSION_SIGNUP and invites, static files' headers."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,11 @@ def _settings_in_subprocess(env: dict[str, str], code: str) -> subprocess.Comple
     base = {k: v for k, v in os.environ.items() if not k.startswith(("FUSION_", "DJANGO_"))}
     return subprocess.run(
         [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; " + code],
-        cwd=ROOT, env={**base, "DJANGO_SETTINGS_MODULE": "fusionsite.settings", **env},
-        capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env={**base, "DJANGO_SETTINGS_MODULE": "fusionsite.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -357,14 +361,19 @@ def static_server(tmp_path_factory: pytest.TempPathFactory):
         "DJANGO_DEBUG": "false",
         "REDIS_URL": "",
     }
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-                   cwd=ROOT, env=env, check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=120
+    )
     log_path = tmp / "daphne.log"
     with log_path.open("wb") as log:
         process = start_daphne(port, env, log)
         try:
-            wait_until_healthy(f"http://127.0.0.1:{port}", process, name="Daphne",
-                               log_tail=lambda: log_path.read_text(errors="replace")[-4000:])
+            wait_until_healthy(
+                f"http://127.0.0.1:{port}",
+                process,
+                name="Daphne",
+                log_tail=lambda: log_path.read_text(errors="replace")[-4000:],
+            )
             yield port, log_path
         finally:
             stop_process(process)

@@ -1,4 +1,5 @@
 """Labels for the analyst and validation of its JSON (chat/fusion/analysis.py). No database."""
+
 from __future__ import annotations
 
 import json
@@ -101,7 +102,11 @@ class TestParseAnalysis:
     def test_it_drops_extra_keys_with_a_note(self) -> None:
         parsed = parse_analysis(json.dumps(good_analysis(verdict="A wins", score=3)), LABELS)
         assert set(parsed.analysis) == {
-            "consensus", "contradictions", "partial_coverage", "unique_insights", "blind_spots"
+            "consensus",
+            "contradictions",
+            "partial_coverage",
+            "unique_insights",
+            "blind_spots",
         }
         assert parsed.notes == ["Ignored extra key(s): score, verdict."]
 
@@ -109,7 +114,9 @@ class TestParseAnalysis:
         parsed = parse_analysis(json.dumps({"FUSION_ANALYSIS_JSON": good_analysis()}), LABELS)
         assert parsed.analysis["consensus"]
 
-    @pytest.mark.parametrize("key", ["consensus", "contradictions", "partial_coverage", "unique_insights", "blind_spots"])
+    @pytest.mark.parametrize(
+        "key", ["consensus", "contradictions", "partial_coverage", "unique_insights", "blind_spots"]
+    )
     def test_a_missing_key_is_an_error(self, key: str) -> None:
         analysis = good_analysis()
         del analysis[key]

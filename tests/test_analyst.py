@@ -3,6 +3,7 @@
 ``Analyst.analyse`` runs against the scripted upstream over real HTTP with the engine's own
 ChatClient; no panel, no writer, no database.
 """
+
 from __future__ import annotations
 
 import random
@@ -91,7 +92,10 @@ class TestRepairThenFallbackThenDegraded:
         assert [e.analyst_model for e in events[:2]] == ["sim/hopeless", "sim/backup"]
         assert outcome.event is not None and outcome.event.analyst_model == "sim/backup"
         assert [(r.model, r.status) for r in ctx.records] == [
-            ("sim/hopeless", "failed"), ("sim/hopeless", "failed"), ("sim/backup", "complete")]
+            ("sim/hopeless", "failed"),
+            ("sim/hopeless", "failed"),
+            ("sim/backup", "complete"),
+        ]
 
     async def test_an_analyst_whose_call_fails_gets_no_repair(self, up) -> None:
         outcome, events, ctx = await analyse(up, "sim/down", "sim/backup")

@@ -1,5 +1,6 @@
 """The model catalogue: parsing, aliases, the cache (and an unreachable provider), validation before
 any paid call, cost estimates, the picker's JSON and the composer's estimate."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,13 @@ from chat.runs.services import _start_sync
 
 P_IN, P_OUT = 0.000002, 0.000008  # USD per token of the priced test models
 SCRIPTS: dict[str, Any] = {
-    "sim/a": {"name": "Sim A", "context_length": 32000, "pricing": {"prompt": f"{P_IN:.6f}", "completion": f"{P_OUT:.6f}"},
-              "ttft_ms": 10, "tokens_per_s": 4000},
+    "sim/a": {
+        "name": "Sim A",
+        "context_length": 32000,
+        "pricing": {"prompt": f"{P_IN:.6f}", "completion": f"{P_OUT:.6f}"},
+        "ttft_ms": 10,
+        "tokens_per_s": 4000,
+    },
     "sim/b": {"name": "Sim B", "pricing": {"prompt": f"{P_IN:.6f}", "completion": f"{P_OUT:.6f}"}, "ttft_ms": 10},
     "sim/analyst": {"pricing": {"prompt": f"{P_IN:.6f}", "completion": f"{P_OUT:.6f}"}},
     "sim/writer": {"pricing": {"prompt": f"{P_IN:.6f}", "completion": f"{P_OUT:.6f}"}},
@@ -36,29 +42,71 @@ SCRIPTS: dict[str, Any] = {
     "anthropic/claude-opus-4.5": {"pricing": {"prompt": "0.000005", "completion": "0.000025"}},
     "*": {},  # the upstream would answer anything; the catalogue is what must say no
 }
-PANEL = {"members": [{"model": "sim/a"}, {"model": "sim/b"}], "analyst": {"model": "sim/analyst"},
-         "writer": {"model": "sim/writer"}}
+PANEL = {
+    "members": [{"model": "sim/a"}, {"model": "sim/b"}],
+    "analyst": {"model": "sim/analyst"},
+    "writer": {"model": "sim/writer"},
+}
 
 # OpenRouter's GET /models row shape (shared/reference/openrouter_openapi.yaml, Model).
 OPENROUTER_ROWS = [
     {
-        "id": "openai/gpt-4", "canonical_slug": "openai/gpt-4", "name": "GPT-4", "created": 1692901234,
-        "context_length": 8192, "pricing": {"prompt": "0.00003", "completion": "0.00006", "request": "0", "image": "0"},
+        "id": "openai/gpt-4",
+        "canonical_slug": "openai/gpt-4",
+        "name": "GPT-4",
+        "created": 1692901234,
+        "context_length": 8192,
+        "pricing": {"prompt": "0.00003", "completion": "0.00006", "request": "0", "image": "0"},
         "supported_parameters": ["temperature", "top_p", "max_tokens", "tools", "tool_choice"],
-        "architecture": {"modality": "text->text"}, "top_provider": {"context_length": 8192},
+        "architecture": {"modality": "text->text"},
+        "top_provider": {"context_length": 8192},
     },
-    {"id": "openai/gpt-4o-mini", "name": "GPT-4o mini", "created": 1721260800, "context_length": 128000,
-     "pricing": {"prompt": "0.00000015", "completion": "0.0000006"}, "supported_parameters": ["temperature"]},
-    {"id": "openai/gpt-5.1", "name": "GPT-5.1", "created": 1763000000, "context_length": 400000,
-     "pricing": {"prompt": "0.00000125", "completion": "0.00001"}, "supported_parameters": ["tools"]},
-    {"id": "openai/gpt-5.1-codex", "name": "GPT-5.1 Codex", "created": 1763500000,
-     "pricing": {"prompt": "0.00000125", "completion": "0.00001"}},
-    {"id": "google/gemini-2.5-pro", "name": "Gemini 2.5 Pro", "created": 1750000000, "pricing": {"prompt": "1e-6", "completion": "1e-5"}},
-    {"id": "google/gemini-3-pro-preview", "name": "Gemini 3 Pro", "created": 1763400000, "pricing": {"prompt": "2e-6", "completion": "1.2e-5"}},
+    {
+        "id": "openai/gpt-4o-mini",
+        "name": "GPT-4o mini",
+        "created": 1721260800,
+        "context_length": 128000,
+        "pricing": {"prompt": "0.00000015", "completion": "0.0000006"},
+        "supported_parameters": ["temperature"],
+    },
+    {
+        "id": "openai/gpt-5.1",
+        "name": "GPT-5.1",
+        "created": 1763000000,
+        "context_length": 400000,
+        "pricing": {"prompt": "0.00000125", "completion": "0.00001"},
+        "supported_parameters": ["tools"],
+    },
+    {
+        "id": "openai/gpt-5.1-codex",
+        "name": "GPT-5.1 Codex",
+        "created": 1763500000,
+        "pricing": {"prompt": "0.00000125", "completion": "0.00001"},
+    },
+    {
+        "id": "google/gemini-2.5-pro",
+        "name": "Gemini 2.5 Pro",
+        "created": 1750000000,
+        "pricing": {"prompt": "1e-6", "completion": "1e-5"},
+    },
+    {
+        "id": "google/gemini-3-pro-preview",
+        "name": "Gemini 3 Pro",
+        "created": 1763400000,
+        "pricing": {"prompt": "2e-6", "completion": "1.2e-5"},
+    },
     {"id": "openrouter/auto", "name": "Auto Router", "pricing": {"prompt": "-1", "completion": "-1"}},
-    {"id": "~anthropic/claude-sonnet-latest", "name": "Claude Sonnet (latest)", "pricing": {"prompt": "3e-6", "completion": "1.5e-5"},
-     "alias_target": {"slug": "anthropic/claude-sonnet-4.5", "name": "Claude Sonnet 4.5"}},
-    {"id": "anthropic/claude-sonnet-4.5", "name": "Claude Sonnet 4.5", "pricing": {"prompt": "3e-6", "completion": "1.5e-5"}},
+    {
+        "id": "~anthropic/claude-sonnet-latest",
+        "name": "Claude Sonnet (latest)",
+        "pricing": {"prompt": "3e-6", "completion": "1.5e-5"},
+        "alias_target": {"slug": "anthropic/claude-sonnet-4.5", "name": "Claude Sonnet 4.5"},
+    },
+    {
+        "id": "anthropic/claude-sonnet-4.5",
+        "name": "Claude Sonnet 4.5",
+        "pricing": {"prompt": "3e-6", "completion": "1.5e-5"},
+    },
     {"no": "id"},
 ]
 
@@ -78,7 +126,9 @@ def upstream(settings):
 def no_background(monkeypatch):
     """Record background refreshes instead of starting threads (they could not write inside a test's transaction)."""
     started: list[str] = []
-    monkeypatch.setattr(model_catalogue, "_start_thread", lambda name: (started.append(name), model_catalogue._refreshing.discard(name)))
+    monkeypatch.setattr(
+        model_catalogue, "_start_thread", lambda name: (started.append(name), model_catalogue._refreshing.discard(name))
+    )
     return started
 
 
@@ -129,8 +179,14 @@ class TestAliases:
         assert resolve("~anthropic/claude-sonnet-latest", self.models).id == "anthropic/claude-sonnet-4.5"
 
     def test_without_dates_the_highest_version_wins(self):
-        models = parse_models([{"id": "anthropic/claude-opus-4.1"}, {"id": "anthropic/claude-opus-4.5"},
-                               {"id": "anthropic/claude-3-opus"}, {"id": "anthropic/claude-haiku-4.5"}])
+        models = parse_models(
+            [
+                {"id": "anthropic/claude-opus-4.1"},
+                {"id": "anthropic/claude-opus-4.5"},
+                {"id": "anthropic/claude-3-opus"},
+                {"id": "anthropic/claude-haiku-4.5"},
+            ]
+        )
         assert resolve("~anthropic/claude-opus-latest", models).id == "anthropic/claude-opus-4.5"
 
     def test_an_alias_of_a_family_nobody_lists_is_unknown(self):
@@ -177,13 +233,18 @@ class TestCache:
 
     def test_a_stale_copy_is_served_at_once_and_refreshed_in_the_background(self, upstream, no_background, settings):
         settings.FUSION_CATALOGUE_TTL_S = 60
-        CatalogueCache.objects.create(provider="openrouter", base_url=settings.OPENROUTER_BASE_URL, models_json=[{"id": "sim/old"}],
-                                      fetched_at=timezone.now() - timedelta(hours=2),
-                                      last_attempt_at=timezone.now() - timedelta(hours=2))
+        CatalogueCache.objects.create(
+            provider="openrouter",
+            base_url=settings.OPENROUTER_BASE_URL,
+            models_json=[{"id": "sim/old"}],
+            fetched_at=timezone.now() - timedelta(hours=2),
+            last_attempt_at=timezone.now() - timedelta(hours=2),
+        )
         assert [m["id"] for m in model_catalogue.catalogue_models()] == ["sim/old"]
         assert no_background == []  # inside a transaction (this test's): never a thread
         # Outside any transaction (a real request), the stale copy starts a refresh.
         from django.db import transaction
+
         conn = transaction.get_connection()
         conn.in_atomic_block, saved = False, conn.in_atomic_block
         try:
@@ -195,7 +256,9 @@ class TestCache:
     def test_a_failed_provider_is_not_retried_on_every_read(self, settings):
         now = timezone.now()
         settings.FUSION_CATALOGUE_TTL_S = 3600
-        row = CatalogueCache(provider="x", fetched_at=now - timedelta(hours=3), last_attempt_at=now - timedelta(seconds=5))
+        row = CatalogueCache(
+            provider="x", fetched_at=now - timedelta(hours=3), last_attempt_at=now - timedelta(seconds=5)
+        )
         assert not model_catalogue._needs_refresh(row, now)
         row.last_attempt_at = now - timedelta(minutes=5)
         assert model_catalogue._needs_refresh(row, now)
@@ -204,17 +267,23 @@ class TestCache:
 
 @pytest.mark.django_db(transaction=True)
 class TestBackgroundRefresh:
-    def test_a_background_refresh_of_a_provider_that_is_down_keeps_the_copy_and_records_the_error(self, upstream, settings):
+    def test_a_background_refresh_of_a_provider_that_is_down_keeps_the_copy_and_records_the_error(
+        self, upstream, settings
+    ):
         settings.FUSION_CATALOGUE_TTL_S = 60
         assert model_catalogue.catalogue_refresh("openrouter")
         CatalogueCache.objects.filter(provider="openrouter").update(
-            fetched_at=timezone.now() - timedelta(hours=1), last_attempt_at=timezone.now() - timedelta(hours=1))
+            fetched_at=timezone.now() - timedelta(hours=1), last_attempt_at=timezone.now() - timedelta(hours=1)
+        )
         upstream.stop()
         t0 = time.monotonic()
         models = model_catalogue.catalogue_models()  # served from the cache, not waiting for the provider
         assert time.monotonic() - t0 < 1 and "sim/a" in {m["id"] for m in models}
         deadline = time.monotonic() + 10
-        while "openrouter" in model_catalogue._refreshing or not CatalogueCache.objects.get(provider="openrouter").last_error:
+        while (
+            "openrouter" in model_catalogue._refreshing
+            or not CatalogueCache.objects.get(provider="openrouter").last_error
+        ):
             assert time.monotonic() < deadline, "the background refresh did not finish"
             time.sleep(0.05)
         row = CatalogueCache.objects.get(provider="openrouter")
@@ -256,8 +325,14 @@ class TestValidation:
         conversation = Conversation.objects.create(user=alice)
         panel = {**PANEL, "members": [{"model": "sim/a"}, {"model": "sim/typo"}]}
         with pytest.raises(RunError) as exc:
-            _start_sync(user=alice, conversation_id=conversation.pk, client_run_id=str(uuid.uuid4()), prompt="hi",
-                        panel_data=panel, follow_up_mode=None)
+            _start_sync(
+                user=alice,
+                conversation_id=conversation.pk,
+                client_run_id=str(uuid.uuid4()),
+                prompt="hi",
+                panel_data=panel,
+                follow_up_mode=None,
+            )
         assert exc.value.code == "invalid" and "Unknown model 'sim/typo'" in exc.value.message
         assert chat_requests(upstream) == [] and not Run.objects.exists() and not conversation.turns.exists()
 
@@ -267,10 +342,18 @@ class TestValidation:
 
         conversation = Conversation.objects.create(user=alice)
         turn = Turn.objects.create(conversation=conversation, index=0, prompt="hi")
-        Run.objects.create(user=alice, conversation=conversation, turn=turn, client_run_id="old", config=PANEL,
-                           status=RunStatus.COMPLETE).members.create(slot=0, model="sim/a", status="complete", content="x")
+        Run.objects.create(
+            user=alice,
+            conversation=conversation,
+            turn=turn,
+            client_run_id="old",
+            config=PANEL,
+            status=RunStatus.COMPLETE,
+        ).members.create(slot=0, model="sim/a", status="complete", content="x")
         with pytest.raises(RunError) as exc:
-            _rerun_sync(user=alice, conversation_id=conversation.pk, client_run_id="old", slot=None, writer="sim/nowriter")
+            _rerun_sync(
+                user=alice, conversation_id=conversation.pk, client_run_id="old", slot=None, writer="sim/nowriter"
+            )
         assert exc.value.code == "invalid" and "sim/nowriter" in exc.value.message
         assert Run.objects.count() == 1
 
@@ -303,7 +386,9 @@ class TestOverTheWebsocket:
 class TestFuseCommand:
     def test_it_refuses_an_unknown_model_before_any_call(self, upstream, capsys):
         with pytest.raises(CommandError, match="Unknown model 'sim/nope'"):
-            call_command("fuse", "hi", "--panel", "sim/a,sim/nope", "--analyst", "sim/analyst", "--writer", "sim/writer")
+            call_command(
+                "fuse", "hi", "--panel", "sim/a,sim/nope", "--analyst", "sim/analyst", "--writer", "sim/writer"
+            )
         assert chat_requests(upstream) == []
 
     def test_it_warns_and_goes_on_when_the_model_list_cannot_be_fetched(self, settings, capsys):
@@ -347,18 +432,29 @@ class TestEstimate:
     def test_max_tokens_bounds_the_high_end(self, upstream, no_background):
         model_catalogue.catalogue_refresh("openrouter")
         capped = {**PANEL, "members": [{"model": "sim/a", "max_tokens": 10}, {"model": "sim/b", "max_tokens": 10}]}
-        assert model_catalogue.estimate_panel_cost(capped, prompt_tokens=100)[1] < model_catalogue.estimate_panel_cost(PANEL, prompt_tokens=100)[1]
+        assert (
+            model_catalogue.estimate_panel_cost(capped, prompt_tokens=100)[1]
+            < model_catalogue.estimate_panel_cost(PANEL, prompt_tokens=100)[1]
+        )
 
     def test_an_alias_is_priced_as_the_newest_model_of_its_family(self, upstream, no_background):
         model_catalogue.catalogue_refresh("openrouter")
-        alias = {"members": [{"model": "~anthropic/claude-opus-latest"}], "analyst": {"model": "sim/free"}, "writer": {"model": "sim/free"}}
+        alias = {
+            "members": [{"model": "~anthropic/claude-opus-latest"}],
+            "analyst": {"model": "sim/free"},
+            "writer": {"model": "sim/free"},
+        }
         concrete = {**alias, "members": [{"model": "anthropic/claude-opus-4.5"}]}
-        assert model_catalogue.estimate_panel_cost(alias, prompt_tokens=10) == model_catalogue.estimate_panel_cost(concrete, prompt_tokens=10)
+        assert model_catalogue.estimate_panel_cost(alias, prompt_tokens=10) == model_catalogue.estimate_panel_cost(
+            concrete, prompt_tokens=10
+        )
 
     def test_reused_answers_cost_nothing_but_still_fill_the_writers_prompt(self, upstream, no_background):
         model_catalogue.catalogue_refresh("openrouter")
         full = model_catalogue.estimate_panel_cost(PANEL, prompt_tokens=100)
-        writer_only = model_catalogue.estimate_panel_cost(PANEL, prompt_tokens=100, reused_slots={0, 1}, reuse_analysis=True)
+        writer_only = model_catalogue.estimate_panel_cost(
+            PANEL, prompt_tokens=100, reused_slots={0, 1}, reuse_analysis=True
+        )
         assert 0 < writer_only[1] < full[1]
 
     def test_unknown_prices_count_as_free_and_are_named(self, upstream, no_background):
@@ -380,10 +476,19 @@ class TestModelsJson:
         models = alice_client.get(reverse("models_json"), {"q": "opus 4.5"}).json()["models"]
         assert [m["id"] for m in models] == ["anthropic/claude-opus-4.5"]
         [sim_a] = alice_client.get(reverse("models_json"), {"q": "sim/a"}).json()["models"][:1]
-        assert sim_a == {"id": "sim/a", "name": "Sim A", "provider": "openrouter", "prompt_per_m": 2.0,
-                         "completion_per_m": 8.0, "context_length": 32000, "tools": False}
+        assert sim_a == {
+            "id": "sim/a",
+            "name": "Sim A",
+            "provider": "openrouter",
+            "prompt_per_m": 2.0,
+            "completion_per_m": 8.0,
+            "context_length": 32000,
+            "tools": False,
+        }
 
-    def test_other_providers_models_are_written_with_their_prefix(self, upstream, alice_client, settings, no_background):
+    def test_other_providers_models_are_written_with_their_prefix(
+        self, upstream, alice_client, settings, no_background
+    ):
         settings.FUSION_PROVIDERS = {"local": {"base_url": upstream.base_url, "api_key": ""}}
         model_catalogue.catalogue_refresh("local")
         ids = [m["id"] for m in alice_client.get(reverse("models_json"), {"q": "sim/b"}).json()["models"]]
@@ -410,7 +515,9 @@ class TestEstimateJson:
     def test_unknown_models_are_reported_before_sending(self, upstream, alice_client, no_background):
         model_catalogue.catalogue_refresh("openrouter")
         data = alice_client.get(reverse("estimate"), self.panel_params(writer="sim/wrtier")).json()
-        assert data["unknown"] == ["Unknown model 'sim/wrtier': OpenRouter does not list it. Did you mean 'sim/writer'?"]
+        assert data["unknown"] == [
+            "Unknown model 'sim/wrtier': OpenRouter does not list it. Did you mean 'sim/writer'?"
+        ]
 
     def test_a_bad_panel_says_what_is_wrong(self, alice_client, no_background):
         response = alice_client.get(reverse("estimate"), self.panel_params(members=""))
@@ -425,8 +532,15 @@ class TestEstimateJson:
         client.force_login(alice)
         before = client.get(reverse("conversation_estimate", args=[conversation.pk]), {"chars": 10}).json()
         turn = Turn.objects.create(conversation=conversation, index=0, prompt="p" * 4000)
-        Run.objects.create(user=alice, conversation=conversation, turn=turn, client_run_id="r", config=PANEL,
-                           status=RunStatus.COMPLETE, answer="a" * 4000)
+        Run.objects.create(
+            user=alice,
+            conversation=conversation,
+            turn=turn,
+            client_run_id="r",
+            config=PANEL,
+            status=RunStatus.COMPLETE,
+            answer="a" * 4000,
+        )
         after = client.get(reverse("conversation_estimate", args=[conversation.pk]), {"chars": 10}).json()
         assert after["high"] > before["high"]
         client.force_login(bob)
@@ -458,9 +572,13 @@ class TestSyncFetchRace:
 @pytest.mark.django_db
 class TestBaseUrlChange:
     def test_a_copy_from_another_base_url_is_not_used(self, upstream, settings):
-        CatalogueCache.objects.create(provider="openrouter", base_url="http://127.0.0.1:9/v1",
-                                      models_json=[{"id": "sim/elsewhere"}], fetched_at=timezone.now(),
-                                      last_attempt_at=timezone.now())
+        CatalogueCache.objects.create(
+            provider="openrouter",
+            base_url="http://127.0.0.1:9/v1",
+            models_json=[{"id": "sim/elsewhere"}],
+            fetched_at=timezone.now(),
+            last_attempt_at=timezone.now(),
+        )
         errors = model_catalogue.validate_models(["sim/elsewhere"])
         assert errors and "sim/elsewhere" in errors[0]
         assert CatalogueCache.objects.get(provider="openrouter").base_url == settings.OPENROUTER_BASE_URL

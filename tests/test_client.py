@@ -1,4 +1,5 @@
 """ChatClient against the scripted upstream over real HTTP on 127.0.0.1 (no database)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,9 +30,7 @@ from chat.fusion.types import (
 )
 
 KEY = "test-secret-key-0123456789"
-FAST = Limits(
-    connect=1.0, first_token=1.0, idle=0.5, total=5.0, max_retries=2, backoff_base=0.01, max_retry_after=0.5
-)
+FAST = Limits(connect=1.0, first_token=1.0, idle=0.5, total=5.0, max_retries=2, backoff_base=0.01, max_retry_after=0.5)
 QUESTION = [{"role": "user", "content": "How should a small team choose a database?"}]
 TEXT = "The quick brown fox jumps over the lazy dog. " * 4  # 180 chars
 
@@ -146,7 +145,9 @@ class TestStreaming:
 
     @pytest.mark.parametrize("option", ["sse_crlf", "sse_multiline", "sse_no_space"])
     async def test_unusual_sse_framing_reads_the_same(self, upstream: Factory, option: str) -> None:
-        up = await upstream({"m/a": {"content": TEXT, "reasoning": "r", option: True, "keepalive_ms": 500, "ttft_ms": 2000}})
+        up = await upstream(
+            {"m/a": {"content": TEXT, "reasoning": "r", option: True, "keepalive_ms": 500, "ttft_ms": 2000}}
+        )
         async with client_for(up) as client:
             completion = await client.complete(ModelSpec("m/a"), QUESTION)
         assert (completion.text, completion.reasoning, completion.error) == (TEXT, "r", None)
@@ -302,7 +303,9 @@ class TestTimeouts:
 
 class TestRetries:
     async def test_429_waits_for_retry_after_then_succeeds(self, upstream: Factory) -> None:
-        up = await upstream({"m/a": {"content": "ok", "faults": [{"type": "http", "status": 429, "retry_after": 0.2}]}}, 1.0)
+        up = await upstream(
+            {"m/a": {"content": "ok", "faults": [{"type": "http", "status": 429, "retry_after": 0.2}]}}, 1.0
+        )
         async with client_for(up) as client:
             events = await collect(client, "m/a")
         assert content_of(events) == "ok" and events[-1] == Finish("stop")
@@ -334,7 +337,13 @@ class TestRetries:
 
     @pytest.mark.parametrize(
         ("status", "kind"),
-        [(400, "bad_request"), (401, "invalid_key"), (402, "insufficient_credits"), (403, "moderation"), (404, "model_not_found")],
+        [
+            (400, "bad_request"),
+            (401, "invalid_key"),
+            (402, "insufficient_credits"),
+            (403, "moderation"),
+            (404, "model_not_found"),
+        ],
     )
     async def test_client_errors_are_mapped_and_never_retried(self, upstream: Factory, status: int, kind: str) -> None:
         up = await upstream({"m/a": {"faults": [{"type": "http", "status": status, "times": -1}]}})
@@ -477,5 +486,8 @@ class TestReasoningFields:
             {"type": "reasoning.summary", "summary": "summary."},
         ]
         assert _reasoning_text({"reasoning_details": details}) == "step one, summary."
-        assert _reasoning_text({"reasoning": "same", "reasoning_details": [{"type": "reasoning.text", "text": "same"}]}) == "same"
+        assert (
+            _reasoning_text({"reasoning": "same", "reasoning_details": [{"type": "reasoning.text", "text": "same"}]})
+            == "same"
+        )
         assert _reasoning_text({"reasoning_content": "vllm style"}) == "vllm style"

@@ -1,4 +1,5 @@
 """The conversation websocket over Channels' WebsocketCommunicator, against the scripted upstream."""
+
 from __future__ import annotations
 
 import asyncio
@@ -192,7 +193,13 @@ class TestRuns:
         assert types[-1] == "completed", events[-1]
         assert {e["slot"] for e in events if e["type"] == "panel.completed"} == {0, 1, 2}
         analysis = next(e for e in events if e["type"] == "analysis.completed")
-        assert set(analysis["analysis"]) == {"consensus", "contradictions", "partial_coverage", "unique_insights", "blind_spots"}
+        assert set(analysis["analysis"]) == {
+            "consensus",
+            "contradictions",
+            "partial_coverage",
+            "unique_insights",
+            "blind_spots",
+        }
         assert types.index("analysis.completed") < types.index("final.started")
 
         run = await database_sync_to_async(Run.objects.get)(client_run_id=run_id)
@@ -219,7 +226,9 @@ class TestRuns:
                 if e["type"] == "panel.delta":
                     seen.add(e["slot"])
         assert loop.time() - t0 < 3
-        await comm.send_json_to({"type": "stop", "run_id": (await database_sync_to_async(lambda: Run.objects.get().client_run_id)())})
+        await comm.send_json_to(
+            {"type": "stop", "run_id": (await database_sync_to_async(lambda: Run.objects.get().client_run_id)())}
+        )
         await collect_until(comm, {"failed", "completed"})
         await comm.disconnect()
 
@@ -380,7 +389,6 @@ class TestRecovery:
         await comm.disconnect()
 
 
-
 class TestControlAcrossProcesses:
     async def test_a_control_sent_through_the_channel_layer_reaches_the_owning_run(self, alice, conv, upstream):
         # What a consumer of another Daphne process does when it does not own the run.
@@ -394,7 +402,9 @@ class TestControlAcrossProcesses:
         await comm.send_json_to({"type": "start", "run_id": run_id, "prompt": "go", "panel": panel})
         await collect_until(comm, {"panel.delta"})
         run = await database_sync_to_async(Run.objects.get)(client_run_id=run_id)
-        await get_channel_layer().group_send(control_group(run.pk), {"type": "run.control", "action": "stop_member", "slot": 0})
+        await get_channel_layer().group_send(
+            control_group(run.pk), {"type": "run.control", "action": "stop_member", "slot": 0}
+        )
         stopped = await collect_until(comm, {"panel.failed"})
         assert stopped[-1]["slot"] == 0 and stopped[-1]["status"] == "stopped"
         await get_channel_layer().group_send(control_group(run.pk), {"type": "run.control", "action": "stop"})

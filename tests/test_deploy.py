@@ -1,4 +1,5 @@
 """Deployment settings: TLS hardening from the environment, and refusing test-only settings in production."""
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,8 @@ class TestBehindTls:
         # No DJANGO_SECRET_KEY: the key generated on first run must pass W009 too.
         result = _run(
             ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-            {"FUSION_BEHIND_TLS": "true", "DJANGO_DEBUG": "false"}, tmp_path,
+            {"FUSION_BEHIND_TLS": "true", "DJANGO_DEBUG": "false"},
+            tmp_path,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "no issues" in result.stdout
@@ -89,7 +91,9 @@ class TestBehindTls:
 
 class TestTrustedFetchHosts:
     def test_production_refuses_them(self, tmp_path: Path) -> None:
-        result = _run(["manage.py", "check"], {"FUSION_FETCH_TRUSTED_HOSTS": TRUSTED, "DJANGO_DEBUG": "false"}, tmp_path)
+        result = _run(
+            ["manage.py", "check"], {"FUSION_FETCH_TRUSTED_HOSTS": TRUSTED, "DJANGO_DEBUG": "false"}, tmp_path
+        )
         assert result.returncode != 0
         assert "ImproperlyConfigured" in result.stderr
         assert "FUSION_FETCH_TRUSTED_HOSTS is set (127.0.0.1:8123)" in result.stderr

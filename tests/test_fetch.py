@@ -4,6 +4,7 @@ The servers are trusted explicitly (``FetchPolicy(trusted_hosts={"127.0.0.1"}, a
 the default policy trusts nothing. A second server on another port stands for "somewhere a
 redirect must never reach": its request log has to stay empty.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -466,7 +467,11 @@ async def test_pinned_backend_tries_each_checked_address_in_order(server):
     ["{not json", "[1, 2]", '"just a string"', "", "null", '{"url": 42}', '{"url": ""}', '{"href": "x"}'],
 )
 async def test_web_fetch_bad_arguments_are_tool_errors(arguments):
-    tools = WebTools(search=None, fetch_policy=FetchPolicy(), fetcher=Fetcher(FetchPolicy(), network_backend=NoNetwork(), resolver=no_dns))
+    tools = WebTools(
+        search=None,
+        fetch_policy=FetchPolicy(),
+        fetcher=Fetcher(FetchPolicy(), network_backend=NoNetwork(), resolver=no_dns),
+    )
     outcome = await tools.call("web_fetch", arguments)
     assert not outcome.ok
     assert outcome.content_for_model.startswith("Error: ")
@@ -517,8 +522,12 @@ def _tls_pair(tmp_path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test ca")])
     ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
@@ -527,9 +536,13 @@ def _tls_pair(tmp_path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     )
     key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -564,8 +577,9 @@ async def test_https_through_the_pin_uses_the_name_for_sni_and_verification(tmp_
         assert tls.requests[0].headers["host"] == "pinned.example"
 
         # A certificate for another name fails verification, pin or no pin.
-        wrong = await Fetcher(FetchPolicy(), network_backend=Redirecting(tls.port), resolver=resolver,
-                              ssl_context=client_ctx).fetch("https://other.example/article")
+        wrong = await Fetcher(
+            FetchPolicy(), network_backend=Redirecting(tls.port), resolver=resolver, ssl_context=client_ctx
+        ).fetch("https://other.example/article")
         assert (wrong.ok, wrong.error) == (False, "connection failed")
         assert len(tls.requests) == 1
 

@@ -1,5 +1,6 @@
 """Frames of a live run (chat.runs.frames): offsets, coalescing, barriers, the flush. No database,
 no channel layer: the flusher is given a plain coroutine to send with."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +33,7 @@ class TestStreamOffsets:
         assert frame["consumed"] == len("First paragraph.\n\n")
         state = stream.state()
         assert state["html"] is None and state["blocks_html"] == "<p>First paragraph.</p>"
-        assert state["content"][state["consumed"]:] == "Second"
+        assert state["content"][state["consumed"] :] == "Second"
 
     def test_only_the_first_delta_is_marked_first(self) -> None:
         stream = Stream()
@@ -43,8 +44,12 @@ class TestStreamOffsets:
 
     def test_a_finished_stream_shows_its_whole_html(self) -> None:
         stream = Stream(text="**done**", html="<p><strong>done</strong></p>")
-        assert stream.state() == {"content": "**done**", "html": "<p><strong>done</strong></p>", "blocks_html": "",
-                                  "consumed": 8}
+        assert stream.state() == {
+            "content": "**done**",
+            "html": "<p><strong>done</strong></p>",
+            "blocks_html": "",
+            "consumed": 8,
+        }
 
     def test_a_stored_finished_stream_is_rendered_when_first_asked(self) -> None:
         stream = Stream(text="*x*", finished=True)
@@ -69,7 +74,9 @@ class TestCoalescing:
         frames.add(delta(0, "c"))
         taken = frames.take()
         assert [(f["type"], f["slot"], f["delta"]) for f in taken] == [
-            ("panel.delta", 0, "ac"), ("panel.delta", 1, "b"), ("panel.reasoning.delta", 0, "r"),
+            ("panel.delta", 0, "ac"),
+            ("panel.delta", 1, "b"),
+            ("panel.reasoning.delta", 0, "r"),
         ]
 
     def test_any_other_event_is_a_barrier(self) -> None:
@@ -116,8 +123,12 @@ class TestFlusher:
             if sent:
                 break
             await asyncio.sleep(0.001)
-        assert sent == [{"type": "batch", "events": [{**delta(0, "a"), "run": "r1"}, {"type": "panel.added", "slot": 0,
-                                                                                       "run": "r1"}]}]
+        assert sent == [
+            {
+                "type": "batch",
+                "events": [{**delta(0, "a"), "run": "r1"}, {"type": "panel.added", "slot": 0, "run": "r1"}],
+            }
+        ]
         flusher.close()
         await asyncio.wait_for(task, 1)
 

@@ -1,4 +1,5 @@
 """`manage.py fuse` against the scripted upstream over real HTTP (no database)."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
     "sim/a": {"ttft_ms": 20, "tokens_per_s": 2000},
     "sim/b": {"ttft_ms": 20, "tokens_per_s": 2000},
-    "sim/broken": {"ttft_ms": 20, "tokens_per_s": 2000, "faults": [{"type": "error_mid_stream", "after_chars": 30, "times": -1}]},
+    "sim/broken": {
+        "ttft_ms": 20,
+        "tokens_per_s": 2000,
+        "faults": [{"type": "error_mid_stream", "after_chars": 30, "times": -1}],
+    },
     "sim/slow": {"ttft_ms": 50, "tokens_per_s": 5, "content": "slow " * 500},
     "sim/analyst": {},
     "sim/writer": {"tokens_per_s": 2000},
@@ -45,18 +50,28 @@ def fuse(capsys, *args: str) -> tuple[int, str, str]:
 
 class TestFuseCommand:
     def test_it_prints_a_fused_answer_with_a_valid_analysis_as_json(self, upstream, capsys):
-        code, out, err = fuse(capsys, "--panel", "sim/a,sim/b", "--analyst", "sim/analyst", "--writer", "sim/writer", "--json")
+        code, out, err = fuse(
+            capsys, "--panel", "sim/a,sim/b", "--analyst", "sim/analyst", "--writer", "sim/writer", "--json"
+        )
         assert code == 0, err
         data = json.loads(out)
         assert data["answer"]
-        assert set(data["analysis"]) == {"consensus", "contradictions", "partial_coverage", "unique_insights", "blind_spots"}
+        assert set(data["analysis"]) == {
+            "consensus",
+            "contradictions",
+            "partial_coverage",
+            "unique_insights",
+            "blind_spots",
+        }
         assert [r["model"] for r in data["responses"]] == ["sim/a", "sim/b"]
         assert all(r["status"] == "complete" and r["ttft_ms"] is not None for r in data["responses"])
         assert data["usage"]["cost"] > 0 and data["failed_models"] == []
         assert "sim/a" in err and "done" in err  # progress lines on stderr, not tokens
 
     def test_a_member_failing_mid_stream_is_listed_and_the_others_are_fused(self, upstream, capsys):
-        code, out, err = fuse(capsys, "--panel", "sim/a,sim/broken", "--analyst", "sim/analyst", "--writer", "sim/writer", "--json")
+        code, out, err = fuse(
+            capsys, "--panel", "sim/a,sim/broken", "--analyst", "sim/analyst", "--writer", "sim/writer", "--json"
+        )
         assert code == 0, err
         data = json.loads(out)
         assert data["failed_models"] == ["sim/broken"]
@@ -76,9 +91,23 @@ class TestFuseCommand:
     def test_ctrl_c_closes_every_upstream_connection_before_exiting(self, upstream):
         env = {**os.environ, "OPENROUTER_BASE_URL": upstream.base_url, "DJANGO_SETTINGS_MODULE": "fusionsite.settings"}
         proc = subprocess.Popen(
-            [sys.executable, "manage.py", "fuse", "hi", "--panel", "sim/slow,sim/slow", "--analyst", "sim/analyst",
-             "--writer", "sim/writer"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "manage.py",
+                "fuse",
+                "hi",
+                "--panel",
+                "sim/slow,sim/slow",
+                "--analyst",
+                "sim/analyst",
+                "--writer",
+                "sim/writer",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         deadline = time.monotonic() + 20
         while len([r for r in upstream.requests if r["model"] == "sim/slow"]) < 2 and time.monotonic() < deadline:

@@ -1,4 +1,5 @@
 """Provider error text never shows a key the process knows, however the provider spelled it."""
+
 from __future__ import annotations
 
 import base64
@@ -17,8 +18,13 @@ OWN_KEY = "sk-or-alice-own-key-ABCD9876"
 
 def spellings(key: str) -> list[str]:
     return [
-        key, key.upper(), key.lower(), urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key),
-        base64.b64encode(key.encode()).decode(), base64.b64encode(f":{key}".encode()).decode(),
+        key,
+        key.upper(),
+        key.lower(),
+        urllib.parse.quote(key, safe=""),
+        urllib.parse.quote_plus(key),
+        base64.b64encode(key.encode()).decode(),
+        base64.b64encode(f":{key}".encode()).decode(),
         base64.b64encode(f"{key}:".encode()).decode().rstrip("="),
     ]
 
@@ -30,8 +36,9 @@ class TestEncodedKeysAreScrubbed:
         message = f"Invalid credentials: {shown} (request 42)"
         scripts = {"sim/a": {"faults": [{"type": "http", "status": 401, "message": message, "times": -1}]}}
         async with ScriptedUpstream(scripts, time_scale=0.01) as up:
-            registry = ProviderRegistry({"openrouter": Provider(name="openrouter", base_url=up.base_url, api_key=OWN_KEY)},
-                                        default="openrouter")
+            registry = ProviderRegistry(
+                {"openrouter": Provider(name="openrouter", base_url=up.base_url, api_key=OWN_KEY)}, default="openrouter"
+            )
             async with ChatClient(registry, extra_secrets=[SERVER_KEY]) as client:
                 messages: list[Message] = [{"role": "user", "content": "hi"}]
                 events = [e async for e in client.stream(ModelSpec(model="sim/a"), messages)]

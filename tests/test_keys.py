@@ -1,5 +1,6 @@
 """Users' own provider keys: encrypted at rest, rotation, write-only pages, two users, and the key
 reaching exactly one place — its provider's base URL — and no page, log or export."""
+
 from __future__ import annotations
 
 import logging
@@ -69,10 +70,15 @@ class TestEncryption:
         keys.key_set(user=alice, provider="openrouter", raw=BOB_OR)
         assert keys.keys_for_user(alice) == [("openrouter", "7777")]
 
-    @pytest.mark.parametrize("raw, reason", [
-        ("short", "8 to 512"), ("with a space inside", "without spaces"), ("line\nbreak-injection", "without spaces"),
-        ("", "8 to 512"),
-    ])
+    @pytest.mark.parametrize(
+        "raw, reason",
+        [
+            ("short", "8 to 512"),
+            ("with a space inside", "without spaces"),
+            ("line\nbreak-injection", "without spaces"),
+            ("", "8 to 512"),
+        ],
+    )
     def test_it_refuses_what_cannot_be_a_key(self, alice, raw, reason):
         with pytest.raises(keys.InvalidKey):
             keys.key_set(user=alice, provider="openrouter", raw=raw)
@@ -116,8 +122,12 @@ class TestEncryption:
             keys.key_set(user=alice, provider="openrouter", raw=ALICE_OR)
             keys.key_set(user=alice, provider="openrouter", raw=ALICE_OR)
         assert caplog.text.count("FUSION_KEY_ENCRYPTION_KEYS is not set") == 1
-        assert Fernet(keys.derive_key(settings.SECRET_KEY)).decrypt(
-            ProviderKey.objects.get().encrypted_key.encode()).decode() == ALICE_OR
+        assert (
+            Fernet(keys.derive_key(settings.SECRET_KEY))
+            .decrypt(ProviderKey.objects.get().encrypted_key.encode())
+            .decode()
+            == ALICE_OR
+        )
 
     def test_a_malformed_encryption_key_is_a_configuration_error(self, alice, settings):
         settings.FUSION_KEY_ENCRYPTION_KEYS = ["not-a-fernet-key"]
@@ -180,7 +190,10 @@ class TestKeysPage:
         key = ProviderKey.objects.get()
         admin = django_user_model.objects.create_superuser("root", "root@example.org", "pw-for-admin-1")
         client = logged_in(admin)
-        for url in (reverse("admin:chat_providerkey_changelist"), reverse("admin:chat_providerkey_change", args=[key.pk])):
+        for url in (
+            reverse("admin:chat_providerkey_changelist"),
+            reverse("admin:chat_providerkey_change", args=[key.pk]),
+        ):
             page = client.get(url).content.decode()
             assert "…WXYZ" in page and ALICE_OR not in page and key.encrypted_key not in page
 
@@ -193,16 +206,29 @@ class TestKeyNeverInAPage:
         keys.key_set(user=alice, provider="openrouter", raw=ALICE_OR)
         conversation = Conversation.objects.create(user=alice, title="Keys", panel=PANEL)
         turn = Turn.objects.create(conversation=conversation, index=0, prompt="hi")
-        Run.objects.create(user=alice, conversation=conversation, turn=turn, client_run_id="r1", config=PANEL,
-                           status=RunStatus.COMPLETE, answer="Hello.")
+        Run.objects.create(
+            user=alice,
+            conversation=conversation,
+            turn=turn,
+            client_run_id="r1",
+            config=PANEL,
+            status=RunStatus.COMPLETE,
+            answer="Hello.",
+        )
         client = logged_in(alice)
         urls = [
-            reverse("home"), reverse("conversation", args=[conversation.pk]),
+            reverse("home"),
+            reverse("conversation", args=[conversation.pk]),
             reverse("conversation_state", args=[conversation.pk]),
             reverse("conversation_export_md", args=[conversation.pk]),
             reverse("conversation_export_json", args=[conversation.pk]),
-            reverse("keys"), reverse("usage"), reverse("models_json"), reverse("estimate"),
-            reverse("conversation_estimate", args=[conversation.pk]), reverse("presets"), reverse("password_change"),
+            reverse("keys"),
+            reverse("usage"),
+            reverse("models_json"),
+            reverse("estimate"),
+            reverse("conversation_estimate", args=[conversation.pk]),
+            reverse("presets"),
+            reverse("password_change"),
         ]
         for url in urls:
             response = client.get(url, follow=True)
@@ -226,7 +252,9 @@ class TestWhichKey:
         settings.OPENROUTER_API_KEY = "server-key"
         settings.FUSION_ALLOW_SERVER_KEY = False
         assert build_registry(user=alice).get("openrouter").api_key == ""
-        assert keys.key_problems(user=alice, providers=["openrouter"]) == ["Add your OpenRouter key in Settings → Keys."]
+        assert keys.key_problems(user=alice, providers=["openrouter"]) == [
+            "Add your OpenRouter key in Settings → Keys."
+        ]
         UserLimits.objects.create(user=alice, allow_server_key=True)  # the admin's override for alice
         assert build_registry(user=alice).get("openrouter").api_key == "server-key"
         assert keys.key_problems(user=alice, providers=["openrouter"]) == []
@@ -239,8 +267,10 @@ class TestWhichKey:
 
     def test_a_provider_configured_without_any_key_needs_none(self, alice, settings):
         settings.FUSION_ALLOW_SERVER_KEY = False
-        settings.FUSION_PROVIDERS = {"ollama": {"base_url": "http://127.0.0.1:11434/v1", "api_key": ""},
-                                     "paid": {"base_url": "http://127.0.0.1:1/v1", "api_key": "server-paid"}}
+        settings.FUSION_PROVIDERS = {
+            "ollama": {"base_url": "http://127.0.0.1:11434/v1", "api_key": ""},
+            "paid": {"base_url": "http://127.0.0.1:1/v1", "api_key": "server-paid"},
+        }
         assert keys.key_problems(user=alice, providers=["ollama", "paid"]) == ["Add your paid key in Settings → Keys."]
 
 
@@ -260,8 +290,14 @@ class TestServerKeyRefused:
         settings.FUSION_ALLOW_SERVER_KEY = False
         conversation = Conversation.objects.create(user=alice)
         with pytest.raises(RunError) as exc:
-            _start_sync(user=alice, conversation_id=conversation.pk, client_run_id=str(uuid.uuid4()), prompt="hi",
-                        panel_data=PANEL, follow_up_mode=None)
+            _start_sync(
+                user=alice,
+                conversation_id=conversation.pk,
+                client_run_id=str(uuid.uuid4()),
+                prompt="hi",
+                panel_data=PANEL,
+                follow_up_mode=None,
+            )
         assert (exc.value.code, exc.value.message) == ("no_key", "Add your OpenRouter key in Settings → Keys.")
         assert upstream.requests == [] and not conversation.turns.exists()
 
@@ -282,7 +318,10 @@ class RecordingUpstream(ScriptedUpstream):
 @pytest.mark.asyncio
 class TestKeyGoesOnlyToItsProvider:
     async def test_each_key_reaches_only_its_providers_base_url_and_no_log_or_export(self, alice, settings, caplog):
-        async with RecordingUpstream(SCRIPTS, time_scale=0.01) as router, RecordingUpstream(SCRIPTS, time_scale=0.01) as other:
+        async with (
+            RecordingUpstream(SCRIPTS, time_scale=0.01) as router,
+            RecordingUpstream(SCRIPTS, time_scale=0.01) as other,
+        ):
             settings.OPENROUTER_BASE_URL = router.base_url
             settings.OPENROUTER_API_KEY = "server-router-key"
             settings.FUSION_PROVIDERS = {"other": {"base_url": other.base_url, "api_key": "server-other-key"}}
@@ -291,13 +330,21 @@ class TestKeyGoesOnlyToItsProvider:
             await database_sync_to_async(keys.key_set)(user=alice, provider="openrouter", raw=ALICE_OR)
             await database_sync_to_async(keys.key_set)(user=alice, provider="other", raw=ALICE_OTHER)
             conversation = await database_sync_to_async(Conversation.objects.create)(user=alice)
-            panel = {"members": [{"model": "sim/a"}, {"model": "other:sim/b"}], "analyst": {"model": "other:sim/analyst"},
-                     "writer": {"model": "sim/writer"}}
+            panel = {
+                "members": [{"model": "sim/a"}, {"model": "other:sim/b"}],
+                "analyst": {"model": "other:sim/analyst"},
+                "writer": {"model": "sim/writer"},
+            }
 
             for name in ("", "chat", "chat.fusion", "httpx", "httpcore", "django"):
                 caplog.set_level(logging.DEBUG, logger=name)
-            frame, created = await run_start(user=alice, conversation_id=conversation.pk, client_run_id=str(uuid.uuid4()),
-                                             prompt="Where do keys go?", panel=panel)
+            frame, created = await run_start(
+                user=alice,
+                conversation_id=conversation.pk,
+                client_run_id=str(uuid.uuid4()),
+                prompt="Where do keys go?",
+                panel=panel,
+            )
             assert created
             await manager.get(uuid.UUID(frame["run"])).done.wait()
 

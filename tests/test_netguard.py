@@ -1,4 +1,5 @@
 """Address and host checks of the SSRF guard (chat/fusion/tools/netguard.py) and domain filters."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -225,7 +226,9 @@ def test_domain_entries_are_normalised():
 
 
 def test_domain_filter_reasons():
-    f = DomainFilter.build(allowed=["example.com", "docs.python.org"], excluded=["ads.example.com"], blocked=["evil.com"])
+    f = DomainFilter.build(
+        allowed=["example.com", "docs.python.org"], excluded=["ads.example.com"], blocked=["evil.com"]
+    )
     assert f.reason("example.com") is None
     assert f.reason("www.example.com") is None
     assert f.reason("docs.python.org") is None

@@ -3,6 +3,7 @@
 The engine parts run against the scripted upstream over real HTTP on 127.0.0.1; the run parts
 go through chat.runs with the database, like a websocket-started run.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -168,9 +169,14 @@ class TestBoundedPrompts:
         big = "x" * 100_000
         answers = [LabelledAnswer(label=f"Response {c}", model_id=f"m/{c}", content=big) for c in "ABCDEFGH"]
         analyst = prompts.analyst_messages(system_extra=None, previous_turns=[], answers=answers, question="q")
-        writer = prompts.writer_messages(system_extra=None, previous_turns=[{"role": "assistant", "content": big}],
-                                         question="q", answers=[(a.model_id, big) for a in answers], analysis=None,
-                                         degraded_reason=None)
+        writer = prompts.writer_messages(
+            system_extra=None,
+            previous_turns=[{"role": "assistant", "content": big}],
+            question="q",
+            answers=[(a.model_id, big) for a in answers],
+            analysis=None,
+            degraded_reason=None,
+        )
         for messages in (analyst, writer):
             size = sum(len(m["content"]) for m in messages)
             assert size < 10 * prompts.MAX_QUOTED_CHARS
@@ -220,7 +226,7 @@ class TestBoundedRendering:
         renderer = IncrementalRenderer()
         started = time.monotonic()
         for i in range(0, len(text), 4096):
-            renderer.feed(text[i:i + 4096])
+            renderer.feed(text[i : i + 4096])
         renderer.finish()
         assert time.monotonic() - started < 2.0
 
@@ -233,7 +239,8 @@ class TestBoundedRendering:
         assert render_markdown("[" * 30 + "x") == "<p>" + "[" * 30 + "x</p>"
         assert render_markdown("see `f(((((((((((` and [a](https://e.example) " + "(" * 20) == (
             '<p>see <code>f(((((((((((</code> and <a href="https://e.example" rel="noopener noreferrer nofollow">a</a> '
-            + "(" * 20 + "</p>"
+            + "(" * 20
+            + "</p>"
         )
 
     def test_a_long_ordinary_answer_is_still_rendered_as_markdown(self) -> None:
@@ -276,15 +283,20 @@ class TestErrorTextScrubbing:
     def test_known_secrets_are_every_key_in_the_settings(self, settings) -> None:
         settings.OPENROUTER_API_KEY = SERVER_KEY
         settings.FUSION_SEARCH_API_KEY = SEARCH_KEY
-        settings.FUSION_PROVIDERS = {"a": {"base_url": "http://127.0.0.1:1/v1", "api_key": "key-a"},
-                                     "b": {"base_url": "http://127.0.0.1:2/v1", "api_key": ""}}
+        settings.FUSION_PROVIDERS = {
+            "a": {"base_url": "http://127.0.0.1:1/v1", "api_key": "key-a"},
+            "b": {"base_url": "http://127.0.0.1:2/v1", "api_key": ""},
+        }
         assert sorted(known_secrets()) == sorted([SERVER_KEY, SEARCH_KEY, "key-a"])
 
     @pytest.mark.django_db(transaction=True)
     async def test_a_users_run_never_shows_the_server_key_a_provider_echoed(self, alice, settings) -> None:
         echo = f"Key rejected. Did you mean {SERVER_KEY}? Search: {SEARCH_KEY}"
-        scripts = {"sim/a": {"faults": [{"type": "http", "status": 401, "message": echo}]}, "sim/analyst": {},
-                   "sim/writer": {}}
+        scripts = {
+            "sim/a": {"faults": [{"type": "http", "status": 401, "message": echo}]},
+            "sim/analyst": {},
+            "sim/writer": {},
+        }
         async with ScriptedUpstream(scripts, time_scale=0.01) as up:
             settings.OPENROUTER_BASE_URL = up.base_url
             settings.OPENROUTER_API_KEY = SERVER_KEY
@@ -294,9 +306,14 @@ class TestErrorTextScrubbing:
             settings.FUSION_CHECKPOINT_INTERVAL_S = 0.05
             await database_sync_to_async(keys.key_set)(user=alice, provider="openrouter", raw=ALICE_KEY)
             conversation = await database_sync_to_async(Conversation.objects.create)(user=alice)
-            panel = {"members": [{"model": "sim/a"}], "analyst": {"model": "sim/analyst"}, "writer": {"model": "sim/writer"}}
-            frame, _ = await run_start(user=alice, conversation_id=conversation.pk, client_run_id=str(uuid.uuid4()),
-                                       prompt="hi", panel=panel)
+            panel = {
+                "members": [{"model": "sim/a"}],
+                "analyst": {"model": "sim/analyst"},
+                "writer": {"model": "sim/writer"},
+            }
+            frame, _ = await run_start(
+                user=alice, conversation_id=conversation.pk, client_run_id=str(uuid.uuid4()), prompt="hi", panel=panel
+            )
             active = manager.get(uuid.UUID(frame["run"]))
             await active.done.wait()
         member = await database_sync_to_async(MemberResponse.objects.get)(run_id=frame["run"], slot=0)
@@ -318,10 +335,18 @@ class TestTruncationIsStored:
             settings.FUSION_MAX_OUTPUT_CHARS = 5000
             settings.FUSION_CHECKPOINT_INTERVAL_S = 0.05
             conversation = await database_sync_to_async(Conversation.objects.create)(user=alice)
-            panel = {"members": [{"model": "sim/huge"}], "analyst": {"model": "sim/analyst"},
-                     "writer": {"model": "sim/writer"}}
-            frame, _ = await run_start(user=alice, conversation_id=conversation.pk, client_run_id=str(uuid.uuid4()),
-                                       prompt="Everything, please.", panel=panel)
+            panel = {
+                "members": [{"model": "sim/huge"}],
+                "analyst": {"model": "sim/analyst"},
+                "writer": {"model": "sim/writer"},
+            }
+            frame, _ = await run_start(
+                user=alice,
+                conversation_id=conversation.pk,
+                client_run_id=str(uuid.uuid4()),
+                prompt="Everything, please.",
+                panel=panel,
+            )
             await manager.get(uuid.UUID(frame["run"])).done.wait()
         member = await database_sync_to_async(MemberResponse.objects.get)(run_id=frame["run"], slot=0)
         run = await database_sync_to_async(Run.objects.get)(pk=frame["run"])

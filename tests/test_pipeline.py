@@ -3,6 +3,7 @@
 The fake client has the ChatClient interface (``stream`` / ``complete``) and plays one scripted
 ``Reply`` per call. End-to-end tests over real HTTP against the scripted upstream are at the end.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -103,8 +104,14 @@ class FakeClient:
         return source(messages) if callable(source) else source
 
     async def stream(
-        self, spec: ModelSpec, messages: list[dict[str, Any]], *, response_format: dict | None = None,
-        tools: list[dict] | None = None, tool_choice: Any = None, limits: Any = None,
+        self,
+        spec: ModelSpec,
+        messages: list[dict[str, Any]],
+        *,
+        response_format: dict | None = None,
+        tools: list[dict] | None = None,
+        tool_choice: Any = None,
+        limits: Any = None,
     ) -> AsyncIterator[Any]:
         call = Call(spec.model, spec, messages, response_format)
         self.calls.append(call)
@@ -130,7 +137,9 @@ class FakeClient:
                 return
             if reply.hang:
                 await asyncio.Event().wait()
-            yield UsageReport(Usage(prompt_tokens=10, completion_tokens=len(text), total_tokens=10 + len(text), cost=reply.cost))
+            yield UsageReport(
+                Usage(prompt_tokens=10, completion_tokens=len(text), total_tokens=10 + len(text), cost=reply.cost)
+            )
             ended = True
             yield Finish(reply.finish)
         finally:
@@ -182,7 +191,11 @@ def analysis_reply(messages: list[dict[str, Any]]) -> Reply:
 
 
 INVALID = Reply(content="I think Response A is best.")
-ANSWERS = {"m/alpha": "Alpha says water boils at 100 C.", "m/beta": "Beta says it depends on pressure.", "m/gamma": "Gamma cites [NIST](https://nist.gov)."}
+ANSWERS = {
+    "m/alpha": "Alpha says water boils at 100 C.",
+    "m/beta": "Beta says it depends on pressure.",
+    "m/gamma": "Gamma cites [NIST](https://nist.gov).",
+}
 
 
 def make_request(panel: list[str | ModelSpec] | None = None, **kwargs: Any) -> FusionRequest:
@@ -193,7 +206,9 @@ def make_request(panel: list[str | ModelSpec] | None = None, **kwargs: Any) -> F
             {"role": "assistant", "content": "Earlier answer."},
             {"role": "user", "content": "At what temperature does water boil?"},
         ],
-        panel=[m if isinstance(m, ModelSpec) else ModelSpec(model=m) for m in (list(ANSWERS) if panel is None else panel)],
+        panel=[
+            m if isinstance(m, ModelSpec) else ModelSpec(model=m) for m in (list(ANSWERS) if panel is None else panel)
+        ],
         analyst=ModelSpec(model="m/analyst", temperature=0.7),
         writer=ModelSpec(model="m/writer"),
     )
@@ -291,7 +306,10 @@ class TestHappyPath:
         assert call.response_format == {"type": "json_object"}
         system, *turns, user = call.messages
         assert system["role"] == "system" and ANALYSIS_MARKER in system["content"]
-        assert turns == [{"role": "user", "content": "Earlier question?"}, {"role": "assistant", "content": "Earlier answer."}]
+        assert turns == [
+            {"role": "user", "content": "Earlier question?"},
+            {"role": "assistant", "content": "Earlier answer."},
+        ]
         assert user["content"].rstrip().endswith(f"Return the {ANALYSIS_MARKER} object comparing these answers.")
         assert "At what temperature does water boil?" in user["content"].split("</response>")[-1]
         assert "SECRET THOUGHTS" not in json.dumps(call.messages)
@@ -354,7 +372,12 @@ class TestHappyPath:
 
 class TestStreaming:
     async def test_first_delta_arrives_before_slower_members_finish(self) -> None:
-        client = make_client(**{"m/beta": Reply(content=ANSWERS["m/beta"], delay=0.5), "m/gamma": Reply(content=ANSWERS["m/gamma"], delay=0.5)})
+        client = make_client(
+            **{
+                "m/beta": Reply(content=ANSWERS["m/beta"], delay=0.5),
+                "m/gamma": Reply(content=ANSWERS["m/gamma"], delay=0.5),
+            }
+        )
         started = time.monotonic()
         first_delta_at = None
         order = []
@@ -384,7 +407,9 @@ def http_error(kind: str, status: int) -> Reply:
 
 class TestPanelFailures:
     async def test_a_member_failing_mid_stream_is_reported_and_the_rest_go_on(self) -> None:
-        broken = Reply(content=ANSWERS["m/beta"], error=ProviderError(kind="upstream_error", message="boom"), error_after=16)
+        broken = Reply(
+            content=ANSWERS["m/beta"], error=ProviderError(kind="upstream_error", message="boom"), error_after=16
+        )
         client = make_client(**{"m/beta": broken})
         events = await collect(FusionRun(make_request(), client))
 
@@ -402,7 +427,11 @@ class TestPanelFailures:
 
     @pytest.mark.parametrize(
         ("reply", "kind"),
-        [(Reply(content=""), "empty"), (Reply(content="  \n"), "empty"), (Reply(content="Nope", finish="content_filter"), "moderation")],
+        [
+            (Reply(content=""), "empty"),
+            (Reply(content="  \n"), "empty"),
+            (Reply(content="Nope", finish="content_filter"), "moderation"),
+        ],
     )
     async def test_empty_or_filtered_answers_count_as_failures(self, reply: Reply, kind: str) -> None:
         events = await collect(FusionRun(make_request(), make_client(**{"m/gamma": reply})))
@@ -430,11 +459,13 @@ class TestPanelFailures:
         assert not client.calls_to("m/analyst") and not client.calls_to("m/writer")
 
     async def test_mixed_failures_give_all_panels_failed(self) -> None:
-        client = make_client(**{
-            "m/alpha": http_error("invalid_key", 401),
-            "m/beta": http_error("rate_limited", 429),
-            "m/gamma": Reply(content=""),
-        })
+        client = make_client(
+            **{
+                "m/alpha": http_error("invalid_key", 401),
+                "m/beta": http_error("rate_limited", 429),
+                "m/gamma": Reply(content=""),
+            }
+        )
         done = (await collect(FusionRun(make_request(), client)))[-1]
         assert done.kind == "all_panels_failed"
         assert "m/alpha: invalid_key from provider" in done.message
@@ -569,10 +600,12 @@ class TestControls:
         assert isinstance(events[-1], RunCompleted)
 
     async def test_retry_member_restarts_a_failed_member(self) -> None:
-        client = make_client(**{
-            "m/alpha": Reply(content=ANSWERS["m/alpha"], delay=0.3),
-            "m/beta": [http_error("rate_limited", 429), Reply(content="Beta, second try.")],
-        })
+        client = make_client(
+            **{
+                "m/alpha": Reply(content=ANSWERS["m/alpha"], delay=0.3),
+                "m/beta": [http_error("rate_limited", 429), Reply(content="Beta, second try.")],
+            }
+        )
         run = FusionRun(make_request(), client)
         events = []
         async for event in run.events():
@@ -594,7 +627,9 @@ class TestControls:
         assert events[-1].failed_models == ["m/beta"]
 
     async def test_fuse_now_skips_running_members(self) -> None:
-        client = make_client(**{"m/beta": Reply(content="slow", hang=True), "m/gamma": Reply(content="slower", delay=30)})
+        client = make_client(
+            **{"m/beta": Reply(content="slow", hang=True), "m/gamma": Reply(content="slower", delay=30)}
+        )
         run = FusionRun(make_request(), client)
         assert not run.fuse_now()  # nothing to fuse yet
         events = []
@@ -688,7 +723,10 @@ class TestRequestValidation:
         [
             ({"panel": []}, "between 1 and 8 models (got 0)"),
             ({"panel": [ModelSpec(model=f"m/{i}") for i in range(9)]}, "between 1 and 8 models (got 9)"),
-            ({"panel": [ModelSpec(model="m/a", temperature=2.5)]}, "Panel model 1: temperature must be between 0 and 2"),
+            (
+                {"panel": [ModelSpec(model="m/a", temperature=2.5)]},
+                "Panel model 1: temperature must be between 0 and 2",
+            ),
             ({"panel": [ModelSpec(model="m/a", temperature=-0.1)]}, "temperature must be between 0 and 2"),
             ({"writer": ModelSpec(model="m/w", max_tokens=0)}, "The writer: max tokens must be between 1 and 200000"),
             ({"analyst": ModelSpec(model="m/w", max_tokens=200_001)}, "The analyst: max tokens"),
@@ -709,7 +747,10 @@ class TestRequestValidation:
 
     async def test_edge_values_are_accepted(self) -> None:
         request = make_request(
-            panel=[ModelSpec(model="m/alpha", temperature=0, max_tokens=200_000), ModelSpec(model="m/beta", temperature=2, max_tokens=1)]
+            panel=[
+                ModelSpec(model="m/alpha", temperature=0, max_tokens=200_000),
+                ModelSpec(model="m/beta", temperature=2, max_tokens=1),
+            ]
         )
         events = await collect(FusionRun(request, make_client()))
         assert isinstance(events[-1], RunCompleted)
@@ -832,7 +873,9 @@ class TestOverHttp:
         assert isinstance(events[-1], RunCompleted) and events[-1].failed_models == ["sim/cirrus"]
 
     async def test_cancel_closes_every_connection(self) -> None:
-        scripts = scripts_with(**{m: {"faults": [{"type": "hang", "after_chars": 30}], "keepalive_ms": 100} for m in PANEL})
+        scripts = scripts_with(
+            **{m: {"faults": [{"type": "hang", "after_chars": 30}], "keepalive_ms": 100} for m in PANEL}
+        )
         async with scripted(scripts) as (up, client):
             run = FusionRun(http_request(), client)
             events = []

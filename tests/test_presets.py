@@ -1,5 +1,6 @@
 """Panel presets: pages, ownership, built-ins, sharing by link, untrusted text, import/export,
 the composer's chooser and the websocket's ``preset`` on start."""
+
 from __future__ import annotations
 
 import json
@@ -46,35 +47,58 @@ BUILTINS = {
 def config(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "members": [
-            {"model": "sim/atlas", "label": "Atlas", "temperature": 0.3, "max_tokens": 800,
-             "reasoning_effort": "low", "system_prompt": "Answer like a careful librarian."},
+            {
+                "model": "sim/atlas",
+                "label": "Atlas",
+                "temperature": 0.3,
+                "max_tokens": 800,
+                "reasoning_effort": "low",
+                "system_prompt": "Answer like a careful librarian.",
+            },
             {"model": "sim/borealis"},
             {"model": "sim/atlas", "temperature": 1.2},
         ],
         "analyst": {"model": "sim/analyst"},
         "writer": {"model": "sim/writer"},
         "follow_up_mode": "per_member",
-        "research": {"web_tools": True, "max_tool_calls": 6, "excluded_domains": ["spam.example"],
-                     "blocked_domains": ["private.example"]},
+        "research": {
+            "web_tools": True,
+            "max_tool_calls": 6,
+            "excluded_domains": ["spam.example"],
+            "blocked_domains": ["private.example"],
+        },
     }
     base.update(overrides)
     return base
 
 
 def make_preset(user: Any, name: str = "Librarians", **kw: Any) -> Preset:
-    return presets.preset_create(user=user, name=name, description=kw.pop("description", "Careful answers."),
-                                 config=kw.pop("config", None) or config(**kw))
+    return presets.preset_create(
+        user=user,
+        name=name,
+        description=kw.pop("description", "Careful answers."),
+        config=kw.pop("config", None) or config(**kw),
+    )
 
 
 def editor_data(*, name: str = "Edited", members: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
     """The editor's POST: the formset's management form, one row per member, the other fields."""
     members = members if members is not None else [{"model": "sim/atlas"}, {"model": "sim/borealis"}]
     data: dict[str, Any] = {
-        "name": name, "description": "", "analyst": "sim/analyst", "writer": "sim/writer",
-        "fallback_analyst": "", "fallback_writer": "", "follow_up_mode": "fused",
-        "max_tool_calls": "4", "excluded_domains": "", "blocked_domains": "",
-        "members-TOTAL_FORMS": str(len(members)), "members-INITIAL_FORMS": "0",
-        "members-MIN_NUM_FORMS": "0", "members-MAX_NUM_FORMS": "1000",
+        "name": name,
+        "description": "",
+        "analyst": "sim/analyst",
+        "writer": "sim/writer",
+        "fallback_analyst": "",
+        "fallback_writer": "",
+        "follow_up_mode": "fused",
+        "max_tool_calls": "4",
+        "excluded_domains": "",
+        "blocked_domains": "",
+        "members-TOTAL_FORMS": str(len(members)),
+        "members-INITIAL_FORMS": "0",
+        "members-MIN_NUM_FORMS": "0",
+        "members-MAX_NUM_FORMS": "1000",
     }
     for i, member in enumerate(members):
         for key in ("model", "label", "temperature", "max_tokens", "reasoning_effort", "system_prompt"):
@@ -126,7 +150,9 @@ class TestPresetPages:
     def test_the_sidebar_links_to_the_presets_page(self, alice_client: Client) -> None:
         assert f'href="{reverse("presets")}"' in page(alice_client, reverse("home"))
 
-    def test_the_list_shows_own_presets_and_the_built_ins_only(self, alice_client: Client, alice: Any, bob: Any) -> None:
+    def test_the_list_shows_own_presets_and_the_built_ins_only(
+        self, alice_client: Client, alice: Any, bob: Any
+    ) -> None:
         make_preset(alice, "Alice's panel")
         make_preset(bob, "Bob's secret panel")
         html = page(alice_client, reverse("presets"))
@@ -137,30 +163,52 @@ class TestPresetPages:
     def test_it_creates_a_preset_from_the_editor(self, alice_client: Client, alice: Any) -> None:
         assert len(re.findall(r"data-member-row\b(?!s)", page(alice_client, reverse("preset_new")))) >= 2
         members = [
-            {"model": "sim/atlas", "label": "Careful", "temperature": "0.2", "max_tokens": "1200",
-             "reasoning_effort": "high", "system_prompt": "Cite sources."},
+            {
+                "model": "sim/atlas",
+                "label": "Careful",
+                "temperature": "0.2",
+                "max_tokens": "1200",
+                "reasoning_effort": "high",
+                "system_prompt": "Cite sources.",
+            },
             {"model": "sim/atlas", "temperature": "1.1"},  # the same model twice: a self-panel
             {},  # a blank row is skipped
         ]
-        response = alice_client.post(reverse("preset_new"), editor_data(
-            name="  Deep   research ", members=members, fallback_writer="sim/borealis", follow_up_mode="per_member",
-            web_tools="on", max_tool_calls="8", excluded_domains="Example.COM\nspam.example, news.example",
-            blocked_domains="private.example",
-        ))
+        response = alice_client.post(
+            reverse("preset_new"),
+            editor_data(
+                name="  Deep   research ",
+                members=members,
+                fallback_writer="sim/borealis",
+                follow_up_mode="per_member",
+                web_tools="on",
+                max_tool_calls="8",
+                excluded_domains="Example.COM\nspam.example, news.example",
+                blocked_domains="private.example",
+            ),
+        )
         preset = Preset.objects.get(user=alice)
         assert response["Location"] == reverse("preset_detail", args=[preset.pk])
         assert preset.name == "Deep research"
         assert preset.config["members"] == [
-            {"model": "sim/atlas", "temperature": 0.2, "max_tokens": 1200, "reasoning_effort": "high",
-             "system_prompt": "Cite sources.", "label": "Careful"},
+            {
+                "model": "sim/atlas",
+                "temperature": 0.2,
+                "max_tokens": 1200,
+                "reasoning_effort": "high",
+                "system_prompt": "Cite sources.",
+                "label": "Careful",
+            },
             {"model": "sim/atlas", "temperature": 1.1},
         ]
         assert preset.config["fallback_writer"] == {"model": "sim/borealis"}
         assert preset.config["fallback_analyst"] is None
         assert preset.config["follow_up_mode"] == "per_member"
         assert preset.config["research"] == {
-            "web_tools": True, "max_tool_calls": 8,
-            "excluded_domains": ["example.com", "spam.example", "news.example"], "blocked_domains": ["private.example"],
+            "web_tools": True,
+            "max_tool_calls": 8,
+            "excluded_domains": ["example.com", "spam.example", "news.example"],
+            "blocked_domains": ["private.example"],
         }
 
     def test_the_editor_shows_and_saves_an_existing_preset(self, alice_client: Client, alice: Any) -> None:
@@ -199,7 +247,9 @@ class TestPresetPages:
 
     def test_delete_asks_first_and_conversations_keep_their_panel(self, alice_client: Client, alice: Any) -> None:
         preset = make_preset(alice)
-        conversation = Conversation.objects.create(user=alice, panel=presets.panel_from_config(preset.config), preset=preset)
+        conversation = Conversation.objects.create(
+            user=alice, panel=presets.panel_from_config(preset.config), preset=preset
+        )
         url = reverse("preset_delete", args=[preset.pk])
         assert "Delete “Librarians”?" in page(alice_client, url)
         assert Preset.objects.filter(pk=preset.pk).exists()
@@ -220,8 +270,11 @@ class TestPresetPages:
     def test_pages_need_a_signed_in_user(self, alice: Any) -> None:
         preset = make_preset(alice)
         presets.preset_share(preset=preset)
-        for url in (reverse("presets"), reverse("preset_detail", args=[preset.pk]),
-                    reverse("shared_preset", args=[preset.share_token])):
+        for url in (
+            reverse("presets"),
+            reverse("preset_detail", args=[preset.pk]),
+            reverse("shared_preset", args=[preset.share_token]),
+        ):
             assert Client().get(url)["Location"].startswith(reverse("login"))
 
 
@@ -234,10 +287,22 @@ class TestValidation:
         [
             ({"members": [{"model": f"sim/m{i}"} for i in range(9)]}, "A panel has at most 8 members (got 9)."),
             ({"members": [{}]}, "The panel needs at least one member."),
-            ({"members": [{"model": "sim/atlas", "temperature": "2.5"}]}, "Member 1: temperature must be between 0 and 2 (got 2.5)."),
-            ({"members": [{"model": "sim/a"}, {"model": "sim/b", "temperature": "-1"}]}, "Member 2: temperature must be between 0 and 2"),
-            ({"members": [{"model": "sim/atlas", "temperature": "warm"}]}, "temperature must be a number between 0 and 2"),
-            ({"members": [{"model": "sim/atlas", "max_tokens": "0"}]}, "Member 1: max tokens must be between 1 and 200000."),
+            (
+                {"members": [{"model": "sim/atlas", "temperature": "2.5"}]},
+                "Member 1: temperature must be between 0 and 2 (got 2.5).",
+            ),
+            (
+                {"members": [{"model": "sim/a"}, {"model": "sim/b", "temperature": "-1"}]},
+                "Member 2: temperature must be between 0 and 2",
+            ),
+            (
+                {"members": [{"model": "sim/atlas", "temperature": "warm"}]},
+                "temperature must be a number between 0 and 2",
+            ),
+            (
+                {"members": [{"model": "sim/atlas", "max_tokens": "0"}]},
+                "Member 1: max tokens must be between 1 and 200000.",
+            ),
             ({"members": [{"model": "sim/atlas", "max_tokens": "200001"}]}, "max tokens must be between 1 and 200000."),
             ({"members": [{"label": "no model"}]}, "Member 1: a model id is required."),
             ({"members": [{"model": "not a model"}]}, "is not a valid model id"),
@@ -252,8 +317,9 @@ class TestValidation:
             ({"name": "x" * 101}, "at most 100 characters"),
         ],
     )
-    def test_the_editor_refuses_with_a_clear_message(self, alice_client: Client, alice: Any,
-                                                      fields: dict[str, Any], message: str) -> None:
+    def test_the_editor_refuses_with_a_clear_message(
+        self, alice_client: Client, alice: Any, fields: dict[str, Any], message: str
+    ) -> None:
         response = alice_client.post(reverse("preset_new"), editor_data(**fields))
         assert response.status_code == 400
         assert message in response.content.decode().replace("&#x27;", "'")
@@ -264,8 +330,9 @@ class TestValidation:
         html = alice_client.post(reverse("preset_new"), editor_data(name="Draft", members=members)).content.decode()
         assert 'value="Keep me"' in html and 'value="Draft"' in html
 
-    def test_unknown_models_are_refused_with_the_catalogues_message(self, alice_client: Client,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_unknown_models_are_refused_with_the_catalogues_message(
+        self, alice_client: Client, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         seen: list[list[str]] = []
 
         def unknown(model_ids: list[str]) -> list[str]:
@@ -273,7 +340,9 @@ class TestValidation:
             return ["OpenRouter does not list 'sim/nope'."]
 
         monkeypatch.setattr(presets, "_catalogue_errors", unknown)
-        response = alice_client.post(reverse("preset_new"), editor_data(members=[{"model": "sim/nope"}, {"model": "sim/nope"}]))
+        response = alice_client.post(
+            reverse("preset_new"), editor_data(members=[{"model": "sim/nope"}, {"model": "sim/nope"}])
+        )
         assert response.status_code == 400
         assert "OpenRouter does not list &#x27;sim/nope&#x27;." in response.content.decode()
         assert seen == [["sim/nope", "sim/analyst", "sim/writer"]]
@@ -283,8 +352,11 @@ class TestValidation:
         from chat import model_catalogue
 
         calls: list[tuple[list[str], bool]] = []
-        monkeypatch.setattr(model_catalogue, "validate_models",
-                            lambda ids, fetch_missing=True: calls.append((list(ids), fetch_missing)) or ["Unknown model 'x/y'."])
+        monkeypatch.setattr(
+            model_catalogue,
+            "validate_models",
+            lambda ids, fetch_missing=True: calls.append((list(ids), fetch_missing)) or ["Unknown model 'x/y'."],
+        )
         with pytest.raises(presets.PresetError, match="Unknown model 'x/y'."):
             presets.preset_create(user=alice, name="n", config=config())
         assert calls == [(["sim/atlas", "sim/borealis", "sim/analyst", "sim/writer"], False)]
@@ -319,8 +391,9 @@ class TestOwnership:
             ("get", "preset_export"),
         ],
     )
-    def test_bob_gets_not_found_for_alices_preset(self, bob_client: Client, bob: Any, alices: Preset,
-                                                  method: str, name: str) -> None:
+    def test_bob_gets_not_found_for_alices_preset(
+        self, bob_client: Client, bob: Any, alices: Preset, method: str, name: str
+    ) -> None:
         presets.preset_share(preset=alices)
         token = alices.share_token
         url = reverse(name, args=[alices.pk])
@@ -336,18 +409,34 @@ class TestOwnership:
         assert foreign.status_code == missing.status_code == 404
         assert foreign.content == missing.content
 
-    def test_bob_cannot_put_alices_preset_on_his_conversation(self, bob_client: Client, bob: Any, alices: Preset) -> None:
+    def test_bob_cannot_put_alices_preset_on_his_conversation(
+        self, bob_client: Client, bob: Any, alices: Preset
+    ) -> None:
         conversation = Conversation.objects.create(user=bob)
-        response = bob_client.post(reverse("conversation_settings", args=[conversation.pk]), {
-            "members": "sim/x", "analyst": "sim/a", "writer": "sim/w", "follow_up_mode": "fused", "preset": str(alices.pk),
-        })
+        response = bob_client.post(
+            reverse("conversation_settings", args=[conversation.pk]),
+            {
+                "members": "sim/x",
+                "analyst": "sim/a",
+                "writer": "sim/w",
+                "follow_up_mode": "fused",
+                "preset": str(alices.pk),
+            },
+        )
         assert response.status_code == 404
         conversation.refresh_from_db()
         assert (conversation.panel, conversation.preset) == ({}, None)
-        response = bob_client.post(reverse("conversation_new"), {
-            "prompt": "hi", "members": "sim/x", "analyst": "sim/a", "writer": "sim/w", "follow_up_mode": "fused",
-            "preset": str(alices.pk),
-        })
+        response = bob_client.post(
+            reverse("conversation_new"),
+            {
+                "prompt": "hi",
+                "members": "sim/x",
+                "analyst": "sim/a",
+                "writer": "sim/w",
+                "follow_up_mode": "fused",
+                "preset": str(alices.pk),
+            },
+        )
         assert response.status_code == 404
         assert not Conversation.objects.filter(user=bob, preset__isnull=False).exists()
 
@@ -364,8 +453,10 @@ class TestBuiltins:
     def test_they_come_from_settings(self) -> None:
         builtins = presets.builtin_presets()
         assert [b.key for b in builtins] == ["quality", "self-panel"]
-        assert builtins[1].config["members"] == [{"model": "sim/atlas", "temperature": 0.7},
-                                                 {"model": "sim/atlas", "temperature": 1.0}]
+        assert builtins[1].config["members"] == [
+            {"model": "sim/atlas", "temperature": 0.7},
+            {"model": "sim/atlas", "temperature": 1.0},
+        ]
         assert builtins[0].config["research"]["web_tools"] is False
 
     def test_the_shipped_defaults_are_valid(self) -> None:
@@ -447,9 +538,14 @@ class TestSharing:
         assert response["Location"] == reverse("preset_detail", args=[copy.pk])
         assert copy.copied_from_share and copy.share_token is None and not copy.is_default
         assert copy.config == preset.config
-        alice_client.post(reverse("preset_edit", args=[preset.pk]), editor_data(name="Changed", members=[{"model": "sim/cirrus"}]))
+        alice_client.post(
+            reverse("preset_edit", args=[preset.pk]), editor_data(name="Changed", members=[{"model": "sim/cirrus"}])
+        )
         copy.refresh_from_db()
-        assert copy.name == "Librarians" and copy.config["members"][0]["system_prompt"] == "Answer like a careful librarian."
+        assert (
+            copy.name == "Librarians"
+            and copy.config["members"][0]["system_prompt"] == "Answer like a careful librarian."
+        )
 
         # Revoke: the link is a plain 404.
         alice_client.post(reverse("preset_unshare", args=[preset.pk]))
@@ -479,7 +575,7 @@ class TestSharing:
         make_preset(alice, "Secret other preset", description="not for bob")
         presets.preset_share(preset=shared)
         html = page(bob_client, reverse("shared_preset", args=[shared.share_token]))
-        assert "Shared by <span class=\"pz-owner\">Alice Liddell</span>" in html
+        assert 'Shared by <span class="pz-owner">Alice Liddell</span>' in html
         assert "alice@example.org" not in html and "@example.org" not in html
         assert "Secret other preset" not in html and "not for bob" not in html
         assert reverse("preset_detail", args=[shared.pk]) not in html  # no way into the owner's pages
@@ -488,10 +584,13 @@ class TestSharing:
     def test_without_a_full_name_the_username_is_shown(self, bob_client: Client, alice: Any) -> None:
         shared = make_preset(alice)
         presets.preset_share(preset=shared)
-        assert '<span class="pz-owner">alice</span>' in page(bob_client, reverse("shared_preset", args=[shared.share_token]))
+        assert '<span class="pz-owner">alice</span>' in page(
+            bob_client, reverse("shared_preset", args=[shared.share_token])
+        )
 
-    def test_the_share_page_shows_the_estimated_cost(self, bob_client: Client, alice: Any,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_the_share_page_shows_the_estimated_cost(
+        self, bob_client: Client, alice: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         monkeypatch.undo()
         from chat import model_catalogue
 
@@ -499,15 +598,22 @@ class TestSharing:
         shared = make_preset(alice)
         presets.preset_share(preset=shared)
         asked: list[int] = []
-        monkeypatch.setattr(model_catalogue, "estimate_panel_cost",
-                            lambda config, prompt_tokens: asked.append(prompt_tokens) or (0.0123, 0.0456))
+        monkeypatch.setattr(
+            model_catalogue,
+            "estimate_panel_cost",
+            lambda config, prompt_tokens: asked.append(prompt_tokens) or (0.0123, 0.0456),
+        )
         monkeypatch.setattr(model_catalogue, "unpriced_models", lambda config: ["sim/borealis"])
         html = page(bob_client, reverse("shared_preset", args=[shared.share_token]))
         assert "$0.01–$0.05" in html and "1000 tokens" in html
         assert "No catalogue price for <code>sim/borealis</code>" in html
         assert asked == [1000]
         # Nothing priced at all: no estimate rather than a misleading $0.00.
-        monkeypatch.setattr(model_catalogue, "unpriced_models", lambda config: ["sim/atlas", "sim/borealis", "sim/analyst", "sim/writer"])
+        monkeypatch.setattr(
+            model_catalogue,
+            "unpriced_models",
+            lambda config: ["sim/atlas", "sim/borealis", "sim/analyst", "sim/writer"],
+        )
         assert "Estimate unavailable" in page(bob_client, reverse("shared_preset", args=[shared.share_token]))
 
 
@@ -518,8 +624,9 @@ class TestUntrustedText:
     @pytest.fixture
     def hostile(self, alice: Any) -> Preset:
         members = [{"model": "sim/atlas", "label": f"L {XSS}", "system_prompt": f"S {XSS}"}, {"model": "sim/borealis"}]
-        preset = presets.preset_create(user=alice, name=f"N {XSS}", description=f"D {XSS}",
-                                       config=config(members=members))
+        preset = presets.preset_create(
+            user=alice, name=f"N {XSS}", description=f"D {XSS}", config=config(members=members)
+        )
         presets.preset_share(preset=preset)
         return preset
 
@@ -528,19 +635,27 @@ class TestUntrustedText:
         assert_inert(html)
         assert "N &lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in html
         assert "D &lt;script&gt;" in html and "L &lt;script&gt;" in html
-        assert re.search(r"<pre>S &lt;script&gt;alert\(1\)&lt;/script&gt;&lt;img src=x onerror=alert\(1\)&gt;</pre>", html)
+        assert re.search(
+            r"<pre>S &lt;script&gt;alert\(1\)&lt;/script&gt;&lt;img src=x onerror=alert\(1\)&gt;</pre>", html
+        )
 
     def test_it_is_inert_on_the_owners_pages(self, alice_client: Client, hostile: Preset) -> None:
-        for url in (reverse("presets"), reverse("preset_detail", args=[hostile.pk]),
-                    reverse("preset_edit", args=[hostile.pk]), reverse("preset_delete", args=[hostile.pk])):
+        for url in (
+            reverse("presets"),
+            reverse("preset_detail", args=[hostile.pk]),
+            reverse("preset_edit", args=[hostile.pk]),
+            reverse("preset_delete", args=[hostile.pk]),
+        ):
             html = page(alice_client, url)
             assert_inert(html)
             assert "N &lt;script&gt;" in html
 
     def test_it_is_inert_in_the_composers_chooser(self, alice_client: Client, alice: Any, hostile: Preset) -> None:
         presets.preset_set_default(user=alice, preset=hostile)
-        for html in (page(alice_client, reverse("home")),
-                     page(alice_client, reverse("conversation", args=[Conversation.objects.create(user=alice).pk]))):
+        for html in (
+            page(alice_client, reverse("home")),
+            page(alice_client, reverse("conversation", args=[Conversation.objects.create(user=alice).pk])),
+        ):
             assert_inert(html)
             option = re.search(rf'<option value="{hostile.pk}" selected>(.*?)</option>', html)
             assert option and option.group(1).startswith("N &lt;script&gt;alert(1)&lt;/script&gt;&lt;img")
@@ -551,8 +666,12 @@ class TestUntrustedText:
     def test_it_is_inert_after_bob_copies_it(self, bob_client: Client, bob: Any, hostile: Preset) -> None:
         bob_client.post(reverse("shared_preset_copy", args=[hostile.share_token]))
         copy = Preset.objects.get(user=bob)
-        for url in (reverse("presets"), reverse("preset_detail", args=[copy.pk]), reverse("preset_edit", args=[copy.pk]),
-                    reverse("home")):
+        for url in (
+            reverse("presets"),
+            reverse("preset_detail", args=[copy.pk]),
+            reverse("preset_edit", args=[copy.pk]),
+            reverse("home"),
+        ):
             assert_inert(page(bob_client, url))
 
     def test_the_flash_message_after_copying_is_escaped(self, bob_client: Client, hostile: Preset) -> None:
@@ -589,16 +708,25 @@ class TestExportImport:
 
     def test_a_built_in_can_be_exported(self, alice_client: Client) -> None:
         data = json.loads(alice_client.get(reverse("builtin_preset_export", args=["quality"])).content)
-        assert data["name"] == "Quality" and data["openrouter_plugin"]["analysis_models"] == ["sim/atlas", "sim/borealis"]
+        assert data["name"] == "Quality" and data["openrouter_plugin"]["analysis_models"] == [
+            "sim/atlas",
+            "sim/borealis",
+        ]
 
-    def test_export_then_import_round_trips(self, alice_client: Client, bob_client: Client, alice: Any, bob: Any) -> None:
+    def test_export_then_import_round_trips(
+        self, alice_client: Client, bob_client: Client, alice: Any, bob: Any
+    ) -> None:
         preset = make_preset(alice)
         exported = alice_client.get(reverse("preset_export", args=[preset.pk])).content
         upload = SimpleUploadedFile("librarians.json", exported, content_type="application/json")
         response = bob_client.post(reverse("preset_import"), {"file": upload, "text": "", "name": ""})
         imported = Preset.objects.get(user=bob)
         assert response["Location"] == reverse("preset_detail", args=[imported.pk])
-        assert (imported.name, imported.description, imported.config) == (preset.name, preset.description, preset.config)
+        assert (imported.name, imported.description, imported.config) == (
+            preset.name,
+            preset.description,
+            preset.config,
+        )
         assert not imported.copied_from_share
 
     def test_pasted_json_and_a_new_name(self, alice_client: Client, alice: Any) -> None:
@@ -608,26 +736,37 @@ class TestExportImport:
 
     def test_a_bare_openrouter_plugin(self, alice: Any) -> None:
         plugin = {
-            "id": "fusion", "enabled": True,
+            "id": "fusion",
+            "enabled": True,
             "analysis_models": ["~anthropic/claude-opus-latest", "~openai/gpt-latest", "~openai/gpt-latest"],
-            "model": "~anthropic/claude-opus-latest", "max_tool_calls": 12,
-            "tools": [{"type": "openrouter:web_search", "parameters": {"excluded_domains": ["example.com"]}},
-                      {"type": "openrouter:web_fetch"}],
+            "model": "~anthropic/claude-opus-latest",
+            "max_tool_calls": 12,
+            "tools": [
+                {"type": "openrouter:web_search", "parameters": {"excluded_domains": ["example.com"]}},
+                {"type": "openrouter:web_fetch"},
+            ],
         }
         preset = presets.preset_import(user=alice, data=json.dumps(plugin))
         assert preset.name == "Imported Fusion plugin"
         assert [m["model"] for m in preset.config["members"]] == plugin["analysis_models"]
         assert preset.config["analyst"] == preset.config["writer"] == {"model": "~anthropic/claude-opus-latest"}
-        assert preset.config["research"] == {"web_tools": True, "max_tool_calls": 12,
-                                             "excluded_domains": ["example.com"], "blocked_domains": []}
+        assert preset.config["research"] == {
+            "web_tools": True,
+            "max_tool_calls": 12,
+            "excluded_domains": ["example.com"],
+            "blocked_domains": [],
+        }
         # …and it exports back to the same plugin.
         exported = presets.preset_export(preset)["openrouter_plugin"]
         assert {k: exported[k] for k in ("analysis_models", "model", "max_tool_calls")} == {
-            k: plugin[k] for k in ("analysis_models", "model", "max_tool_calls")}
+            k: plugin[k] for k in ("analysis_models", "model", "max_tool_calls")
+        }
 
     def test_a_request_body_with_plugins(self, alice: Any) -> None:
-        body = {"model": "openrouter/auto", "plugins": [{"id": "web"}, {"id": "fusion", "analysis_models": ["a/b"],
-                                                                          "model": "c/d", "tools": []}]}
+        body = {
+            "model": "openrouter/auto",
+            "plugins": [{"id": "web"}, {"id": "fusion", "analysis_models": ["a/b"], "model": "c/d", "tools": []}],
+        }
         preset = presets.preset_import(user=alice, data=json.dumps(body).encode())
         assert preset.config["members"] == [{"model": "a/b"}]
         assert preset.config["writer"] == {"model": "c/d"}
@@ -651,23 +790,41 @@ class TestExportImport:
             ('{"hello": "world"}', "neither a preset export"),
             ('{"format": "fusion-preset/2", "config": {}}', "Unsupported format &#x27;fusion-preset/2&#x27;"),
             ('{"format": "fusion-preset/1", "name": "x"}', "The export has no config object"),
-            ('{"format": "fusion-preset/1", "name": "x", "config": {"members": []}}', "The panel needs at least one member."),
-            ('{"id": "fusion", "analysis_models": "a/b", "model": "c/d"}', "analysis_models must be a list of model ids"),
+            (
+                '{"format": "fusion-preset/1", "name": "x", "config": {"members": []}}',
+                "The panel needs at least one member.",
+            ),
+            (
+                '{"id": "fusion", "analysis_models": "a/b", "model": "c/d"}',
+                "analysis_models must be a list of model ids",
+            ),
             ('{"id": "fusion", "analysis_models": [], "model": "c/d"}', "analysis_models is empty"),
-            ('{"id": "fusion", "analysis_models": ["a/b","a/b","a/b","a/b","a/b","a/b","a/b","a/b","a/b"], "model": "c/d"}',
-             "at most 8 members (analysis_models has 9)"),
+            (
+                '{"id": "fusion", "analysis_models": ["a/b","a/b","a/b","a/b","a/b","a/b","a/b","a/b","a/b"], "model": "c/d"}',
+                "at most 8 members (analysis_models has 9)",
+            ),
             ('{"id": "fusion", "analysis_models": ["a/b"], "model": 5}', "model must be a model id"),
-            ('{"id": "fusion", "analysis_models": ["a/b"], "model": "c/d", "max_tool_calls": 99}', "between 1 and 16 (got 99)"),
-            ('{"id": "fusion", "analysis_models": ["a/b"], "model": "c/d", "tools": [{"type": "openrouter:image"}]}',
-             "Unsupported tool &#x27;openrouter:image&#x27;"),
-            ('{"id": "fusion", "analysis_models": ["a/b"], "model": "c/d", "tools": [{"type": "openrouter:web_search", '
-             '"parameters": {"excluded_domains": ["not a domain"]}}]}', "&#x27;not a domain&#x27; is not a"),
+            (
+                '{"id": "fusion", "analysis_models": ["a/b"], "model": "c/d", "max_tool_calls": 99}',
+                "between 1 and 16 (got 99)",
+            ),
+            (
+                '{"id": "fusion", "analysis_models": ["a/b"], "model": "c/d", "tools": [{"type": "openrouter:image"}]}',
+                "Unsupported tool &#x27;openrouter:image&#x27;",
+            ),
+            (
+                '{"id": "fusion", "analysis_models": ["a/b"], "model": "c/d", "tools": [{"type": "openrouter:web_search", '
+                '"parameters": {"excluded_domains": ["not a domain"]}}]}',
+                "&#x27;not a domain&#x27; is not a",
+            ),
             ('{"plugins": [{"id": "web"}]}', "No plugin with id &#x27;fusion&#x27;"),
             ('{"plugins": {"id": "fusion"}}', "plugins must be a list"),
             ('{"id": "moderation", "analysis_models": ["a/b"]}', "only the &#x27;fusion&#x27; plugin is a panel"),
         ],
     )
-    def test_malformed_imports_get_a_clear_error(self, alice_client: Client, alice: Any, text: str, message: str) -> None:
+    def test_malformed_imports_get_a_clear_error(
+        self, alice_client: Client, alice: Any, text: str, message: str
+    ) -> None:
         response = alice_client.post(reverse("preset_import"), {"text": text, "name": ""})
         assert response.status_code == 400
         assert message in response.content.decode()
@@ -691,7 +848,9 @@ class TestExportImport:
 
 
 class TestComposer:
-    def test_the_chooser_lists_own_presets_and_built_ins_with_the_default_selected(self, alice_client: Client, alice: Any) -> None:
+    def test_the_chooser_lists_own_presets_and_built_ins_with_the_default_selected(
+        self, alice_client: Client, alice: Any
+    ) -> None:
         mine = make_preset(alice, "Mine")
         other = make_preset(alice, "Other")
         presets.preset_set_default(user=alice, preset=mine)
@@ -707,19 +866,32 @@ class TestComposer:
     def test_a_conversation_preselects_its_own_preset(self, alice_client: Client, alice: Any) -> None:
         mine = make_preset(alice, "Mine")
         presets.preset_set_default(user=alice, preset=mine)
-        built = Conversation.objects.create(user=alice, panel={"members": [{"model": "sim/atlas"}]}, builtin_preset="quality")
+        built = Conversation.objects.create(
+            user=alice, panel={"members": [{"model": "sim/atlas"}]}, builtin_preset="quality"
+        )
         custom = Conversation.objects.create(user=alice, panel={"members": [{"model": "sim/atlas"}]})
         fresh = Conversation.objects.create(user=alice)
-        assert '<option value="builtin:quality" selected>' in page(alice_client, reverse("conversation", args=[built.pk]))
+        assert '<option value="builtin:quality" selected>' in page(
+            alice_client, reverse("conversation", args=[built.pk])
+        )
         assert '<option value="" selected>' in page(alice_client, reverse("conversation", args=[custom.pk]))
         assert f'<option value="{mine.pk}" selected>' in page(alice_client, reverse("conversation", args=[fresh.pk]))
 
-    def test_the_first_prompt_with_a_preset_stores_it_on_the_conversation(self, alice_client: Client, alice: Any) -> None:
+    def test_the_first_prompt_with_a_preset_stores_it_on_the_conversation(
+        self, alice_client: Client, alice: Any
+    ) -> None:
         preset = make_preset(alice)
-        alice_client.post(reverse("conversation_new"), {
-            "prompt": "Why is the sea salty?", "members": "sim/atlas 0.3\nsim/borealis\nsim/atlas 1.2",
-            "analyst": "sim/analyst", "writer": "sim/writer", "follow_up_mode": "per_member", "preset": str(preset.pk),
-        })
+        alice_client.post(
+            reverse("conversation_new"),
+            {
+                "prompt": "Why is the sea salty?",
+                "members": "sim/atlas 0.3\nsim/borealis\nsim/atlas 1.2",
+                "analyst": "sim/analyst",
+                "writer": "sim/writer",
+                "follow_up_mode": "per_member",
+                "preset": str(preset.pk),
+            },
+        )
         conversation = Conversation.objects.get(user=alice)
         assert conversation.preset == preset and conversation.builtin_preset == ""
         # The whole config, not only what the fields show: labels, system prompts, research.
@@ -730,30 +902,52 @@ class TestComposer:
 
     def test_use_for_this_conversation_stores_a_built_in(self, alice_client: Client, alice: Any) -> None:
         conversation = Conversation.objects.create(user=alice, panel={"members": [{"model": "sim/x"}]})
-        response = alice_client.post(reverse("conversation_settings", args=[conversation.pk]), {
-            "members": "sim/atlas\nsim/borealis", "analyst": "sim/analyst", "writer": "sim/writer",
-            "follow_up_mode": "fused", "preset": "builtin:quality",
-        }, headers={"Accept": "application/json"})
+        response = alice_client.post(
+            reverse("conversation_settings", args=[conversation.pk]),
+            {
+                "members": "sim/atlas\nsim/borealis",
+                "analyst": "sim/analyst",
+                "writer": "sim/writer",
+                "follow_up_mode": "fused",
+                "preset": "builtin:quality",
+            },
+            headers={"Accept": "application/json"},
+        )
         assert response.json()["ok"]
         conversation.refresh_from_db()
         assert (conversation.builtin_preset, conversation.preset) == ("quality", None)
         assert [m["model"] for m in conversation.panel["members"]] == ["sim/atlas", "sim/borealis"]
 
     def test_a_hand_written_panel_forgets_the_preset(self, alice_client: Client, alice: Any) -> None:
-        conversation = Conversation.objects.create(user=alice, panel={"members": [{"model": "sim/x"}]}, builtin_preset="quality")
-        alice_client.post(reverse("conversation_settings", args=[conversation.pk]), {
-            "members": "sim/cirrus", "analyst": "sim/analyst", "writer": "sim/writer", "follow_up_mode": "fused", "preset": "",
-        })
+        conversation = Conversation.objects.create(
+            user=alice, panel={"members": [{"model": "sim/x"}]}, builtin_preset="quality"
+        )
+        alice_client.post(
+            reverse("conversation_settings", args=[conversation.pk]),
+            {
+                "members": "sim/cirrus",
+                "analyst": "sim/analyst",
+                "writer": "sim/writer",
+                "follow_up_mode": "fused",
+                "preset": "",
+            },
+        )
         conversation.refresh_from_db()
         assert (conversation.builtin_preset, conversation.preset) == ("", None)
         assert conversation.panel["members"] == [{"model": "sim/cirrus"}]
 
     def test_an_unknown_built_in_is_not_found(self, alice_client: Client, alice: Any) -> None:
         conversation = Conversation.objects.create(user=alice)
-        response = alice_client.post(reverse("conversation_settings", args=[conversation.pk]), {
-            "members": "sim/cirrus", "analyst": "sim/analyst", "writer": "sim/writer", "follow_up_mode": "fused",
-            "preset": "builtin:nope",
-        })
+        response = alice_client.post(
+            reverse("conversation_settings", args=[conversation.pk]),
+            {
+                "members": "sim/cirrus",
+                "analyst": "sim/analyst",
+                "writer": "sim/writer",
+                "follow_up_mode": "fused",
+                "preset": "builtin:nope",
+            },
+        )
         assert response.status_code == 404
 
 
@@ -766,10 +960,13 @@ SCRIPTS: dict[str, Any] = {
     "sim/analyst": {},
     "sim/writer": {"ttft_ms": 20, "tokens_per_s": 800},
 }
-WS_CONFIG = config(members=[
-    {"model": "sim/atlas", "label": "Librarian", "system_prompt": "Answer like a careful librarian."},
-    {"model": "sim/borealis", "temperature": 0.5},
-], research={"web_tools": False})
+WS_CONFIG = config(
+    members=[
+        {"model": "sim/atlas", "label": "Librarian", "system_prompt": "Answer like a careful librarian."},
+        {"model": "sim/borealis", "temperature": 0.5},
+    ],
+    research={"web_tools": False},
+)
 
 
 @pytest.fixture
@@ -787,7 +984,9 @@ async def upstream(settings: Any):
 class TestWebsocketStart:
     async def _start(self, user: Any, conversation: Conversation, **fields: Any) -> tuple[Any, list[dict[str, Any]]]:
         comm = await open_ws(user, conversation.pk)
-        await comm.send_json_to({"type": "start", "run_id": str(uuid.uuid4()), "prompt": "Why is the sky blue?", **fields})
+        await comm.send_json_to(
+            {"type": "start", "run_id": str(uuid.uuid4()), "prompt": "Why is the sky blue?", **fields}
+        )
         events = await collect_until(comm, {"completed", "failed", "error"})
         return comm, events
 
@@ -796,8 +995,10 @@ class TestWebsocketStart:
         conversation = await database_sync_to_async(Conversation.objects.create)(user=alice)
         comm, events = await self._start(alice, conversation, preset=preset.pk)
         assert events[0]["type"] == "run.started"
-        assert events[0]["members"] == [{"slot": 0, "model": "sim/atlas", "label": "Librarian"},
-                                        {"slot": 1, "model": "sim/borealis", "label": ""}]
+        assert events[0]["members"] == [
+            {"slot": 0, "model": "sim/atlas", "label": "Librarian"},
+            {"slot": 1, "model": "sim/borealis", "label": ""},
+        ]
         assert events[-1]["type"] == "completed", events[-1]
         atlas = next(r for r in upstream.requests if r["model"] == "sim/atlas")
         assert atlas["messages"][0] == {"role": "system", "content": "Answer like a careful librarian."}
@@ -822,7 +1023,11 @@ class TestWebsocketStart:
 
     async def test_a_preset_for_one_turn_leaves_the_conversations_panel(self, alice: Any, upstream: Any) -> None:
         preset = await database_sync_to_async(make_preset)(alice, config=WS_CONFIG)
-        panel = {"members": [{"model": "sim/borealis"}], "analyst": {"model": "sim/analyst"}, "writer": {"model": "sim/writer"}}
+        panel = {
+            "members": [{"model": "sim/borealis"}],
+            "analyst": {"model": "sim/analyst"},
+            "writer": {"model": "sim/writer"},
+        }
         conversation = await database_sync_to_async(Conversation.objects.create)(user=alice, panel=panel)
         comm, events = await self._start(alice, conversation, preset=str(preset.pk))
         assert len(events[0]["members"]) == 2
@@ -843,10 +1048,16 @@ class TestWebsocketStart:
         assert (conversation.panel, conversation.preset_id) == ({}, None)
         await comm.disconnect()
 
-    @pytest.mark.parametrize("fields", [
-        {"preset": True}, {"preset": "quality"}, {"preset": ["1"]}, {"preset": -3},
-        {"preset": "builtin:quality", "panel": {"members": [{"model": "sim/atlas"}]}},
-    ])
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"preset": True},
+            {"preset": "quality"},
+            {"preset": ["1"]},
+            {"preset": -3},
+            {"preset": "builtin:quality", "panel": {"members": [{"model": "sim/atlas"}]}},
+        ],
+    )
     async def test_a_malformed_preset_field_is_invalid(self, alice: Any, fields: dict[str, Any]) -> None:
         conversation = await database_sync_to_async(Conversation.objects.create)(user=alice)
         comm, events = await self._start(alice, conversation, **fields)

@@ -3,6 +3,7 @@
 A member checkpointed as "searching" or "thinking" used to stay so after recovery; the live
 statuses are the engine's ``LIVE_STATUSES``, one list for the run layer, the models and the page.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -18,8 +19,11 @@ from chat.runs.state import RunState
 
 LIVE = sorted(s.value for s in LIVE_STATUSES)
 ENDED = [MemberStatus.COMPLETE.value, MemberStatus.FAILED.value, MemberStatus.STOPPED.value]
-PANEL = {"members": [{"model": "sim/a"}, {"model": "sim/b"}], "analyst": {"model": "sim/analyst"},
-         "writer": {"model": "sim/writer"}}
+PANEL = {
+    "members": [{"model": "sim/a"}, {"model": "sim/b"}],
+    "analyst": {"model": "sim/analyst"},
+    "writer": {"model": "sim/writer"},
+}
 
 
 class TestTheVocabulary:
@@ -41,12 +45,25 @@ class TestTheVocabulary:
 def running_run(user: Any, statuses: list[str], *, process_id: str = "dead-host:1:abc") -> Run:
     conversation = Conversation.objects.create(user=user)
     turn = Turn.objects.create(conversation=conversation, index=0, prompt="Why?")
-    run = Run.objects.create(user=user, conversation=conversation, turn=turn, client_run_id=f"c-{conversation.pk}", config=PANEL,
-                             analyst_model="sim/analyst", writer_model="sim/writer", process_id=process_id,
-                             heartbeat_at=timezone.now() - timedelta(minutes=5))
+    run = Run.objects.create(
+        user=user,
+        conversation=conversation,
+        turn=turn,
+        client_run_id=f"c-{conversation.pk}",
+        config=PANEL,
+        analyst_model="sim/analyst",
+        writer_model="sim/writer",
+        process_id=process_id,
+        heartbeat_at=timezone.now() - timedelta(minutes=5),
+    )
     for slot, status in enumerate(statuses):
-        MemberResponse.objects.create(run=run, slot=slot, model=f"sim/{'ab'[slot % 2]}", status=status,
-                                      content="partial" if status != MemberStatus.WAITING else "")
+        MemberResponse.objects.create(
+            run=run,
+            slot=slot,
+            model=f"sim/{'ab'[slot % 2]}",
+            status=status,
+            content="partial" if status != MemberStatus.WAITING else "",
+        )
     return run
 
 

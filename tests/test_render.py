@@ -23,9 +23,33 @@ from chat.render import (
 # ---------------------------------------------------------------------------
 
 SAFE_TAGS = {
-    "p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "del",
-    "code", "pre", "span", "blockquote", "ul", "ol", "li", "table", "thead",
-    "tbody", "tr", "th", "td", "a", "div",
+    "p",
+    "br",
+    "hr",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "strong",
+    "em",
+    "del",
+    "code",
+    "pre",
+    "span",
+    "blockquote",
+    "ul",
+    "ol",
+    "li",
+    "table",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+    "a",
+    "div",
 }
 SAFE_ATTRS = {
     "a": {"href", "title", "rel", "class"},
@@ -70,9 +94,23 @@ def assert_safe(html: str) -> None:
                 assert re.match(r"^(https?://|mailto:)", href), (href, html)
                 assert not re.search(r"[\x00-\x20\x7f]", href), (href, html)
     lowered = html.lower()
-    for bad in ("<script", "<img", "<svg", "<iframe", "<object", "<embed", "<style",
-                "<link", "<meta", "<base", "<form", "<math", "javascript:",
-                "vbscript:", "data:text"):
+    for bad in (
+        "<script",
+        "<img",
+        "<svg",
+        "<iframe",
+        "<object",
+        "<embed",
+        "<style",
+        "<link",
+        "<meta",
+        "<base",
+        "<form",
+        "<math",
+        "javascript:",
+        "vbscript:",
+        "data:text",
+    ):
         if bad in ("javascript:", "vbscript:", "data:text"):
             # may only appear as inert, escaped *text* - never inside an attribute
             for _tag, attrs in parse_tags(html):
@@ -95,7 +133,7 @@ def stream(text: str, chunks: list[str] | None = None, *, size: int = 0, seed: i
         pos = 0
         while pos < len(text):
             n = 1 if size == 0 else rng.randint(1, size)
-            chunks.append(text[pos:pos + n])
+            chunks.append(text[pos : pos + n])
             pos += n
     r = IncrementalRenderer()
     blocks: list[str] = []
@@ -106,7 +144,7 @@ def stream(text: str, chunks: list[str] | None = None, *, size: int = 0, seed: i
         fed += chunk
         updates.append(u)
         blocks.extend(u.blocks)
-        assert u.tail == fed[u.consumed:]
+        assert u.tail == fed[u.consumed :]
         assert r.consumed == u.consumed
     u = r.finish()
     updates.append(u)
@@ -162,7 +200,7 @@ XSS = [
     "<data:text/html,<script>alert(1)</script>>",
     '[x](https://ok.example "<script>alert(1)</script>")',
     '[x](https://ok.example "" onmouseover=alert(1) x="")',
-    "[x](https://ok.example\" onclick=\"alert(1))",
+    '[x](https://ok.example" onclick="alert(1))',
     "[x][r]\n\n[r]: javascript:alert(1)",
     "[x][r]\n\n[r]: jav&#x09;ascript:alert(1)",
     '[x][r]\n\n[r]: https://ok.example "<img src=x onerror=alert(1)>"',
@@ -221,13 +259,13 @@ def test_html_block_is_escaped_not_passed_through():
 )
 def test_dangerous_link_href_removed(payload):
     out = render_markdown(payload)
-    (tag, attrs), = [t for t in parse_tags(out) if t[0] == "a"]
+    ((tag, attrs),) = [t for t in parse_tags(out) if t[0] == "a"]
     assert "href" not in attrs
 
 
 def test_link_title_html_is_escaped():
     out = render_markdown('[x](https://ok.example "<b onmouseover=alert(1)>")')
-    (tag, attrs), = [t for t in parse_tags(out) if t[0] == "a"]
+    ((tag, attrs),) = [t for t in parse_tags(out) if t[0] == "a"]
     assert attrs["title"] == "<b onmouseover=alert(1)>"  # an inert attribute value
     assert "<b" not in out
 
@@ -239,7 +277,7 @@ def test_markdown_autolink_javascript_is_text():
 
 
 def test_reference_style_links():
-    ok = render_markdown("See [docs][d].\n\n[d]: https://docs.example/a \"Docs\"")
+    ok = render_markdown('See [docs][d].\n\n[d]: https://docs.example/a "Docs"')
     assert '<a href="https://docs.example/a" title="Docs"' in ok
     bad = render_markdown("See [docs][d].\n\n[d]: javascript:alert(1)")
     assert "href" not in bad
@@ -281,7 +319,7 @@ def test_remote_image_becomes_click_to_load_link():
     out = render_markdown("![a cat](http://img.example/cat.png)")
     assert "<img" not in out
     tags = parse_tags(out)
-    (tag, attrs), = [t for t in tags if t[0] == "a"]
+    ((tag, attrs),) = [t for t in tags if t[0] == "a"]
     assert attrs["class"] == "remote-image"
     assert attrs["href"] == "http://img.example/cat.png"
     assert attrs["rel"] == "noopener noreferrer nofollow"
@@ -496,10 +534,41 @@ def test_incremental_splits_into_several_blocks():
 
 
 def test_incremental_equals_whole_randomised():
-    fragments = ["- a", "1. b", "2) c", "> q", "    code", "  two", "```", "```py", "~~~",
-                 "", "", "", "para *x*", "# h", "---", "| a | b |", "|---|---|", "\t- t",
-                 "Setext", "===", "* * *", " > sp", "   - sp", "+ plus", ">", "text\r",
-                 "a\rb", "1.", "-", "10. ten", "x\r\r- y", "```\x03", "<b>"]
+    fragments = [
+        "- a",
+        "1. b",
+        "2) c",
+        "> q",
+        "    code",
+        "  two",
+        "```",
+        "```py",
+        "~~~",
+        "",
+        "",
+        "",
+        "para *x*",
+        "# h",
+        "---",
+        "| a | b |",
+        "|---|---|",
+        "\t- t",
+        "Setext",
+        "===",
+        "* * *",
+        " > sp",
+        "   - sp",
+        "+ plus",
+        ">",
+        "text\r",
+        "a\rb",
+        "1.",
+        "-",
+        "10. ten",
+        "x\r\r- y",
+        "```\x03",
+        "<b>",
+    ]
     rng = random.Random(1234)
     for _ in range(400):
         lines = [rng.choice(fragments) if rng.random() < 0.6 else "" for _ in range(rng.randint(1, 25))]
@@ -530,15 +599,7 @@ def test_loose_list_items_kept_together():
 
 
 def test_never_emits_partial_fenced_code_block():
-    text = (
-        "Intro\n\n"
-        "```python\n"
-        "line_one = 1\n\n"
-        "line_two = 2\n\n\n"
-        "# a comment\n"
-        "```\n\n"
-        "After\n"
-    )
+    text = "Intro\n\n```python\nline_one = 1\n\nline_two = 2\n\n\n# a comment\n```\n\nAfter\n"
     close = text.index("```\n\nAfter") + len("```\n")
     r = IncrementalRenderer()
     fed = 0
@@ -612,8 +673,8 @@ SPLIT_PAYLOADS = [
     ["[x][r]\n\n", "[r]: java", "script:alert(1)\n"],
     ["```\n", "<script>alert(1)</script>\n", "```\n\n<scr", "ipt>x</script>"],
     ["para\n\n", "<scr", "ipt>\n\n", "alert(1)</scr", "ipt>\n\n"],
-    ["<", "a href=\"javascript:alert(1)\">x</a>"],
-    ["<p sty", "le=\"color:red\">x</p>"],
+    ["<", 'a href="javascript:alert(1)">x</a>'],
+    ["<p sty", 'le="color:red">x</p>'],
 ]
 
 
@@ -648,7 +709,7 @@ def test_markdown_converter_called_per_block_not_per_delta(monkeypatch):
     doc = DOCS["llm_answer"] * 6
     deltas = 2000
     step = max(1, len(doc) // deltas)
-    chunks = [doc[i:i + step] for i in range(0, len(doc), step)]
+    chunks = [doc[i : i + step] for i in range(0, len(doc), step)]
     assert len(chunks) >= 2000
 
     lines_seen = {"n": 0}

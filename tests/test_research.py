@@ -5,6 +5,7 @@ real HTTP against the scripted upstream to show a member and the analyst go thro
 runner (same budget rule, same error replies, same sources). No database, no network but
 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -53,8 +54,12 @@ class FakeTools:
             return await self.behaviour(name, arguments_json)
         args = json.loads(arguments_json or "{}")
         url = args.get("url") or f"https://example.com/{len(self.calls)}"
-        return ToolOutcome(ok=True, content_for_model=f"result of {name}", summary=f"{name} done",
-                           sources=[Source(url=url, title=f"Page {len(self.calls)}", kind="fetch")])
+        return ToolOutcome(
+            ok=True,
+            content_for_model=f"result of {name}",
+            summary=f"{name} done",
+            sources=[Source(url=url, title=f"Page {len(self.calls)}", kind="fetch")],
+        )
 
 
 class Listener:
@@ -70,8 +75,12 @@ class Listener:
 
 
 def calls(*names: str, with_ids: bool = False) -> list[ToolCall]:
-    return [ToolCall(index=i, id=f"id{i}" if with_ids else None, name=n, arguments=json.dumps({"url": f"https://x.test/{i}"}))
-            for i, n in enumerate(names)]
+    return [
+        ToolCall(
+            index=i, id=f"id{i}" if with_ids else None, name=n, arguments=json.dumps({"url": f"https://x.test/{i}"})
+        )
+        for i, n in enumerate(names)
+    ]
 
 
 def runner(tools: FakeTools, budget: int = 4, listener: Listener | None = None, prefix: str = "call_0_") -> ToolRunner:
@@ -164,21 +173,27 @@ class TestSources:
     async def test_sources_are_deduplicated_by_normalised_url_and_counted(self) -> None:
         async def same_page(name: str, arguments: str) -> ToolOutcome:
             url = json.loads(arguments)["url"]
-            return ToolOutcome(ok=True, content_for_model="page", summary="read",
-                               sources=[Source(url=url, title=None, kind="fetch")])
+            return ToolOutcome(
+                ok=True, content_for_model="page", summary="read", sources=[Source(url=url, title=None, kind="fetch")]
+            )
 
         listener = Listener()
         r = runner(FakeTools(behaviour=same_page), listener=listener)
         pages = ["https://Example.COM/a#one", "https://example.com/a", "ftp://example.com/a"]
-        await r.run([ToolCall(index=i, name="web_fetch", arguments=json.dumps({"url": u})) for i, u in enumerate(pages)], "")
+        await r.run(
+            [ToolCall(index=i, name="web_fetch", arguments=json.dumps({"url": u})) for i, u in enumerate(pages)], ""
+        )
         assert r.research.sources == [{"url": "https://example.com/a", "title": "", "kind": "fetch"}]
         assert r.research.fetches == 3 and r.research.searches == 0
-        assert [f[4] for f in listener.finished] == [[{"url": "https://example.com/a", "title": "", "kind": "fetch"}]] * 2 + [[]]
+        assert [f[4] for f in listener.finished] == [
+            [{"url": "https://example.com/a", "title": "", "kind": "fetch"}]
+        ] * 2 + [[]]
 
     def test_server_tools_join_the_same_log(self) -> None:
         research = ResearchLog()
         summary, sources = record_server_tools(
-            research, [{"url": "https://nist.gov/w#x", "title": "NIST"}, {"url": "HTTPS://NIST.GOV/w", "title": ""}],
+            research,
+            [{"url": "https://nist.gov/w#x", "title": "NIST"}, {"url": "HTTPS://NIST.GOV/w", "title": ""}],
             {"web_search_requests": 2},
         ) or ("", [])
         assert summary == "OpenRouter ran 2 web searches; 2 sources cited"
@@ -240,8 +255,9 @@ class TestOneRunnerForMembersAndTheAnalyst:
             assert tool_replies(up, model) == ["result of web_fetch"] * 2
         assert done.tool_usage["fetches"] == 4
         # The member's pages and the analyst's, one source with both readers.
-        assert done.sources == [{"url": "https://example.com/page", "title": "Page 1",
-                                 "members": ["sim/looper", "analyst:sim/checker"]}]
+        assert done.sources == [
+            {"url": "https://example.com/page", "title": "Page 1", "members": ["sim/looper", "analyst:sim/checker"]}
+        ]
 
     async def test_both_read_the_same_error_for_an_unknown_tool(self, up) -> None:
         tools = FakeTools()
@@ -264,4 +280,5 @@ class TestMergingSources:
         assert kept == [{"url": "https://a.test/x", "title": "A page", "kind": "search"}]
         assert given == [{"url": "https://a.test/x", "title": "A page", "kind": "fetch"}]
         assert run_sources([("m", kept), ("m#2", kept), ("m", [])]) == [
-            {"url": "https://a.test/x", "title": "A page", "members": ["m", "m#2"]}]
+            {"url": "https://a.test/x", "title": "A page", "members": ["m", "m#2"]}
+        ]

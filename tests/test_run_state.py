@@ -3,6 +3,7 @@
 No database and no channel layer: rows are plain objects shaped like ``Run`` and
 ``MemberResponse``.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -41,24 +42,73 @@ from chat.runs.state import RunState, vocabulary
 
 STARTED = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SNAPSHOT_KEYS = {
-    "run", "client_run_id", "status", "phase", "turn", "members", "analyst", "writer", "analysis", "label_map",
-    "models", "analysis_error", "final", "usage", "timings", "failed_models", "error", "sources", "tool_usage",
-    "research_notice", "started_at", "can_retry",
+    "run",
+    "client_run_id",
+    "status",
+    "phase",
+    "turn",
+    "members",
+    "analyst",
+    "writer",
+    "analysis",
+    "label_map",
+    "models",
+    "analysis_error",
+    "final",
+    "usage",
+    "timings",
+    "failed_models",
+    "error",
+    "sources",
+    "tool_usage",
+    "research_notice",
+    "started_at",
+    "can_retry",
 }
 MEMBER_KEYS = {
-    "slot", "model", "key", "label", "status", "error", "metrics", "attempt", "tool_calls", "sources", "notes",
-    "reasoning", "content", "html", "blocks_html", "consumed",
+    "slot",
+    "model",
+    "key",
+    "label",
+    "status",
+    "error",
+    "metrics",
+    "attempt",
+    "tool_calls",
+    "sources",
+    "notes",
+    "reasoning",
+    "content",
+    "html",
+    "blocks_html",
+    "consumed",
 }
 
 
 def run_row(**over: Any) -> SimpleNamespace:
     fields: dict[str, Any] = {
-        "pk": uuid.UUID(int=1), "client_run_id": "client-1", "turn_id": 7,
-        "turn": SimpleNamespace(index=0, prompt="Why is the sky blue?"), "created_at": STARTED,
-        "analyst_model": "sim/analyst", "writer_model": "sim/writer", "analysis": None, "label_map": {},
-        "status": RunStatus.RUNNING, "answer": "", "analysis_error": "", "usage": {}, "timings": {},
-        "failed_models": [], "error_kind": "", "error_message": "", "sources": [], "tool_usage": {}, "config": {},
-        "finished_at": None, "calls": [],
+        "pk": uuid.UUID(int=1),
+        "client_run_id": "client-1",
+        "turn_id": 7,
+        "turn": SimpleNamespace(index=0, prompt="Why is the sky blue?"),
+        "created_at": STARTED,
+        "analyst_model": "sim/analyst",
+        "writer_model": "sim/writer",
+        "analysis": None,
+        "label_map": {},
+        "status": RunStatus.RUNNING,
+        "answer": "",
+        "analysis_error": "",
+        "usage": {},
+        "timings": {},
+        "failed_models": [],
+        "error_kind": "",
+        "error_message": "",
+        "sources": [],
+        "tool_usage": {},
+        "config": {},
+        "finished_at": None,
+        "calls": [],
     }
     fields.update(over)
     row = SimpleNamespace(**fields)
@@ -68,9 +118,21 @@ def run_row(**over: Any) -> SimpleNamespace:
 
 def member_row(slot: int, model: str, **over: Any) -> SimpleNamespace:
     fields: dict[str, Any] = {
-        "slot": slot, "model": model, "label": "", "status": MemberStatus.WAITING.value, "content": "",
-        "reasoning": "", "error_kind": "", "error_message": "", "ttft_ms": None, "duration_ms": None, "usage": {},
-        "attempt": 1, "tool_calls": [], "sources": [], "notes": [],
+        "slot": slot,
+        "model": model,
+        "label": "",
+        "status": MemberStatus.WAITING.value,
+        "content": "",
+        "reasoning": "",
+        "error_kind": "",
+        "error_message": "",
+        "ttft_ms": None,
+        "duration_ms": None,
+        "usage": {},
+        "attempt": 1,
+        "tool_calls": [],
+        "sources": [],
+        "notes": [],
     }
     fields.update(over)
     return SimpleNamespace(**fields)
@@ -118,24 +180,39 @@ class TestApplyingEvents:
 
     def test_a_tool_call_makes_a_member_search_until_it_finishes(self) -> None:
         state = live()
-        frame, now = state.apply(PanelToolStarted(slot=0, model="sim/a", call_id="c1", name="web_search",
-                                                  arguments={"query": "sky"}))
+        frame, now = state.apply(
+            PanelToolStarted(slot=0, model="sim/a", call_id="c1", name="web_search", arguments={"query": "sky"})
+        )
         assert now and frame["type"] == "panel.tool.started"
         assert state.members[0].status == MemberStatus.SEARCHING
         source = {"url": "https://example.org/sky", "title": "Sky", "kind": "search"}
-        frame, _ = state.apply(PanelToolFinished(slot=0, model="sim/a", call_id="c1", name="web_search", ok=True,
-                                                 summary="Searched", sources=[source]))
+        frame, _ = state.apply(
+            PanelToolFinished(
+                slot=0, model="sim/a", call_id="c1", name="web_search", ok=True, summary="Searched", sources=[source]
+            )
+        )
         assert frame["status"] == "waiting"  # no text yet
         m = state.members[0]
         assert m.status == MemberStatus.WAITING and m.sources == [source]
-        assert m.tool_calls == [{"id": "c1", "name": "web_search", "arguments": {"query": "sky"}, "status": "done",
-                                 "ok": True, "summary": "Searched", "sources": [source]}]
+        assert m.tool_calls == [
+            {
+                "id": "c1",
+                "name": "web_search",
+                "arguments": {"query": "sky"},
+                "status": "done",
+                "ok": True,
+                "summary": "Searched",
+                "sources": [source],
+            }
+        ]
 
     def test_a_member_that_has_text_streams_again_after_its_search(self) -> None:
         state = live()
         state.apply(PanelDelta(slot=0, model="sim/a", delta="Let me check."))
         state.apply(PanelToolStarted(slot=0, model="sim/a", call_id="c1", name="web_fetch", arguments={}))
-        state.apply(PanelToolFinished(slot=0, model="sim/a", call_id="c1", name="web_fetch", ok=False, summary="blocked"))
+        state.apply(
+            PanelToolFinished(slot=0, model="sim/a", call_id="c1", name="web_fetch", ok=False, summary="blocked")
+        )
         assert state.members[0].status == MemberStatus.STREAMING
         assert state.members[0].tool_calls[0]["status"] == "failed"
 
@@ -147,14 +224,23 @@ class TestApplyingEvents:
 
     def test_a_completed_member_has_its_whole_html_and_metrics(self) -> None:
         state = live()
-        frame, now = state.apply(PanelCompleted(slot=0, model="sim/a", content="**Blue.**",
-                                                record=record(prompt_tokens=3, cost=0.01)))
+        frame, now = state.apply(
+            PanelCompleted(slot=0, model="sim/a", content="**Blue.**", record=record(prompt_tokens=3, cost=0.01))
+        )
         m = state.members[0]
         assert m.status == MemberStatus.COMPLETE and m.stream.html == "<p><strong>Blue.</strong></p>"
         assert frame["html"] == m.stream.html and not now
-        assert m.metrics == {"ttft_ms": 100, "duration_ms": 900,
-                             "usage": {"prompt_tokens": 3, "completion_tokens": 0, "reasoning_tokens": 0,
-                                       "total_tokens": 0, "cost": 0.01}}
+        assert m.metrics == {
+            "ttft_ms": 100,
+            "duration_ms": 900,
+            "usage": {
+                "prompt_tokens": 3,
+                "completion_tokens": 0,
+                "reasoning_tokens": 0,
+                "total_tokens": 0,
+                "cost": 0.01,
+            },
+        }
 
     def test_a_reused_answer_keeps_the_earlier_runs_metrics(self) -> None:
         earlier = {"ttft_ms": 1, "duration_ms": 2, "usage": {"cost": 0.5}}
@@ -166,8 +252,11 @@ class TestApplyingEvents:
         state = live()
         state.apply(PanelDelta(slot=0, model="sim/a", delta="Part"))
         state.apply(PanelToolStarted(slot=0, model="sim/a", call_id="c1", name="web_search", arguments={}))
-        frame, now = state.apply(PanelFailed(slot=0, model="sim/a", error=ProviderError("cancelled", "Stopped."),
-                                             partial_content="", record=record()))
+        frame, now = state.apply(
+            PanelFailed(
+                slot=0, model="sim/a", error=ProviderError("cancelled", "Stopped."), partial_content="", record=record()
+            )
+        )
         m = state.members[0]
         assert (m.status, m.stream.text, frame["status"], now) == (MemberStatus.STOPPED, "Part", "stopped", True)
         assert m.error == {"kind": "cancelled", "message": "Stopped."}
@@ -175,17 +264,29 @@ class TestApplyingEvents:
 
     def test_a_failed_member_is_failed(self) -> None:
         state = live()
-        frame, _ = state.apply(PanelFailed(slot=1, model="sim/b", error=ProviderError("rate_limited", "Slow down."),
-                                           partial_content="", record=record(slot=1)))
+        frame, _ = state.apply(
+            PanelFailed(
+                slot=1,
+                model="sim/b",
+                error=ProviderError("rate_limited", "Slow down."),
+                partial_content="",
+                record=record(slot=1),
+            )
+        )
         assert state.members[1].status == MemberStatus.FAILED and frame["html"] == ""
 
     def test_the_analysis_phases(self) -> None:
         state = live("sim/a", "sim/a")
         frame, _ = state.apply(AnalysisStarted(analyst_model="sim/analyst2"))
         assert state.phase == RunPhase.ANALYSIS and state.analyst == "sim/analyst2"
-        frame, now = state.apply(AnalysisCompleted(analyst_model="sim/analyst2", analysis={"consensus": ["x"]},
-                                                   label_map={"Response A": "sim/a#2"},
-                                                   records=[record(None, "analyst")]))
+        frame, now = state.apply(
+            AnalysisCompleted(
+                analyst_model="sim/analyst2",
+                analysis={"consensus": ["x"]},
+                label_map={"Response A": "sim/a#2"},
+                records=[record(None, "analyst")],
+            )
+        )
         assert frame["models"] == {"sim/a": 0, "sim/a#2": 1} and now
         assert state.analysis == {"consensus": ["x"]} and state.analysis_calls[0]["role"] == "analyst"
         frame, _ = state.apply(AnalysisDegraded(reason="Bad JSON.", records=[]))
@@ -203,9 +304,22 @@ class TestApplyingEvents:
     def test_a_completed_run(self) -> None:
         state = live(search_price_usd=0.01, research_notice=None)
         sources = [{"url": "https://example.org/", "title": "E", "members": ["sim/a"]}]
-        assert state.apply(RunCompleted(answer="Fused.", analysis=None, analysis_error=None, failed_models=["sim/b"],
-                                        records=[], usage=Usage(total_tokens=9), timings={"total": 5},
-                                        sources=sources, tool_usage={"searches": 2})) is None
+        assert (
+            state.apply(
+                RunCompleted(
+                    answer="Fused.",
+                    analysis=None,
+                    analysis_error=None,
+                    failed_models=["sim/b"],
+                    records=[],
+                    usage=Usage(total_tokens=9),
+                    timings={"total": 5},
+                    sources=sources,
+                    tool_usage={"searches": 2},
+                )
+            )
+            is None
+        )
         assert (state.status, state.phase) == (RunStatus.COMPLETE, RunPhase.DONE)
         assert state.final.html == "<p>Fused.</p>" and state.sources == sources
         assert state.tool_usage == {"searches": 2, "search_cost_usd": 0.02}
@@ -217,15 +331,22 @@ class TestApplyingEvents:
         state = live(research_notice="No search backend.")
         source = {"url": "https://example.org/a", "title": "A", "kind": "fetch"}
         state.apply(PanelToolStarted(slot=1, model="sim/b", call_id="c", name="web_fetch", arguments={}))
-        state.apply(PanelToolFinished(slot=1, model="sim/b", call_id="c", name="web_fetch", ok=True, summary="",
-                                      sources=[source]))
+        state.apply(
+            PanelToolFinished(
+                slot=1, model="sim/b", call_id="c", name="web_fetch", ok=True, summary="", sources=[source]
+            )
+        )
         state.apply(RunFailed(kind="cancelled", message="Stopped.", failed_models=[], records=[], usage=Usage()))
         assert state.status == RunStatus.CANCELLED
         assert state.sources == [{"url": "https://example.org/a", "title": "A", "members": ["sim/b"]}]
         assert state.tool_usage == {"searches": 0, "fetches": 1, "notice": "No search backend."}
         frame = state.terminal_frame()
-        assert (frame["type"], frame["status"], frame["kind"], frame["message"]) == ("failed", "cancelled",
-                                                                                     "cancelled", "Stopped.")
+        assert (frame["type"], frame["status"], frame["kind"], frame["message"]) == (
+            "failed",
+            "cancelled",
+            "cancelled",
+            "Stopped.",
+        )
 
     def test_every_event_type_has_a_handler(self) -> None:
         from chat.fusion import types
@@ -240,8 +361,10 @@ class TestTheEnd:
         state = live()
         state.apply(PanelDelta(slot=0, model="sim/a", delta="cut"))
         state.apply(RunFailed(kind="cancelled", message="Stopped.", failed_models=[], records=[], usage=Usage()))
-        calls = [{"role": "panel", "slot": 0, "usage": {"cost": 0.1, "estimated": True}},
-                 {"role": "writer", "slot": None, "usage": {"cost": 0.2}}]
+        calls = [
+            {"role": "panel", "slot": 0, "usage": {"cost": 0.1, "estimated": True}},
+            {"role": "writer", "slot": None, "usage": {"cost": 0.2}},
+        ]
         state.settle(calls)
         assert [m.status for m in state.members] == [MemberStatus.STOPPED, MemberStatus.STOPPED]
         assert state.members[0].metrics["usage"] == {"cost": 0.1, "estimated": True}
@@ -271,7 +394,7 @@ class TestSnapshot:
         assert snap["started_at"] == STARTED.isoformat() and snap["research_notice"] == "No search."
         member = snap["members"][0]
         assert member["status"] == "streaming" and member["html"] is None
-        assert member["blocks_html"] == "<p>Para one.</p>" and member["content"][member["consumed"]:] == "Para"
+        assert member["blocks_html"] == "<p>Para one.</p>" and member["content"][member["consumed"] :] == "Para"
         assert snap["final"] == {"content": "", "html": None, "blocks_html": "", "consumed": 0}
 
     def test_statuses_are_plain_strings(self) -> None:
@@ -283,8 +406,10 @@ class TestSnapshot:
 class TestFromRows:
     def test_a_running_run_of_another_process(self) -> None:
         run = run_row(answer="", analysis=None)
-        members = [member_row(0, "sim/a", status="searching", content="Half.\n\nmore"),
-                   member_row(1, "sim/a", status="complete", content="*Done*", ttft_ms=5, usage={"cost": 1})]
+        members = [
+            member_row(0, "sim/a", status="searching", content="Half.\n\nmore"),
+            member_row(1, "sim/a", status="complete", content="*Done*", ttft_ms=5, usage={"cost": 1}),
+        ]
         snap = RunState.from_rows(run, members).snapshot()
         assert set(snap) == SNAPSHOT_KEYS and snap["phase"] == "panel" and snap["status"] == "running"
         live_member, done = snap["members"]
@@ -312,20 +437,47 @@ class TestFromRows:
 
     def test_the_export_shape(self) -> None:
         finished = datetime(2026, 6, 1, 12, 1, tzinfo=UTC)
-        run = run_row(status=RunStatus.COMPLETE, answer="Blue.", finished_at=finished, timings={"total": 1600},
-                      calls=[{"role": "writer"}], config={"members": []})
-        members = [member_row(0, "sim/a", status="failed", error_kind="rate_limited", error_message="Slow.",
-                              ttft_ms=1, duration_ms=2, usage={"cost": 0.1})]
+        run = run_row(
+            status=RunStatus.COMPLETE,
+            answer="Blue.",
+            finished_at=finished,
+            timings={"total": 1600},
+            calls=[{"role": "writer"}],
+            config={"members": []},
+        )
+        members = [
+            member_row(
+                0,
+                "sim/a",
+                status="failed",
+                error_kind="rate_limited",
+                error_message="Slow.",
+                ttft_ms=1,
+                duration_ms=2,
+                usage={"cost": 0.1},
+            )
+        ]
         exported = RunState.from_rows(run, members).export()
         assert exported["id"] == str(uuid.UUID(int=1)) and exported["answer"] == "Blue."
         assert exported["created_at"] == STARTED.isoformat() and exported["finished_at"] == finished.isoformat()
         assert exported["wall_ms"] == 1600 and exported["calls"] == [{"role": "writer"}]
-        assert exported["members"] == [{
-            "slot": 0, "model": "sim/a", "label": "", "status": "failed", "attempt": 1, "content": "",
-            "reasoning": "", "error": {"kind": "rate_limited", "message": "Slow."},
-            "metrics": {"ttft_ms": 1, "duration_ms": 2}, "usage": {"cost": 0.1},
-            "tool_calls": [], "sources": [], "notes": [],
-        }]
+        assert exported["members"] == [
+            {
+                "slot": 0,
+                "model": "sim/a",
+                "label": "",
+                "status": "failed",
+                "attempt": 1,
+                "content": "",
+                "reasoning": "",
+                "error": {"kind": "rate_limited", "message": "Slow."},
+                "metrics": {"ttft_ms": 1, "duration_ms": 2},
+                "usage": {"cost": 0.1},
+                "tool_calls": [],
+                "sources": [],
+                "notes": [],
+            }
+        ]
 
 
 class TestVocabulary:
@@ -350,5 +502,6 @@ class TestThePageCarriesTheVocabulary:
         client.force_login(alice)
         html = client.get(reverse("conversation", args=[conversation.pk])).content.decode()
         start = html.index('<script id="run-vocabulary" type="application/json">') + len(
-            '<script id="run-vocabulary" type="application/json">')
-        assert json.loads(html[start:html.index("</script>", start)]) == vocabulary()
+            '<script id="run-vocabulary" type="application/json">'
+        )
+        assert json.loads(html[start : html.index("</script>", start)]) == vocabulary()

@@ -21,6 +21,7 @@ Module fixture ``cluster``:
 Without PostgreSQL or Redis on 127.0.0.1 the module is skipped — except with ``CI=true``, where
 that is a failure (``.ci/run`` starts both services).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -69,10 +70,16 @@ SCRIPTS: dict[str, dict[str, Any]] = {
     "sim/analyst": {"ttft_ms": 150, "tokens_per_s": 800, "chunk_chars": 64},
     "sim/writer": {"ttft_ms": 150, "tokens_per_s": 150, "chunk_chars": 16},
 }
-PANEL = {"members": [{"model": m} for m in PANEL_MODELS], "analyst": {"model": "sim/analyst"},
-         "writer": {"model": "sim/writer"}}
-SLOW_PANEL = {"members": [{"model": SLOW}, {"model": SLOW}], "analyst": {"model": "sim/analyst"},
-              "writer": {"model": "sim/writer"}}
+PANEL = {
+    "members": [{"model": m} for m in PANEL_MODELS],
+    "analyst": {"model": "sim/analyst"},
+    "writer": {"model": "sim/writer"},
+}
+SLOW_PANEL = {
+    "members": [{"model": SLOW}, {"model": SLOW}],
+    "analyst": {"model": "sim/analyst"},
+    "writer": {"model": "sim/writer"},
+}
 
 MAKE_USER = """
 import json, sys, django
@@ -97,7 +104,6 @@ def _pg_connect(dbname: str = "postgres") -> Any:
     import psycopg
 
     return psycopg.connect(dbname=dbname, connect_timeout=3, autocommit=True, **PG)
-
 
 
 @dataclass
@@ -201,13 +207,25 @@ def cluster() -> Iterator[Cluster]:
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
         }
-        migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        migrate = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if migrate.returncode != 0:
             pytest.fail(f"manage.py migrate failed:\n{migrate.stdout}\n{migrate.stderr}", pytrace=False)
         username = f"scaled-{secrets.token_hex(3)}"
-        made = subprocess.run([sys.executable, "-c", MAKE_USER, username, PASSWORD, "4"],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        made = subprocess.run(
+            [sys.executable, "-c", MAKE_USER, username, PASSWORD, "4"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if made.returncode != 0:
             pytest.fail(f"creating the user failed:\n{made.stdout}\n{made.stderr}", pytrace=False)
         conversations = json.loads(made.stdout.strip().splitlines()[-1])
@@ -223,8 +241,9 @@ def cluster() -> Iterator[Cluster]:
             wait_until_healthy(server.url, server.process, name=server.name, log_tail=server.log_tail)
 
         session = _http_login(servers[0].url, username)
-        yield Cluster(a=servers[0], b=servers[1], upstream=upstream, dbname=dbname, session=session,
-                      conversations=conversations)
+        yield Cluster(
+            a=servers[0], b=servers[1], upstream=upstream, dbname=dbname, session=session, conversations=conversations
+        )
     finally:
         for server in servers:
             _stop(server.process)
@@ -244,9 +263,11 @@ def _http_login(base: str, username: str) -> str:
         r = c.get("/accounts/login/")
         token = c.cookies.get("csrftoken")
         assert r.status_code == 200 and token, f"login form: {r.status_code}"
-        r = c.post("/accounts/login/", data={"username": username, "password": PASSWORD,
-                                             "csrfmiddlewaretoken": token, "next": "/"},
-                   headers={"Referer": base + "/accounts/login/"})
+        r = c.post(
+            "/accounts/login/",
+            data={"username": username, "password": PASSWORD, "csrfmiddlewaretoken": token, "next": "/"},
+            headers={"Referer": base + "/accounts/login/"},
+        )
         assert r.status_code in (302, 303), f"login: {r.status_code}"
         session = c.cookies.get("sessionid")
         assert session, "no session cookie after signing in"
@@ -281,16 +302,19 @@ class Socket:
         try:
             return await asyncio.wait_for(self.queue.get(), timeout=timeout)
         except TimeoutError:
-            raise AssertionError(f"{self.name}: no frame within {timeout} s; last frames: "
-                                 f"{[e.get('type') for e in self.events[-10:]]}") from None
+            raise AssertionError(
+                f"{self.name}: no frame within {timeout} s; last frames: {[e.get('type') for e in self.events[-10:]]}"
+            ) from None
 
     async def wait_for(self, pred: Any, timeout: float = 10) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"{self.name}: the awaited frame did not come within {timeout} s; last frames: "
-                                     f"{[(e.get('type'), e.get('code'), e.get('message')) for e in self.events[-10:]]}")
+                raise AssertionError(
+                    f"{self.name}: the awaited frame did not come within {timeout} s; last frames: "
+                    f"{[(e.get('type'), e.get('code'), e.get('message')) for e in self.events[-10:]]}"
+                )
             ev = await self.next(left)
             if pred(ev):
                 return ev
@@ -304,7 +328,10 @@ async def open_socket(cluster: Cluster, server: Server, conversation_id: int):
         f"ws://127.0.0.1:{server.port}/ws/conversations/{conversation_id}/",
         origin=f"http://127.0.0.1:{server.port}",
         additional_headers={"Cookie": f"sessionid={cluster.session}"},
-        max_size=None, open_timeout=10, ping_interval=None, close_timeout=2,
+        max_size=None,
+        open_timeout=10,
+        ping_interval=None,
+        close_timeout=2,
     ) as ws:
         sock = Socket(ws, server.name)
         try:
@@ -352,7 +379,8 @@ class Rebuild:
     def take(self, state: dict[str, Any]) -> None:
         self.snapshots.append(state)
         for key, content in [(f"m{m['slot']}", m["content"]) for m in state["members"]] + [
-                ("final", state["final"]["content"])]:
+            ("final", state["final"]["content"])
+        ]:
             have = self.texts.get(key, "")
             if not (len(have) > len(content) and have.startswith(content)):
                 self.texts[key] = content
@@ -369,7 +397,7 @@ class Rebuild:
             return False
         if offset < len(text):
             overlap = len(text) - offset
-            if text[offset:offset + len(delta)] != delta[:overlap]:
+            if text[offset : offset + len(delta)] != delta[:overlap]:
                 self.mismatches.append(f"{key}@{offset}: have {text[offset:][:30]!r}, delta {delta[:30]!r}")
             self.overlaps += 1
             delta = delta[overlap:]
@@ -418,23 +446,35 @@ class Rebuild:
 
     def stats(self) -> dict[str, Any]:
         catch_up = None if self.first_gap_at is None or self.synced_at is None else self.synced_at - self.first_gap_at
-        return {"snapshots": len(self.snapshots), "deltas": self.deltas_seen, "applied": self.applied,
-                "overlaps": self.overlaps, "gaps": self.gaps, "subscribes": self.subscribes,
-                "catch_up_s": None if catch_up is None else round(catch_up, 2),
-                "member_deltas_after_sync": self.member_deltas_after_sync, "unresolved": self.unresolved()}
+        return {
+            "snapshots": len(self.snapshots),
+            "deltas": self.deltas_seen,
+            "applied": self.applied,
+            "overlaps": self.overlaps,
+            "gaps": self.gaps,
+            "subscribes": self.subscribes,
+            "catch_up_s": None if catch_up is None else round(catch_up, 2),
+            "member_deltas_after_sync": self.member_deltas_after_sync,
+            "unresolved": self.unresolved(),
+        }
 
 
 def stored(cluster: Cluster, run_id: str) -> tuple[dict[str, str], str, str]:
     """(texts by stream, run status, owning process id) as stored in PostgreSQL."""
     rows = cluster.query("SELECT slot, content FROM chat_memberresponse WHERE run_id = %s ORDER BY slot", run_id)
     [(answer, status, process_id)] = cluster.query(
-        "SELECT answer, status, process_id FROM chat_run WHERE id = %s", run_id)
+        "SELECT answer, status, process_id FROM chat_run WHERE id = %s", run_id
+    )
     return {**{f"m{slot}": content for slot, content in rows}, "final": answer}, status, process_id
 
 
 def running_runs(cluster: Cluster, conversation_id: int) -> list[tuple[str, str]]:
-    return [(str(r[0]), r[1]) for r in cluster.query(
-        "SELECT id, client_run_id FROM chat_run WHERE conversation_id = %s AND status = 'running'", conversation_id)]
+    return [
+        (str(r[0]), r[1])
+        for r in cluster.query(
+            "SELECT id, client_run_id FROM chat_run WHERE conversation_id = %s AND status = 'running'", conversation_id
+        )
+    ]
 
 
 async def stop_on_owner(owner: Socket, client_run_id: str, run_id: str, *others: Socket) -> None:
@@ -532,8 +572,9 @@ async def test_stop_member_and_stop_sent_to_the_non_owner_process_reach_the_owne
         assert owner_pid(process_id) == cluster.a.process.pid, process_id
         try:
             for slot in (0, 1):
-                await sock_b.wait_for(lambda e, slot=slot: e.get("run") == run_id and e["type"] == "panel.delta"
-                                      and e["slot"] == slot)
+                await sock_b.wait_for(
+                    lambda e, slot=slot: e.get("run") == run_id and e["type"] == "panel.delta" and e["slot"] == slot
+                )
             # Like a user who reads for a while before pressing Stop: the owner's control listener
             # has then been waiting on the channel layer longer than channels_redis' 5 s BZPOPMIN.
             await asyncio.sleep(max(0.0, CONTROL_AGE_S - (time.monotonic() - t_start)))
@@ -541,8 +582,11 @@ async def test_stop_member_and_stop_sent_to_the_non_owner_process_reach_the_owne
             hung_up = cluster.upstream.disconnects.count(SLOW)
             await sock_b.send({"type": "stop_member", "run_id": client_run_id, "slot": 0})
             for sock in (sock_b, sock_a):
-                ev = await sock.wait_for(lambda e: e["type"] == "error" or (
-                    e.get("run") == run_id and e["type"] in ("panel.failed", "failed", "completed")), 10)
+                ev = await sock.wait_for(
+                    lambda e: e["type"] == "error"
+                    or (e.get("run") == run_id and e["type"] in ("panel.failed", "failed", "completed")),
+                    10,
+                )
                 assert (ev["type"], ev.get("slot"), ev.get("status")) == ("panel.failed", 0, "stopped"), (sock.name, ev)
             # The rest of the run goes on: member 1 still streams to both sockets.
             for sock in (sock_b, sock_a):
@@ -552,12 +596,17 @@ async def test_stop_member_and_stop_sent_to_the_non_owner_process_reach_the_owne
             for sock in (sock_b, sock_a):
                 ev = await sock.wait_for(
                     lambda e: e["type"] == "error" or (e.get("run") == run_id and e["type"] in ("failed", "completed")),
-                    10)
+                    10,
+                )
                 assert ev["type"] == "failed" and ev["status"] == "cancelled", (sock.name, ev)
             [(status, member_statuses)] = [
-                (r[0], r[1]) for r in cluster.query(
+                (r[0], r[1])
+                for r in cluster.query(
                     "SELECT r.status, array_agg(m.status ORDER BY m.slot) FROM chat_run r "
-                    "JOIN chat_memberresponse m ON m.run_id = r.id WHERE r.id = %s GROUP BY r.status", run_id)]
+                    "JOIN chat_memberresponse m ON m.run_id = r.id WHERE r.id = %s GROUP BY r.status",
+                    run_id,
+                )
+            ]
             assert (status, member_statuses) == ("cancelled", ["stopped", "stopped"])
             # Stopping closed the upstream streams (the provider stops billing).
             deadline = time.monotonic() + 5
@@ -625,7 +674,8 @@ async def test_a_second_run_in_the_same_conversation_is_busy_across_processes(cl
         for sock, own in ((sock_a, id_a), (sock_b, id_b)):
             answers[sock.name] = await sock.wait_for(
                 lambda e, own=own: (e["type"] == "error" and e.get("run_id") == own)
-                or (e["type"] == "run.started" and e["client_run_id"] == own))
+                or (e["type"] == "run.started" and e["client_run_id"] == own)
+            )
         kinds = sorted((a["type"], a.get("code")) for a in answers.values())
         assert kinds == [("error", "busy"), ("run.started", None)], answers
         [(run_id, winner_id)] = running_runs(cluster, conv)

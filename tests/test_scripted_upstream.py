@@ -1,4 +1,5 @@
 """The scripted OpenAI-compatible upstream itself: endpoints, generated content, control API."""
+
 from __future__ import annotations
 
 import json
@@ -99,7 +100,11 @@ class TestChatCompletions:
         up.set_scripts({"m/plain": {"content": "x"}})
         response = await chat(http, "nope/model", [{"role": "user", "content": "hi"}])
         assert response.status_code == 404
-        assert response.json()["error"] == {"code": 404, "message": "nope/model is not a valid model ID", "metadata": {}}
+        assert response.json()["error"] == {
+            "code": 404,
+            "message": "nope/model is not a valid model ID",
+            "metadata": {},
+        }
 
     async def test_the_star_script_serves_any_model(self, http: httpx.AsyncClient) -> None:
         response = await chat(http, "anything/else", [{"role": "user", "content": "Why is the sky blue?"}])
@@ -122,31 +127,46 @@ class TestChatCompletions:
         statuses = [(await chat(http, "m/f", [])).status_code for _ in range(5)]
         assert statuses == [429, 503, 503, 200, 200]
 
-    async def test_http_faults_carry_error_json_and_scaled_retry_after(self, http: httpx.AsyncClient, up: ScriptedUpstream) -> None:
+    async def test_http_faults_carry_error_json_and_scaled_retry_after(
+        self, http: httpx.AsyncClient, up: ScriptedUpstream
+    ) -> None:
         up.set_scripts({"m/f": {"faults": [{"type": "http", "status": 429, "retry_after": 2}]}})
         response = await chat(http, "m/f", [])
         assert response.json()["error"]["code"] == 429
         assert response.headers["retry-after"] == "0.002"  # 2 s at time_scale 0.001
 
-    async def test_crlf_and_multiline_options_change_the_framing(self, http: httpx.AsyncClient, up: ScriptedUpstream) -> None:
+    async def test_crlf_and_multiline_options_change_the_framing(
+        self, http: httpx.AsyncClient, up: ScriptedUpstream
+    ) -> None:
         up.set_scripts({"m/x": {"content": "abc", "sse_crlf": True, "sse_multiline": True}})
         raw, events = await sse_events(http, {"model": "m/x", "messages": []})
         assert b"\r\n\r\n" in raw and b"\n\n" not in raw.replace(b"\r\n", b"")
         assert "\n" in events[1].data and json.loads(events[1].data)["choices"][0]["delta"]["content"] == "abc"
 
-    async def test_keepalive_comments_are_sent_while_waiting(self, http: httpx.AsyncClient, up: ScriptedUpstream) -> None:
+    async def test_keepalive_comments_are_sent_while_waiting(
+        self, http: httpx.AsyncClient, up: ScriptedUpstream
+    ) -> None:
         up.set_scripts({"m/k": {"content": "late", "ttft_ms": 30_000, "keepalive_ms": 2000}})  # 30 ms, every 2 ms
         raw, events = await sse_events(http, {"model": "m/k", "messages": []})
         assert raw.count(b": OPENROUTER PROCESSING\n\n") >= 5
         assert json.loads(events[1].data)["choices"][0]["delta"]["content"] == "late"
 
     async def test_tool_calls_stream_as_fragments(self, http: httpx.AsyncClient, up: ScriptedUpstream) -> None:
-        up.set_scripts({"m/t": {"tool_calls": [{"name": "web_fetch", "arguments": {"url": "https://example.com/a/long/path"}}], "chunk_chars": 5}})
+        up.set_scripts(
+            {
+                "m/t": {
+                    "tool_calls": [{"name": "web_fetch", "arguments": {"url": "https://example.com/a/long/path"}}],
+                    "chunk_chars": 5,
+                }
+            }
+        )
         _, events = await sse_events(http, {"model": "m/t", "messages": []})
         chunks = [json.loads(e.data) for e in events if not e.done]
         fragments = [tc for c in chunks if c["choices"] for tc in c["choices"][0]["delta"].get("tool_calls", [])]
         assert fragments[0]["function"]["name"] == "web_fetch" and len(fragments) > 3
-        assert json.loads("".join(f["function"]["arguments"] for f in fragments)) == {"url": "https://example.com/a/long/path"}
+        assert json.loads("".join(f["function"]["arguments"] for f in fragments)) == {
+            "url": "https://example.com/a/long/path"
+        }
         assert any(c["choices"] and c["choices"][0]["finish_reason"] == "tool_calls" for c in chunks)
 
 
@@ -191,7 +211,9 @@ class TestAnalystAndWriter:
 
     async def test_writer_fuses_one_sentence_from_each_answer(self, http: httpx.AsyncClient) -> None:
         blocks = "\n\n".join(f'<answer model="m/{i}">\n{t}\n</answer>' for i, t in enumerate(ANSWERS.values()))
-        messages = [{"role": "user", "content": f"<question>\n{QUESTION}\n</question>\n\n{blocks}\n\nWrite the final answer."}]
+        messages = [
+            {"role": "user", "content": f"<question>\n{QUESTION}\n</question>\n\n{blocks}\n\nWrite the final answer."}
+        ]
         fused = text_of(await chat(http, "sim/writer", messages))
         assert ANALYSIS_MARKER not in fused and fused.startswith("## ")
         bullets = [line[2:] for line in fused.splitlines() if line.startswith("- ")]
@@ -212,7 +234,9 @@ class TestControlEndpoints:
 
     async def test_disconnects_list_clients_that_hung_up(self, http: httpx.AsyncClient, up: ScriptedUpstream) -> None:
         up.set_scripts({"m/h": {"content": "x" * 100, "faults": [{"type": "hang", "after_chars": 10}]}})
-        async with http.stream("POST", "/v1/chat/completions", json={"model": "m/h", "messages": [], "stream": True}) as r:
+        async with http.stream(
+            "POST", "/v1/chat/completions", json={"model": "m/h", "messages": [], "stream": True}
+        ) as r:
             async for _ in r.aiter_bytes():
                 break
         assert await up.wait_for_disconnect("m/h")
@@ -234,7 +258,9 @@ class TestControlEndpoints:
         assert response.status_code == 400 and "tokens_per_sec" in response.json()["error"]["message"]
         assert (await http.get("/v1/models")).json()["data"]  # old scripts kept
 
-    async def test_reset_forgets_requests_and_fault_counters(self, http: httpx.AsyncClient, up: ScriptedUpstream) -> None:
+    async def test_reset_forgets_requests_and_fault_counters(
+        self, http: httpx.AsyncClient, up: ScriptedUpstream
+    ) -> None:
         up.set_scripts({"m/f": {"content": "ok", "faults": [{"type": "http", "status": 500}]}})
         assert (await chat(http, "m/f", [])).status_code == 500
         assert (await http.post("/_scripted/reset")).json() == {"ok": True}
@@ -253,7 +279,13 @@ class TestScriptFormat:
 
     @pytest.mark.parametrize(
         "scripts",
-        [[], {"m": "text"}, {"m": {"style": "poetic"}}, {"m": {"faults": [{"type": "boom"}]}}, {"m": {"faults": [{"type": "http"}]}}],
+        [
+            [],
+            {"m": "text"},
+            {"m": {"style": "poetic"}},
+            {"m": {"faults": [{"type": "boom"}]}},
+            {"m": {"faults": [{"type": "http"}]}},
+        ],
     )
     def test_bad_scripts_are_refused(self, scripts: Any) -> None:
         with pytest.raises(ValueError):

@@ -1,5 +1,6 @@
 """Spending: the daily limit refuses a run up front with the amount left, two runs at once cannot
 overspend together, runs that end give back their reservation, and the usage page adds it up."""
+
 from __future__ import annotations
 
 import asyncio
@@ -57,20 +58,41 @@ def high_estimate(panel: dict[str, Any] = PANEL, prompt: str = "hi") -> Decimal:
 
 
 def start(user: Any, conversation: Conversation, panel: dict[str, Any] = PANEL, prompt: str = "hi") -> Run:
-    run, _ = _start_sync(user=user, conversation_id=conversation.pk, client_run_id=str(uuid.uuid4()), prompt=prompt,
-                         panel_data=panel, follow_up_mode=None)
+    run, _ = _start_sync(
+        user=user,
+        conversation_id=conversation.pk,
+        client_run_id=str(uuid.uuid4()),
+        prompt=prompt,
+        panel_data=panel,
+        follow_up_mode=None,
+    )
     return run
 
 
-def finished_run(user: Any, *, cost: str | None, days_ago: int = 0, status: str = RunStatus.COMPLETE,
-                 reserved: str = "0", server_key: bool = False) -> Run:
+def finished_run(
+    user: Any,
+    *,
+    cost: str | None,
+    days_ago: int = 0,
+    status: str = RunStatus.COMPLETE,
+    reserved: str = "0",
+    server_key: bool = False,
+) -> Run:
     conversation = Conversation.objects.create(user=user)
     turn = Turn.objects.create(conversation=conversation, index=0, prompt="p")
     when = timezone.now() - timedelta(days=days_ago)
-    return Run.objects.create(user=user, conversation=conversation, turn=turn, client_run_id=str(uuid.uuid4()),
-                              config=PANEL, status=status, created_at=when,
-                              cost_usd=None if cost is None else Decimal(cost), reserved_usd=Decimal(reserved),
-                              uses_server_key=server_key)
+    return Run.objects.create(
+        user=user,
+        conversation=conversation,
+        turn=turn,
+        client_run_id=str(uuid.uuid4()),
+        config=PANEL,
+        status=status,
+        created_at=when,
+        cost_usd=None if cost is None else Decimal(cost),
+        reserved_usd=Decimal(reserved),
+        uses_server_key=server_key,
+    )
 
 
 # --------------------------------------------------------------------------- the limit
@@ -99,7 +121,9 @@ class TestLimit:
         finished_run(bob, cost="3")
         assert spend.spent_today(user=alice) == Decimal("0.08")
 
-    def test_a_run_that_would_exceed_the_limit_is_refused_up_front_with_the_amount_left(self, alice, upstream, settings):
+    def test_a_run_that_would_exceed_the_limit_is_refused_up_front_with_the_amount_left(
+        self, alice, upstream, settings
+    ):
         model_catalogue.catalogue_refresh("openrouter")
         settings.FUSION_DAILY_SPEND_LIMIT_USD = 0.5
         finished_run(alice, cost="0.4")
@@ -109,8 +133,9 @@ class TestLimit:
         with pytest.raises(RunError) as exc:
             start(alice, conversation)
         assert exc.value.code == "spend_limit"
-        assert exc.value.message == (f"This run could cost up to {spend.usd(high)}; you have $0.10 left today "
-                                     "(daily limit $0.50).")
+        assert exc.value.message == (
+            f"This run could cost up to {spend.usd(high)}; you have $0.10 left today (daily limit $0.50)."
+        )
         assert upstream.requests == [] and not conversation.turns.exists()
 
     def test_a_run_that_fits_reserves_its_high_estimate(self, alice, upstream, settings):
@@ -136,14 +161,18 @@ class TestLimit:
 class TestServerCap:
     """FUSION_SERVER_DAILY_LIMIT_USD: what the server's keys may spend per day across all users."""
 
-    def test_a_run_paid_with_the_server_key_is_marked_and_one_with_an_own_key_is_not(self, alice, bob, upstream, settings):
+    def test_a_run_paid_with_the_server_key_is_marked_and_one_with_an_own_key_is_not(
+        self, alice, bob, upstream, settings
+    ):
         settings.FUSION_DAILY_SPEND_LIMIT_USD = 0
         keys.key_set(user=bob, provider="openrouter", raw="bobs-own-key-1234")
         assert start(alice, Conversation.objects.create(user=alice)).uses_server_key
         assert not start(bob, Conversation.objects.create(user=bob)).uses_server_key
         assert list(Run.objects.order_by("created_at").values_list("uses_server_key", flat=True)) == [True, False]
 
-    def test_a_server_key_run_that_does_not_fit_what_is_left_of_the_cap_is_refused(self, alice, bob, upstream, settings):
+    def test_a_server_key_run_that_does_not_fit_what_is_left_of_the_cap_is_refused(
+        self, alice, bob, upstream, settings
+    ):
         model_catalogue.catalogue_refresh("openrouter")
         settings.FUSION_DAILY_SPEND_LIMIT_USD = 0  # no per-user limit: only the server's cap applies
         high = high_estimate()
@@ -264,8 +293,9 @@ class TestConcurrentRuns:
 
 
 async def run_to_end(user: Any, conversation: Conversation, panel: dict[str, Any]) -> Run:
-    frame, _ = await run_start(user=user, conversation_id=conversation.pk, client_run_id=str(uuid.uuid4()),
-                               prompt="hi", panel=panel)
+    frame, _ = await run_start(
+        user=user, conversation_id=conversation.pk, client_run_id=str(uuid.uuid4()), prompt="hi", panel=panel
+    )
     await manager.get(uuid.UUID(frame["run"])).done.wait()
     return await database_sync_to_async(Run.objects.get)(pk=frame["run"])
 
@@ -292,8 +322,9 @@ class TestRelease:
         conversation = await database_sync_to_async(Conversation.objects.create)(user=alice)
         client_run_id = str(uuid.uuid4())
         panel = {**PANEL, "members": [{"model": "sim/slow"}]}
-        frame, _ = await run_start(user=alice, conversation_id=conversation.pk, client_run_id=client_run_id,
-                                   prompt="hi", panel=panel)
+        frame, _ = await run_start(
+            user=alice, conversation_id=conversation.pk, client_run_id=client_run_id, prompt="hi", panel=panel
+        )
         running = await database_sync_to_async(Run.objects.get)(pk=frame["run"])
         assert running.reserved_usd > 0
         assert await database_sync_to_async(spend.spent_today)(user=alice) == running.reserved_usd
@@ -336,18 +367,47 @@ def logged_in(user: Any) -> Client:
 class TestUsagePage:
     def make_history(self, user: Any) -> None:
         today = finished_run(user, cost="0.30")
-        today.members.create(slot=0, model="sim/a", status="complete",
-                             usage={"prompt_tokens": 100, "completion_tokens": 50, "cost": 0.1})
-        today.calls = [{"role": "analyst", "model": "sim/analyst", "usage": {"prompt_tokens": 300, "completion_tokens": 80, "cost": 0.05}},
-                       {"role": "writer", "model": "sim/writer", "usage": {"prompt_tokens": 400, "completion_tokens": 90, "cost": 0.15}}]
+        today.members.create(
+            slot=0, model="sim/a", status="complete", usage={"prompt_tokens": 100, "completion_tokens": 50, "cost": 0.1}
+        )
+        today.calls = [
+            {
+                "role": "analyst",
+                "model": "sim/analyst",
+                "usage": {"prompt_tokens": 300, "completion_tokens": 80, "cost": 0.05},
+            },
+            {
+                "role": "writer",
+                "model": "sim/writer",
+                "usage": {"prompt_tokens": 400, "completion_tokens": 90, "cost": 0.15},
+            },
+        ]
         today.save()
         # A regenerated answer for the same turn copies member 0's answer and usage: no new call.
-        again = Run.objects.create(user=user, conversation=today.conversation, turn=today.turn, client_run_id="again",
-                                   config=PANEL, status=RunStatus.COMPLETE, cost_usd=Decimal("0.15"),
-                                   created_at=today.created_at + timedelta(seconds=1),
-                                   calls=[{"role": "writer", "model": "sim/writer", "usage": {"prompt_tokens": 400, "completion_tokens": 90, "cost": 0.15}}])
-        MemberResponse.objects.create(run=again, slot=0, model="sim/a", status="complete",
-                                      usage={"prompt_tokens": 100, "completion_tokens": 50, "cost": 0.1})
+        again = Run.objects.create(
+            user=user,
+            conversation=today.conversation,
+            turn=today.turn,
+            client_run_id="again",
+            config=PANEL,
+            status=RunStatus.COMPLETE,
+            cost_usd=Decimal("0.15"),
+            created_at=today.created_at + timedelta(seconds=1),
+            calls=[
+                {
+                    "role": "writer",
+                    "model": "sim/writer",
+                    "usage": {"prompt_tokens": 400, "completion_tokens": 90, "cost": 0.15},
+                }
+            ],
+        )
+        MemberResponse.objects.create(
+            run=again,
+            slot=0,
+            model="sim/a",
+            status="complete",
+            usage={"prompt_tokens": 100, "completion_tokens": 50, "cost": 0.1},
+        )
         finished_run(user, cost="1.25", days_ago=3)
         finished_run(user, cost="99", days_ago=40)  # outside the 30 days
 
@@ -381,8 +441,12 @@ class TestUsagePage:
         run = finished_run(alice, cost="0.04", status=RunStatus.CANCELLED)
         run.usage = {"prompt_tokens": 10, "completion_tokens": 400, "cost": 0.04, "estimated": True}
         run.save()
-        run.members.create(slot=0, model="sim/slow", status="stopped",
-                           usage={"prompt_tokens": 10, "completion_tokens": 400, "cost": 0.04, "estimated": True})
+        run.members.create(
+            slot=0,
+            model="sim/slow",
+            status="stopped",
+            usage={"prompt_tokens": 10, "completion_tokens": 400, "cost": 0.04, "estimated": True},
+        )
         report = spend.usage_report(user=alice)
         assert (report.days[0]["cost"], report.days[0]["estimated"]) == (Decimal("0.04"), 1)
         assert [(m.model, m.cost, m.estimated) for m in report.models] == [("sim/slow", Decimal("0.04"), True)]

@@ -1,6 +1,7 @@
 """Calls cut short still count: a stopped run, a stopped, failed or timed-out member and an
 interrupted run cost what their calls streamed (estimated when the provider reported nothing),
 so stopping a run near its end never makes the next run fit under the daily limit."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,10 +36,20 @@ LONG = "slow " * 400  # 2000 characters, streamed 4 at a time
 SCRIPTS: dict[str, Any] = {
     "sim/a": {"pricing": PRICING, "tokens_per_s": 5000},
     "sim/slow": {"pricing": PRICING, "tokens_per_s": 20, "chunk_chars": 4, "content": LONG},
-    "sim/cut": {"pricing": PRICING, "tokens_per_s": 2000, "chunk_chars": 4, "content": LONG,
-                "faults": [{"type": "error_mid_stream", "after_chars": 1500, "times": -1}]},
-    "sim/hang": {"pricing": PRICING, "tokens_per_s": 2000, "chunk_chars": 4, "content": LONG,
-                 "faults": [{"type": "hang", "after_chars": 1500, "times": -1}]},
+    "sim/cut": {
+        "pricing": PRICING,
+        "tokens_per_s": 2000,
+        "chunk_chars": 4,
+        "content": LONG,
+        "faults": [{"type": "error_mid_stream", "after_chars": 1500, "times": -1}],
+    },
+    "sim/hang": {
+        "pricing": PRICING,
+        "tokens_per_s": 2000,
+        "chunk_chars": 4,
+        "content": LONG,
+        "faults": [{"type": "hang", "after_chars": 1500, "times": -1}],
+    },
     "sim/analyst": {"pricing": PRICING},
     "sim/writer": {"pricing": PRICING, "tokens_per_s": 5000},
     "sim/slowwriter": {"pricing": PRICING, "tokens_per_s": 20, "chunk_chars": 4, "content": LONG},
@@ -46,7 +57,11 @@ SCRIPTS: dict[str, Any] = {
 
 
 def panel(*members: str, writer: str = "sim/writer") -> dict[str, Any]:
-    return {"members": [{"model": m} for m in members], "analyst": {"model": "sim/analyst"}, "writer": {"model": writer}}
+    return {
+        "members": [{"model": m} for m in members],
+        "analyst": {"model": "sim/analyst"},
+        "writer": {"model": writer},
+    }
 
 
 @pytest.fixture
@@ -65,8 +80,9 @@ async def up(settings):
 
 async def begin(user: Any, conversation: Conversation, config: dict[str, Any]) -> tuple[str, uuid.UUID]:
     client_run_id = str(uuid.uuid4())
-    frame, _ = await run_start(user=user, conversation_id=conversation.pk, client_run_id=client_run_id,
-                               prompt="hi", panel=config)
+    frame, _ = await run_start(
+        user=user, conversation_id=conversation.pk, client_run_id=client_run_id, prompt="hi", panel=config
+    )
     return client_run_id, uuid.UUID(frame["run"])
 
 
@@ -101,8 +117,14 @@ def assert_next_run_refused(user: Any, settings: Any, estimate: Decimal) -> None
     settings.FUSION_DAILY_SPEND_LIMIT_USD = float(spend.spent_today(user=user) - estimate / 2 + spend.to_decimal(high))
     conversation = Conversation.objects.create(user=user)
     with pytest.raises(RunError) as exc:
-        _start_sync(user=user, conversation_id=conversation.pk, client_run_id=str(uuid.uuid4()), prompt="hi",
-                    panel_data=panel("sim/a"), follow_up_mode=None)
+        _start_sync(
+            user=user,
+            conversation_id=conversation.pk,
+            client_run_id=str(uuid.uuid4()),
+            prompt="hi",
+            panel_data=panel("sim/a"),
+            follow_up_mode=None,
+        )
     assert exc.value.code == "spend_limit"
 
 
@@ -133,7 +155,9 @@ class TestCutCallsCountTowardTheLimit:
         assert member.status == MemberStatus.STOPPED and member.usage["estimated"]
         assert member.usage["prompt_tokens"] >= 1 and member.usage["completion_tokens"] >= 1500 // 4
         assert run.usage["estimated"] and run.cost_usd > spend.to_decimal(member.usage["cost"]) > 0
-        await database_sync_to_async(assert_next_run_refused)(alice, settings, await database_sync_to_async(estimated_part)(run))
+        await database_sync_to_async(assert_next_run_refused)(
+            alice, settings, await database_sync_to_async(estimated_part)(run)
+        )
 
     @pytest.mark.parametrize("model", ["sim/cut", "sim/hang"])  # an error mid-stream; a stream that went quiet
     async def test_a_failed_or_timed_out_member_counts_what_it_streamed(self, alice, up, settings, model):
@@ -147,7 +171,9 @@ class TestCutCallsCountTowardTheLimit:
         await database_sync_to_async(assert_next_run_refused)(alice, settings, run.cost_usd)
 
     async def test_a_request_refused_with_an_http_error_costs_nothing(self, alice, up):
-        up.set_scripts({**SCRIPTS, "sim/a": {"pricing": PRICING, "faults": [{"type": "http", "status": 400, "times": -1}]}})
+        up.set_scripts(
+            {**SCRIPTS, "sim/a": {"pricing": PRICING, "faults": [{"type": "http", "status": 400, "times": -1}]}}
+        )
         conversation = await database_sync_to_async(Conversation.objects.create)(user=alice)
         _, run_id = await begin(alice, conversation, panel("sim/a"))
         run = await finished(run_id)
@@ -183,12 +209,16 @@ class TestCardsAndTotalsShowTheEstimate:
         conversation = await database_sync_to_async(Conversation.objects.create)(user=alice)
         comm = await open_ws(alice, conversation.pk)
         client_run_id = str(uuid.uuid4())
-        await comm.send_json_to({"type": "start", "run_id": client_run_id, "prompt": "hi", "panel": panel("sim/slow", "sim/a")})
+        await comm.send_json_to(
+            {"type": "start", "run_id": client_run_id, "prompt": "hi", "panel": panel("sim/slow", "sim/a")}
+        )
         started = next(e for e in await collect_until(comm, {"run.started"}) if e["type"] == "run.started")
         await streamed(uuid.UUID(started["run"]), 1500, slot=0)
         await comm.send_json_to({"type": "stop_member", "run_id": client_run_id, "slot": 0})
         events = await collect_until(comm, {"completed", "failed"})
-        assert events[-1]["type"] == "completed" and events[-1]["usage"]["estimated"] and events[-1]["usage"]["cost"] > 0
+        assert (
+            events[-1]["type"] == "completed" and events[-1]["usage"]["estimated"] and events[-1]["usage"]["cost"] > 0
+        )
         # The stopped member's card shows its estimated cost live, not only after a reload.
         stopped = next(e for e in events if e["type"] == "panel.failed" and e["slot"] == 0)
         assert stopped["metrics"]["usage"]["estimated"] and stopped["metrics"]["usage"]["cost"] > 0
@@ -198,6 +228,7 @@ class TestCardsAndTotalsShowTheEstimate:
         await comm.disconnect()
         run = await database_sync_to_async(Run.objects.get)(client_run_id=client_run_id)
         from chat.runs import run_snapshot
+
         state = await run_snapshot(run_id=run.pk)
         assert state["members"][0]["metrics"]["usage"]["estimated"]
         assert "estimated" not in state["members"][1]["metrics"]["usage"]  # a reported cost is not an estimate
@@ -220,8 +251,14 @@ def sync_up(settings):
 def interrupted_run(user: Any, config: dict[str, Any]) -> Run:
     """A run written by the run service whose process then died (no task ever ran it here)."""
     conversation = Conversation.objects.create(user=user)
-    run, _ = _start_sync(user=user, conversation_id=conversation.pk, client_run_id=str(uuid.uuid4()),
-                         prompt="hi", panel_data=config, follow_up_mode=None)
+    run, _ = _start_sync(
+        user=user,
+        conversation_id=conversation.pk,
+        client_run_id=str(uuid.uuid4()),
+        prompt="hi",
+        panel_data=config,
+        follow_up_mode=None,
+    )
     return run
 
 
@@ -250,7 +287,9 @@ class TestInterruptedRunsCount:
         mark_interrupted(Run.objects.filter(pk=run.pk))
         run.refresh_from_db()
         assert [(c["role"], c["model"], c["usage"]["estimated"]) for c in run.calls] == [
-            ("analyst", "sim/analyst", True), ("writer", "sim/writer", True)]
+            ("analyst", "sim/analyst", True),
+            ("writer", "sim/writer", True),
+        ]
         writer = run.calls[1]["usage"]
         assert writer["completion_tokens"] == model_catalogue.tokens_of_chars(len("The fused answer so far"))
         assert writer["prompt_tokens"] > model_catalogue.PROMPT_OVERHEAD_TOKENS
@@ -273,12 +312,18 @@ class _CutClient:
             yield ContentDelta("partial answer")
         if self.report is not None:
             yield UsageReport(self.report)
-        yield StreamError(ProviderError(kind="upstream_error", message="cut", status_code=502), partial_text="partial answer")
+        yield StreamError(
+            ProviderError(kind="upstream_error", message="cut", status_code=502), partial_text="partial answer"
+        )
 
 
 async def _failed_record(client: _CutClient) -> Any:
-    request = FusionRequest(messages=[{"role": "user", "content": "12345678"}], panel=[ModelSpec("m", system_prompt="sys")],
-                            analyst=ModelSpec("an"), writer=ModelSpec("wr"))
+    request = FusionRequest(
+        messages=[{"role": "user", "content": "12345678"}],
+        panel=[ModelSpec("m", system_prompt="sys")],
+        analyst=ModelSpec("an"),
+        writer=ModelSpec("wr"),
+    )
     async for event in FusionRun(request, client).events():
         if isinstance(event, PanelFailed):
             return event.record
@@ -290,8 +335,12 @@ class TestTheEngineKeepsWhatAnEstimateNeeds:
     async def test_a_cut_stream_records_the_characters_sent_and_streamed(self):
         record = await _failed_record(_CutClient(report=None))
         assert (record.prompt_chars, record.streamed_chars) == (len("sys") + 8, len("think") + len("partial answer"))
-        usage = spend.call_usage(record.to_dict(), lookup=lambda model: model_catalogue.CatalogueModel(
-            id=model, name=model, prompt_price=0.001, completion_price=0.01))
+        usage = spend.call_usage(
+            record.to_dict(),
+            lookup=lambda model: model_catalogue.CatalogueModel(
+                id=model, name=model, prompt_price=0.001, completion_price=0.01
+            ),
+        )
         assert usage["estimated"] and (usage["prompt_tokens"], usage["completion_tokens"]) == (3, 5)
         assert usage["cost"] == pytest.approx(3 * 0.001 + 5 * 0.01)
 

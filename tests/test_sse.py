@@ -1,4 +1,5 @@
 """The incremental SSE reader: every way a provider can frame and split its stream."""
+
 from __future__ import annotations
 
 import json
@@ -110,7 +111,9 @@ class TestIncrementalFeeding:
             assert feed_all(OPENROUTER_STREAM, step=step) == expected, step
 
     def test_multibyte_characters_split_across_feeds_survive(self) -> None:
-        contents = [json.loads(d)["choices"][0]["delta"].get("content") for d in datas(feed_all(OPENROUTER_STREAM, step=1))[:2]]
+        contents = [
+            json.loads(d)["choices"][0]["delta"].get("content") for d in datas(feed_all(OPENROUTER_STREAM, step=1))[:2]
+        ]
         assert contents == ["Café ✓ ", "😀 done"]
 
     def test_crlf_split_between_feeds_is_one_line_ending(self) -> None:

@@ -4,6 +4,7 @@ Real HTTP everywhere: the engine's ChatClient talks to the scripted upstream, an
 ``WebTools`` searches a fake SearXNG and fetches pages, both served by the local test web server
 on 127.0.0.1 (the fetch guard trusts exactly that host and port, nothing else).
 """
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,11 @@ def web():
             "/searx/search",
             {
                 "results": [
-                    {"url": server.url("/water"), "title": "Boiling point of water", "content": "Water boils at 100 °C."},
+                    {
+                        "url": server.url("/water"),
+                        "title": "Boiling point of water",
+                        "content": "Water boils at 100 °C.",
+                    },
                     {"url": server.url("/altitude"), "title": "Cooking at altitude", "content": "Lower at altitude."},
                     # The same page again, with a fragment: still one source.
                     {"url": server.url("/water") + "#top", "title": "", "content": ""},
@@ -69,7 +74,9 @@ def web():
 
 def make_tools(web: LocalWebServer, **domains: Any) -> WebTools:
     search = make_search_backend({"backend": "searxng", "url": web.url("/searx")})
-    policy = FetchPolicy(trusted_hosts=frozenset({"127.0.0.1"}), allowed_ports=frozenset({80, 443, web.port}), timeout=5)
+    policy = FetchPolicy(
+        trusted_hosts=frozenset({"127.0.0.1"}), allowed_ports=frozenset({80, 443, web.port}), timeout=5
+    )
     return WebTools(search=search, fetch_policy=policy, **domains)
 
 
@@ -310,7 +317,9 @@ class TestModelsWithoutTools:
         assert "web_search" not in json.dumps(second["messages"])  # no tool guidance either
 
     async def test_a_catalogue_hint_skips_tools_up_front(self, up, web) -> None:
-        events = await run(up, request("sim/notools", "sim/plain"), tools=make_tools(web), no_tool_models={"sim/notools"})
+        events = await run(
+            up, request("sim/notools", "sim/plain"), tools=make_tools(web), no_tool_models={"sim/notools"}
+        )
         assert one(of_slot(events, 0), PanelNote).message == NO_TOOLS_NOTE
         assert [r["params"].get("tools") for r in up.requests_for("sim/notools")] == [None]
         assert up.requests_for("sim/plain")[0]["params"].get("tools")
@@ -337,7 +346,9 @@ class TestServerTools:
         assert completed.sources == [{"url": "https://www.nist.gov/water", "title": "NIST: water", "kind": "citation"}]
         assert len(up.requests_for("sim/server")) == 1  # no local loop
         done = events[-1]
-        assert done.sources == [{"url": "https://www.nist.gov/water", "title": "NIST: water", "members": ["sim/server"]}]
+        assert done.sources == [
+            {"url": "https://www.nist.gov/water", "title": "NIST: water", "members": ["sim/server"]}
+        ]
         assert done.tool_usage["server_tool_use"]["web_search_requests"] == 2
 
     async def test_members_of_other_providers_use_the_local_tools(self, up, web) -> None:
@@ -367,7 +378,9 @@ class TestSourcesAcrossTheRun:
         assert done.tool_usage == {"searches": 3, "fetches": 6, "server_tool_use": {}}
 
     async def test_a_retried_member_starts_its_research_over(self, up, web) -> None:
-        up.set_scripts({**SCRIPTS, "sim/flaky": {**RESEARCHER, "faults": [{"type": "http", "status": 400, "times": 1}]}})
+        up.set_scripts(
+            {**SCRIPTS, "sim/flaky": {**RESEARCHER, "faults": [{"type": "http", "status": 400, "times": 1}]}}
+        )
         async with client_for(up) as client:
             fusion = FusionRun(request("sim/flaky", "sim/plain"), client, tools=make_tools(web))
             events = []
@@ -395,7 +408,9 @@ class TestClientAndScripts:
                                                  "web_search_requests": 3}, "ignore_stream": ignore_stream}})  # fmt: skip
         async with client_for(up) as client:
             tools = [{"type": "openrouter:web_search"}]
-            events = [e async for e in client.stream(ModelSpec(model="m/s"), [{"role": "user", "content": "q"}], tools=tools)]
+            events = [
+                e async for e in client.stream(ModelSpec(model="m/s"), [{"role": "user", "content": "q"}], tools=tools)
+            ]
         reports = [e for e in events if isinstance(e, SourcesReport)]
         assert [c["url"] for r in reports for c in r.citations] == ["https://a.example/x"]
         assert [r.server_tool_use for r in reports if r.server_tool_use] == [
@@ -413,7 +428,9 @@ class TestClientAndScripts:
 
 
 class TestAnalystTools:
-    CHECKER = {"steps": [{"tool_calls": [{"name": "web_search", "arguments": {"query": "boiling point at altitude"}}]}, {}]}
+    CHECKER = {
+        "steps": [{"tool_calls": [{"name": "web_search", "arguments": {"query": "boiling point at altitude"}}]}, {}]
+    }
 
     async def test_the_analyst_checks_a_claim_with_the_tools_then_writes_its_json(self, up, web):
         up.set_scripts({**SCRIPTS, "sim/checker": self.CHECKER})

@@ -3,6 +3,7 @@
 The scripted upstream plays a member that searches (a fake SearXNG on the local test web server),
 reads two pages there and answers with citations; the fetch guard trusts exactly that test host.
 """
+
 from __future__ import annotations
 
 import uuid

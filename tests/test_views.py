@@ -1,4 +1,5 @@
 """Pages: accounts, ownership of every conversation view, exports, untrusted output, CSP, demo banner."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,13 @@ def make_conversation(user: Any, title: str = "A conversation", *, age_minutes: 
     return Conversation.objects.create(user=user, title=title, created_at=when, updated_at=when)
 
 
-def make_turn(conversation: Conversation, *, prompt: str = "Is the sky blue?", member_content: str = "Yes, mostly.",
-              answer: str = "The sky looks blue because of Rayleigh scattering.") -> Run:
+def make_turn(
+    conversation: Conversation,
+    *,
+    prompt: str = "Is the sky blue?",
+    member_content: str = "Yes, mostly.",
+    answer: str = "The sky looks blue because of Rayleigh scattering.",
+) -> Run:
     """A finished turn written straight through the ORM: two members (one failed), analysis, answer."""
     turn = Turn.objects.create(conversation=conversation, index=conversation.turns.count(), prompt=prompt)
     run = Run.objects.create(
@@ -50,8 +56,11 @@ def make_turn(conversation: Conversation, *, prompt: str = "Is the sky blue?", m
         turn=turn,
         client_run_id=f"client-{turn.pk}",
         status=RunStatus.COMPLETE,
-        config={"members": [{"model": "sim/atlas"}, {"model": "sim/borealis"}],
-                "analyst": {"model": "sim/analyst"}, "writer": {"model": "sim/writer"}},
+        config={
+            "members": [{"model": "sim/atlas"}, {"model": "sim/borealis"}],
+            "analyst": {"model": "sim/analyst"},
+            "writer": {"model": "sim/writer"},
+        },
         analysis={
             "consensus": ["Rayleigh scattering explains the colour"],
             "contradictions": [{"topic": "Sunsets", "stances": [{"model": "sim/atlas", "stance": "red from dust"}]}],
@@ -64,16 +73,32 @@ def make_turn(conversation: Conversation, *, prompt: str = "Is the sky blue?", m
         writer_model="sim/writer",
         answer=answer,
         failed_models=["sim/borealis"],
-        usage={"prompt_tokens": 120, "completion_tokens": 80, "reasoning_tokens": 0, "total_tokens": 200, "cost": 0.0042},
+        usage={
+            "prompt_tokens": 120,
+            "completion_tokens": 80,
+            "reasoning_tokens": 0,
+            "total_tokens": 200,
+            "cost": 0.0042,
+        },
         timings={"panel": 900, "analysis": 300, "synthesis": 400, "total": 1600},
         finished_at=timezone.now(),
     )
     MemberResponse.objects.create(
-        run=run, slot=0, model="sim/atlas", status="complete", content=member_content,
-        ttft_ms=120, duration_ms=880, usage={"prompt_tokens": 40, "completion_tokens": 30, "total_tokens": 70, "cost": 0.001},
+        run=run,
+        slot=0,
+        model="sim/atlas",
+        status="complete",
+        content=member_content,
+        ttft_ms=120,
+        duration_ms=880,
+        usage={"prompt_tokens": 40, "completion_tokens": 30, "total_tokens": 70, "cost": 0.001},
     )
     MemberResponse.objects.create(
-        run=run, slot=1, model="sim/borealis", status="failed", error_kind="rate_limited",
+        run=run,
+        slot=1,
+        model="sim/borealis",
+        status="failed",
+        error_kind="rate_limited",
         error_message="The provider is rate limiting requests. Wait a moment and retry.",
     )
     return run
@@ -144,16 +169,25 @@ class TestSignUp:
 
     @pytest.mark.parametrize(
         "password, reason",
-        [("password", "too common"), ("1234567890", "entirely numeric"), ("short1", "too short"), ("carol-carol", "too similar")],
+        [
+            ("password", "too common"),
+            ("1234567890", "entirely numeric"),
+            ("short1", "too short"),
+            ("carol-carol", "too similar"),
+        ],
     )
     def test_validators_reject_weak_passwords(self, client: Client, password: str, reason: str) -> None:
-        response = client.post(reverse("signup"), {"username": "carol-carol", "password1": password, "password2": password})
+        response = client.post(
+            reverse("signup"), {"username": "carol-carol", "password1": password, "password2": password}
+        )
         assert response.status_code == 400
         assert not get_user_model().objects.filter(username="carol-carol").exists()
         assert reason.split()[-1] in response.content.decode().lower()
 
     def test_it_rejects_a_taken_username(self, client: Client, alice: Any) -> None:
-        response = client.post(reverse("signup"), {"username": "alice", "password1": "violet-kettle-93", "password2": "violet-kettle-93"})
+        response = client.post(
+            reverse("signup"), {"username": "alice", "password1": "violet-kettle-93", "password2": "violet-kettle-93"}
+        )
         assert response.status_code == 400
 
 
@@ -177,7 +211,11 @@ class TestSignInOut:
     def test_it_changes_the_password(self, alice_client: Client, alice: Any) -> None:
         response = alice_client.post(
             reverse("password_change"),
-            {"old_password": "correct-horse-battery-1", "new_password1": "quiet-lantern-77", "new_password2": "quiet-lantern-77"},
+            {
+                "old_password": "correct-horse-battery-1",
+                "new_password1": "quiet-lantern-77",
+                "new_password2": "quiet-lantern-77",
+            },
         )
         assert response.status_code == 302
         alice.refresh_from_db()
@@ -219,11 +257,18 @@ class TestHome:
         response = alice_client.get(reverse("home"))
         assert response["Location"] == reverse("conversation", args=[newest.pk])
 
-    def test_first_send_creates_the_conversation_and_hands_the_prompt_to_the_page(self, alice_client: Client, alice: Any) -> None:
+    def test_first_send_creates_the_conversation_and_hands_the_prompt_to_the_page(
+        self, alice_client: Client, alice: Any
+    ) -> None:
         response = alice_client.post(
             reverse("conversation_new"),
-            {"prompt": "Why is the sea salty?", "members": "sim/atlas 0.3\nsim/borealis", "analyst": "sim/analyst",
-             "writer": "sim/writer", "follow_up_mode": "per_member"},
+            {
+                "prompt": "Why is the sea salty?",
+                "members": "sim/atlas 0.3\nsim/borealis",
+                "analyst": "sim/analyst",
+                "writer": "sim/writer",
+                "follow_up_mode": "per_member",
+            },
         )
         conversation = Conversation.objects.get(user=alice)
         assert response["Location"] == reverse("conversation", args=[conversation.pk])
@@ -235,13 +280,21 @@ class TestHome:
         assert pending_start(alice_client.get(response["Location"])) == pending
         # …and once a run with that id exists, the page stops handing it out.
         turn = Turn.objects.create(conversation=conversation, index=0, prompt="Why is the sea salty?")
-        Run.objects.create(user=alice, conversation=conversation, turn=turn, client_run_id=pending["run_id"], status="complete")
+        Run.objects.create(
+            user=alice, conversation=conversation, turn=turn, client_run_id=pending["run_id"], status="complete"
+        )
         assert pending_start(alice_client.get(response["Location"])) is None
 
     def test_first_send_with_a_bad_panel_says_what_to_fix(self, alice_client: Client, alice: Any) -> None:
         response = alice_client.post(
             reverse("conversation_new"),
-            {"prompt": "hi", "members": "sim/atlas 7", "analyst": "sim/analyst", "writer": "sim/writer", "follow_up_mode": "fused"},
+            {
+                "prompt": "hi",
+                "members": "sim/atlas 7",
+                "analyst": "sim/analyst",
+                "writer": "sim/writer",
+                "follow_up_mode": "fused",
+            },
         )
         assert response.status_code == 400
         assert b"temperature must be between 0 and 2" in response.content
@@ -251,7 +304,13 @@ class TestHome:
         settings.FUSION_MAX_PROMPT_CHARS = 10
         response = alice_client.post(
             reverse("conversation_new"),
-            {"prompt": "x" * 11, "members": "sim/atlas", "analyst": "sim/analyst", "writer": "sim/writer", "follow_up_mode": "fused"},
+            {
+                "prompt": "x" * 11,
+                "members": "sim/atlas",
+                "analyst": "sim/analyst",
+                "writer": "sim/writer",
+                "follow_up_mode": "fused",
+            },
         )
         assert response.status_code == 400
         assert b"the limit is 10" in response.content
@@ -377,8 +436,12 @@ class TestSettings:
         conversation = make_conversation(alice)
         response = alice_client.post(
             reverse("conversation_settings", args=[conversation.pk]),
-            {"members": "sim/atlas\nsim/atlas 1.2\n\nollama:llama3.1:8b", "analyst": "sim/analyst", "writer": "sim/writer",
-             "follow_up_mode": "per_member"},
+            {
+                "members": "sim/atlas\nsim/atlas 1.2\n\nollama:llama3.1:8b",
+                "analyst": "sim/analyst",
+                "writer": "sim/writer",
+                "follow_up_mode": "per_member",
+            },
         )
         assert response.status_code == 302
         conversation.refresh_from_db()
@@ -399,7 +462,9 @@ class TestSettings:
             ("not a model id", "write a model id"),
         ],
     )
-    def test_it_refuses_a_bad_panel_with_a_reason(self, alice_client: Client, alice: Any, members: str, message: str) -> None:
+    def test_it_refuses_a_bad_panel_with_a_reason(
+        self, alice_client: Client, alice: Any, members: str, message: str
+    ) -> None:
         conversation = make_conversation(alice)
         response = alice_client.post(
             reverse("conversation_settings", args=[conversation.pk]),
@@ -436,9 +501,18 @@ class TestOwnership:
             ("get", "conversation_export_json"),
         ],
     )
-    def test_bob_gets_not_found_for_alices_conversation(self, bob_client: Client, alices: Conversation, method: str, name: str) -> None:
+    def test_bob_gets_not_found_for_alices_conversation(
+        self, bob_client: Client, alices: Conversation, method: str, name: str
+    ) -> None:
         url = reverse(name, args=[alices.pk])
-        data = {"title": "mine now", "prompt": "hi", "members": "sim/x", "analyst": "sim/a", "writer": "sim/w", "follow_up_mode": "fused"}
+        data = {
+            "title": "mine now",
+            "prompt": "hi",
+            "members": "sim/x",
+            "analyst": "sim/a",
+            "writer": "sim/w",
+            "follow_up_mode": "fused",
+        }
         response = getattr(bob_client, method)(url, data) if method == "post" else bob_client.get(url)
         assert response.status_code == 404
         alices.refresh_from_db()
@@ -516,8 +590,15 @@ class TestNotFoundIsA404:
             statuses = {client.get(url).status_code, client.post(url, {"preset": "999999"}).status_code}
             assert 404 in statuses and statuses <= {404, 405}, (pattern.name, statuses)
             checked.append(pattern.name)
-        assert {"conversation", "conversation_estimate", "key_delete", "invite_revoke", "preset_edit",
-                "builtin_preset", "shared_preset_copy"} <= set(checked)
+        assert {
+            "conversation",
+            "conversation_estimate",
+            "key_delete",
+            "invite_revoke",
+            "preset_edit",
+            "builtin_preset",
+            "shared_preset_copy",
+        } <= set(checked)
 
     @pytest.mark.parametrize(
         "method, name, data",
@@ -570,8 +651,12 @@ class TestAdmin:
         client.force_login(alice)
         run = make_turn(make_conversation(alice))
         for url in (
-            "/admin/chat/conversation/", f"/admin/chat/conversation/{run.conversation_id}/change/",
-            "/admin/chat/turn/", "/admin/chat/run/", f"/admin/chat/run/{run.pk}/change/", "/admin/chat/memberresponse/",
+            "/admin/chat/conversation/",
+            f"/admin/chat/conversation/{run.conversation_id}/change/",
+            "/admin/chat/turn/",
+            "/admin/chat/run/",
+            f"/admin/chat/run/{run.pk}/change/",
+            "/admin/chat/memberresponse/",
         ):
             assert client.get(url).status_code == 200, url
 
@@ -594,13 +679,25 @@ class TestExports:
         assert exported["id"] == str(run.pk)
         ok, failed = exported["members"]
         assert ok == {
-            "slot": 0, "model": "sim/atlas", "label": "", "status": "complete", "attempt": 1, "content": "Yes, mostly.",
-            "reasoning": "", "error": None, "metrics": {"ttft_ms": 120, "duration_ms": 880},
+            "slot": 0,
+            "model": "sim/atlas",
+            "label": "",
+            "status": "complete",
+            "attempt": 1,
+            "content": "Yes, mostly.",
+            "reasoning": "",
+            "error": None,
+            "metrics": {"ttft_ms": 120, "duration_ms": 880},
             "usage": {"prompt_tokens": 40, "completion_tokens": 30, "total_tokens": 70, "cost": 0.001},
-            "tool_calls": [], "sources": [], "notes": [],
+            "tool_calls": [],
+            "sources": [],
+            "notes": [],
         }
         assert failed["status"] == "failed"
-        assert failed["error"] == {"kind": "rate_limited", "message": "The provider is rate limiting requests. Wait a moment and retry."}
+        assert failed["error"] == {
+            "kind": "rate_limited",
+            "message": "The provider is rate limiting requests. Wait a moment and retry.",
+        }
         assert exported["analysis"]["consensus"] == ["Rayleigh scattering explains the colour"]
         assert exported["label_map"] == {"Response A": "sim/atlas"}
         assert exported["answer"].startswith("The sky looks blue")

@@ -3,6 +3,7 @@
 ``Writer.write`` runs against the scripted upstream over real HTTP with the engine's own
 ChatClient; no panel, no analyst, no database.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,7 +38,10 @@ async def write(
     up: ScriptedUpstream, writer: str, fallback: str | None = None, analysis: AnalysisOutcome = DEGRADED
 ) -> tuple[WrittenAnswer, list[Any], RunContext, Writer]:
     request = FusionRequest(
-        messages=[{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "When does water boil?"}],
+        messages=[
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "When does water boil?"},
+        ],
         panel=[ModelSpec(model=m) for m, _ in ANSWERS],
         analyst=ModelSpec(model="sim/analyst"),
         writer=ModelSpec(model=writer),

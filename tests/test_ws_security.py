@@ -4,6 +4,7 @@ These drive real sockets (the ``websockets`` client) against ``python -m daphne`
 SQLite database, because the failures they protect against (autobahn's frame limit, a socket
 that outlives its session, Origin headers a browser sends) only show on a real server.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,9 +25,14 @@ pytestmark = pytest.mark.asyncio
 
 FRAME_LIMIT = 64 * 1024
 # A 126 KB Python code block: Pygments makes well over a megabyte of HTML of it.
-BIG_CODE = "```python\n" + "".join(
-    f"def function_{i}(alpha, beta):\n    return {{'value': alpha * {i} + beta, \"name\": 'f{i}'}}\n" for i in range(1700)
-) + "```\n"
+BIG_CODE = (
+    "```python\n"
+    + "".join(
+        f"def function_{i}(alpha, beta):\n    return {{'value': alpha * {i} + beta, \"name\": 'f{i}'}}\n"
+        for i in range(1700)
+    )
+    + "```\n"
+)
 SCRIPTS: dict[str, Any] = {
     "sim/a": {"ttft_ms": 20, "tokens_per_s": 4000, "chunk_chars": 40},
     "sim/slow": {"ttft_ms": 50, "tokens_per_s": 4, "chunk_chars": 4, "content": "slow " * 400},
@@ -35,10 +41,16 @@ SCRIPTS: dict[str, Any] = {
     "sim/writer": {"ttft_ms": 20, "tokens_per_s": 4000, "chunk_chars": 40},
 }
 FAST_PANEL = {"members": [{"model": "sim/a"}], "analyst": {"model": "sim/analyst"}, "writer": {"model": "sim/writer"}}
-SLOW_PANEL = {"members": [{"model": "sim/slow"}], "analyst": {"model": "sim/analyst"},
-              "writer": {"model": "sim/writer"}}
-BIG_PANEL = {"members": [{"model": "sim/bigcode"}], "analyst": {"model": "sim/analyst"},
-             "writer": {"model": "sim/writer"}}
+SLOW_PANEL = {
+    "members": [{"model": "sim/slow"}],
+    "analyst": {"model": "sim/analyst"},
+    "writer": {"model": "sim/writer"},
+}
+BIG_PANEL = {
+    "members": [{"model": "sim/bigcode"}],
+    "analyst": {"model": "sim/analyst"},
+    "writer": {"model": "sim/writer"},
+}
 PASSWORD = "correct-horse-battery-staple-7"
 
 
@@ -72,13 +84,20 @@ def new_user(app: LiveApp) -> tuple[str, dict[str, int], httpx.Client]:
     return name, ids, app.sign_in(name, PASSWORD)
 
 
-def socket_for(app: LiveApp, client: httpx.Client, conversation: int, *, origin: str | None = None,
-               max_size: int | None = FRAME_LIMIT) -> Any:
+def socket_for(
+    app: LiveApp,
+    client: httpx.Client,
+    conversation: int,
+    *,
+    origin: str | None = None,
+    max_size: int | None = FRAME_LIMIT,
+) -> Any:
     return connect(
         f"{app.ws_url}/ws/conversations/{conversation}/",
         origin=origin or app.origin,  # type: ignore[arg-type]
         additional_headers={"Cookie": app.cookie_header(client)},
-        max_size=max_size, open_timeout=10,
+        max_size=max_size,
+        open_timeout=10,
     )
 
 
@@ -130,14 +149,17 @@ class TestOrigin:
             first = json.loads(await ws.recv())
             assert first["type"] == "snapshot"
 
-    @pytest.mark.parametrize("origin", [
-        "http://127.0.0.1:18322",  # another port of the same host (the attack that worked)
-        "https://127.0.0.1:{port}",  # the other scheme, same host and port
-        "https://127.0.0.1",
-        "http://localhost:3000",
-        "http://127.0.0.1.evil.example:{port}",
-        "null",
-    ])
+    @pytest.mark.parametrize(
+        "origin",
+        [
+            "http://127.0.0.1:18322",  # another port of the same host (the attack that worked)
+            "https://127.0.0.1:{port}",  # the other scheme, same host and port
+            "https://127.0.0.1",
+            "http://localhost:3000",
+            "http://127.0.0.1.evil.example:{port}",
+            "null",
+        ],
+    )
     async def test_another_origin_on_the_same_host_is_refused(self, app, origin):
         _, ids, client = new_user(app)
         with pytest.raises(InvalidStatus) as refused:
@@ -148,8 +170,11 @@ class TestOrigin:
     async def test_a_socket_without_origin_is_refused(self, app):
         _, ids, client = new_user(app)
         with pytest.raises(InvalidStatus):
-            async with connect(f"{app.ws_url}/ws/conversations/{ids['conversation']}/",
-                               additional_headers={"Cookie": app.cookie_header(client)}, open_timeout=10):
+            async with connect(
+                f"{app.ws_url}/ws/conversations/{ids['conversation']}/",
+                additional_headers={"Cookie": app.cookie_header(client)},
+                open_timeout=10,
+            ):
                 pass
 
     async def test_an_origin_listed_in_csrf_trusted_origins_is_accepted(self, app):
@@ -164,8 +189,9 @@ class TestSessionEnds:
         async with socket_for(app, client, ids["conversation"]) as ws:
             await ws.recv()  # snapshot
             token = client.cookies.get("csrftoken", "")
-            response = client.post("/accounts/logout/", data={"csrfmiddlewaretoken": token},
-                                   headers={"Referer": f"{app.url}/"})
+            response = client.post(
+                "/accounts/logout/", data={"csrfmiddlewaretoken": token}, headers={"Referer": f"{app.url}/"}
+            )
             assert response.status_code in (200, 302)
             started = time.monotonic()
             assert await close_code(ws, within=5) == 4401
@@ -176,9 +202,15 @@ class TestSessionEnds:
         other = app.sign_in(name, PASSWORD)
         async with socket_for(app, client, ids["conversation"]) as ws:
             await ws.recv()
-            changed = app.post_form(other, "/accounts/password/", {
-                "old_password": PASSWORD, "new_password1": "another-long-passphrase-9", "new_password2": "another-long-passphrase-9",
-            })
+            changed = app.post_form(
+                other,
+                "/accounts/password/",
+                {
+                    "old_password": PASSWORD,
+                    "new_password1": "another-long-passphrase-9",
+                    "new_password2": "another-long-passphrase-9",
+                },
+            )
             assert changed.status_code == 302, changed.text[:500]
             assert await close_code(ws, within=5) == 4401
         # The browser that changed it stays signed in.
@@ -190,8 +222,10 @@ class TestSessionEnds:
         before = len(app.upstream.requests)
         async with socket_for(app, client, ids["conversation"]) as ws:
             await ws.recv()
-            app.orm(f"from django.contrib.sessions.models import Session\nSession.objects.all().delete()\n"
-                    f"result = Run.objects.filter(user_id={ids['user']}).count()")
+            app.orm(
+                f"from django.contrib.sessions.models import Session\nSession.objects.all().delete()\n"
+                f"result = Run.objects.filter(user_id={ids['user']}).count()"
+            )
             try:  # at once: a steering frame checks the session itself, never from a cache
                 await ws.send(start_frame(FAST_PANEL))
             except ConnectionClosed:
@@ -206,9 +240,15 @@ class TestSessionEnds:
         before = len(app.upstream.requests)
         async with socket_for(app, client, ids["conversation"]) as ws:
             await ws.recv()
-            changed = app.post_form(other, "/accounts/password/", {
-                "old_password": PASSWORD, "new_password1": "yet-another-passphrase-4", "new_password2": "yet-another-passphrase-4",
-            })
+            changed = app.post_form(
+                other,
+                "/accounts/password/",
+                {
+                    "old_password": PASSWORD,
+                    "new_password1": "yet-another-passphrase-4",
+                    "new_password2": "yet-another-passphrase-4",
+                },
+            )
             assert changed.status_code == 302
             try:
                 await ws.send(start_frame(FAST_PANEL))
@@ -236,7 +276,9 @@ class TestSessionEnds:
             assert await close_code(ws, within=5) == 4401
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            status = app.orm(f"result = list(Run.objects.filter(user_id={ids['user']}).values_list('status', flat=True))")
+            status = app.orm(
+                f"result = list(Run.objects.filter(user_id={ids['user']}).values_list('status', flat=True))"
+            )
             if status != ["running"]:
                 break
             await asyncio.sleep(0.3)
@@ -276,8 +318,11 @@ class TestFrameSize:
 
     async def test_a_reconnect_snapshot_of_a_huge_run_arrives_whole(self, app):
         _, ids, client = new_user(app)
-        panel = {"members": [{"model": "sim/bigcode"}, {"model": "sim/slow"}], "analyst": {"model": "sim/analyst"},
-                 "writer": {"model": "sim/writer"}}
+        panel = {
+            "members": [{"model": "sim/bigcode"}, {"model": "sim/slow"}],
+            "analyst": {"model": "sim/analyst"},
+            "writer": {"model": "sim/writer"},
+        }
         async with socket_for(app, client, ids["conversation"]) as ws:
             await ws.recv()
             await ws.send(start_frame(panel))
@@ -298,8 +343,12 @@ class TestBadFrames:
         _, ids, client = new_user(app)
         async with socket_for(app, client, ids["conversation"]) as ws:
             await ws.recv()
-            for raw in ("[" * 30000, '{"type": "ping", "x": ' + "[" * 5000 + "]" * 5000 + "}", "{" * 20000,
-                        '{"type": "start", "preset": ' + "9" * 5000 + "}"):  # past Python's int-digit limit
+            for raw in (
+                "[" * 30000,
+                '{"type": "ping", "x": ' + "[" * 5000 + "]" * 5000 + "}",
+                "{" * 20000,
+                '{"type": "start", "preset": ' + "9" * 5000 + "}",
+            ):  # past Python's int-digit limit
                 await ws.send(raw)
                 error = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 assert error["type"] == "error" and error["code"] == "invalid", error

@@ -21,6 +21,7 @@ Built-in routes:
     /binary  /octet  /nul   image/png, application/octet-stream, no content type with NULs
     /json  /plain  /status/N
 """
+
 from __future__ import annotations
 
 import gzip
@@ -126,7 +127,9 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = _handle
     do_HEAD = _handle
 
-    def send_body(self, status: int, body: bytes, content_type: str | None, headers: dict[str, str] | None = None) -> None:
+    def send_body(
+        self, status: int, body: bytes, content_type: str | None, headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         if content_type:
             self.send_header("Content-Type", content_type)
@@ -219,27 +222,34 @@ class LocalWebServer:
         body = json.dumps(payload).encode()
         self.routes[path] = lambda h, r: h.send_body(status, body, "application/json", headers)
 
-    def add_body(self, path: str, body: bytes, content_type: str | None, status: int = 200,
-                 headers: dict[str, str] | None = None) -> None:
+    def add_body(
+        self, path: str, body: bytes, content_type: str | None, status: int = 200, headers: dict[str, str] | None = None
+    ) -> None:
         self.routes[path] = lambda h, r: h.send_body(status, body, content_type, headers)
 
     def _install_defaults(self) -> None:
         article = ARTICLE_HTML.encode()
         self.add_body("/article", article, "text/html; charset=utf-8")
-        self.add_body("/article.gz", gzip.compress(article), "text/html; charset=utf-8", headers={"Content-Encoding": "gzip"})
+        self.add_body(
+            "/article.gz", gzip.compress(article), "text/html; charset=utf-8", headers={"Content-Encoding": "gzip"}
+        )
         self.add_body("/exfil", b"", None, status=204)
         self.add_body("/binary", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "image/png")
         self.add_body("/octet", b"MZ\x90\x00" + b"\x00" * 512, "application/octet-stream")
         self.add_body("/nul", b"\x00\x01\x02binary\x00" * 64, None)
         self.add_body("/plain", b"Just some plain text.\nSecond line.", "text/plain; charset=utf-8")
         self.add_json("/json", {"answer": 42, "items": ["a", "b"]})
-        self.routes["/inject"] = lambda h, r: h.send_body(200, inject_html(self.port).encode(), "text/html; charset=utf-8")
+        self.routes["/inject"] = lambda h, r: h.send_body(
+            200, inject_html(self.port).encode(), "text/html; charset=utf-8"
+        )
         self.routes["/redirect"] = self._redirect
         self.routes["/gzip-bomb"] = self._gzip_bomb
         self.routes["/big"] = self._big
         self.routes["/slow"] = self._slow
         self.prefix_routes["/chain/"] = self._chain
-        self.prefix_routes["/status/"] = lambda h, r: h.send_body(int(r.path.rsplit("/", 1)[1]), b"status page", "text/plain")
+        self.prefix_routes["/status/"] = lambda h, r: h.send_body(
+            int(r.path.rsplit("/", 1)[1]), b"status page", "text/plain"
+        )
 
     @staticmethod
     def _redirect(h: _Handler, r: RequestRecord) -> None:
@@ -250,8 +260,9 @@ class LocalWebServer:
     def _chain(h: _Handler, r: RequestRecord) -> None:
         n = int(r.path.rsplit("/", 1)[1])
         if n <= 0:
-            h.send_body(200, b"<html><head><title>End of chain</title></head><body><p>Arrived.</p></body></html>",
-                        "text/html")
+            h.send_body(
+                200, b"<html><head><title>End of chain</title></head><body><p>Arrived.</p></body></html>", "text/html"
+            )
         else:
             h.send_body(302, b"", "text/plain", {"Location": f"/chain/{n - 1}"})
 

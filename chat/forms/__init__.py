@@ -2,6 +2,7 @@
 
 The names below are re-exported so ``from chat.forms import SignInForm`` keeps working.
 """
+
 from __future__ import annotations
 
 from chat.forms.accounts import ChangePasswordForm, InviteForm, SignInForm, SignUpForm
@@ -9,6 +10,14 @@ from chat.forms.conversations import ComposerForm, PanelForm, RenameForm
 from chat.forms.presets import ImportForm, MemberFormSet, PresetForm
 
 __all__ = [
-    "ChangePasswordForm", "ComposerForm", "ImportForm", "InviteForm", "MemberFormSet", "PanelForm",
-    "PresetForm", "RenameForm", "SignInForm", "SignUpForm",
+    "ChangePasswordForm",
+    "ComposerForm",
+    "ImportForm",
+    "InviteForm",
+    "MemberFormSet",
+    "PanelForm",
+    "PresetForm",
+    "RenameForm",
+    "SignInForm",
+    "SignUpForm",
 ]

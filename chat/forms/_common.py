@@ -1,4 +1,5 @@
 """What the form modules share."""
+
 from __future__ import annotations
 
 from typing import Any

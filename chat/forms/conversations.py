@@ -1,4 +1,5 @@
 """The composer's forms: the panel (members one per line, analyst, writer), the first prompt, a rename."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,7 +36,9 @@ def parse_members_text(text: str) -> list[dict[str, Any]]:
             continue
         parts = line.split()
         if len(parts) > 2:
-            raise PanelError(f"Line {number}: write a model id, then optionally a temperature (e.g. “openai/gpt-5.1 0.7”).")
+            raise PanelError(
+                f"Line {number}: write a model id, then optionally a temperature (e.g. “openai/gpt-5.1 0.7”)."
+            )
         member: dict[str, Any] = {"model": parts[0]}
         if len(parts) == 2:
             member["temperature"] = parts[1]

@@ -4,6 +4,7 @@ The forms only collect text; the config they build is validated by chat.presets.
 (chat.panels.parse_preset_config), the same validation imports and the websocket go through, so
 the messages are the same everywhere.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,10 +19,17 @@ from chat.panels import MAX_TOOL_CALLS_LIMIT, default_research
 from chat.presets import DESCRIPTION_MAX, IMPORT_MAX_BYTES, NAME_MAX, too_large_message
 
 # Most effort first, as providers document them; "" leaves it to the model.
-EFFORT_CHOICES = [("", "Model default")] + [(e, e) for e in ("max", "xhigh", "high", "medium", "low", "minimal", "none")]
+EFFORT_CHOICES = [("", "Model default")] + [
+    (e, e) for e in ("max", "xhigh", "high", "medium", "low", "minimal", "none")
+]
 # data-model-picker: static/js/picker.js completes ids from the model catalogue (rows added later too).
-MODEL_ATTRS = {"spellcheck": "false", "autocomplete": "off", "class": "mono", "placeholder": "provider/model",
-               "data-model-picker": ""}
+MODEL_ATTRS = {
+    "spellcheck": "false",
+    "autocomplete": "off",
+    "class": "mono",
+    "placeholder": "provider/model",
+    "data-model-picker": "",
+}
 
 
 class MemberForm(PlainLabels, forms.Form):
@@ -50,7 +58,9 @@ class MemberForm(PlainLabels, forms.Form):
 
 # The editor's script adds and removes rows; validate_max is off so that a panel over the limit
 # reaches chat.panels and gets its "at most … members" message.
-MemberFormSet = forms.formset_factory(MemberForm, extra=0, max_num=MAX_PANEL_MEMBERS, absolute_max=50, validate_max=False)
+MemberFormSet = forms.formset_factory(
+    MemberForm, extra=0, max_num=MAX_PANEL_MEMBERS, absolute_max=50, validate_max=False
+)
 
 
 def _domains_text(domains: list[str]) -> str:
@@ -64,14 +74,26 @@ def _split_domains(text: str) -> list[str]:
 class PresetForm(PlainLabels, forms.Form):
     name = forms.CharField(max_length=NAME_MAX)
     description = forms.CharField(max_length=DESCRIPTION_MAX, required=False, widget=forms.Textarea(attrs={"rows": 2}))
-    analyst = forms.CharField(max_length=200, widget=forms.TextInput(attrs=MODEL_ATTRS),
-                              help_text="Compares the answers; runs at temperature 0.")
-    writer = forms.CharField(max_length=200, widget=forms.TextInput(attrs=MODEL_ATTRS),
-                             help_text="Writes the fused answer.")
-    fallback_analyst = forms.CharField(max_length=200, required=False, label="Fallback analyst",
-                                       widget=forms.TextInput(attrs={**MODEL_ATTRS, "placeholder": "optional"}))
-    fallback_writer = forms.CharField(max_length=200, required=False, label="Fallback writer",
-                                      widget=forms.TextInput(attrs={**MODEL_ATTRS, "placeholder": "optional"}))
+    analyst = forms.CharField(
+        max_length=200,
+        widget=forms.TextInput(attrs=MODEL_ATTRS),
+        help_text="Compares the answers; runs at temperature 0.",
+    )
+    writer = forms.CharField(
+        max_length=200, widget=forms.TextInput(attrs=MODEL_ATTRS), help_text="Writes the fused answer."
+    )
+    fallback_analyst = forms.CharField(
+        max_length=200,
+        required=False,
+        label="Fallback analyst",
+        widget=forms.TextInput(attrs={**MODEL_ATTRS, "placeholder": "optional"}),
+    )
+    fallback_writer = forms.CharField(
+        max_length=200,
+        required=False,
+        label="Fallback writer",
+        widget=forms.TextInput(attrs={**MODEL_ATTRS, "placeholder": "optional"}),
+    )
     follow_up_mode = forms.ChoiceField(
         label="Follow-ups",
         choices=[
@@ -83,18 +105,24 @@ class PresetForm(PlainLabels, forms.Form):
     web_tools = forms.BooleanField(required=False, label="Web search and fetch for members")
     analyst_tools = forms.BooleanField(required=False, label="Let the analyst check claims with the same tools")
     server_tools = forms.BooleanField(
-        required=False, label="Use OpenRouter's own server tools for members it serves",
+        required=False,
+        label="Use OpenRouter's own server tools for members it serves",
     )
     max_tool_calls = forms.CharField(
-        required=False, label="Max tool calls",
+        required=False,
+        label="Max tool calls",
         widget=forms.NumberInput(attrs={"min": 1, "max": MAX_TOOL_CALLS_LIMIT, "step": 1}),
     )
     excluded_domains = forms.CharField(
-        required=False, label="Excluded from search", widget=forms.Textarea(attrs={"rows": 2, "class": "mono"}),
+        required=False,
+        label="Excluded from search",
+        widget=forms.Textarea(attrs={"rows": 2, "class": "mono"}),
         help_text="One domain per line, e.g. example.com.",
     )
     blocked_domains = forms.CharField(
-        required=False, label="Blocked from fetching", widget=forms.Textarea(attrs={"rows": 2, "class": "mono"}),
+        required=False,
+        label="Blocked from fetching",
+        widget=forms.Textarea(attrs={"rows": 2, "class": "mono"}),
         help_text="One domain per line.",
     )
 
@@ -144,18 +172,22 @@ class PresetForm(PlainLabels, forms.Form):
 
 
 def member_initial(config: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        {k: "" if m.get(k) is None else m[k] for k in MemberForm.base_fields}
-        for m in config.get("members") or []
-    ]
+    return [{k: "" if m.get(k) is None else m[k] for k in MemberForm.base_fields} for m in config.get("members") or []]
 
 
 class ImportForm(PlainLabels, forms.Form):
     file = forms.FileField(required=False, label="JSON file")
-    text = forms.CharField(required=False, label="…or paste the JSON",
-                           widget=forms.Textarea(attrs={"rows": 8, "class": "mono", "spellcheck": "false"}))
-    name = forms.CharField(max_length=NAME_MAX, required=False, label="Name (optional)",
-                           help_text="Leave empty to keep the name in the file.")
+    text = forms.CharField(
+        required=False,
+        label="…or paste the JSON",
+        widget=forms.Textarea(attrs={"rows": 8, "class": "mono", "spellcheck": "false"}),
+    )
+    name = forms.CharField(
+        max_length=NAME_MAX,
+        required=False,
+        label="Name (optional)",
+        help_text="Leave empty to keep the name in the file.",
+    )
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()

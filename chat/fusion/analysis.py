@@ -19,6 +19,7 @@ accepted. A label that names no answer is dropped with a note instead of failing
 Pure functions (no calls; ``analyst`` makes them). Imports the standard library only: no
 Django, no httpx, no other engine module.
 """
+
 from __future__ import annotations
 
 import json
@@ -198,7 +199,7 @@ def _field(obj: dict[str, Any], key: str, where: str) -> Any:
 def _string(obj: dict[str, Any], key: str, where: str) -> str:
     value = _field(obj, key, where)
     if not isinstance(value, str):
-        raise AnalysisError(f'{where}.{key} must be a string.')
+        raise AnalysisError(f"{where}.{key} must be a string.")
     return value.strip()
 
 

@@ -11,6 +11,7 @@ a reason the writer and the user both see. Emits ``AnalysisStarted`` per analyst
 ``chat.fusion.analysis`` is the pure part (labels, JSON parsing); this module makes the calls.
 No Django, no httpx.
 """
+
 from __future__ import annotations
 
 import random
@@ -69,7 +70,9 @@ class Analyst:
         request = self.ctx.request
         records: list[CallRecord] = []
         problems: list[str] = []
-        analysts = [request.analyst] if request.fallback_analyst is None else [request.analyst, request.fallback_analyst]
+        analysts = (
+            [request.analyst] if request.fallback_analyst is None else [request.analyst, request.fallback_analyst]
+        )
         for spec in analysts:
             self.ctx.emit(AnalysisStarted(analyst_model=spec.model))
             result = await self._try(spec, answers, records)
@@ -78,7 +81,11 @@ class Analyst:
                 continue
             parsed, label_map = result
             event = AnalysisCompleted(
-                analyst_model=spec.model, analysis=parsed.analysis, label_map=label_map, records=list(records), notes=parsed.notes
+                analyst_model=spec.model,
+                analysis=parsed.analysis,
+                label_map=label_map,
+                records=list(records),
+                notes=parsed.notes,
             )
             self.ctx.emit(event)
             return AnalysisOutcome(event=event)
@@ -124,7 +131,11 @@ class Analyst:
         return f"the analyst {spec.model} returned invalid JSON twice (last problem: {repaired})"
 
     async def _first_call(
-        self, spec: ModelSpec, messages: list[Message], records: list[CallRecord], response_format: dict[str, Any] | None
+        self,
+        spec: ModelSpec,
+        messages: list[Message],
+        records: list[CallRecord],
+        response_format: dict[str, Any] | None,
     ) -> tuple[CallResult, list[Message]]:
         """The analyst's answer, after it checked claims with the web tools if research allows it.
 
@@ -148,7 +159,13 @@ class Analyst:
 
     def _tool_runner(self) -> ToolRunner | None:
         research, tools = self.ctx.request.research, self.ctx.tools
-        if research is None or not research.web_tools or not research.analyst_tools or tools is None or not tools.available:
+        if (
+            research is None
+            or not research.web_tools
+            or not research.analyst_tools
+            or tools is None
+            or not tools.available
+        ):
             return None
         return ToolRunner(tools, research.budget, self.research, call_prefix="call_analyst_")
 

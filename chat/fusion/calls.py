@@ -9,6 +9,7 @@ output is unusable (``outcome_error``).
 Imports only the engine's types: no Django, no httpx (``chat.fusion.client`` does the HTTP), and
 no phase module (the phases import this one).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -107,7 +108,11 @@ class RunContext:
         record.prompt_chars = prompt_chars(spec, messages)  # until the provider reports the usage
         try:
             completion = await self.client.complete(
-                spec, messages, response_format=response_format, tools=tools or None, tool_choice=tool_choice if tools else None
+                spec,
+                messages,
+                response_format=response_format,
+                tools=tools or None,
+                tool_choice=tool_choice if tools else None,
             )
         except asyncio.CancelledError:
             close_record(record, started, ProviderError(kind="cancelled", message=RUN_CANCELLED_MESSAGE))
@@ -145,7 +150,9 @@ class Unreported:
         if isinstance(event, (ContentDelta, ReasoningDelta)):
             self.streamed += len(event.text)
             self.record.streamed_chars += len(event.text)
-        elif isinstance(event, UsageReport) or (isinstance(event, StreamError) and not self.streamed and unbilled(event.error)):
+        elif isinstance(event, UsageReport) or (
+            isinstance(event, StreamError) and not self.streamed and unbilled(event.error)
+        ):
             # Reported, or refused before any output: nothing of this request is left to estimate.
             self.record.prompt_chars -= self.prompt
             self.record.streamed_chars -= self.streamed

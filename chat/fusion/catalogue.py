@@ -12,6 +12,7 @@ lists the alias, else the newest row of that vendor whose name has the family's 
 Imports httpx and the engine's types only: no Django (the cached, database-backed
 catalogue is ``chat.model_catalogue``).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -67,8 +68,9 @@ class CatalogueModel:
 # --------------------------------------------------------------------------- fetching
 
 
-def fetch_models(provider: Provider, *, timeout: float = 15.0, transport: httpx.BaseTransport | None = None
-                 ) -> list[CatalogueModel]:
+def fetch_models(
+    provider: Provider, *, timeout: float = 15.0, transport: httpx.BaseTransport | None = None
+) -> list[CatalogueModel]:
     """``GET {base_url}/models`` with the provider's key; raise CatalogueError on any trouble.
 
     The key goes only to the provider's own base URL, and never into the error text.
@@ -89,7 +91,7 @@ def fetch_models(provider: Provider, *, timeout: float = 15.0, transport: httpx.
                 except ValueError:
                     raise CatalogueError("GET /models did not return JSON.") from None
                 if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
-                    raise CatalogueError("GET /models did not return a {\"data\": [...]} object.")
+                    raise CatalogueError('GET /models did not return a {"data": [...]} object.')
                 rows.extend(payload["data"])
                 url = _next_page(provider.base_url, payload)
                 if url is None:
@@ -174,8 +176,7 @@ def resolve(model_id: str, models: list[CatalogueModel]) -> CatalogueModel | Non
         return found
     family = _words(alias["family"])
     candidates = [
-        m for m in models
-        if m.id.startswith(alias["vendor"] + "/") and ":" not in m.id and not m.id.startswith("~")
+        m for m in models if m.id.startswith(alias["vendor"] + "/") and ":" not in m.id and not m.id.startswith("~")
     ]
     # Strict: the family's words, in order, plus only version-like words ("claude-opus-4.5",
     # "gemini-3-pro-preview"), so "~openai/gpt-latest" does not pick "gpt-4o-mini".

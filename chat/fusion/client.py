@@ -31,6 +31,7 @@ Error text that may reach a user is scrubbed of every key of the registry, of th
 Owns every HTTP request to an LLM provider (``sse`` parses the stream). Imports httpx and the
 engine's ``types``, ``providers`` and ``sse``: no Django, no pipeline module.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -74,7 +75,15 @@ from chat.fusion.types import (
     ms,
 )
 
-__all__ = ["ChatClient", "Completion", "error_kind", "parse_citations", "parse_retry_after", "parse_server_tool_use", "parse_usage"]
+__all__ = [
+    "ChatClient",
+    "Completion",
+    "error_kind",
+    "parse_citations",
+    "parse_retry_after",
+    "parse_server_tool_use",
+    "parse_usage",
+]
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 _STATUS_KINDS = {
@@ -147,7 +156,11 @@ def parse_citations(raw: Any) -> list[dict[str, str]]:
         url = inner.get("url")
         if isinstance(url, str) and url.startswith(("http://", "https://")):
             citations.append(
-                {"url": url, "title": str(inner.get("title") or "")[:300], "content": str(inner.get("content") or "")[:500]}
+                {
+                    "url": url,
+                    "title": str(inner.get("title") or "")[:300],
+                    "content": str(inner.get("content") or "")[:500],
+                }
             )
     return citations
 
@@ -176,7 +189,9 @@ class _Scrubber:
             forms.update({secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)})
             for raw in (secret, f":{secret}", f"{secret}:"):
                 encoded = base64.b64encode(raw.encode()).decode()
-                forms.update({encoded, encoded.rstrip("="), base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")})
+                forms.update(
+                    {encoded, encoded.rstrip("="), base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")}
+                )
         ordered = sorted(forms, key=len, reverse=True)
         self._pattern = re.compile("|".join(re.escape(f) for f in ordered), re.IGNORECASE) if ordered else None
 
@@ -292,7 +307,9 @@ class _Call:
         return event
 
     def terminal_events(self) -> list[ClientEvent]:
-        events: list[ClientEvent] = [SourcesReport(server_tool_use=self.server_tool_use)] if self.server_tool_use else []
+        events: list[ClientEvent] = (
+            [SourcesReport(server_tool_use=self.server_tool_use)] if self.server_tool_use else []
+        )
         events += [UsageReport(self.usage)] if self.usage else []
         if self.truncated_at is not None:  # the text up to the cap is the answer
             events.append(Finish(TRUNCATED, malformed_chunks=self.malformed, truncated_at=self.truncated_at))
@@ -378,12 +395,16 @@ class ChatClient:
             yield StreamError(_error("model_not_found", str(exc), scrub=scrub))
             return
         try:
-            request = self._build_request(provider, model_id, spec, messages, response_format, tools, tool_choice, limits)
+            request = self._build_request(
+                provider, model_id, spec, messages, response_format, tools, tool_choice, limits
+            )
         except httpx.InvalidURL:
             yield StreamError(_error("network", f"The base URL of provider {provider.name!r} is invalid.", scrub=scrub))
             return
         loop = asyncio.get_running_loop()
-        call = _Call(started=loop.time(), total_deadline=loop.time() + limits.total, cap=limits.max_output_chars or None)
+        call = _Call(
+            started=loop.time(), total_deadline=loop.time() + limits.total, cap=limits.max_output_chars or None
+        )
         attempt = 0
         while True:
             call.new_attempt(loop.time())

@@ -15,6 +15,7 @@ without ``tools``.
 Knows nothing of the other members or of the run's phases: the driver (``pipeline``) starts,
 stops and waits for members. No Django, no httpx.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -169,7 +170,9 @@ class MemberRun:
             raise
         except Exception:
             log.exception("Panel member %s crashed while streaming", self.member.spec.model)
-            self.error = ProviderError(kind="upstream_error", message="Internal error while reading this model's answer.")
+            self.error = ProviderError(
+                kind="upstream_error", message="Internal error while reading this model's answer."
+            )
         self._settle()
 
     # ----------------------------------------------------------------------- the turn loop
@@ -213,7 +216,9 @@ class MemberRun:
 
     def _can_drop_tools(self, error: ProviderError) -> bool:
         """Once, before anything was shown: a model that cannot take tools answers without them."""
-        return self.mode != "none" and self.member.research.calls == 0 and not self.content and lacks_tool_support(error)
+        return (
+            self.mode != "none" and self.member.research.calls == 0 and not self.content and lacks_tool_support(error)
+        )
 
     def _drop_tools(self) -> None:
         self.mode, self.runner = "none", None
@@ -281,7 +286,9 @@ class MemberRun:
     def tool_finished(self, call_id: str, name: str, ok: bool, summary: str, sources: list[dict[str, str]]) -> None:
         slot, model = self.member.slot, self.member.spec.model
         self.ctx.emit(
-            PanelToolFinished(slot=slot, model=model, call_id=call_id, name=name, ok=ok, summary=summary, sources=sources)
+            PanelToolFinished(
+                slot=slot, model=model, call_id=call_id, name=name, ok=ok, summary=summary, sources=sources
+            )
         )
 
     def _log_server_tools(self, turn: _Turn) -> None:

@@ -62,6 +62,7 @@ Web research (``request.research`` + an injected ``tools`` object, see ``chat.fu
 * Sources are collected per member (``PanelCompleted.sources``) and per run
   (``RunCompleted.sources``, deduplicated by normalised URL; ``RunCompleted.tool_usage``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -370,7 +371,11 @@ class FusionRun:
         record = CallRecord(role="panel", model=member.spec.model, status="complete", duration_ms=0, slot=member.slot)
         self._ctx.emit(
             PanelCompleted(
-                slot=member.slot, model=member.spec.model, content=content, record=record, sources=list(member.research.sources)
+                slot=member.slot,
+                model=member.spec.model,
+                content=content,
+                record=record,
+                sources=list(member.research.sources),
             )
         )
 

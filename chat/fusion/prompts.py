@@ -6,6 +6,7 @@ returns plain OpenAI-style message dicts.
 Owns every word the engine sends a model on its own behalf. Imports the engine's types
 and ``analysis`` only: no Django, no httpx.
 """
+
 from __future__ import annotations
 
 import json
@@ -112,9 +113,7 @@ def analyst_messages(
     system = ANALYST_SYSTEM_PROMPT
     if system_extra:
         system += f"\n\nAdditional instructions:\n{system_extra}"
-    blocks = "\n\n".join(
-        f'<response label="{a.label}">\n{_neutralise(clip(a.content))}\n</response>' for a in answers
-    )
+    blocks = "\n\n".join(f'<response label="{a.label}">\n{_neutralise(clip(a.content))}\n</response>' for a in answers)
     user = (
         f"Here are {len(answers)} answer(s) to my latest question, each under a neutral label.\n\n"
         f"{blocks}\n\n"
@@ -146,9 +145,7 @@ def writer_messages(
     system = WRITER_SYSTEM_PROMPT
     if system_extra:
         system += f"\n\nInstructions for this conversation:\n{system_extra}"
-    blocks = "\n\n".join(
-        f'<answer model="{model_id}">\n{clip(content)}\n</answer>' for model_id, content in answers
-    )
+    blocks = "\n\n".join(f'<answer model="{model_id}">\n{clip(content)}\n</answer>' for model_id, content in answers)
     if analysis is not None:
         grounding = f"<analysis>\n{clip(json.dumps(analysis, ensure_ascii=False, indent=2))}\n</analysis>"
     else:

@@ -6,6 +6,7 @@ provider, normally OpenRouter.
 
 Owns resolving a model id to its provider. Imports the engine's types only: no Django, no httpx.
 """
+
 from __future__ import annotations
 
 from chat.fusion.types import Provider
@@ -51,8 +52,7 @@ class ProviderRegistry:
             raise UnknownProvider("The model id is empty.")
         if self.default not in self._providers:
             raise UnknownProvider(
-                f"No provider is configured for {model!r}: the default provider "
-                f"{self.default!r} is not set up."
+                f"No provider is configured for {model!r}: the default provider {self.default!r} is not set up."
             )
         return self._providers[self.default], model
 

@@ -9,6 +9,7 @@ its system prompt, OpenRouter's server tool definitions.
 Knows nothing of panel events or phases: whoever wants events passes a ``ToolListener``.
 Imports the engine's types, prompts and sources only: no Django, no httpx, no phase module.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,9 +29,7 @@ log = logging.getLogger(__name__)
 ToolMode = Literal["none", "local", "server"]
 
 NO_TOOLS_NOTE = "This model can't use tools; it answered without web research."
-BUDGET_SPENT_REPLY = (
-    "Not run: the budget of {n} tool calls for this answer is spent. Answer now with what you have."
-)
+BUDGET_SPENT_REPLY = "Not run: the budget of {n} tool calls for this answer is spent. Answer now with what you have."
 _DESCRIBED = {"web_search": "web_search(query) searches the web", "web_fetch": "web_fetch(url) reads one page"}
 # How providers say a model cannot take ``tools`` (OpenRouter: 404 "No endpoints found that
 # support tool use"; others: 400 "… does not support tools", "tool calling is not supported").
@@ -125,7 +124,9 @@ class ToolRunner:
         available = self.tools.available
         if name not in available:
             offered = ", ".join(available) or "none"
-            return ToolOutcome(False, f"error: unknown tool {name[:60]!r} (available: {offered})", f"unknown tool {name[:60]!r}")
+            return ToolOutcome(
+                False, f"error: unknown tool {name[:60]!r} (available: {offered})", f"unknown tool {name[:60]!r}"
+            )
         try:
             return await self.tools.call(name, arguments)
         except asyncio.CancelledError:
@@ -216,7 +217,11 @@ def server_tool_defs(research: ResearchSettings) -> list[dict[str, Any]]:
 
 def lacks_tool_support(error: ProviderError) -> bool:
     """The provider refused the request because this model cannot take tools."""
-    if error.kind not in ("bad_request", "model_not_found", "upstream_error") and error.status_code not in (400, 404, 422):
+    if error.kind not in ("bad_request", "model_not_found", "upstream_error") and error.status_code not in (
+        400,
+        404,
+        422,
+    ):
         return False
     return bool(_NO_TOOL_SUPPORT.search(error.message or ""))
 

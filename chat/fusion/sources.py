@@ -7,6 +7,7 @@ default port, fragment dropped; see docs/protocol.md, "Web research"). A member'
 
 Plain functions over dicts; imports nothing but the standard library (no Django, no httpx).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -58,7 +59,9 @@ def source_dict(source: Mapping[str, Any] | _SourceLike) -> dict[str, str]:
     return {"url": str(url or ""), "title": str(title or "")[:MAX_TITLE], "kind": str(kind or "")}
 
 
-def merge_sources(into: list[dict[str, str]], sources: Iterable[Mapping[str, Any] | _SourceLike]) -> list[dict[str, str]]:
+def merge_sources(
+    into: list[dict[str, str]], sources: Iterable[Mapping[str, Any] | _SourceLike]
+) -> list[dict[str, str]]:
     """Add *sources* to *into*, deduplicated by normalised URL, and return them normalised.
 
     A source whose URL is not a web URL is dropped. A page already in *into* is not added again,

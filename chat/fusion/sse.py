@@ -15,6 +15,7 @@ ignored. JSON decoding of ``data`` is the caller's job.
 Owns SSE parsing for the whole project (only ``client`` uses it). Standard library only:
 no Django, no httpx, no other engine module.
 """
+
 from __future__ import annotations
 
 import codecs

@@ -8,6 +8,7 @@ Plain dataclasses, enums and protocols: imports nothing but the standard library
 httpx, no other engine module). Event ``type`` strings mirror OpenRouter's fusion stream taxonomy
 (``response.fusion_call.panel.delta`` → ``panel.delta``) so clients port easily.
 """
+
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
@@ -550,7 +551,6 @@ PipelineEvent = (
     | RunCompleted
     | RunFailed
 )
-
 
 
 # --------------------------------------------------------------------------- tools

@@ -8,6 +8,7 @@ to reset the final answer's text.
 
 No Django, no httpx.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -103,7 +104,9 @@ class Writer:
             raise
         except Exception:
             log.exception("Writer %s crashed while streaming", spec.model)
-            draft.error = ProviderError(kind="upstream_error", message="Internal error while reading the writer's answer.")
+            draft.error = ProviderError(
+                kind="upstream_error", message="Internal error while reading the writer's answer."
+            )
         text = "".join(draft.content)
         error = outcome_error(text, draft.finish, draft.error)
         close_record(record, draft.started, error)

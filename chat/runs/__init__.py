@@ -13,6 +13,7 @@ Owns starting, steering, streaming, storing and recovering runs. Modules, one jo
 Imports the engine (chat.fusion) and the Django app's models and services; never the consumers
 or views, which import it.
 """
+
 from __future__ import annotations
 
 from chat.runs.checks import RunError

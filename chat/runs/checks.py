@@ -3,6 +3,7 @@
 Each check raises ``RunError`` with a message the user can act on; ``reserve_spend`` holds the
 run's highest estimated cost against the user's daily limit inside the run's transaction.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -47,8 +48,17 @@ def check_limits(*, user: Any, conversation: Conversation) -> None:
 
 def check_models_and_keys(*, user: Any, panel: dict[str, Any]) -> None:
     """Before any paid call: every model is in its provider's catalogue, every provider has a key."""
-    models = [s["model"] for s in (*panel["members"], panel["analyst"], panel["writer"],
-                                   panel.get("fallback_analyst"), panel.get("fallback_writer")) if s]
+    models = [
+        s["model"]
+        for s in (
+            *panel["members"],
+            panel["analyst"],
+            panel["writer"],
+            panel.get("fallback_analyst"),
+            panel.get("fallback_writer"),
+        )
+        if s
+    ]
     errors = model_catalogue.validate_models(models)
     if errors:
         raise RunError("invalid", " ".join(errors))
@@ -58,13 +68,16 @@ def check_models_and_keys(*, user: Any, panel: dict[str, Any]) -> None:
         raise RunError("no_key", " ".join(problems))
 
 
-def reserve_spend(*, user: Any, run: Run, request: FusionRequest, reused_slots: Any = (),
-                   reuse_analysis: bool = False) -> None:
+def reserve_spend(
+    *, user: Any, run: Run, request: FusionRequest, reused_slots: Any = (), reuse_analysis: bool = False
+) -> None:
     """Hold the run's high cost estimate against today's limit (inside the run's transaction)."""
     threads = [request.messages, *(request.member_messages or {}).values()]
     chars = max(sum(len(str(m.get("content") or "")) for m in thread) for thread in threads)
     _, high = model_catalogue.estimate_panel_cost(
-        run.config, prompt_tokens=model_catalogue.tokens_of_chars(chars), reused_slots=reused_slots,
+        run.config,
+        prompt_tokens=model_catalogue.tokens_of_chars(chars),
+        reused_slots=reused_slots,
         reuse_analysis=reuse_analysis,
     )
     high += _search_reserve_usd(request)

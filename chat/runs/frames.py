@@ -3,6 +3,7 @@
 No database and no channel layer here: ``Flusher`` is given the coroutine that sends a payload
 (chat.runs.live sends it to the conversation's group), so all of this is tested alone.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,7 +66,12 @@ class Stream:
             self.html = render_markdown(self.text) if self.text else ""
         if self.html is not None:
             return {"content": self.text, "html": self.html, "blocks_html": "", "consumed": len(self.text)}
-        return {"content": self.text, "html": None, "blocks_html": "".join(self.blocks), "consumed": self.renderer.consumed}
+        return {
+            "content": self.text,
+            "html": None,
+            "blocks_html": "".join(self.blocks),
+            "consumed": self.renderer.consumed,
+        }
 
 
 class Coalescer:

@@ -6,6 +6,7 @@ the frames that makes (chat.runs.frames), checkpoints through a ``RunStore``, an
 run's control group for controls sent from other processes. ``RunManager`` also runs the sweep:
 runs of dead processes become interrupted, deactivated users' runs stop.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,8 +53,17 @@ async def join_control_group(run_id: uuid.UUID) -> str:
 class ActiveRun:
     """A running pipeline: engine events → its state → frames for the group + checkpoints."""
 
-    def __init__(self, *, run: Run, request: FusionRequest, client: ChatClient, fusion: FusionRun, state: RunState,
-                 store: RunStore | None = None, control_channel: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        run: Run,
+        request: FusionRequest,
+        client: ChatClient,
+        fusion: FusionRun,
+        state: RunState,
+        store: RunStore | None = None,
+        control_channel: str | None = None,
+    ) -> None:
         self.run_id: uuid.UUID = run.pk
         self.user_id = run.user_id
         self.conversation_id = run.conversation_id

@@ -4,6 +4,7 @@ At start-up (``recover_interrupted_runs``, from ``manage.py recover_runs`` and f
 and in every process's sweep (chat.runs.live), a run left running by a dead process keeps its
 partial text, counts what its calls cost, and leaves no member in a live status.
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,15 +56,22 @@ def mark_interrupted(queryset: Any) -> int:
         usage = spend.usage_total(c["usage"] for c in calls)
         with transaction.atomic():
             updated = Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-                status=RunStatus.INTERRUPTED, finished_at=timezone.now(), error_kind="interrupted", reserved_usd=0,
+                status=RunStatus.INTERRUPTED,
+                finished_at=timezone.now(),
+                error_kind="interrupted",
+                reserved_usd=0,
                 error_message=INTERRUPTED_RUN,
-                cost_usd=spend.cost_of(usage), usage=usage.to_dict(), calls=[c for c in calls if c["role"] != "panel"],
+                cost_usd=spend.cost_of(usage),
+                usage=usage.to_dict(),
+                calls=[c for c in calls if c["role"] != "panel"],
             )
             if not updated:  # its process finished it after all
                 continue
             count += updated
             run.members.filter(status__in=[s.value for s in LIVE_STATUSES]).update(
-                status=MemberStatus.STOPPED.value, error_kind="interrupted", error_message=INTERRUPTED_MEMBER,
+                status=MemberStatus.STOPPED.value,
+                error_kind="interrupted",
+                error_message=INTERRUPTED_MEMBER,
             )
             for call in calls:
                 if call["role"] == "panel":

@@ -4,6 +4,7 @@ Every door (the websocket, ``manage.py fuse``, the API, MCP) starts a run here, 
 spend, keys and storage are the same whichever door a request used. The sync helpers validate
 and write rows; the async services hand the run to this process's manager (chat.runs.live).
 """
+
 from __future__ import annotations
 
 import logging
@@ -98,8 +99,11 @@ def _no_tool_models(request: FusionRequest) -> set[str]:
         log.warning("could not read tool support from the model catalogue", exc_info=True)
         return set()
     return {
-        model for model, info in found.items()
-        if info is not None and getattr(info, "supported_parameters", None) and not getattr(info, "supports_tools", True)
+        model
+        for model, info in found.items()
+        if info is not None
+        and getattr(info, "supported_parameters", None)
+        and not getattr(info, "supports_tools", True)
     }
 
 
@@ -113,23 +117,48 @@ def _research_notice(request: FusionRequest) -> str | None:
 # --------------------------------------------------------------------------- writing a run
 
 
-def _create_run(*, user: Any, conversation: Conversation, turn: Turn, client_run_id: str, panel: dict[str, Any],
-                writer: str | None = None, reuse: dict[int, MemberResponse] | None = None) -> Run:
+def _create_run(
+    *,
+    user: Any,
+    conversation: Conversation,
+    turn: Turn,
+    client_run_id: str,
+    panel: dict[str, Any],
+    writer: str | None = None,
+    reuse: dict[int, MemberResponse] | None = None,
+) -> Run:
     run = Run.objects.create(
-        user=user, conversation=conversation, turn=turn, client_run_id=client_run_id, config=panel,
-        analyst_model=panel["analyst"]["model"], writer_model=writer or panel["writer"]["model"],
+        user=user,
+        conversation=conversation,
+        turn=turn,
+        client_run_id=client_run_id,
+        config=panel,
+        analyst_model=panel["analyst"]["model"],
+        writer_model=writer or panel["writer"]["model"],
         process_id=PROCESS_ID,
     )
     reuse = reuse or {}
     MemberResponse.objects.bulk_create(
         [
             MemberResponse(
-                run=run, slot=i, model=m["model"], label=m.get("label", ""),
+                run=run,
+                slot=i,
+                model=m["model"],
+                label=m.get("label", ""),
                 **(
-                    {"status": MemberStatus.COMPLETE, "content": reuse[i].content, "reasoning": reuse[i].reasoning,
-                     "ttft_ms": reuse[i].ttft_ms, "duration_ms": reuse[i].duration_ms, "usage": reuse[i].usage,
-                     "tool_calls": reuse[i].tool_calls, "sources": reuse[i].sources, "notes": reuse[i].notes}
-                    if i in reuse else {}
+                    {
+                        "status": MemberStatus.COMPLETE,
+                        "content": reuse[i].content,
+                        "reasoning": reuse[i].reasoning,
+                        "ttft_ms": reuse[i].ttft_ms,
+                        "duration_ms": reuse[i].duration_ms,
+                        "usage": reuse[i].usage,
+                        "tool_calls": reuse[i].tool_calls,
+                        "sources": reuse[i].sources,
+                        "notes": reuse[i].notes,
+                    }
+                    if i in reuse
+                    else {}
                 ),
             )
             for i, m in enumerate(panel["members"])
@@ -158,8 +187,16 @@ def _checked_prompt(prompt: str) -> str:
     return prompt
 
 
-def _start_sync(*, user: Any, conversation_id: int, client_run_id: str, prompt: str, panel_data: Any,
-                follow_up_mode: str | None, preset_ref: Any = None) -> tuple[Run, FusionRequest | None]:
+def _start_sync(
+    *,
+    user: Any,
+    conversation_id: int,
+    client_run_id: str,
+    prompt: str,
+    panel_data: Any,
+    follow_up_mode: str | None,
+    preset_ref: Any = None,
+) -> tuple[Run, FusionRequest | None]:
     """Validate and write the turn and the run; return (run, request) or (existing run, None).
 
     A ``panel`` or ``preset`` sent with start is for this turn only; the conversation keeps its
@@ -178,7 +215,9 @@ def _start_sync(*, user: Any, conversation_id: int, client_run_id: str, prompt: 
     if resolved is not None:
         panel_data = resolved.panel
     try:
-        panel = panels.parse_panel(panel_data if panel_data is not None else (conversation.panel or panels.default_panel()))
+        panel = panels.parse_panel(
+            panel_data if panel_data is not None else (conversation.panel or panels.default_panel())
+        )
     except panels.PanelError as exc:
         raise RunError("invalid", str(exc)) from None
     check_limits(user=user, conversation=conversation)
@@ -207,7 +246,9 @@ def _start_sync(*, user: Any, conversation_id: int, client_run_id: str, prompt: 
         existing = Run.objects.filter(user=user, client_run_id=client_run_id).first()
         if existing is not None and existing.conversation_id == conversation_id:
             return existing, None
-        raise RunError("busy", "A run is already going in this conversation. Stop it or wait for it to finish.") from None
+        raise RunError(
+            "busy", "A run is already going in this conversation. Stop it or wait for it to finish."
+        ) from None
     return run, request
 
 
@@ -226,10 +267,17 @@ async def _start_active(run: Run, request: FusionRequest, frame: dict[str, Any],
     return _launch(run, request, control_channel=channel, **launch_kw)
 
 
-def _launch(run: Run, request: FusionRequest, *, registry: ProviderRegistry, control_channel: str | None = None,
-            price_lookup: Any = None,
-            reused: dict[int, dict[str, Any]] | None = None,
-            reused_research: dict[int, dict[str, Any]] | None = None, **fusion_kw: Any) -> ActiveRun:
+def _launch(
+    run: Run,
+    request: FusionRequest,
+    *,
+    registry: ProviderRegistry,
+    control_channel: str | None = None,
+    price_lookup: Any = None,
+    reused: dict[int, dict[str, Any]] | None = None,
+    reused_research: dict[int, dict[str, Any]] | None = None,
+    **fusion_kw: Any,
+) -> ActiveRun:
     """Run the pipeline with *registry*: the run's user's own keys (chat.engine.build_registry).
 
     Web tools are built here from the request's research settings (chat.engine.build_web_tools).
@@ -238,16 +286,21 @@ def _launch(run: Run, request: FusionRequest, *, registry: ProviderRegistry, con
     client = ChatClient(registry, limits=build_limits(), extra_secrets=known_secrets())
     fusion = FusionRun(request, client, tools=build_web_tools(request.research), **fusion_kw)
     state = RunState.start(
-        run, request.panel, reused=reused or {}, price_lookup=price_lookup,
-        research_notice=_research_notice(request), search_price_usd=search_price_usd(),
+        run,
+        request.panel,
+        reused=reused or {},
+        price_lookup=price_lookup,
+        research_notice=_research_notice(request),
+        search_price_usd=search_price_usd(),
     )
     for slot, research in (reused_research or {}).items():  # answers carried over keep their research
         member = state.members[slot]
         member.tool_calls, member.sources, member.notes = (
             list(research.get(k) or []) for k in ("tool_calls", "sources", "notes")
         )
-    active = ActiveRun(run=run, request=request, client=client, fusion=fusion, state=state,
-                       control_channel=control_channel)
+    active = ActiveRun(
+        run=run, request=request, client=client, fusion=fusion, state=state, control_channel=control_channel
+    )
     manager.launch(active)
     return active
 
@@ -276,15 +329,28 @@ async def _engine_inputs(*, user: Any, request: FusionRequest) -> dict[str, Any]
     }
 
 
-async def run_start(*, user: Any, conversation_id: int, client_run_id: str, prompt: str, panel: Any = None,
-                    follow_up_mode: str | None = None, preset: Any = None) -> tuple[dict[str, Any], bool]:
+async def run_start(
+    *,
+    user: Any,
+    conversation_id: int,
+    client_run_id: str,
+    prompt: str,
+    panel: Any = None,
+    follow_up_mode: str | None = None,
+    preset: Any = None,
+) -> tuple[dict[str, Any], bool]:
     """Start a run, or attach to the one this client run id already started.
 
     Returns (state or run.started frame, created).
     """
     run, request = await database_sync_to_async(_start_sync)(
-        user=user, conversation_id=conversation_id, client_run_id=client_run_id, prompt=prompt,
-        panel_data=panel, follow_up_mode=follow_up_mode, preset_ref=preset,
+        user=user,
+        conversation_id=conversation_id,
+        client_run_id=client_run_id,
+        prompt=prompt,
+        panel_data=panel,
+        follow_up_mode=follow_up_mode,
+        preset_ref=preset,
     )
     if request is None:
         return await run_snapshot(run_id=run.pk), False
@@ -348,12 +414,15 @@ def _owned_run(*, user: Any, conversation_id: int, client_run_id: str) -> Run:
 
 
 async def _active_for(*, user: Any, conversation_id: int, client_run_id: str) -> tuple[Run, ActiveRun | None]:
-    run = await database_sync_to_async(_owned_run)(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
+    run = await database_sync_to_async(_owned_run)(
+        user=user, conversation_id=conversation_id, client_run_id=client_run_id
+    )
     return run, manager.get(run.pk)
 
 
-async def _control(*, user: Any, conversation_id: int, client_run_id: str, action: str,
-                   slot: int | None = None) -> tuple[Run, bool | None]:
+async def _control(
+    *, user: Any, conversation_id: int, client_run_id: str, action: str, slot: int | None = None
+) -> tuple[Run, bool | None]:
     """Steer a run wherever it runs: here directly, in another process through the channel layer.
 
     Returns (run, True/False) when this process owns the run (did the control apply?),
@@ -377,15 +446,17 @@ async def run_stop(*, user: Any, conversation_id: int, client_run_id: str) -> No
 
 
 async def run_stop_member(*, user: Any, conversation_id: int, client_run_id: str, slot: int) -> None:
-    _, applied = await _control(user=user, conversation_id=conversation_id, client_run_id=client_run_id,
-                                action="stop_member", slot=slot)
+    _, applied = await _control(
+        user=user, conversation_id=conversation_id, client_run_id=client_run_id, action="stop_member", slot=slot
+    )
     if applied is False:
         raise RunError("invalid", "That member is not running.")
 
 
 async def run_fuse_now(*, user: Any, conversation_id: int, client_run_id: str) -> None:
-    _, applied = await _control(user=user, conversation_id=conversation_id, client_run_id=client_run_id,
-                                action="fuse_now")
+    _, applied = await _control(
+        user=user, conversation_id=conversation_id, client_run_id=client_run_id, action="fuse_now"
+    )
     if applied is False:
         raise RunError("invalid", "Fuse now works only while panel members are still answering.")
 
@@ -393,8 +464,9 @@ async def run_fuse_now(*, user: Any, conversation_id: int, client_run_id: str) -
 # --------------------------------------------------------------------------- re-running a turn
 
 
-def _rerun_sync(*, user: Any, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None
-                ) -> tuple[Run, FusionRequest, dict[int, MemberResponse], AnalysisCompleted | None, str]:
+def _rerun_sync(
+    *, user: Any, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None
+) -> tuple[Run, FusionRequest, dict[int, MemberResponse], AnalysisCompleted | None, str]:
     """A new run for the same turn that reuses the old run's answers (and analysis, for regenerate)."""
     old = _owned_run(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
     if old.status == RunStatus.RUNNING:
@@ -418,8 +490,15 @@ def _rerun_sync(*, user: Any, conversation_id: int, client_run_id: str, slot: in
     keep_analysis = writer is not None and old.analysis is not None and slot is None
     try:
         with transaction.atomic():
-            run = _create_run(user=user, conversation=old.conversation, turn=old.turn, client_run_id=new_client_id,
-                              panel=panel, writer=panel["writer"]["model"], reuse=reuse)
+            run = _create_run(
+                user=user,
+                conversation=old.conversation,
+                turn=old.turn,
+                client_run_id=new_client_id,
+                panel=panel,
+                writer=panel["writer"]["model"],
+                reuse=reuse,
+            )
             reserve_spend(user=user, run=run, request=request, reused_slots=reuse, reuse_analysis=keep_analysis)
     except IntegrityError:
         raise RunError("busy", "A run is already going in this conversation.") from None
@@ -428,23 +507,33 @@ def _rerun_sync(*, user: Any, conversation_id: int, client_run_id: str, slot: in
         reuse_analysis = AnalysisCompleted(
             analyst_model=old.analyst_model, analysis=old.analysis, label_map=old.label_map, records=[]
         )
-        Run.objects.filter(pk=run.pk).update(analysis=old.analysis, label_map=old.label_map, analyst_model=old.analyst_model)
+        Run.objects.filter(pk=run.pk).update(
+            analysis=old.analysis, label_map=old.label_map, analyst_model=old.analyst_model
+        )
         run.analysis, run.label_map = old.analysis, old.label_map
     return run, request, reuse, reuse_analysis, str(old.pk)
 
 
-async def _rerun(*, user: Any, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None) -> dict[str, Any]:
+async def _rerun(
+    *, user: Any, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None
+) -> dict[str, Any]:
     run, request, reuse, analysis, old_id = await database_sync_to_async(_rerun_sync)(
         user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=slot, writer=writer
     )
     inputs = await _engine_inputs(user=user, request=request)
     frame = _run_started_frame(run, request, replaces=old_id)
     await _start_active(
-        run, request, frame, **inputs,
-        reuse_answers={s: m.content for s, m in reuse.items()}, reuse_analysis=analysis,
+        run,
+        request,
+        frame,
+        **inputs,
+        reuse_answers={s: m.content for s, m in reuse.items()},
+        reuse_analysis=analysis,
         reused={s: call_metrics(m.ttft_ms, m.duration_ms, m.usage) for s, m in reuse.items()},
         reuse_sources={s: m.sources or [] for s, m in reuse.items()},
-        reused_research={s: {"tool_calls": m.tool_calls, "sources": m.sources, "notes": m.notes} for s, m in reuse.items()},
+        reused_research={
+            s: {"tool_calls": m.tool_calls, "sources": m.sources, "notes": m.notes} for s, m in reuse.items()
+        },
     )
     return frame
 
@@ -452,8 +541,9 @@ async def _rerun(*, user: Any, conversation_id: int, client_run_id: str, slot: i
 async def run_retry_member(*, user: Any, conversation_id: int, client_run_id: str, slot: int) -> None:
     run, active = await _active_for(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
     if active is not None or run.status == RunStatus.RUNNING:  # still running: restart in place
-        _, applied = await _control(user=user, conversation_id=conversation_id, client_run_id=client_run_id,
-                                    action="retry_member", slot=slot)
+        _, applied = await _control(
+            user=user, conversation_id=conversation_id, client_run_id=client_run_id, action="retry_member", slot=slot
+        )
         if applied is False:
             raise RunError("invalid", "Only a failed or stopped member can be retried, while the panel is answering.")
         return

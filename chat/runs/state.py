@@ -7,6 +7,7 @@ shapes of docs/protocol.md and of the conversation export.
 
 Pure: no database query and no channel layer (rows may be model instances or plain objects).
 """
+
 from __future__ import annotations
 
 import functools
@@ -232,13 +233,22 @@ class RunState:
             status = MemberStatus(m.status)
             if done and status in LIVE_STATUSES:
                 status = MemberStatus.STOPPED
-            states.append(MemberState(
-                slot=m.slot, model=m.model, key=keys[m.slot] if m.slot < len(keys) else m.model, label=m.label,
-                status=status, error=_error(m.error_kind, m.error_message),
-                metrics=call_metrics(m.ttft_ms, m.duration_ms, m.usage), attempt=m.attempt,
-                tool_calls=m.tool_calls or [], sources=m.sources or [], notes=m.notes or [],
-                stream=_stored_stream(m.content, m.reasoning, finished=done or status in ENDED),
-            ))
+            states.append(
+                MemberState(
+                    slot=m.slot,
+                    model=m.model,
+                    key=keys[m.slot] if m.slot < len(keys) else m.model,
+                    label=m.label,
+                    status=status,
+                    error=_error(m.error_kind, m.error_message),
+                    metrics=call_metrics(m.ttft_ms, m.duration_ms, m.usage),
+                    attempt=m.attempt,
+                    tool_calls=m.tool_calls or [],
+                    sources=m.sources or [],
+                    notes=m.notes or [],
+                    stream=_stored_stream(m.content, m.reasoning, finished=done or status in ENDED),
+                )
+            )
         if done:
             phase = RunPhase.DONE
         elif run.answer or run.writer_model and run.analysis is not None:
@@ -308,16 +318,38 @@ class RunState:
     def terminal_frame(self) -> Frame:
         """``completed`` or ``failed``: the last frame of a run, sent once its final state is stored."""
         if isinstance(self.result, RunCompleted):
-            return {"type": "completed", "status": RunStatus.COMPLETE.value, "html": self.final.html or "",
-                    "usage": self.usage, "timings": self.timings, "failed_models": self.failed_models,
-                    "sources": self.sources, "tool_usage": self.tool_usage}
+            return {
+                "type": "completed",
+                "status": RunStatus.COMPLETE.value,
+                "html": self.final.html or "",
+                "usage": self.usage,
+                "timings": self.timings,
+                "failed_models": self.failed_models,
+                "sources": self.sources,
+                "tool_usage": self.tool_usage,
+            }
         error = self.error or UNEXPECTED_END
         if isinstance(self.result, RunFailed):
-            return {"type": "failed", "status": self.status.value, "kind": error["kind"], "message": error["message"],
-                    "usage": self.usage, "failed_models": self.failed_models, "html": self.final.html or "",
-                    "sources": self.sources, "tool_usage": self.tool_usage}
-        return {"type": "failed", "status": RunStatus.ERROR.value, "kind": error["kind"], "message": error["message"],
-                "usage": {}, "failed_models": [], "html": ""}
+            return {
+                "type": "failed",
+                "status": self.status.value,
+                "kind": error["kind"],
+                "message": error["message"],
+                "usage": self.usage,
+                "failed_models": self.failed_models,
+                "html": self.final.html or "",
+                "sources": self.sources,
+                "tool_usage": self.tool_usage,
+            }
+        return {
+            "type": "failed",
+            "status": RunStatus.ERROR.value,
+            "kind": error["kind"],
+            "message": error["message"],
+            "usage": {},
+            "failed_models": [],
+            "html": "",
+        }
 
     def export(self) -> dict[str, Any]:
         """A stored run in the conversation export (``fusion-chatroom.conversation`` version 1)."""
@@ -403,11 +435,18 @@ class RunState:
     def _on_panel_completed(self, e: PanelCompleted, ahead: RenderUpdate | None) -> Emit:
         m = self.members[e.slot]
         m.stream.text, m.stream.html = e.content, render_whole(e.content)
-        m.metrics = self.reused.get(e.slot) or call_metrics(e.record.ttft_ms, e.record.duration_ms,
-                                                       self._priced_usage(e.record))
+        m.metrics = self.reused.get(e.slot) or call_metrics(
+            e.record.ttft_ms, e.record.duration_ms, self._priced_usage(e.record)
+        )
         m.status, m.sources = MemberStatus.COMPLETE, list(e.sources)
-        return {"type": "panel.completed", "slot": e.slot, "model": e.model, "html": m.stream.html,
-                "metrics": m.metrics, "sources": m.sources}, False
+        return {
+            "type": "panel.completed",
+            "slot": e.slot,
+            "model": e.model,
+            "html": m.stream.html,
+            "metrics": m.metrics,
+            "sources": m.sources,
+        }, False
 
     def _on_panel_failed(self, e: PanelFailed, ahead: RenderUpdate | None) -> Emit:
         m = self.members[e.slot]
@@ -420,16 +459,39 @@ class RunState:
         for call in m.tool_calls:  # a call cut short by the stop
             if call.get("status") == "running":
                 call.update(status="failed", ok=False, summary="stopped")
-        return {"type": "panel.failed", "slot": e.slot, "model": e.model, "status": m.status.value, "error": m.error,
-                "metrics": m.metrics, "html": m.stream.html, "sources": m.sources}, True
+        return {
+            "type": "panel.failed",
+            "slot": e.slot,
+            "model": e.model,
+            "status": m.status.value,
+            "error": m.error,
+            "metrics": m.metrics,
+            "html": m.stream.html,
+            "sources": m.sources,
+        }, True
 
     def _on_tool_started(self, e: PanelToolStarted, ahead: RenderUpdate | None) -> Emit:
         m = self.members[e.slot]
-        m.tool_calls.append({"id": e.call_id, "name": e.name, "arguments": e.arguments, "status": "running",
-                             "ok": None, "summary": "", "sources": []})
+        m.tool_calls.append(
+            {
+                "id": e.call_id,
+                "name": e.name,
+                "arguments": e.arguments,
+                "status": "running",
+                "ok": None,
+                "summary": "",
+                "sources": [],
+            }
+        )
         m.status = MemberStatus.SEARCHING
-        return {"type": "panel.tool.started", "slot": e.slot, "model": e.model, "call_id": e.call_id,
-                "name": e.name, "arguments": e.arguments}, True
+        return {
+            "type": "panel.tool.started",
+            "slot": e.slot,
+            "model": e.model,
+            "call_id": e.call_id,
+            "name": e.name,
+            "arguments": e.arguments,
+        }, True
 
     def _on_tool_finished(self, e: PanelToolFinished, ahead: RenderUpdate | None) -> Emit:
         m = self.members[e.slot]
@@ -441,9 +503,17 @@ class RunState:
         merge_sources(m.sources, e.sources)
         if m.status == MemberStatus.SEARCHING and not m.tools_running():
             m.status = MemberStatus.STREAMING if m.stream.text else MemberStatus.WAITING
-        return {"type": "panel.tool.finished", "slot": e.slot, "model": e.model, "call_id": e.call_id,
-                "name": e.name, "ok": e.ok, "summary": e.summary, "sources": list(e.sources),
-                "status": m.status.value}, True
+        return {
+            "type": "panel.tool.finished",
+            "slot": e.slot,
+            "model": e.model,
+            "call_id": e.call_id,
+            "name": e.name,
+            "ok": e.ok,
+            "summary": e.summary,
+            "sources": list(e.sources),
+            "status": m.status.value,
+        }, True
 
     def _on_panel_note(self, e: PanelNote, ahead: RenderUpdate | None) -> Emit:
         m = self.members[e.slot]
@@ -458,8 +528,13 @@ class RunState:
     def _on_analysis_completed(self, e: AnalysisCompleted, ahead: RenderUpdate | None) -> Emit:
         self.analysis, self.label_map, self.analyst = e.analysis, e.label_map, e.analyst_model
         self.analysis_calls = [r.to_dict() for r in e.records]
-        return {"type": "analysis.completed", "analysis": e.analysis, "label_map": e.label_map,
-                "analyst_model": e.analyst_model, "models": self.model_slots()}, True
+        return {
+            "type": "analysis.completed",
+            "analysis": e.analysis,
+            "label_map": e.label_map,
+            "analyst_model": e.analyst_model,
+            "models": self.model_slots(),
+        }, True
 
     def _on_analysis_degraded(self, e: AnalysisDegraded, ahead: RenderUpdate | None) -> Emit:
         self.analysis, self.analysis_error = None, e.reason
@@ -479,7 +554,9 @@ class RunState:
         self.result, self.phase, self.status = e, RunPhase.DONE, RunStatus.COMPLETE
         self.usage, self.timings, self.failed_models = e.usage.to_dict(), e.timings, e.failed_models
         self.sources = list(e.sources)
-        self.tool_usage = priced_tool_usage(e.tool_usage, notice=self.research_notice, search_price_usd=self.search_price_usd)
+        self.tool_usage = priced_tool_usage(
+            e.tool_usage, notice=self.research_notice, search_price_usd=self.search_price_usd
+        )
         self.final.text, self.final.html = e.answer, render_whole(e.answer)
 
     def _on_run_failed(self, e: RunFailed, ahead: RenderUpdate | None) -> None:
@@ -490,7 +567,8 @@ class RunState:
         calls = [c.get("name") for m in self.members for c in m.tool_calls]
         self.tool_usage = priced_tool_usage(
             {"searches": calls.count("web_search"), "fetches": calls.count("web_fetch")},
-            notice=self.research_notice, search_price_usd=self.search_price_usd,
+            notice=self.research_notice,
+            search_price_usd=self.search_price_usd,
         )
         if self.final.text:
             self.final.html = render_markdown(self.final.text)

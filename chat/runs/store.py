@@ -4,6 +4,7 @@
 writes each run's rows on its own. A store that batches the writes of many runs replaces it in
 one place, ``default_store``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,11 +44,18 @@ class DatabaseRunStore:
     def checkpoint(self, state: RunState) -> None:
         for m in state.members:
             MemberResponse.objects.filter(run_id=state.run_id, slot=m.slot).update(
-                content=m.stream.text, reasoning=m.stream.reasoning, status=m.status.value,
-                tool_calls=m.tool_calls, sources=m.sources, notes=m.notes,
+                content=m.stream.text,
+                reasoning=m.stream.reasoning,
+                status=m.status.value,
+                tool_calls=m.tool_calls,
+                sources=m.sources,
+                notes=m.notes,
             )
         Run.objects.filter(pk=state.run_id, status=RunStatus.RUNNING).update(
-            answer=state.final.text, heartbeat_at=timezone.now(), analysis=state.analysis, label_map=state.label_map,
+            answer=state.final.text,
+            heartbeat_at=timezone.now(),
+            analysis=state.analysis,
+            label_map=state.label_map,
             writer_model=state.writer,
         )
 
@@ -60,10 +68,18 @@ class DatabaseRunStore:
             for m in state.members:
                 err = m.error or {}
                 MemberResponse.objects.filter(run_id=state.run_id, slot=m.slot).update(
-                    content=m.stream.text, reasoning=m.stream.reasoning, status=m.status.value, attempt=m.attempt,
-                    error_kind=err.get("kind", ""), error_message=err.get("message", ""),
-                    ttft_ms=m.metrics["ttft_ms"], duration_ms=m.metrics["duration_ms"], usage=m.metrics["usage"],
-                    tool_calls=m.tool_calls, sources=m.sources, notes=m.notes,
+                    content=m.stream.text,
+                    reasoning=m.stream.reasoning,
+                    status=m.status.value,
+                    attempt=m.attempt,
+                    error_kind=err.get("kind", ""),
+                    error_message=err.get("message", ""),
+                    ttft_ms=m.metrics["ttft_ms"],
+                    duration_ms=m.metrics["duration_ms"],
+                    usage=m.metrics["usage"],
+                    tool_calls=m.tool_calls,
+                    sources=m.sources,
+                    notes=m.notes,
                 )
             now = timezone.now()
             fields: dict[str, Any] = {
@@ -80,8 +96,8 @@ class DatabaseRunStore:
                 "reserved_usd": 0,
                 "cost_usd": spend.cost_of(r.usage if r is not None else None),
                 "sources": state.sources,
-                "tool_usage": state.tool_usage or priced_tool_usage(
-                    {}, notice=state.research_notice, search_price_usd=state.search_price_usd),
+                "tool_usage": state.tool_usage
+                or priced_tool_usage({}, notice=state.research_notice, search_price_usd=state.search_price_usd),
             }
             if r is not None:
                 fields["usage"] = r.usage.to_dict()

@@ -1,4 +1,5 @@
 """Dollar amounts in templates: ``{{ amount|usd }}`` → $0.42, or $0.0031 below a cent."""
+
 from __future__ import annotations
 
 from typing import Any

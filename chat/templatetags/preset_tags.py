@@ -1,4 +1,5 @@
 """The composer's preset chooser, as a tag so every page with a composer gets it from one place."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -141,6 +141,7 @@ Python: ``async with ScriptedUpstream(scripts, time_scale=0.01) as up: ... up.ba
 ``await up.wait_for_disconnect(model)`` (hang-ups are noticed asynchronously) serve assertions.
 CLI: ``python -m chat.testing.scripted --port 8787 [--scripts file.json] [--time-scale 1]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -330,18 +331,30 @@ def _topic(question: str) -> str:
 
 
 _POINTS = [
-    ("Scope", "Start by pinning down what success means here; most disagreements about “{topic}” are really about goals."),
-    ("Trade-off", "The central trade-off is speed against reliability, and the right balance depends on how costly a mistake is."),
+    (
+        "Scope",
+        "Start by pinning down what success means here; most disagreements about “{topic}” are really about goals.",
+    ),
+    (
+        "Trade-off",
+        "The central trade-off is speed against reliability, and the right balance depends on how costly a mistake is.",
+    ),
     ("Evidence", "Measure before deciding: a small, honest baseline beats intuition, which is often wrong on this."),
     ("Risk", "Edge cases deserve more attention than the happy path, because that is where failures become expensive."),
     ("Pilot", "Try it on a small pilot first, then widen the rollout once the numbers hold up."),
     ("Cost", "Total cost is usually dominated by maintenance over time, not by the initial setup."),
     ("People", "Involve the people who will live with the result early; adoption fails more often than technology."),
-    ("Simplicity", "Prefer the simplest option that meets the requirements, and revisit it when the requirements change."),
+    (
+        "Simplicity",
+        "Prefer the simplest option that meets the requirements, and revisit it when the requirements change.",
+    ),
     ("Sources", "Check primary sources where you can, since summaries of “{topic}” often repeat the same mistake."),
     ("Timing", "Timing matters: the same decision can be right this quarter and wrong next year."),
     ("Reversibility", "Favour reversible steps, so a wrong call costs days rather than months."),
-    ("Documentation", "Write down the reasoning behind the decision; the next person will need it more than the conclusion."),
+    (
+        "Documentation",
+        "Write down the reasoning behind the decision; the next person will need it more than the conclusion.",
+    ),
 ]
 _SHARED_POINT = "There is no single right answer to “{topic}”: the context and constraints decide."
 
@@ -541,7 +554,9 @@ def tools_offered(body: dict[str, Any]) -> bool:
 
 
 def server_tools_requested(body: dict[str, Any]) -> bool:
-    return any(isinstance(t, dict) and str(t.get("type", "")).startswith("openrouter:") for t in body.get("tools") or [])
+    return any(
+        isinstance(t, dict) and str(t.get("type", "")).startswith("openrouter:") for t in body.get("tools") or []
+    )
 
 
 def tool_result_urls(messages: list[dict[str, Any]]) -> list[str]:
@@ -571,7 +586,12 @@ def pages_read(messages: list[dict[str, Any]]) -> list[str]:
             except (ValueError, AttributeError):
                 continue
             result = results.get(call.get("id"), "").lstrip().lower()
-            if isinstance(url, str) and url and not result.startswith(("error", "blocked", "not run")) and url not in pages:
+            if (
+                isinstance(url, str)
+                and url
+                and not result.startswith(("error", "blocked", "not run"))
+                and url not in pages
+            ):
                 pages.append(url)
     return pages
 
@@ -635,7 +655,9 @@ def make_plan(model: str, script: dict[str, Any], body: dict[str, Any], fault: d
             else f"call_{step}_{i}_{hashlib.sha1(f'{model}{step}{i}'.encode()).hexdigest()[:8]}",
             "name": str(tc.get("name", "tool")),
             "arguments": _fill(
-                tc["arguments"] if isinstance(tc.get("arguments"), str) else json.dumps(tc.get("arguments", {})), urls, ""
+                tc["arguments"] if isinstance(tc.get("arguments"), str) else json.dumps(tc.get("arguments", {})),
+                urls,
+                "",
             ),
         }
         for i, tc in enumerate(script.get("tool_calls") or [])
@@ -655,7 +677,13 @@ def make_plan(model: str, script: dict[str, Any], body: dict[str, Any], fault: d
     if script.get("content_chars") and fault_type != "empty" and not tool_calls:
         content = repeat_to(content, int(script["content_chars"]))
     annotations: list[dict[str, Any]] = []
-    if script.get("cite") and not tool_calls and fault_type is None and read and "{sources}" not in str(script.get("content", "")):
+    if (
+        script.get("cite")
+        and not tool_calls
+        and fault_type is None
+        and read
+        and "{sources}" not in str(script.get("content", ""))
+    ):
         content = f"{content}\n\n**Sources**\n\n{sources_markdown(read)}".strip()
     if script.get("server_tools") and server_tools_requested(body) and not tool_calls and fault_type is None:
         citations = _server_citations(script["server_tools"], body)
@@ -682,7 +710,11 @@ def make_plan(model: str, script: dict[str, Any], body: dict[str, Any], fault: d
     if script.get("server_tools") and server_tools_requested(body) and fault_type is None:
         config = script["server_tools"] if isinstance(script["server_tools"], dict) else {}
         searches = int(config.get("web_search_requests", 1))
-        plan.usage["server_tool_use"] = {"web_search_requests": searches, "tool_calls_requested": searches, "tool_calls_executed": searches}
+        plan.usage["server_tool_use"] = {
+            "web_search_requests": searches,
+            "tool_calls_requested": searches,
+            "tool_calls_executed": searches,
+        }
         plan.annotations = annotations
     return plan
 
@@ -697,7 +729,9 @@ def _server_citations(config: Any, body: dict[str, Any]) -> list[dict[str, str]]
     for c in citations:
         host = re.sub(r"^https?://", "", str(c.get("url", ""))).split("/")[0].split(":")[0].lower()
         if not any(host == d or host.endswith("." + d) for d in excluded):
-            kept.append({"url": str(c.get("url", "")), "title": str(c.get("title", "")), "content": str(c.get("content", ""))})
+            kept.append(
+                {"url": str(c.get("url", "")), "title": str(c.get("title", "")), "content": str(c.get("content", ""))}
+            )
     return kept
 
 
@@ -823,7 +857,9 @@ class Connection:
             return
         raise ClientGone
 
-    async def send_json(self, status: int, payload: Any, *, headers: dict[str, str] | None = None, close: bool = False) -> None:
+    async def send_json(
+        self, status: int, payload: Any, *, headers: dict[str, str] | None = None, close: bool = False
+    ) -> None:
         body = json.dumps(payload, ensure_ascii=False).encode()
         head = {"Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}
         if close:
@@ -1097,7 +1133,13 @@ class ScriptedUpstream:
             safe_headers["authorization-sha256"] = hashlib.sha256(key.encode()).hexdigest()[:16]
         params = {k: v for k, v in body.items() if k not in ("model", "messages")}
         self.requests.append(
-            {"time": time.time(), "model": model, "messages": body.get("messages"), "params": params, "headers": safe_headers}
+            {
+                "time": time.time(),
+                "model": model,
+                "messages": body.get("messages"),
+                "params": params,
+                "headers": safe_headers,
+            }
         )
 
     async def _http_fault(self, conn: Connection, fault: dict[str, Any], model: str, headers: dict[str, str]) -> None:
@@ -1154,7 +1196,12 @@ class ScriptedUpstream:
         await self._stream_content(conn, sse, chunk, script, plan.content[cut:], size)
 
         for index, call in enumerate(plan.tool_calls):
-            head = {"index": index, "id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": ""}}
+            head = {
+                "index": index,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["name"], "arguments": ""},
+            }
             await sse.data(chunk.delta({"tool_calls": [head]}))
             for piece in _pieces(call["arguments"], size):
                 await sse.data(chunk.delta({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
@@ -1181,7 +1228,10 @@ class ScriptedUpstream:
         """Misbehave at the fault's point in the content; False when that ends the response."""
         kind = fault["type"]
         if kind == "error_mid_stream":
-            error = {"code": int(fault.get("code", 502)), "message": str(fault.get("message", "Provider returned error"))}
+            error = {
+                "code": int(fault.get("code", 502)),
+                "message": str(fault.get("message", "Provider returned error")),
+            }
             await sse.data({**chunk.delta({"content": ""}, finish="error"), "error": error})
             await sse.end()
             return False
@@ -1197,7 +1247,9 @@ class ScriptedUpstream:
             await sse.data('{"id": "gen-broken", "choices": [{"index": 0, "delta": {"content": "')
         return True
 
-    async def _complete(self, conn: Connection, plan: Plan, script: dict[str, Any], fault: dict[str, Any] | None) -> None:
+    async def _complete(
+        self, conn: Connection, plan: Plan, script: dict[str, Any], fault: dict[str, Any] | None
+    ) -> None:
         fault_type = fault["type"] if fault else None
         if fault_type in ("hang", "keepalive_only"):
             await self._wait(conn, None, math.inf, 0)
@@ -1208,7 +1260,9 @@ class ScriptedUpstream:
         await self._wait(conn, None, self._delay(script.get("ttft_ms")) + generation, 0)
         if fault_type == "error_mid_stream":
             status = int(fault.get("code", 502))
-            await conn.send_json(status, error_payload(status, str(fault.get("message", "Provider returned error"))), close=True)
+            await conn.send_json(
+                status, error_payload(status, str(fault.get("message", "Provider returned error"))), close=True
+            )
             return
         message: dict[str, Any] = {"role": "assistant", "content": plan.content}
         if plan.reasoning:
@@ -1236,7 +1290,13 @@ class _ChunkFactory:
         self.created = int(time.time())
 
     def base(self) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "provider": "Scripted"}
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "provider": "Scripted",
+        }
 
     def delta(self, delta: dict[str, Any], *, finish: str | None = None) -> dict[str, Any]:
         return {**self.base(), "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}

@@ -1,4 +1,5 @@
 """What several view modules share: the sidebar's context and the NotFound → 404 mapping."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -3,6 +3,7 @@
 Views parse, authorize, call one service in chat/accounts.py and respond. The sign-in lockout
 itself is django-axes' (chat.accounts.LockoutBackend, chat.accounts.lockout_response).
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -2,6 +2,7 @@
 
 Both read the cached catalogue only (chat/model_catalogue.py): they never wait for a provider.
 """
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -60,13 +61,17 @@ def estimate_json(request: AuthedRequest, pk: int | None = None) -> JsonResponse
         panel = form.cleaned_data["panel"]
     models = [s["model"] for s in (*panel["members"], panel["analyst"], panel["writer"])]
     unknown = model_catalogue.validate_models(models, fetch_missing=False)
-    low, high = model_catalogue.estimate_panel_cost(panel, prompt_tokens=model_catalogue.tokens_of_chars(chars + history))
-    return JsonResponse({
-        "ok": True,
-        "low": low,
-        "high": high,
-        "text": f"{spend.usd(low)}–{spend.usd(high)}",
-        "unknown": unknown,
-        "unpriced": model_catalogue.unpriced_models(panel),
-        "calls": len(panel["members"]) + 2,
-    })
+    low, high = model_catalogue.estimate_panel_cost(
+        panel, prompt_tokens=model_catalogue.tokens_of_chars(chars + history)
+    )
+    return JsonResponse(
+        {
+            "ok": True,
+            "low": low,
+            "high": high,
+            "text": f"{spend.usd(low)}–{spend.usd(high)}",
+            "unknown": unknown,
+            "unpriced": model_catalogue.unpriced_models(panel),
+            "calls": len(panel["members"]) + 2,
+        }
+    )

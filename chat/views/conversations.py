@@ -3,6 +3,7 @@
 Views parse, authorize (every conversation goes through ``conversation_get_for_user``), call one
 service and respond. Runs themselves are started over the websocket (chat/consumers.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,9 @@ def _composer(*, conversation: Conversation | None, form: PanelForm | None = Non
 
 def _next_url(request: HttpRequest, default: str) -> str:
     target = request.POST.get("next") or request.GET.get("next") or ""
-    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
         return target
     return default
 
@@ -111,8 +114,9 @@ def conversation_new(request: AuthedRequest) -> HttpResponse:
         user=request.user, panel=form.cleaned_data["panel"], follow_up_mode=form.cleaned_data["follow_up_mode"]
     )
     if chosen is not None:
-        presets.preset_apply_to_conversation(conversation=conversation, resolved=chosen,
-                                             follow_up_mode=form.cleaned_data["follow_up_mode"])
+        presets.preset_apply_to_conversation(
+            conversation=conversation, resolved=chosen, follow_up_mode=form.cleaned_data["follow_up_mode"]
+        )
     _stash_pending_start(request, conversation, form.cleaned_data["prompt"])
     return redirect("conversation", pk=conversation.pk)
 
@@ -133,8 +137,9 @@ def conversation_detail(request: AuthedRequest, pk: int) -> HttpResponse:
                 follow_up_mode=form.cleaned_data["follow_up_mode"],
             )
             if chosen is not None:
-                presets.preset_apply_to_conversation(conversation=conversation, resolved=chosen,
-                                                     follow_up_mode=form.cleaned_data["follow_up_mode"])
+                presets.preset_apply_to_conversation(
+                    conversation=conversation, resolved=chosen, follow_up_mode=form.cleaned_data["follow_up_mode"]
+                )
             _stash_pending_start(request, conversation, form.cleaned_data["prompt"])
         else:
             for error in form.errors.values():
@@ -189,7 +194,9 @@ def conversation_delete(request: AuthedRequest, pk: int) -> HttpResponse:
         svc.conversation_delete(conversation=conversation)
         messages.success(request, f"Deleted “{title}”.")
         return redirect("home")
-    return render(request, "chat/confirm_delete.html", {**sidebar(request, current=conversation), "conversation": conversation})
+    return render(
+        request, "chat/confirm_delete.html", {**sidebar(request, current=conversation), "conversation": conversation}
+    )
 
 
 @login_required
@@ -212,8 +219,9 @@ def conversation_settings(request: AuthedRequest, pk: int) -> HttpResponse:
         conversation=conversation, panel=form.cleaned_data["panel"], follow_up_mode=form.cleaned_data["follow_up_mode"]
     )
     if chosen is not None:
-        presets.preset_apply_to_conversation(conversation=conversation, resolved=chosen,
-                                             follow_up_mode=form.cleaned_data["follow_up_mode"])
+        presets.preset_apply_to_conversation(
+            conversation=conversation, resolved=chosen, follow_up_mode=form.cleaned_data["follow_up_mode"]
+        )
     if _wants_json(request):
         return JsonResponse({"ok": True, "panel": conversation.panel, "follow_up_mode": conversation.follow_up_mode})
     messages.success(request, "Saved the panel for this conversation.")
@@ -225,7 +233,9 @@ def conversation_settings(request: AuthedRequest, pk: int) -> HttpResponse:
 @not_found_is_404
 def conversation_export_md(request: AuthedRequest, pk: int) -> HttpResponse:
     conversation = svc.conversation_get_for_user(user=request.user, pk=pk)
-    response = HttpResponse(svc.conversation_export_markdown(conversation=conversation), content_type="text/markdown; charset=utf-8")
+    response = HttpResponse(
+        svc.conversation_export_markdown(conversation=conversation), content_type="text/markdown; charset=utf-8"
+    )
     filename = svc.conversation_export_filename(conversation=conversation, ext="md")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

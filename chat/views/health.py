@@ -1,4 +1,5 @@
 """The health check a load balancer or ``make run``'s user polls: no database, no sign-in."""
+
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse

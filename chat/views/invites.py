@@ -3,6 +3,7 @@
 Views parse, authorize (staff only; anyone else is told the page does not exist), call one
 service in chat/accounts.py and respond.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -3,6 +3,7 @@
 Views parse, authorize (a key is only ever looked up through its owner), call one service in
 chat/keys.py and respond. No response, log line or message ever carries the key itself.
 """
+
 from __future__ import annotations
 
 from django.contrib import messages

@@ -4,6 +4,7 @@ Views parse, authorize (every preset goes through ``preset_get_for_user``; a sha
 through its token), call one service in chat/presets.py and respond. Everything a preset holds is
 user text — and a shared one is someone else's — so templates only ever escape it.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,9 @@ def _summary(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _json_download(data: dict[str, Any], filename: str) -> HttpResponse:
-    response = HttpResponse(json.dumps(data, ensure_ascii=False, indent=2), content_type="application/json; charset=utf-8")
+    response = HttpResponse(
+        json.dumps(data, ensure_ascii=False, indent=2), content_type="application/json; charset=utf-8"
+    )
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 
@@ -50,10 +53,14 @@ def _json_download(data: dict[str, Any], filename: str) -> HttpResponse:
 @login_required
 @require_GET
 def preset_list(request: AuthedRequest) -> HttpResponse:
-    return _page(request, "presets/list.html", {
-        "own": presets.preset_list_for_user(user=request.user),
-        "builtins": presets.builtin_presets(),
-    })
+    return _page(
+        request,
+        "presets/list.html",
+        {
+            "own": presets.preset_list_for_user(user=request.user),
+            "builtins": presets.builtin_presets(),
+        },
+    )
 
 
 @login_required
@@ -61,10 +68,18 @@ def preset_list(request: AuthedRequest) -> HttpResponse:
 @not_found_is_404
 def preset_detail(request: AuthedRequest, pk: int) -> HttpResponse:
     preset = presets.preset_get_for_user(user=request.user, pk=pk)
-    share_url = request.build_absolute_uri(reverse("shared_preset", args=[preset.share_token])) if preset.share_token else ""
-    return _page(request, "presets/detail.html", {
-        "preset": preset, "share_url": share_url, **_summary(presets.parse_preset_config(preset.config)),
-    })
+    share_url = (
+        request.build_absolute_uri(reverse("shared_preset", args=[preset.share_token])) if preset.share_token else ""
+    )
+    return _page(
+        request,
+        "presets/detail.html",
+        {
+            "preset": preset,
+            "share_url": share_url,
+            **_summary(presets.parse_preset_config(preset.config)),
+        },
+    )
 
 
 @login_required
@@ -86,8 +101,11 @@ def _editor(request: AuthedRequest, *, preset: Preset | None) -> HttpResponse:
         members = MemberFormSet(request.POST, prefix=MEMBERS_PREFIX)
         if form.is_valid() and members.is_valid():
             rows = [m for m in (f.member() for f in members.forms) if m is not None]
-            fields = {"name": form.cleaned_data["name"], "description": form.cleaned_data["description"],
-                      "config": form.config(rows)}
+            fields = {
+                "name": form.cleaned_data["name"],
+                "description": form.cleaned_data["description"],
+                "config": form.config(rows),
+            }
             try:
                 if preset is None:
                     preset = presets.preset_create(user=request.user, **fields)
@@ -109,9 +127,17 @@ def _editor(request: AuthedRequest, *, preset: Preset | None) -> HttpResponse:
         form = PresetForm(initial=PresetForm.initial_for(name=name, description=description, config=config))
         members = MemberFormSet(initial=member_initial(config), prefix=MEMBERS_PREFIX)
     invalid = request.method == "POST"
-    return _page(request, "presets/edit.html", {
-        "preset": preset, "form": form, "members": members, "error": error,
-    }, status=400 if invalid else 200)
+    return _page(
+        request,
+        "presets/edit.html",
+        {
+            "preset": preset,
+            "form": form,
+            "members": members,
+            "error": error,
+        },
+        status=400 if invalid else 200,
+    )
 
 
 @login_required
@@ -203,8 +229,9 @@ def preset_import(request: AuthedRequest) -> HttpResponse:
     error = ""
     if request.method == "POST" and form.is_valid():
         try:
-            preset = presets.preset_import(user=request.user, data=form.cleaned_data["payload"],
-                                           name=form.cleaned_data["name"])
+            preset = presets.preset_import(
+                user=request.user, data=form.cleaned_data["payload"], name=form.cleaned_data["name"]
+            )
         except presets.PresetError as exc:
             error = str(exc)
         else:
@@ -241,15 +268,19 @@ def shared_detail(request: AuthedRequest, token: str) -> HttpResponse:
     """The read-only page behind a share link: the panel, its settings, the owner's display name."""
     shared = presets.preset_get_shared(token=token)
     owner = shared.user
-    return _page(request, "presets/shared.html", {
-        # Only these reach the template: never the owner's row, e-mail or other presets.
-        "name": shared.name,
-        "description": shared.description,
-        "owner_name": owner.get_full_name() or owner.get_username(),
-        "is_own": owner.pk == request.user.pk,
-        "token": token,
-        **_summary(presets.parse_preset_config(shared.config)),
-    })
+    return _page(
+        request,
+        "presets/shared.html",
+        {
+            # Only these reach the template: never the owner's row, e-mail or other presets.
+            "name": shared.name,
+            "description": shared.description,
+            "owner_name": owner.get_full_name() or owner.get_username(),
+            "is_own": owner.pk == request.user.pk,
+            "token": token,
+            **_summary(presets.parse_preset_config(shared.config)),
+        },
+    )
 
 
 @login_required
@@ -257,5 +288,8 @@ def shared_detail(request: AuthedRequest, token: str) -> HttpResponse:
 @not_found_is_404
 def shared_copy(request: AuthedRequest, token: str) -> HttpResponse:
     made = presets.preset_copy_shared(user=request.user, token=token)
-    messages.success(request, f"Copied “{made.name}” into your presets. It is yours now: later changes to the shared one do not affect it.")
+    messages.success(
+        request,
+        f"Copied “{made.name}” into your presets. It is yours now: later changes to the shared one do not affect it.",
+    )
     return redirect("preset_detail", pk=made.pk)

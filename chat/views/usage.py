@@ -1,4 +1,5 @@
 """The usage page: what a user spent per day and per model, and what is left of today's limit."""
+
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required

@@ -24,6 +24,7 @@ the server's log while the test ran.
 The server is a separate process with its own database: these tests never use pytest-django's
 ``db`` fixture; they look at stored state through the app's own ``/c/<id>/state.json``.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,9 +71,14 @@ ANALYST = "sim/analyst"
 WRITER = "sim/writer"
 EXFIL_HOST = "127.0.0.1:1"
 BIG_CODE_MODEL = "sim/bigcode"
-BIG_CODE = "Here is the whole module.\n\n```python\n" + "".join(
-    f"def function_{i}(alpha, beta):\n    return {{'value': alpha * {i} + beta, \"name\": 'f{i}'}}\n" for i in range(1700)
-) + "```\n\nThat is all of it.\n"
+BIG_CODE = (
+    "Here is the whole module.\n\n```python\n"
+    + "".join(
+        f"def function_{i}(alpha, beta):\n    return {{'value': alpha * {i} + beta, \"name\": 'f{i}'}}\n"
+        for i in range(1700)
+    )
+    + "```\n\nThat is all of it.\n"
+)
 
 # Every payload appears inline (inside a paragraph) and as a block of its own; chunk_chars=3 splits
 # each of them over many SSE chunks, so the unfinished tail holds half-written tags while streaming.
@@ -206,7 +212,6 @@ class BrowserWatch:
 # --------------------------------------------------------------------------- session: upstream, server, browser
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def _chromium_available() -> str:
     """Skip the browser tests without Chromium or Playwright — except under CI, where that fails."""
@@ -291,7 +296,11 @@ def fusion_server(
     }
     migrate = subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if migrate.returncode != 0:
         pytest.fail(f"manage.py migrate failed:\n{migrate.stdout}\n{migrate.stderr}", pytrace=False)
@@ -533,7 +542,7 @@ class ResearchWeb:
 
 def _page_html(title: str, text: str) -> bytes:
     return (
-        f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>"
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title></head>'
         f"<body><article><h1>{title}</h1><p>{text}</p></article></body></html>"
     ).encode()
 
@@ -568,28 +577,47 @@ def research_scripts(web: ResearchWeb) -> dict[str, dict[str, Any]]:
     sun, water = (web.page_url(path) for path in PAGES)
     return {
         RESEARCHER: {
-            "ttft_ms": 150, "tokens_per_s": 300, "chunk_chars": 24,
+            "ttft_ms": 150,
+            "tokens_per_s": 300,
+            "chunk_chars": 24,
             "steps": [
                 {"tool_calls": [{"name": "web_search", "arguments": {"query": "balcony tomatoes sun and water"}}]},
-                {"tool_calls": [{"name": "web_fetch", "arguments": {"url": "{url0}"}},
-                                {"name": "web_fetch", "arguments": {"url": "{url1}"}}]},
-                {"content": "Balcony tomatoes need **six hours** of direct sun ([sunlight guide]({url0})) and a "
-                            "deep watering every morning ([watering guide]({url1})).", "cite": True},
+                {
+                    "tool_calls": [
+                        {"name": "web_fetch", "arguments": {"url": "{url0}"}},
+                        {"name": "web_fetch", "arguments": {"url": "{url1}"}},
+                    ]
+                },
+                {
+                    "content": "Balcony tomatoes need **six hours** of direct sun ([sunlight guide]({url0})) and a "
+                    "deep watering every morning ([watering guide]({url1})).",
+                    "cite": True,
+                },
             ],
         },
         PROBER: {
-            "ttft_ms": 150, "tokens_per_s": 300, "chunk_chars": 24,
+            "ttft_ms": 150,
+            "tokens_per_s": 300,
+            "chunk_chars": 24,
             "steps": [
-                {"tool_calls": [{"name": "web_fetch", "arguments": {"url": METADATA_URL}},
-                                {"name": "web_fetch", "arguments": {"url": web.redirect_url}}]},
-                {"content": "Both pages I tried to read were refused, so this answer is from memory: "
-                            "give tomatoes plenty of sun and water them evenly."},
+                {
+                    "tool_calls": [
+                        {"name": "web_fetch", "arguments": {"url": METADATA_URL}},
+                        {"name": "web_fetch", "arguments": {"url": web.redirect_url}},
+                    ]
+                },
+                {
+                    "content": "Both pages I tried to read were refused, so this answer is from memory: "
+                    "give tomatoes plenty of sun and water them evenly."
+                },
             ],
         },
         SCRIBE: {
-            "ttft_ms": 150, "tokens_per_s": 300, "chunk_chars": 24,
+            "ttft_ms": 150,
+            "tokens_per_s": 300,
+            "chunk_chars": 24,
             "content": f"## Answer\n\nGive balcony tomatoes at least six hours of direct sun "
-                       f"([How much sun balcony tomatoes need]({sun})) and water them deeply in the morning "
-                       f"([Watering container tomatoes]({water})).",
+            f"([How much sun balcony tomatoes need]({sun})) and water them deeply in the morning "
+            f"([Watering container tomatoes]({water})).",
         },
     }

@@ -4,6 +4,7 @@ Each test signs up a new user through the UI, so tests share nothing but the ser
 texts come from the scripted upstream (deterministic answers) and from the app's stored state
 (``/c/<id>/state.json``), never from mocks. Screenshots go to ``test-artifacts/browser-*.png``.
 """
+
 from __future__ import annotations
 
 import json
@@ -164,7 +165,9 @@ def test_signup_send_stream_analysis_fused_totals(app: App) -> None:
     wait_streaming(page, cards=2, chars=120)
     fused = turn(page, 0).locator("section.fused")
     expect(fused.locator(".fused-head .pill")).to_have_text("waiting")
-    expect(fused.locator(".fused-body .placeholder")).to_have_text("The fused answer appears here once the panel has answered.")
+    expect(fused.locator(".fused-body .placeholder")).to_have_text(
+        "The fused answer appears here once the panel has answered."
+    )
     expect(turn(page, 0).locator('[data-action="stop"]')).to_be_visible()
     expect(page.locator("[data-composer] [data-stop]")).to_be_visible()
     app.screenshot(page, "01-streaming")
@@ -325,7 +328,9 @@ def test_stop_one_member_others_complete_and_fuse(app: App) -> None:
     expect(slow.locator(".card-error")).to_contain_text(re.compile(r"Stopped after [\d.]+ (s|ms)\."))
     expect(slow.get_by_role("button", name=f"Retry {SLOW_MODEL}")).to_be_visible()
     # The stop closed the upstream stream of that model, and only of that model.
-    wait_until(lambda: SLOW_MODEL in app.upstream.disconnects[disconnects_before:], message="the slow model's disconnect")
+    wait_until(
+        lambda: SLOW_MODEL in app.upstream.disconnects[disconnects_before:], message="the slow model's disconnect"
+    )
     others = [m for m in app.upstream.disconnects[disconnects_before:] if m != SLOW_MODEL]
     assert not others, others
     app.screenshot(page, "05-stopped-member")
@@ -491,12 +496,17 @@ def test_sidebar_lists_conversation_and_reopens_finished_turn(app: App) -> None:
     expect(turn(page, 0).locator("section.fused .fused-body h2")).to_have_text("Answer")
     expect(turn(page, 0).locator("section.fused dl.totals dt")).to_have_text(["Wall time", "Tokens", "Cost"])
     stored = stored_state(page)[0]
-    assert norm(turn(page, 0).locator("section.fused .fused-body").inner_text()).startswith("Answer Taking the answers together")
+    assert norm(turn(page, 0).locator("section.fused .fused-body").inner_text()).startswith(
+        "Answer Taking the answers together"
+    )
     assert stored["final"]["content"].startswith("## Answer")
 
     # Mobile width: the same conversation fits 390 px, and the sidebar opens from the menu button.
     mobile = app.new_context(
-        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, storage_state=page.context.storage_state()
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+        has_touch=True,
+        storage_state=page.context.storage_state(),
     )
     phone = mobile.new_page()
     phone.goto(f"/c/{cid}/")

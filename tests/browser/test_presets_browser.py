@@ -12,6 +12,7 @@ that every call of B's run carried B's key. Also: the Keys page shows B's key on
 four characters, and the key appears in no HTTP response body, no websocket frame B's browser
 received, and not in the server's log.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,13 +59,17 @@ class BodyRecorder:
                 self.unread.append(response.url)
 
     def _on_page(self, page: Page) -> None:
-        page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: self.texts.append((ws.url, str(payload)))))
+        page.on(
+            "websocket", lambda ws: ws.on("framereceived", lambda payload: self.texts.append((ws.url, str(payload))))
+        )
 
     def containing(self, secret: str) -> list[str]:
         return [url for url, text in self.texts if secret in text]
 
 
-def fill_member(page: Page, index: int, *, model: str, label: str = "", temperature: str = "", system_prompt: str = "") -> None:
+def fill_member(
+    page: Page, index: int, *, model: str, label: str = "", temperature: str = "", system_prompt: str = ""
+) -> None:
     page.locator(f"#id_members-{index}-model").fill(model)
     page.locator(f"#id_members-{index}-label").fill(label)
     page.locator(f"#id_members-{index}-temperature").fill(temperature)
@@ -208,7 +213,9 @@ def test_preset_built_shared_copied_run_with_own_key_and_revoked(app: App) -> No
     assert requests_with(app, ANALYST, marker) and requests_with(app, WRITER, marker)
     # Every call of B's run carried B's own key (the upstream records a digest, never the key).
     digest = hashlib.sha256(bob_key.encode()).hexdigest()[:16]
-    run_calls = [r for m in ("sim/atlas", "sim/cirrus", "sim/borealis", ANALYST, WRITER) for r in requests_with(app, m, marker)]
+    run_calls = [
+        r for m in ("sim/atlas", "sim/cirrus", "sim/borealis", ANALYST, WRITER) for r in requests_with(app, m, marker)
+    ]
     assert run_calls and all(r["headers"].get("authorization-sha256") == digest for r in run_calls)
 
     # B's key: on no page, in no response or websocket frame B received, and not in the server log.

@@ -17,6 +17,7 @@ two pages; after a reload the same is rendered from history. On the servers: the
 got the query, the pages were read, the redirect was followed no further than its first hop, and
 the loopback server never saw a request.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,7 +79,9 @@ def expect_research_cards(page: Page, web: ResearchWeb) -> None:
     expect(calls.nth(0).locator(".tool-outcome")).to_have_text(f"Searched “{QUERY}” — 2 results")
     for i in (1, 2):
         expect(calls.nth(i)).to_have_attribute("data-tool", "web_fetch")
-        expect(calls.nth(i).locator(".tool-outcome")).to_have_text(re.compile(r"^Fetched 127\.0\.0\.1 \([\d,]+ chars\)$"))
+        expect(calls.nth(i).locator(".tool-outcome")).to_have_text(
+            re.compile(r"^Fetched 127\.0\.0\.1 \([\d,]+ chars\)$")
+        )
     # Cited inline and in its Sources section, as safe links.
     for url in (sun, water):
         links = researcher.locator(f'.card-body a[href="{url}"]')

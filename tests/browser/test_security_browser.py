@@ -6,6 +6,7 @@
 * Signing out in another tab: the conversation page's socket is closed within seconds and the
   page says the session ended instead of reconnecting.
 """
+
 from __future__ import annotations
 
 import time

@@ -16,6 +16,7 @@ lists are fixed at construction: nothing a page or a model says can widen what t
 Owns ``WebTools`` (the engine's ``types.Tools``). Imports the tools modules, ``sources`` and
 ``types``: no Django, and nothing of the pipeline (the pipeline is given a ``WebTools``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -99,7 +100,9 @@ class WebTools:
         """OpenAI function-calling definitions of the available tools."""
         scope = ""
         if self._domains.allowed:
-            scope = " Only these domains (and their subdomains) are reachable: " + ", ".join(self._domains.allowed) + "."
+            scope = (
+                " Only these domains (and their subdomains) are reachable: " + ", ".join(self._domains.allowed) + "."
+            )
         schemas: list[dict[str, Any]] = []
         if "web_search" in self._available:
             schemas.append(
@@ -248,7 +251,7 @@ def _parse_arguments(raw: str | dict[str, Any] | None) -> dict[str, Any] | str:
     try:
         args = json.loads(raw)
     except ValueError:
-        return "the arguments were not valid JSON; send a JSON object such as {\"url\": \"https://…\"}"
+        return 'the arguments were not valid JSON; send a JSON object such as {"url": "https://…"}'
     if not isinstance(args, dict):
         return "the arguments must be a JSON object"
     return args

@@ -7,6 +7,7 @@ a port or a path pasted with it are tolerated and dropped. IP literals match onl
 
 Pure; standard library only: no Django, no httpx.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -29,6 +29,7 @@ and the text extraction. Environment proxies are ignored (a proxy would resolve 
 The one place that fetches web pages for a model. Imports httpx, httpcore and the other
 tools modules: no Django, no pipeline module.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -80,12 +81,7 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 def is_text_type(content_type: str) -> bool:
     """True for text/* and the JSON/XML application types ("" — no header — is judged later)."""
     mime = content_type.split(";", 1)[0].strip().lower()
-    return (
-        mime.startswith("text/")
-        or mime in _TEXT_TYPES
-        or mime.endswith("+json")
-        or mime.endswith("+xml")
-    )
+    return mime.startswith("text/") or mime in _TEXT_TYPES or mime.endswith("+json") or mime.endswith("+xml")
 
 
 # =========================================================================== policy and result

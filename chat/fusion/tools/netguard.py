@@ -17,6 +17,7 @@ Everything here is pure and synchronous except ``resolve``. The rules:
 
 Standard library only: no Django, no httpx.
 """
+
 from __future__ import annotations
 
 import asyncio

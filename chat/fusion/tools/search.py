@@ -11,6 +11,7 @@ backend did, subdomains included.
 
 The one place that calls search APIs. Imports httpx: no Django, no pipeline module.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -364,7 +365,9 @@ BACKENDS: dict[str, type[_HTTPBackend]] = {
 _NEEDS_KEY = frozenset({"brave", "tavily", "exa"})
 
 
-def make_search_backend(config: dict[str, Any] | None, *, http: httpx.AsyncClient | None = None) -> SearchBackend | None:
+def make_search_backend(
+    config: dict[str, Any] | None, *, http: httpx.AsyncClient | None = None
+) -> SearchBackend | None:
     """A backend from ``{"backend": "searxng"|"brave"|"tavily"|"exa", "url": …, "api_key": …,
     "timeout": seconds}``; None when nothing is configured (no config or no ``backend``).
 

@@ -16,6 +16,7 @@ Extraction is CPU work: call ``extract_document`` from a thread (``asyncio.to_th
 Imports the extraction libraries (trafilatura, readability, lxml): no Django, no httpx,
 no pipeline module.
 """
+
 from __future__ import annotations
 
 import json
@@ -106,9 +107,7 @@ def escape_delimiters(text: str) -> str:
 
 
 def _attr(value: str) -> str:
-    return (
-        value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
-    )
+    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def truncate(text: str, max_chars: int) -> tuple[str, bool]:

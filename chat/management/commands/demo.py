@@ -3,6 +3,7 @@
 Starts the scripted OpenAI-compatible upstream on 127.0.0.1, prepares a separate demo database
 with a demo account, and serves the app with Daphne, every page marked as simulated.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,16 +24,30 @@ DEMO_PANEL = "sim/atlas,sim/borealis,sim/cirrus"
 # The built-in presets on the scripted models (it answers any id, but its catalogue lists only these).
 _SIM_ROLES = {"analyst": {"model": "sim/analyst"}, "writer": {"model": "sim/writer"}}
 DEMO_BUILTIN_PRESETS = {
-    "quality": {"name": "Quality", "description": "The whole simulated panel: atlas, borealis and cirrus.",
-                "members": [{"model": "sim/atlas"}, {"model": "sim/borealis"}, {"model": "sim/cirrus"}], **_SIM_ROLES},
-    "budget": {"name": "Budget", "description": "Two simulated members, cooler temperatures.",
-               "members": [{"model": "sim/borealis", "temperature": 0.3}, {"model": "sim/cirrus", "temperature": 0.3}],
-               **_SIM_ROLES},
-    "fast": {"name": "Fast", "description": "The two quickest simulated members, so neither waits long for the other.",
-             "members": [{"model": "sim/atlas"}, {"model": "sim/borealis"}], **_SIM_ROLES},
-    "self-panel": {"name": "Self-panel", "description": "One simulated model twice, at two temperatures.",
-                   "members": [{"model": "sim/atlas", "temperature": 0.7}, {"model": "sim/atlas", "temperature": 1.0}],
-                   **_SIM_ROLES},
+    "quality": {
+        "name": "Quality",
+        "description": "The whole simulated panel: atlas, borealis and cirrus.",
+        "members": [{"model": "sim/atlas"}, {"model": "sim/borealis"}, {"model": "sim/cirrus"}],
+        **_SIM_ROLES,
+    },
+    "budget": {
+        "name": "Budget",
+        "description": "Two simulated members, cooler temperatures.",
+        "members": [{"model": "sim/borealis", "temperature": 0.3}, {"model": "sim/cirrus", "temperature": 0.3}],
+        **_SIM_ROLES,
+    },
+    "fast": {
+        "name": "Fast",
+        "description": "The two quickest simulated members, so neither waits long for the other.",
+        "members": [{"model": "sim/atlas"}, {"model": "sim/borealis"}],
+        **_SIM_ROLES,
+    },
+    "self-panel": {
+        "name": "Self-panel",
+        "description": "One simulated model twice, at two temperatures.",
+        "members": [{"model": "sim/atlas", "temperature": 0.7}, {"model": "sim/atlas", "temperature": 1.0}],
+        **_SIM_ROLES,
+    },
 }
 
 
@@ -65,9 +80,17 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         children: list[subprocess.Popen[bytes]] = []
         upstream = subprocess.Popen(
-            [py, "-m", "chat.testing.scripted", "--port", str(options["upstream_port"]),
-             "--time-scale", str(options["time_scale"])],
-            cwd=base, env=env,
+            [
+                py,
+                "-m",
+                "chat.testing.scripted",
+                "--port",
+                str(options["upstream_port"]),
+                "--time-scale",
+                str(options["time_scale"]),
+            ],
+            cwd=base,
+            env=env,
         )
         children.append(upstream)
         try:
@@ -77,22 +100,37 @@ class Command(BaseCommand):
             subprocess.run([py, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=base, env=env, check=True)
             password = secrets.token_urlsafe(9)
             subprocess.run(
-                [py, "-c", _MAKE_USER, "demo", password], cwd=base, env={**env, "DJANGO_SETTINGS_MODULE": "fusionsite.settings"},
+                [py, "-c", _MAKE_USER, "demo", password],
+                cwd=base,
+                env={**env, "DJANGO_SETTINGS_MODULE": "fusionsite.settings"},
                 check=True,
             )
             url = f"http://{options['host']}:{options['port']}/"
-            self.stdout.write(self.style.SUCCESS(
-                "\n  Fusion chatroom — demo mode (simulated models, no API key needed)\n"
-                f"  Open      {url}\n"
-                f"  Username  demo\n"
-                f"  Password  {password}\n"
-                f"  Upstream  {upstream_url} (scripted: {DEMO_PANEL}, sim/analyst, sim/writer)\n"
-            ))
-            daphne = [py, "-m", "daphne", "-b", options["host"], "-p", str(options["port"]), "fusionsite.asgi:application"]
+            self.stdout.write(
+                self.style.SUCCESS(
+                    "\n  Fusion chatroom — demo mode (simulated models, no API key needed)\n"
+                    f"  Open      {url}\n"
+                    f"  Username  demo\n"
+                    f"  Password  {password}\n"
+                    f"  Upstream  {upstream_url} (scripted: {DEMO_PANEL}, sim/analyst, sim/writer)\n"
+                )
+            )
+            daphne = [
+                py,
+                "-m",
+                "daphne",
+                "-b",
+                options["host"],
+                "-p",
+                str(options["port"]),
+                "fusionsite.asgi:application",
+            ]
             server = subprocess.Popen(daphne, cwd=base, env=env)
             children.append(server)
             if server.wait() != 0:
-                raise CommandError(f"Daphne exited with status {server.returncode} (is port {options['port']} taken? try PORT=…).")
+                raise CommandError(
+                    f"Daphne exited with status {server.returncode} (is port {options['port']} taken? try PORT=…)."
+                )
         except KeyboardInterrupt:
             pass
         finally:

@@ -4,6 +4,7 @@ Progress goes to stderr (a line per member state change, no flood of tokens); th
 (or one JSON object with --json) goes to stdout. Ctrl-C cancels: every upstream connection is
 closed before the command exits.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -66,8 +67,19 @@ class Command(BaseCommand):
             fallback_analyst=ModelSpec(options["fallback_analyst"]) if options["fallback_analyst"] else None,
             fallback_writer=ModelSpec(options["fallback_writer"]) if options["fallback_writer"] else None,
         )
-        self._check_models([s.model for s in (*request.panel, request.analyst, request.writer,
-                                                request.fallback_analyst, request.fallback_writer) if s])
+        self._check_models(
+            [
+                s.model
+                for s in (
+                    *request.panel,
+                    request.analyst,
+                    request.writer,
+                    request.fallback_analyst,
+                    request.fallback_writer,
+                )
+                if s
+            ]
+        )
         code = asyncio.run(self._run(request, as_json=options["json"]))
         if code:
             sys.exit(code)
@@ -88,8 +100,10 @@ class Command(BaseCommand):
                 listed = fetch_models(registry.get(name))
             except CatalogueError as exc:
                 # A provider without a model list must stay usable: warn, do not block.
-                self.stderr.write(f"warning: the model list of {name} could not be fetched ({exc}); "
-                                  f"not checking {', '.join(m for m, _ in requested)}")
+                self.stderr.write(
+                    f"warning: the model list of {name} could not be fetched ({exc}); "
+                    f"not checking {', '.join(m for m, _ in requested)}"
+                )
                 continue
             title = "OpenRouter" if name == registry.default else f"provider {name!r}"
             errors += unknown_models(requested, listed, provider=title)
@@ -109,11 +123,20 @@ class Command(BaseCommand):
             async for event in fusion.events():
                 progress.on(event)
                 if isinstance(event, PanelCompleted):
-                    contents[event.slot] = {"model": event.model, "status": "complete", "content": event.content,
-                                            **_metrics(event.record)}
+                    contents[event.slot] = {
+                        "model": event.model,
+                        "status": "complete",
+                        "content": event.content,
+                        **_metrics(event.record),
+                    }
                 elif isinstance(event, PanelFailed):
-                    contents[event.slot] = {"model": event.model, "status": "failed", "content": event.partial_content,
-                                            "error": event.error.to_dict(), **_metrics(event.record)}
+                    contents[event.slot] = {
+                        "model": event.model,
+                        "status": "failed",
+                        "content": event.partial_content,
+                        "error": event.error.to_dict(),
+                        **_metrics(event.record),
+                    }
                 elif isinstance(event, (RunCompleted, RunFailed)):
                     result = event
         finally:
@@ -124,25 +147,37 @@ class Command(BaseCommand):
         responses = [contents[k] for k in sorted(contents)]
         if isinstance(result, RunCompleted):
             if as_json:
-                self.stdout.write(json.dumps({
-                    "answer": result.answer,
-                    "analysis": result.analysis,
-                    "analysis_error": result.analysis_error,
-                    "responses": responses,
-                    "failed_models": result.failed_models,
-                    "usage": result.usage.to_dict(),
-                    "timings": result.timings,
-                }, indent=2))
+                self.stdout.write(
+                    json.dumps(
+                        {
+                            "answer": result.answer,
+                            "analysis": result.analysis,
+                            "analysis_error": result.analysis_error,
+                            "responses": responses,
+                            "failed_models": result.failed_models,
+                            "usage": result.usage.to_dict(),
+                            "timings": result.timings,
+                        },
+                        indent=2,
+                    )
+                )
             else:
                 self.stdout.write(result.answer)
             return 0
         reason = f"{result.kind}: {result.message}" if isinstance(result, RunFailed) else "no result"
         if as_json:
-            self.stdout.write(json.dumps({
-                "answer": None, "error": {"kind": getattr(result, "kind", "error"), "message": reason},
-                "responses": responses, "failed_models": getattr(result, "failed_models", []),
-                "usage": result.usage.to_dict() if result else {},
-            }, indent=2))
+            self.stdout.write(
+                json.dumps(
+                    {
+                        "answer": None,
+                        "error": {"kind": getattr(result, "kind", "error"), "message": reason},
+                        "responses": responses,
+                        "failed_models": getattr(result, "failed_models", []),
+                        "usage": result.usage.to_dict() if result else {},
+                    },
+                    indent=2,
+                )
+            )
         self.stderr.write(f"fuse failed — {reason}")
         return 130 if getattr(result, "kind", "") == "cancelled" else 1
 
@@ -174,8 +209,10 @@ class _Progress:
         elif isinstance(event, PanelCompleted):
             r = event.record
             cost = f", ${r.usage.cost:.4f}" if r.usage.cost is not None else ""
-            self.line(f"{event.model:<{self.width}}  done  {r.usage.completion_tokens} tokens, "
-                      f"ttft {r.ttft_ms} ms, {r.duration_ms} ms{cost}")
+            self.line(
+                f"{event.model:<{self.width}}  done  {r.usage.completion_tokens} tokens, "
+                f"ttft {r.ttft_ms} ms, {r.duration_ms} ms{cost}"
+            )
         elif isinstance(event, PanelFailed):
             self.line(f"{event.model:<{self.width}}  FAILED  {event.error.kind}: {event.error.message}")
         elif isinstance(event, AnalysisStarted):

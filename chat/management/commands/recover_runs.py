@@ -12,7 +12,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument(
-            "--all", action="store_true",
+            "--all",
+            action="store_true",
             help="Every running run, not only those whose process went silent (single-process deployments).",
         )
 

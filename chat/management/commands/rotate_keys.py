@@ -3,6 +3,7 @@
 Put the new key first in FUSION_KEY_ENCRYPTION_KEYS (keep the old one after it), run this, then
 drop the old key. Keys that none of the configured keys can decrypt are counted and left alone.
 """
+
 from __future__ import annotations
 
 from typing import Any
