@@ -38,9 +38,8 @@ ANSWERS = [("sim/a", "Water boils at 100 °C at sea level."), ("sim/b", "It depe
 
 
 @pytest.fixture
-async def up():
-    async with ScriptedUpstream(SCRIPTS, time_scale=0.01) as upstream:
-        yield upstream
+async def up(scripted):
+    return await scripted(SCRIPTS, time_scale=0.01)
 
 
 async def analyse(

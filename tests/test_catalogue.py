@@ -23,6 +23,7 @@ from chat.testing.scripted import ScriptedUpstream
 from chat.models import CatalogueCache, Conversation, Run
 from chat.runs import RunError
 from chat.runs.services import _start_sync
+from tests.conftest import serve_from
 
 P_IN, P_OUT = 0.000002, 0.000008  # USD per token of the priced test models
 SCRIPTS: dict[str, Any] = {
@@ -112,14 +113,8 @@ OPENROUTER_ROWS = [
 
 
 @pytest.fixture
-def upstream(settings):
-    up = ScriptedUpstream(SCRIPTS, time_scale=0.01).start_in_thread()
-    settings.OPENROUTER_BASE_URL = up.base_url
-    settings.OPENROUTER_API_KEY = "server-key-for-tests"
-    settings.FUSION_ALLOW_SERVER_KEY = True
-    settings.FUSION_PROVIDERS = {}
-    yield up
-    up.stop()
+def upstream(settings, scripted_thread):
+    return serve_from(settings, scripted_thread(SCRIPTS))
 
 
 @pytest.fixture

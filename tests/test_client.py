@@ -6,7 +6,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -38,18 +38,9 @@ Factory = Callable[..., Awaitable[ScriptedUpstream]]
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[Factory]:
-    """Start scripted upstreams on demand; all are shut down after the test."""
-    started: list[ScriptedUpstream] = []
-
-    async def start(scripts: dict[str, Any], time_scale: float = 0.01) -> ScriptedUpstream:
-        up = await ScriptedUpstream(scripts, time_scale=time_scale).start()
-        started.append(up)
-        return up
-
-    yield start
-    for up in started:
-        await up.aclose()
+def upstream(scripted):
+    """Start scripted upstreams on demand: ``await upstream(scripts)``; all stopped after the test."""
+    return scripted
 
 
 def client_for(up: ScriptedUpstream, *, key: str = KEY, limits: Limits = FAST, **provider: Any) -> ChatClient:

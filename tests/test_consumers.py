@@ -12,10 +12,9 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 
-from chat.testing.scripted import ScriptedUpstream
 from chat.models import Conversation, MemberResponse, Run, RunStatus
-from chat.runs import manager
 from fusionsite.asgi import application
+from tests.conftest import serve_from
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -35,14 +34,9 @@ SCRIPTS: dict[str, Any] = {
 
 
 @pytest.fixture
-async def upstream(settings):
-    async with ScriptedUpstream(SCRIPTS, time_scale=0.2) as up:
-        settings.OPENROUTER_BASE_URL = up.base_url
-        settings.OPENROUTER_API_KEY = "test-key"
-        settings.FUSION_ALLOW_SERVER_KEY = True  # these users have no key of their own
-        settings.FUSION_CHECKPOINT_INTERVAL_S = 0.2
-        yield up
-    await manager.shutdown()
+async def upstream(settings, scripted):
+    # These users have no key of their own: the server's is allowed.
+    return serve_from(settings, await scripted(SCRIPTS, time_scale=0.2), key="test-key", checkpoint_s=0.2)
 
 
 def _session_cookie(user: Any) -> str:

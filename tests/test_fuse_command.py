@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from chat.testing.scripted import ScriptedUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
@@ -31,11 +30,10 @@ SCRIPTS = {
 
 
 @pytest.fixture
-def upstream(settings):
-    up = ScriptedUpstream(SCRIPTS).start_in_thread()
+def upstream(settings, scripted_thread):
+    up = scripted_thread(SCRIPTS, time_scale=1.0)
     settings.OPENROUTER_BASE_URL = up.base_url
-    yield up
-    up.stop()
+    return up
 
 
 def fuse(capsys, *args: str) -> tuple[int, str, str]:

@@ -21,6 +21,7 @@ from chat.testing.scripted import ScriptedUpstream
 from chat.models import Conversation, ProviderKey, UserLimits
 from chat.runs import RunError, manager, run_start
 from chat.runs.services import _start_sync
+from tests.conftest import serve_from
 
 ALICE_OR = "sk-or-v1-alice-0123456789abcdefWXYZ"
 ALICE_OTHER = "sk-other-alice-9876543210QRST"
@@ -275,13 +276,8 @@ class TestWhichKey:
 
 
 @pytest.fixture
-def upstream(settings):
-    up = ScriptedUpstream(SCRIPTS, time_scale=0.01).start_in_thread()
-    settings.OPENROUTER_BASE_URL = up.base_url
-    settings.OPENROUTER_API_KEY = "server-key-for-tests"
-    settings.FUSION_PROVIDERS = {}
-    yield up
-    up.stop()
+def upstream(settings, scripted_thread):
+    return serve_from(settings, scripted_thread(SCRIPTS), allow_server_key=None)
 
 
 @pytest.mark.django_db

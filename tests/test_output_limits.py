@@ -10,7 +10,7 @@ import asyncio
 import time
 import uuid
 from contextlib import aclosing
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
@@ -49,17 +49,9 @@ HUGE = {"content_chars": 5_000_000, "chunk_chars": 4096, "tokens_per_s": 1024}
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[Any]:
-    started: list[ScriptedUpstream] = []
-
-    async def start(scripts: dict[str, Any]) -> ScriptedUpstream:
-        up = await ScriptedUpstream(scripts, time_scale=0.01).start()
-        started.append(up)
-        return up
-
-    yield start
-    for up in started:
-        await up.aclose()
+def upstream(scripted):
+    """Start scripted upstreams on demand: ``await upstream(scripts)``; all stopped after the test."""
+    return scripted
 
 
 def client_for(up: ScriptedUpstream, *, cap: int | None = CAP, key: str = "test-key", **kwargs: Any) -> ChatClient:

@@ -17,8 +17,8 @@ from django.urls import reverse
 from chat import presets
 from chat.testing.scripted import ScriptedUpstream
 from chat.models import Conversation, Preset, Run
-from chat.runs import manager
 from tests.test_consumers import collect_until, open_ws
+from tests.conftest import serve_from
 
 pytestmark = pytest.mark.django_db
 
@@ -970,14 +970,8 @@ WS_CONFIG = config(
 
 
 @pytest.fixture
-async def upstream(settings: Any):
-    async with ScriptedUpstream(SCRIPTS, time_scale=0.1) as up:
-        settings.OPENROUTER_BASE_URL = up.base_url
-        settings.OPENROUTER_API_KEY = "test-key"
-        settings.FUSION_ALLOW_SERVER_KEY = True
-        settings.FUSION_CHECKPOINT_INTERVAL_S = 0.2
-        yield up
-    await manager.shutdown()
+async def upstream(settings: Any, scripted: Any) -> ScriptedUpstream:
+    return serve_from(settings, await scripted(SCRIPTS, time_scale=0.1), key="test-key", checkpoint_s=0.2)
 
 
 @pytest.mark.django_db(transaction=True)

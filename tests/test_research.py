@@ -216,9 +216,8 @@ SCRIPTS: dict[str, Any] = {
 
 
 @pytest.fixture
-async def up():
-    async with ScriptedUpstream(SCRIPTS, time_scale=0.01) as upstream:
-        yield upstream
+async def up(scripted):
+    return await scripted(SCRIPTS, time_scale=0.01)
 
 
 def fusion_request(member: str, analyst: str, budget: int = 2) -> FusionRequest:

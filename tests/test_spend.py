@@ -23,6 +23,7 @@ from chat.testing.scripted import ScriptedUpstream
 from chat.models import Conversation, MemberResponse, Run, RunStatus, Turn, UserLimits
 from chat.runs import RunError, manager, mark_interrupted, run_start, run_stop
 from chat.runs.services import _start_sync
+from tests.conftest import serve_from
 
 PRICING = {"prompt": "0.00001", "completion": "0.0001"}
 SCRIPTS: dict[str, Any] = {
@@ -36,19 +37,12 @@ PANEL = {"members": [{"model": "sim/a"}], "analyst": {"model": "sim/analyst"}, "
 
 
 def configure(settings: Any, up: ScriptedUpstream) -> None:
-    settings.OPENROUTER_BASE_URL = up.base_url
-    settings.OPENROUTER_API_KEY = "server-key-for-tests"
-    settings.FUSION_ALLOW_SERVER_KEY = True
-    settings.FUSION_PROVIDERS = {}
-    settings.FUSION_CHECKPOINT_INTERVAL_S = 0.05
+    serve_from(settings, up, checkpoint_s=0.05)
 
 
 @pytest.fixture
-def upstream(settings):
-    up = ScriptedUpstream(SCRIPTS, time_scale=0.01).start_in_thread()
-    configure(settings, up)
-    yield up
-    up.stop()
+def upstream(settings, scripted_thread):
+    return serve_from(settings, scripted_thread(SCRIPTS), checkpoint_s=0.05)
 
 
 def high_estimate(panel: dict[str, Any] = PANEL, prompt: str = "hi") -> Decimal:

@@ -30,6 +30,7 @@ from chat.models import Conversation, MemberResponse, MemberStatus, Run, RunStat
 from chat.runs import RunError, manager, mark_interrupted, run_retry_member, run_start, run_stop, run_stop_member
 from chat.runs.services import _start_sync
 from tests.test_consumers import collect_until, open_ws
+from tests.conftest import serve_from
 
 PRICING = {"prompt": "0.00001", "completion": "0.0001"}
 LONG = "slow " * 400  # 2000 characters, streamed 4 at a time
@@ -65,17 +66,11 @@ def panel(*members: str, writer: str = "sim/writer") -> dict[str, Any]:
 
 
 @pytest.fixture
-async def up(settings):
-    async with ScriptedUpstream(SCRIPTS, time_scale=0.02) as upstream:
-        settings.OPENROUTER_BASE_URL = upstream.base_url
-        settings.OPENROUTER_API_KEY = "server-key-for-tests"
-        settings.FUSION_ALLOW_SERVER_KEY = True
-        settings.FUSION_PROVIDERS = {}
-        settings.FUSION_CHECKPOINT_INTERVAL_S = 0.05
-        settings.FUSION_DAILY_SPEND_LIMIT_USD = 100
-        await database_sync_to_async(model_catalogue.catalogue_refresh)("openrouter")
-        yield upstream
-    await manager.shutdown()
+async def up(settings, scripted):
+    upstream = serve_from(settings, await scripted(SCRIPTS, time_scale=0.02), checkpoint_s=0.05)
+    settings.FUSION_DAILY_SPEND_LIMIT_USD = 100
+    await database_sync_to_async(model_catalogue.catalogue_refresh)("openrouter")
+    return upstream
 
 
 async def begin(user: Any, conversation: Conversation, config: dict[str, Any]) -> tuple[str, uuid.UUID]:
