@@ -1,6 +1,6 @@
 """Time and peak memory of chat.render.render_markdown on pathological Markdown.
 
-    .venv/bin/python bench/render_pathological.py                    # the tree's chat/render.py
+    .venv/bin/python bench/render_pathological.py                    # the tree's chat/render/ package
     .venv/bin/python bench/render_pathological.py --module /tmp/render_before.py
     .venv/bin/python bench/render_pathological.py --cases list800,brackets10k --timeout 60
 
@@ -95,7 +95,7 @@ def _child(name: str, module: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--module", help="path of a render.py to measure instead of chat/render.py")
+    parser.add_argument("--module", help="path of a render.py to measure instead of the chat/render package (an old single-file copy)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, among {CASES}")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per case (both runs)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -103,7 +103,7 @@ def main() -> None:
     if args.child:
         _child(args.child, args.module)
         return
-    print(f"renderer: {args.module or 'chat/render.py'}")
+    print(f"renderer: {args.module or 'chat/render/'}")
     print(f"{'case':<12} {'input':>10} {'time':>9} {'peak alloc':>11} {'max RSS':>9} {'html':>10}  note")
     for name in args.cases.split(","):
         command = [sys.executable, __file__, "--child", name] + (["--module", args.module] if args.module else [])

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import markdown
 import pytest
 
-from chat import render as render_mod
+from chat.render import blocks as render_mod  # where IncrementalRenderer looks render_markdown up
 from chat.render import (
     IncrementalRenderer,
     RenderUpdate,
