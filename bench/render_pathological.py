@@ -95,7 +95,9 @@ def _child(name: str, module: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--module", help="path of a render.py to measure instead of the chat/render package (an old single-file copy)")
+    parser.add_argument(
+        "--module", help="path of a render.py to measure instead of the chat/render package (an old single-file copy)"
+    )
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, among {CASES}")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per case (both runs)")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 import secrets
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from axes.backends import AxesStandaloneBackend
 from axes.helpers import get_cool_off
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -38,10 +38,10 @@ class SignupRefused(Exception):
 
 
 def signup_mode() -> SignupMode:
-    return settings.FUSION_SIGNUP
+    return cast(SignupMode, settings.FUSION_SIGNUP)  # settings.py refuses any other value at start-up
 
 
-def user_signup(*, username: str, password: str, invite_token: str = "") -> AbstractBaseUser:
+def user_signup(*, username: str, password: str, invite_token: str = "") -> User:
     """Create an account (the form validated username and password); redeems the invite in invite mode."""
     mode = signup_mode()
     if mode == "closed":
@@ -60,7 +60,7 @@ def signup_closed_message() -> str:
 # --------------------------------------------------------------------------- invites
 
 
-def invite_create(*, created_by: AbstractBaseUser, note: str = "", expires_at: datetime | None = None) -> Invite:
+def invite_create(*, created_by: User, note: str = "", expires_at: datetime | None = None) -> Invite:
     return Invite.objects.create(
         token=secrets.token_urlsafe(32), created_by=created_by, note=note.strip(), expires_at=expires_at
     )
@@ -111,7 +111,7 @@ def invite_check(*, token: str) -> Invite:
     return invite
 
 
-def invite_redeem(*, token: str, user: AbstractBaseUser) -> Invite:
+def invite_redeem(*, token: str, user: User) -> Invite:
     """Mark the invite used by ``user``; call inside the transaction that created the user."""
     invite = invite_check(token=token)
     now = timezone.now()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -26,7 +26,7 @@ EXPORT_FORMAT_VERSION = 1
 # --------------------------------------------------------------------------- selectors
 
 
-def conversation_list_for_user(*, user: AbstractBaseUser, q: str = "") -> QuerySet[Conversation]:
+def conversation_list_for_user(*, user: User, q: str = "") -> QuerySet[Conversation]:
     """The user's conversations, newest activity first, optionally filtered by title."""
     qs = Conversation.objects.filter(user=user)
     q = (q or "").strip()
@@ -35,7 +35,7 @@ def conversation_list_for_user(*, user: AbstractBaseUser, q: str = "") -> QueryS
     return qs.order_by("-updated_at", "-id")
 
 
-def conversation_get_for_user(*, user: AbstractBaseUser, pk: int) -> Conversation:
+def conversation_get_for_user(*, user: User, pk: int) -> Conversation:
     """The user's conversation ``pk``; NotFound for a missing id and for someone else's."""
     try:
         return Conversation.objects.get(pk=pk, user=user)
@@ -84,7 +84,7 @@ def conversation_turns_state(*, conversation: Conversation) -> list[dict[str, An
     return states
 
 
-def run_started(*, user: AbstractBaseUser, client_run_id: str) -> bool:
+def run_started(*, user: User, client_run_id: str) -> bool:
     """Whether a run with this client-generated id exists (a start was received)."""
     return Run.objects.filter(user=user, client_run_id=client_run_id).exists()
 
@@ -115,7 +115,7 @@ def conversation_sidebar_groups(
 
 def conversation_create(
     *,
-    user: AbstractBaseUser,
+    user: User,
     panel: dict[str, Any] | None = None,
     follow_up_mode: str | None = None,
 ) -> Conversation:

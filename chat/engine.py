@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 
 from chat import keys
 from chat.fusion.providers import ProviderRegistry
@@ -15,7 +16,7 @@ from chat.fusion.types import Limits, Provider, ResearchSettings
 log = logging.getLogger(__name__)
 
 
-def build_registry(*, user: Any = None) -> ProviderRegistry:
+def build_registry(*, user: User | None = None) -> ProviderRegistry:
     """The providers with the server's keys, or, for *user*, the keys a run of theirs may use.
 
     For a user: their own key for each provider where they stored one; otherwise the server's

@@ -20,7 +20,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
@@ -107,7 +107,7 @@ def server_key(name: str) -> str:
     return settings.FUSION_PROVIDERS.get(name, {}).get("api_key", "")
 
 
-def server_key_allowed(*, user: AbstractBaseUser) -> bool:
+def server_key_allowed(*, user: User) -> bool:
     """The user's override in the admin, else FUSION_ALLOW_SERVER_KEY."""
     override = UserLimits.objects.filter(user=user).values_list("allow_server_key", flat=True).first()
     return settings.FUSION_ALLOW_SERVER_KEY if override is None else bool(override)
@@ -116,12 +116,12 @@ def server_key_allowed(*, user: AbstractBaseUser) -> bool:
 # --------------------------------------------------------------------------- selectors and services
 
 
-def keys_for_user(user: AbstractBaseUser) -> list[tuple[str, str]]:
+def keys_for_user(user: User) -> list[tuple[str, str]]:
     """``(provider, last4)`` of the user's stored keys."""
     return list(ProviderKey.objects.filter(user=user).order_by("provider").values_list("provider", "last4"))
 
 
-def key_get_for_user(*, user: AbstractBaseUser, pk: int) -> ProviderKey:
+def key_get_for_user(*, user: User, pk: int) -> ProviderKey:
     """The user's key ``pk``; NotFound for a missing id and for someone else's alike."""
     try:
         return ProviderKey.objects.get(pk=pk, user=user)
@@ -129,7 +129,7 @@ def key_get_for_user(*, user: AbstractBaseUser, pk: int) -> ProviderKey:
         raise NotFound("No such key.") from None
 
 
-def key_set(*, user: AbstractBaseUser, provider: str, raw: str) -> ProviderKey:
+def key_set(*, user: User, provider: str, raw: str) -> ProviderKey:
     """Store (or replace) the user's key for *provider*, encrypted."""
     if provider not in provider_names():
         raise InvalidKey("There is no such provider.")
@@ -144,12 +144,12 @@ def key_set(*, user: AbstractBaseUser, provider: str, raw: str) -> ProviderKey:
     return key
 
 
-def key_delete(*, user: AbstractBaseUser, provider: str) -> bool:
+def key_delete(*, user: User, provider: str) -> bool:
     deleted, _ = ProviderKey.objects.filter(user=user, provider=provider).delete()
     return bool(deleted)
 
 
-def user_keys_decrypted(*, user: AbstractBaseUser) -> dict[str, str | KeyUnavailable]:
+def user_keys_decrypted(*, user: User) -> dict[str, str | KeyUnavailable]:
     """Provider → the user's raw key (or the reason it cannot be used). For the run's registry only."""
     result: dict[str, str | KeyUnavailable] = {}
     for provider, token in ProviderKey.objects.filter(user=user).values_list("provider", "encrypted_key"):
@@ -160,7 +160,7 @@ def user_keys_decrypted(*, user: AbstractBaseUser) -> dict[str, str | KeyUnavail
     return result
 
 
-def key_sources(*, user: AbstractBaseUser) -> dict[str, str]:
+def key_sources(*, user: User) -> dict[str, str]:
     """Provider → where a run of *user* gets its key.
 
     ``own`` (their stored key wins), ``server`` (the server's key, only when they are allowed
@@ -184,7 +184,7 @@ def key_sources(*, user: AbstractBaseUser) -> dict[str, str]:
     return sources
 
 
-def key_problems(*, user: AbstractBaseUser, providers: list[str]) -> list[str]:
+def key_problems(*, user: User, providers: list[str]) -> list[str]:
     """Why a run needing these providers cannot use a key, as sentences a user can act on."""
     sources = key_sources(user=user)
     problems = []
@@ -197,7 +197,7 @@ def key_problems(*, user: AbstractBaseUser, providers: list[str]) -> list[str]:
     return problems
 
 
-def uses_server_key(*, user: AbstractBaseUser, providers: list[str]) -> bool:
+def uses_server_key(*, user: User, providers: list[str]) -> bool:
     """Whether a run of *user* needing these providers is paid, at least in part, with a server key."""
     sources = key_sources(user=user)
     return any(sources.get(name) == "server" for name in providers)

@@ -112,7 +112,9 @@ class Run(models.Model):
 
 # The engine's vocabulary (chat.fusion.types.MemberStatus) is the one list: every status the run
 # layer checkpoints, "thinking" and "searching" included, is a valid stored value.
-MemberStatus = models.TextChoices("MemberStatus", [(s.name, s.value) for s in engine.MemberStatus])
+MemberStatus = models.TextChoices(  # type: ignore[call-overload]  # django-stubs: no overload for the functional API
+    "MemberStatus", [(s.name, s.value) for s in engine.MemberStatus]
+)
 
 
 class MemberResponse(models.Model):

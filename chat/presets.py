@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import QuerySet
@@ -181,11 +181,11 @@ def builtin_get(*, key: str) -> BuiltinPreset:
 # --------------------------------------------------------------------------- selectors
 
 
-def preset_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Preset]:
+def preset_list_for_user(*, user: User) -> QuerySet[Preset]:
     return Preset.objects.filter(user=user).order_by("name", "pk")
 
 
-def preset_get_for_user(*, user: AbstractBaseUser, pk: int | str) -> Preset:
+def preset_get_for_user(*, user: User, pk: int | str) -> Preset:
     """The user's preset ``pk``; NotFound for a missing id and for someone else's."""
     try:
         return Preset.objects.get(pk=int(pk), user=user)
@@ -193,7 +193,7 @@ def preset_get_for_user(*, user: AbstractBaseUser, pk: int | str) -> Preset:
         raise NotFound("No such preset.") from None
 
 
-def preset_default_for_user(*, user: AbstractBaseUser) -> Preset | None:
+def preset_default_for_user(*, user: User) -> Preset | None:
     return Preset.objects.filter(user=user, is_default=True).first()
 
 
@@ -207,7 +207,7 @@ def preset_get_shared(*, token: str) -> Preset:
         raise NotFound("No such shared preset.") from None
 
 
-def preset_resolve(*, user: AbstractBaseUser, ref: object) -> ResolvedPreset:
+def preset_resolve(*, user: User, ref: object) -> ResolvedPreset:
     """``"builtin:<key>"`` or one of the user's preset ids → its config; NotFound otherwise."""
     if isinstance(ref, str) and ref.startswith(BUILTIN_PREFIX):
         builtin = builtin_get(key=ref[len(BUILTIN_PREFIX) :])
@@ -223,7 +223,7 @@ def preset_resolve(*, user: AbstractBaseUser, ref: object) -> ResolvedPreset:
     return ResolvedPreset(preset=preset, builtin_key="", name=preset.name, config=config)
 
 
-def preset_choices_for_user(*, user: AbstractBaseUser) -> dict[str, Any]:
+def preset_choices_for_user(*, user: User) -> dict[str, Any]:
     """The composer's chooser: own presets and built-ins, with each one's panel for the script."""
     own = list(preset_list_for_user(user=user))
     builtins = builtin_presets()
@@ -251,7 +251,7 @@ def preset_choices_for_user(*, user: AbstractBaseUser) -> dict[str, Any]:
     }
 
 
-def preset_selected_ref(*, user: AbstractBaseUser, conversation: Conversation | None) -> str:
+def preset_selected_ref(*, user: User, conversation: Conversation | None) -> str:
     """Which preset the composer preselects: the conversation's, else (new) the user's default."""
     if conversation is not None:
         if conversation.builtin_preset:
@@ -300,7 +300,7 @@ def estimate_text(estimate: Any) -> str | None:
 
 
 def preset_create(
-    *, user: AbstractBaseUser, name: str, description: str = "", config: Any, copied_from_share: bool = False
+    *, user: User, name: str, description: str = "", config: Any, copied_from_share: bool = False
 ) -> Preset:
     name, description = _clean_text(name, description)
     return Preset.objects.create(
@@ -326,7 +326,7 @@ def preset_duplicate(*, preset: Preset) -> Preset:
     )
 
 
-def preset_copy_builtin(*, user: AbstractBaseUser, key: str) -> Preset:
+def preset_copy_builtin(*, user: User, key: str) -> Preset:
     builtin = builtin_get(key=key)
     return Preset.objects.create(
         user=user, name=builtin.name, description=builtin.description, config=copy.deepcopy(builtin.config)
@@ -338,12 +338,13 @@ def preset_delete(*, preset: Preset) -> None:
     preset.delete()
 
 
-def preset_set_default(*, user: AbstractBaseUser, preset: Preset | None) -> None:
+def preset_set_default(*, user: User, preset: Preset | None) -> None:
     """Make ``preset`` the user's default (None: no default). One default per user, DB-enforced."""
     with transaction.atomic():
-        Preset.objects.filter(user=user, is_default=True).exclude(pk=getattr(preset, "pk", None)).update(
-            is_default=False
-        )
+        others = Preset.objects.filter(user=user, is_default=True)
+        if preset is not None:
+            others = others.exclude(pk=preset.pk)
+        others.update(is_default=False)
         if preset is not None and not preset.is_default:
             preset.is_default = True
             preset.save(update_fields=["is_default"])
@@ -361,7 +362,7 @@ def preset_unshare(*, preset: Preset) -> None:
     preset.save(update_fields=["share_token"])
 
 
-def preset_copy_shared(*, user: AbstractBaseUser, token: str) -> Preset:
+def preset_copy_shared(*, user: User, token: str) -> Preset:
     """Copy a shared preset into ``user``'s presets: a deep copy, unaffected by later edits."""
     shared = preset_get_shared(token=token)
     return Preset.objects.create(
@@ -386,7 +387,7 @@ def preset_apply_to_conversation(
     return conversation
 
 
-def preset_resolve_posted(*, user: AbstractBaseUser, ref: str) -> ResolvedPreset | None:
+def preset_resolve_posted(*, user: User, ref: str) -> ResolvedPreset | None:
     """The composer's chooser value: None for "Custom panel", else the preset (NotFound for
     another user's). Resolve it before changing anything, so a bad id changes nothing."""
     return preset_resolve(user=user, ref=ref) if ref else None
@@ -548,7 +549,7 @@ def _parse_import(data: Any) -> tuple[str, str, dict[str, Any]]:
     )
 
 
-def preset_import(*, user: AbstractBaseUser, data: bytes | str, name: str = "") -> Preset:
+def preset_import(*, user: User, data: bytes | str, name: str = "") -> Preset:
     """A new preset of ``user``'s from JSON text: ours (fusion-preset/1) or OpenRouter's plugin."""
     imported_name, description, config = _parse_import(_load_json(data))
     return preset_create(user=user, name=name.strip() or imported_name, description=description, config=config)

@@ -25,11 +25,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import ROUND_CEILING, Decimal
-from typing import Any
+from typing import Any, TypedDict
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -63,7 +64,7 @@ def to_decimal(amount: float | Decimal | None) -> Decimal:
 # --------------------------------------------------------------------------- selectors
 
 
-def daily_limit(*, user: Any) -> Decimal | None:
+def daily_limit(*, user: User) -> Decimal | None:
     """Today's limit in USD; None means no limit (the setting or the override is 0)."""
     override = UserLimits.objects.filter(user=user).values_list("daily_spend_limit_usd", flat=True).first()
     limit = Decimal(str(settings.FUSION_DAILY_SPEND_LIMIT_USD)) if override is None else override
@@ -74,7 +75,7 @@ def _day_start(day: date) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min))
 
 
-def spent_today(*, user: Any) -> Decimal:
+def spent_today(*, user: User) -> Decimal:
     """What today's finished runs cost plus what the running ones hold in reserve."""
     return _spent_today(Run.objects.filter(user=user))
 
@@ -90,7 +91,7 @@ def server_spent_today() -> Decimal:
     return _spent_today(Run.objects.filter(uses_server_key=True))
 
 
-def _spent_today(runs: Any) -> Decimal:
+def _spent_today(runs: QuerySet[Run]) -> Decimal:
     start = _day_start(timezone.localdate())
     finished = (
         runs.filter(created_at__gte=start).exclude(status=RunStatus.RUNNING).aggregate(total=Sum("cost_usd"))["total"]
@@ -259,7 +260,7 @@ def _estimated_call(
 # --------------------------------------------------------------------------- services
 
 
-def _lock_limits(*, user: Any) -> None:
+def _lock_limits(*, user: User) -> None:
     """Lock the user's UserLimits row for the current transaction, creating it if needed."""
     if not UserLimits.objects.filter(user=user).exists():
         try:
@@ -282,7 +283,7 @@ def _lock_server_cap() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SERVER_CAP_LOCK])
 
 
-def spend_reserve(*, user: Any, high_usd: float | Decimal, server_key: bool = False) -> Decimal:
+def spend_reserve(*, user: User, high_usd: float | Decimal, server_key: bool = False) -> Decimal:
     """Check that a run costing up to *high_usd* fits today's limit; return the amount to reserve.
 
     *server_key*: the run uses a server key, so it must also fit what is left of the server's
@@ -334,6 +335,14 @@ class ModelUsage:
         self.estimated = self.estimated or bool(usage.get("estimated"))
 
 
+class DayUsage(TypedDict):
+    day: date
+    runs: int
+    cost: Decimal
+    estimated: int  # runs whose usage is partly an estimate
+    share: float  # 0–1 of the busiest day's cost
+
+
 @dataclass
 class UsageReport:
     limit: Decimal | None
@@ -342,25 +351,32 @@ class UsageReport:
     runs_today: int
     runs: int  # in the period
     cost: Decimal  # in the period
-    days: list[dict[str, Any]]  # newest first: {day, runs, cost, estimated (runs), share (0–1 of the busiest day)}
+    days: list[DayUsage]  # newest first
     models: list[ModelUsage]  # most expensive first
 
 
-def usage_report(*, user: Any, days: int = 30) -> UsageReport:
+def usage_report(*, user: User, days: int = 30) -> UsageReport:
     """Spend per day and per model over the last *days* days, from the stored usage."""
     today = timezone.localdate()
     start = _day_start(today - timedelta(days=days - 1))
     runs = Run.objects.filter(user=user, created_at__gte=start)
-    per_day = list(
+    rows = list(
         runs.annotate(day=TruncDate("created_at"))
         .values("day")
         .annotate(runs=Count("pk"), cost=Sum("cost_usd"), estimated=Count("pk", filter=Q(usage__estimated=True)))
         .order_by("-day")
     )
-    busiest = max((row["cost"] or Decimal(0) for row in per_day), default=Decimal(0))
-    for row in per_day:
-        row["cost"] = row["cost"] or Decimal(0)
-        row["share"] = float(row["cost"] / busiest) if busiest else 0.0
+    busiest = max((row["cost"] or Decimal(0) for row in rows), default=Decimal(0))
+    per_day = [
+        DayUsage(
+            day=row["day"],
+            runs=row["runs"],
+            cost=row["cost"] or Decimal(0),
+            estimated=row["estimated"],
+            share=float((row["cost"] or Decimal(0)) / busiest) if busiest else 0.0,
+        )
+        for row in rows
+    ]
 
     spent = spent_today(user=user)
     limit = daily_limit(user=user)
@@ -376,7 +392,7 @@ def usage_report(*, user: Any, days: int = 30) -> UsageReport:
     )
 
 
-def _per_model(runs: Any) -> list[ModelUsage]:
+def _per_model(runs: QuerySet[Run]) -> list[ModelUsage]:
     """Calls, tokens and cost per model: panel members, analysts and writers alike.
 
     A retry or a regenerated answer copies the answers it reuses (and their usage) into the new

@@ -27,6 +27,7 @@ from channels.db import database_sync_to_async
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.http.request import split_domain_port, validate_host
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
@@ -136,7 +137,7 @@ class SameOriginValidator:
 # --------------------------------------------------------------------------- sessions
 
 
-def _auth_hashes(user: Any) -> list[str]:
+def _auth_hashes(user: AbstractBaseUser) -> list[str]:
     hashes = [user.get_session_auth_hash()]
     fallbacks = getattr(user, "get_session_auth_fallback_hash", None)
     if fallbacks is not None:
@@ -206,7 +207,7 @@ class WatchedSocket(Protocol):
 class SessionWatch:
     """Open sockets of this process by session; ended sessions get their sockets closed."""
 
-    def __init__(self, *, on_inactive_users: Callable[[set[int]], None] | None = None) -> None:
+    def __init__(self, *, on_inactive_users: Callable[[set[int]], object] | None = None) -> None:
         self.sockets: set[WatchedSocket] = set()
         self.on_inactive_users = on_inactive_users
         self._task: asyncio.Task[None] | None = None

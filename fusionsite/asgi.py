@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fusionsite.settings")
@@ -29,8 +30,8 @@ router = ProtocolTypeRouter(
 )
 
 
-async def application(scope, receive, send):  # type: ignore[no-untyped-def]
+async def application(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
     # Daphne has no lifespan events: the first request of the process (of its event loop) starts
     # the run sweep, which marks runs of dead processes interrupted whatever command started us.
     manager.ensure_sweeper()
-    return await router(scope, receive, send)
+    await router(scope, receive, send)

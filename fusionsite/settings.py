@@ -10,6 +10,7 @@ import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
+from typing import TypedDict
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -252,7 +253,13 @@ OPENROUTER_API_KEY = os.environ.get("OPENROUTER_API_KEY", "").strip()
 OPENROUTER_BASE_URL = os.environ.get("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1").strip().rstrip("/")
 
 
-def _extra_providers() -> dict[str, dict[str, str]]:
+class _ExtraProvider(TypedDict):
+    base_url: str
+    api_key: str
+    supports_response_format: bool
+
+
+def _extra_providers() -> dict[str, _ExtraProvider]:
     """FUSION_PROVIDERS: JSON {"name": {"base_url": ..., "api_key": ... or "api_key_env": ...}}.
 
     Models of such a provider are addressed as ``name:model`` (``ollama:llama3.1:8b``).
@@ -266,7 +273,7 @@ def _extra_providers() -> dict[str, dict[str, str]]:
         raise ValueError(f"FUSION_PROVIDERS is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError("FUSION_PROVIDERS must be a JSON object of name → {base_url, api_key}")
-    providers: dict[str, dict[str, str]] = {}
+    providers: dict[str, _ExtraProvider] = {}
     for name, conf in data.items():
         if not isinstance(conf, dict) or not conf.get("base_url"):
             raise ValueError(f"FUSION_PROVIDERS[{name!r}] needs a base_url")

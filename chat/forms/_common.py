@@ -10,4 +10,4 @@ class PlainLabels:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("label_suffix", "")
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]  # a mixin: the form's __init__ takes it
+        super().__init__(*args, **kwargs)

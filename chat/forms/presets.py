@@ -190,7 +190,8 @@ class ImportForm(PlainLabels, forms.Form):
     )
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         upload = data.get("file")
         if upload is not None:
             if upload.size > IMPORT_MAX_BYTES:

@@ -6,9 +6,11 @@ run's highest estimated cost against the user's daily limit inside the run's tra
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 
 from chat import keys, model_catalogue, spend
 from chat.engine import build_registry
@@ -38,7 +40,7 @@ def _search_reserve_usd(request: FusionRequest) -> float:
     return price * research.budget * len(request.panel)
 
 
-def check_limits(*, user: Any, conversation: Conversation) -> None:
+def check_limits(*, user: User, conversation: Conversation) -> None:
     if Run.objects.filter(conversation=conversation, status=RunStatus.RUNNING).exists():
         raise RunError("busy", "A run is already going in this conversation. Stop it or wait for it to finish.")
     limit = settings.FUSION_MAX_CONCURRENT_RUNS_PER_USER
@@ -46,7 +48,7 @@ def check_limits(*, user: Any, conversation: Conversation) -> None:
         raise RunError("limit", f"You already have {limit} runs going. Wait for one to finish or stop one.")
 
 
-def check_models_and_keys(*, user: Any, panel: dict[str, Any]) -> None:
+def check_models_and_keys(*, user: User, panel: dict[str, Any]) -> None:
     """Before any paid call: every model is in its provider's catalogue, every provider has a key."""
     models = [
         s["model"]
@@ -69,7 +71,7 @@ def check_models_and_keys(*, user: Any, panel: dict[str, Any]) -> None:
 
 
 def reserve_spend(
-    *, user: Any, run: Run, request: FusionRequest, reused_slots: Any = (), reuse_analysis: bool = False
+    *, user: User, run: Run, request: FusionRequest, reused_slots: Iterable[int] = (), reuse_analysis: bool = False
 ) -> None:
     """Hold the run's high cost estimate against today's limit (inside the run's transaction)."""
     threads = [request.messages, *(request.member_messages or {}).values()]

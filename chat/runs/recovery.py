@@ -12,10 +12,10 @@ import os
 import socket
 import uuid
 from datetime import timedelta
-from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from chat import spend
@@ -36,7 +36,7 @@ def stale_after() -> timedelta:
     return timedelta(seconds=max(30, 10 * settings.FUSION_CHECKPOINT_INTERVAL_S))
 
 
-def mark_interrupted(queryset: Any) -> int:
+def mark_interrupted(queryset: QuerySet[Run]) -> int:
     """Runs whose process died: keep their partial text, mark them ``interrupted``.
 
     Their calls reached providers, who bill them: what they cost is estimated from the last

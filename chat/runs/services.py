@@ -14,6 +14,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -119,7 +120,7 @@ def _research_notice(request: FusionRequest) -> str | None:
 
 def _create_run(
     *,
-    user: Any,
+    user: User,
     conversation: Conversation,
     turn: Turn,
     client_run_id: str,
@@ -167,7 +168,7 @@ def _create_run(
     return run
 
 
-def _resolve_preset(*, user: Any, ref: Any) -> presets.ResolvedPreset:
+def _resolve_preset(*, user: User, ref: Any) -> presets.ResolvedPreset:
     try:
         return presets.preset_resolve(user=user, ref=ref)
     except NotFound:
@@ -189,7 +190,7 @@ def _checked_prompt(prompt: str) -> str:
 
 def _start_sync(
     *,
-    user: Any,
+    user: User,
     conversation_id: int,
     client_run_id: str,
     prompt: str,
@@ -320,7 +321,7 @@ def _run_started_frame(run: Run, request: FusionRequest, replaces: str | None = 
     }
 
 
-async def _engine_inputs(*, user: Any, request: FusionRequest) -> dict[str, Any]:
+async def _engine_inputs(*, user: User, request: FusionRequest) -> dict[str, Any]:
     """What the run reads before it starts: the user's keys, the catalogue's prices, tool support."""
     return {
         "registry": await database_sync_to_async(build_registry)(user=user),
@@ -331,7 +332,7 @@ async def _engine_inputs(*, user: Any, request: FusionRequest) -> dict[str, Any]
 
 async def run_start(
     *,
-    user: Any,
+    user: User,
     conversation_id: int,
     client_run_id: str,
     prompt: str,
@@ -386,7 +387,7 @@ async def run_request_live_snapshot(*, run_id: uuid.UUID, reply_to: str) -> None
         )
 
 
-def running_runs_for_conversation(*, user: Any, conversation_id: int) -> list[uuid.UUID]:
+def running_runs_for_conversation(*, user: User, conversation_id: int) -> list[uuid.UUID]:
     """Running runs of a conversation; runs whose owner process went silent become interrupted."""
     stale_before = timezone.now() - stale_after()
     runs = Run.objects.filter(user=user, conversation_id=conversation_id, status=RunStatus.RUNNING)
@@ -402,7 +403,7 @@ def running_runs_for_conversation(*, user: Any, conversation_id: int) -> list[uu
 # --------------------------------------------------------------------------- steering runs
 
 
-def _owned_run(*, user: Any, conversation_id: int, client_run_id: str) -> Run:
+def _owned_run(*, user: User, conversation_id: int, client_run_id: str) -> Run:
     run = (
         Run.objects.filter(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
         .select_related("turn", "conversation")
@@ -413,7 +414,7 @@ def _owned_run(*, user: Any, conversation_id: int, client_run_id: str) -> Run:
     return run
 
 
-async def _active_for(*, user: Any, conversation_id: int, client_run_id: str) -> tuple[Run, ActiveRun | None]:
+async def _active_for(*, user: User, conversation_id: int, client_run_id: str) -> tuple[Run, ActiveRun | None]:
     run = await database_sync_to_async(_owned_run)(
         user=user, conversation_id=conversation_id, client_run_id=client_run_id
     )
@@ -421,7 +422,7 @@ async def _active_for(*, user: Any, conversation_id: int, client_run_id: str) ->
 
 
 async def _control(
-    *, user: Any, conversation_id: int, client_run_id: str, action: str, slot: int | None = None
+    *, user: User, conversation_id: int, client_run_id: str, action: str, slot: int | None = None
 ) -> tuple[Run, bool | None]:
     """Steer a run wherever it runs: here directly, in another process through the channel layer.
 
@@ -439,13 +440,13 @@ async def _control(
     return run, False
 
 
-async def run_stop(*, user: Any, conversation_id: int, client_run_id: str) -> None:
+async def run_stop(*, user: User, conversation_id: int, client_run_id: str) -> None:
     _, applied = await _control(user=user, conversation_id=conversation_id, client_run_id=client_run_id, action="stop")
     if applied is False:
         raise RunError("invalid", "This run is not running.")
 
 
-async def run_stop_member(*, user: Any, conversation_id: int, client_run_id: str, slot: int) -> None:
+async def run_stop_member(*, user: User, conversation_id: int, client_run_id: str, slot: int) -> None:
     _, applied = await _control(
         user=user, conversation_id=conversation_id, client_run_id=client_run_id, action="stop_member", slot=slot
     )
@@ -453,7 +454,7 @@ async def run_stop_member(*, user: Any, conversation_id: int, client_run_id: str
         raise RunError("invalid", "That member is not running.")
 
 
-async def run_fuse_now(*, user: Any, conversation_id: int, client_run_id: str) -> None:
+async def run_fuse_now(*, user: User, conversation_id: int, client_run_id: str) -> None:
     _, applied = await _control(
         user=user, conversation_id=conversation_id, client_run_id=client_run_id, action="fuse_now"
     )
@@ -465,7 +466,7 @@ async def run_fuse_now(*, user: Any, conversation_id: int, client_run_id: str) -
 
 
 def _rerun_sync(
-    *, user: Any, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None
+    *, user: User, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None
 ) -> tuple[Run, FusionRequest, dict[int, MemberResponse], AnalysisCompleted | None, str]:
     """A new run for the same turn that reuses the old run's answers (and analysis, for regenerate)."""
     old = _owned_run(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
@@ -487,7 +488,8 @@ def _rerun_sync(
     check_models_and_keys(user=user, panel=panel)
     new_client_id = f"{old.client_run_id[:40]}-{uuid.uuid4().hex[:12]}"
     request = build_request(old.conversation, old.turn, panel)
-    keep_analysis = writer is not None and old.analysis is not None and slot is None
+    # Regenerating (a new writer over the same answers) keeps the analysis too.
+    kept_analysis = old.analysis if writer is not None and slot is None else None
     try:
         with transaction.atomic():
             run = _create_run(
@@ -499,23 +501,25 @@ def _rerun_sync(
                 writer=panel["writer"]["model"],
                 reuse=reuse,
             )
-            reserve_spend(user=user, run=run, request=request, reused_slots=reuse, reuse_analysis=keep_analysis)
+            reserve_spend(
+                user=user, run=run, request=request, reused_slots=reuse, reuse_analysis=kept_analysis is not None
+            )
     except IntegrityError:
         raise RunError("busy", "A run is already going in this conversation.") from None
     reuse_analysis = None
-    if keep_analysis:
+    if kept_analysis is not None:
         reuse_analysis = AnalysisCompleted(
-            analyst_model=old.analyst_model, analysis=old.analysis, label_map=old.label_map, records=[]
+            analyst_model=old.analyst_model, analysis=kept_analysis, label_map=old.label_map, records=[]
         )
         Run.objects.filter(pk=run.pk).update(
-            analysis=old.analysis, label_map=old.label_map, analyst_model=old.analyst_model
+            analysis=kept_analysis, label_map=old.label_map, analyst_model=old.analyst_model
         )
-        run.analysis, run.label_map = old.analysis, old.label_map
+        run.analysis, run.label_map = kept_analysis, old.label_map
     return run, request, reuse, reuse_analysis, str(old.pk)
 
 
 async def _rerun(
-    *, user: Any, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None
+    *, user: User, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None
 ) -> dict[str, Any]:
     run, request, reuse, analysis, old_id = await database_sync_to_async(_rerun_sync)(
         user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=slot, writer=writer
@@ -538,7 +542,7 @@ async def _rerun(
     return frame
 
 
-async def run_retry_member(*, user: Any, conversation_id: int, client_run_id: str, slot: int) -> None:
+async def run_retry_member(*, user: User, conversation_id: int, client_run_id: str, slot: int) -> None:
     run, active = await _active_for(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
     if active is not None or run.status == RunStatus.RUNNING:  # still running: restart in place
         _, applied = await _control(
@@ -550,5 +554,5 @@ async def run_retry_member(*, user: Any, conversation_id: int, client_run_id: st
     await _rerun(user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=slot, writer=None)
 
 
-async def run_regenerate(*, user: Any, conversation_id: int, client_run_id: str, writer: str) -> None:
+async def run_regenerate(*, user: User, conversation_id: int, client_run_id: str, writer: str) -> None:
     await _rerun(user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=None, writer=writer)

@@ -625,7 +625,7 @@ def effective_script(script: dict[str, Any], body: dict[str, Any]) -> dict[str, 
         effective.update(steps[min(step, len(steps) - 1)])
         if effective.get("tool_calls") and not tools_offered(body):
             # Tools were withdrawn (budget spent): answer, from the last step without tool calls.
-            answer = next((s for s in reversed(steps) if not s.get("tool_calls")), {})
+            answer: dict[str, Any] = next((s for s in reversed(steps) if not s.get("tool_calls")), {})
             effective = {**{k: v for k, v in script.items() if k != "steps"}, **answer}
             effective.pop("tool_calls", None)
     loop = effective.get("loop_tools")
@@ -1258,7 +1258,7 @@ class ScriptedUpstream:
             return
         generation = self._chunk_delay(script, plan.content + plan.reasoning)
         await self._wait(conn, None, self._delay(script.get("ttft_ms")) + generation, 0)
-        if fault_type == "error_mid_stream":
+        if fault is not None and fault_type == "error_mid_stream":
             status = int(fault.get("code", 502))
             await conn.send_json(
                 status, error_payload(status, str(fault.get("message", "Provider returned error"))), close=True

@@ -56,7 +56,7 @@ def estimate_json(request: AuthedRequest, pk: int | None = None) -> JsonResponse
     if "members" in request.GET:
         form = PanelForm({**request.GET.dict(), "follow_up_mode": "fused"})
         if not form.is_valid():
-            message = " ".join(e for errors in form.errors.values() for e in errors)
+            message = " ".join(str(e) for errors in form.errors.values() for e in errors)
             return JsonResponse({"ok": False, "error": message}, status=400)
         panel = form.cleaned_data["panel"]
     models = [s["model"] for s in (*panel["members"], panel["analyst"], panel["writer"])]

@@ -143,7 +143,7 @@ def conversation_detail(request: AuthedRequest, pk: int) -> HttpResponse:
             _stash_pending_start(request, conversation, form.cleaned_data["prompt"])
         else:
             for error in form.errors.values():
-                messages.error(request, " ".join(error))
+                messages.error(request, " ".join(str(e) for e in error))
         return redirect("conversation", pk=conversation.pk)
     context = {
         **sidebar(request, current=conversation),
@@ -207,7 +207,7 @@ def conversation_settings(request: AuthedRequest, pk: int) -> HttpResponse:
     conversation = svc.conversation_get_for_user(user=request.user, pk=pk)
     form = PanelForm(request.POST)
     if not form.is_valid():
-        message = " ".join(e for errors in form.errors.values() for e in errors)
+        message = " ".join(str(e) for errors in form.errors.values() for e in errors)
         if _wants_json(request):
             return JsonResponse({"ok": False, "error": message}, status=400)
         messages.error(request, message)

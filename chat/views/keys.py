@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.debug import sensitive_post_parameters
@@ -19,7 +19,7 @@ from chat.models import ProviderKey
 from chat.views._common import AuthedRequest, not_found_is_404, sidebar
 
 
-def _providers(user: AbstractBaseUser) -> list[dict[str, object]]:
+def _providers(user: User) -> list[dict[str, object]]:
     """Every configured provider: the user's key (if any), what runs use otherwise, where it goes."""
     stored = {k.provider: k for k in ProviderKey.objects.filter(user=user)}
     sources = keys.key_sources(user=user)

@@ -117,7 +117,7 @@ def _editor(request: AuthedRequest, *, preset: Preset | None) -> HttpResponse:
             except presets.PresetError as exc:
                 error = str(exc)
         elif not members.is_valid():
-            error = " ".join(members.non_form_errors()) or "Check the members below."
+            error = " ".join(str(e) for e in members.non_form_errors()) or "Check the members below."
     else:
         if preset is None:
             config = {**default_panel(), "follow_up_mode": "fused", "research": default_research()}

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 DEMO_PANEL = "sim/atlas,sim/borealis,sim/cirrus"
 # The built-in presets on the scripted models (it answers any id, but its catalogue lists only these).
@@ -54,7 +54,7 @@ DEMO_BUILTIN_PRESETS = {
 class Command(BaseCommand):
     help = "Serve the chatroom against simulated models, with a ready demo account."
 
-    def add_arguments(self, parser: Any) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--upstream-port", type=int, default=8787)

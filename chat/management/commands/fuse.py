@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 
 from chat.engine import build_limits, build_registry, known_secrets
 from chat.fusion.catalogue import CatalogueError, fetch_models, unknown_models
@@ -25,6 +25,7 @@ from chat.fusion.types import (
     AnalysisCompleted,
     AnalysisDegraded,
     AnalysisStarted,
+    CallRecord,
     FinalStarted,
     FusionRequest,
     ModelSpec,
@@ -32,6 +33,7 @@ from chat.fusion.types import (
     PanelCompleted,
     PanelDelta,
     PanelFailed,
+    PipelineEvent,
     RunCompleted,
     RunFailed,
 )
@@ -44,7 +46,7 @@ def _models(value: str) -> list[str]:
 class Command(BaseCommand):
     help = "Run one fusion from the terminal: panel → analysis → fused answer."
 
-    def add_arguments(self, parser: Any) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("question")
         parser.add_argument("--panel", required=True, help="Comma-separated model ids (1–8).")
         parser.add_argument("--analyst", required=True)
@@ -182,14 +184,14 @@ class Command(BaseCommand):
         return 130 if getattr(result, "kind", "") == "cancelled" else 1
 
 
-def _metrics(record: Any) -> dict[str, Any]:
+def _metrics(record: CallRecord) -> dict[str, Any]:
     return {"ttft_ms": record.ttft_ms, "duration_ms": record.duration_ms, "usage": record.usage.to_dict()}
 
 
 class _Progress:
     """One stderr line per state change of a member, the analyst and the writer."""
 
-    def __init__(self, out: Any, models: list[str]) -> None:
+    def __init__(self, out: OutputWrapper, models: list[str]) -> None:
         self.out = out
         self.t0 = time.monotonic()
         self.width = max(len(m) for m in models)
@@ -198,7 +200,7 @@ class _Progress:
     def line(self, text: str) -> None:
         self.out.write(f"[{time.monotonic() - self.t0:6.1f}s] {text}")
 
-    def on(self, event: Any) -> None:
+    def on(self, event: PipelineEvent) -> None:
         if isinstance(event, PanelAdded):
             self.chars[event.slot] = 0
             self.line(f"{event.model:<{self.width}}  waiting")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 
 from chat.runs import recover_interrupted_runs
 
@@ -10,7 +10,7 @@ from chat.runs import recover_interrupted_runs
 class Command(BaseCommand):
     help = "Mark runs left running by a process that died as interrupted (run at start-up)."
 
-    def add_arguments(self, parser: Any) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--all",
             action="store_true",
