@@ -104,7 +104,8 @@ def provider_base_url(name: str) -> str:
 def server_key(name: str) -> str:
     if name == DEFAULT_PROVIDER:
         return settings.OPENROUTER_API_KEY
-    return settings.FUSION_PROVIDERS.get(name, {}).get("api_key", "")
+    provider = settings.FUSION_PROVIDERS.get(name)
+    return provider["api_key"] if provider else ""
 
 
 def server_key_allowed(*, user: User) -> bool:
