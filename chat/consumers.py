@@ -34,7 +34,10 @@ CLOSE_FLOODING = 4429
 # Deepest nesting of arrays and objects a client frame may have (real frames need 4).
 MAX_JSON_DEPTH = 32
 # Frames that start or steer a run: the session is re-checked before each.
-STEERING = frozenset({"start", "stop", "stop_member", "retry_member", "fuse_now", "regenerate"})
+STEERING = frozenset({"start", "stop", "stop_member", "retry_member", "fuse_now", "regenerate", "rerun"})
+# The versions a start may name (one per earlier turn, ``shown_runs``).
+MAX_SHOWN_RUNS = 1000
+RERUN_MODES = ("retry_stopped", "resend", "fuse")
 
 watch = SessionWatch(on_inactive_users=lambda ids: runs.manager.cancel_users(ids))
 
@@ -116,6 +119,15 @@ def _preset_ref(value: Any) -> str | int | None:
     if isinstance(value, str) and 0 < len(value) <= 80 and (value.startswith("builtin:") or value.isdigit()):
         return value
     raise FrameError('preset must be a preset id or "builtin:<name>".')
+
+
+def _shown_runs(value: Any) -> list[str]:
+    """``shown_runs`` of a start frame: the server run ids (versions) the user is looking at."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_SHOWN_RUNS:
+        raise FrameError(f"shown_runs must be a list of at most {MAX_SHOWN_RUNS} run ids.")
+    return [_uuid_str(v, "shown_runs") for v in value]
 
 
 def _slot(value: Any) -> int:
@@ -258,6 +270,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         preset = _preset_ref(frame.get("preset"))
         if preset is not None and panel is not None:
             raise FrameError("Send either a panel or a preset, not both.")
+        shown_runs = _shown_runs(frame.get("shown_runs"))
         state, created = await runs.run_start(
             user=self.scope["user"],
             conversation_id=self.conversation_id,
@@ -266,6 +279,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             panel=panel,
             follow_up_mode=mode,
             preset=preset,
+            shown_runs=shown_runs,
         )
         if not created:  # attached to the existing run: send where it is now
             await self._send({"type": "snapshot", "runs": [state]})
@@ -305,6 +319,17 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             conversation_id=self.conversation_id,
             client_run_id=_run_ref(frame.get("run_id")),
             writer=writer.strip(),
+        )
+
+    async def on_rerun(self, frame: dict[str, Any]) -> None:
+        mode = frame.get("mode")
+        if mode not in RERUN_MODES:
+            raise FrameError("mode must be 'retry_stopped', 'resend' or 'fuse'.")
+        await runs.run_rerun(
+            user=self.scope["user"],
+            conversation_id=self.conversation_id,
+            client_run_id=_run_ref(frame.get("run_id")),
+            mode=mode,
         )
 
     # ----------------------------------------------------------------- server side

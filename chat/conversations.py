@@ -15,6 +15,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.text import slugify
 
+from chat import spend
 from chat.errors import NotFound
 from chat.models import Conversation, FollowUpMode, Run, Turn
 from chat.panels import default_panel
@@ -55,9 +56,35 @@ def conversation_turns(*, conversation: Conversation) -> list[tuple[Turn, Run | 
     turns = list(conversation.turns.order_by("index").prefetch_related("runs__members"))
     result: list[tuple[Turn, Run | None]] = []
     for turn in turns:
-        runs = sorted(turn.runs.all(), key=lambda r: (r.created_at, str(r.pk)))
+        runs = turn_runs(turn)
         result.append((turn, runs[-1] if runs else None))
     return result
+
+
+def turn_runs(turn: Turn) -> list[Run]:
+    """Every run (version) of a turn, oldest first: the original, retries, rewrites."""
+    return sorted(turn.runs.all(), key=lambda r: (r.created_at, str(r.pk)))
+
+
+VERSION_KINDS = {
+    "retry_member": "member retried",
+    "rewrite": "rewritten",
+    "retry_stopped": "stopped members retried",
+    "resend": "prompt resent",
+    "fuse": "re-fused",
+}
+
+
+def version_title(run: Run, number: int, count: int) -> str:
+    """ "Version 2 of 3 — rewritten with sim/writer · 2026-06-01 12:00" (the Markdown export)."""
+    version = (run.config or {}).get("version") or {}
+    what = VERSION_KINDS.get(version.get("kind", ""), "original")
+    if version.get("kind") == "rewrite":
+        what += f" with {run.writer_model}"
+    elif version.get("kind") == "retry_member" and isinstance(version.get("slot"), int):
+        member = next((m for m in run.members.all() if m.slot == version["slot"]), None)
+        what += f": {member.model}" if member else ""
+    return f"Version {number} of {count} — {what} · {run.created_at:%Y-%m-%d %H:%M} UTC"
 
 
 def conversation_turns_state(*, conversation: Conversation) -> list[dict[str, Any]]:
@@ -80,7 +107,14 @@ def conversation_turns_state(*, conversation: Conversation) -> list[dict[str, An
                 }
             )
             continue
-        states.append(RunState.from_rows(run).snapshot())
+        # Every run of the turn is a version the page can show (‹ 1/3 ›); the newest by default.
+        versions = []
+        for version in turn_runs(turn):
+            state = RunState.from_rows(version)
+            # Every call of the turn, from the ledger: the footer's totals and the receipt.
+            state.receipt = spend.turn_receipt(turn_id=turn.pk, shown_run_id=version.pk)
+            versions.append(state.snapshot())
+        states.append({**versions[-1], "versions": versions})
     return states
 
 
@@ -270,53 +304,55 @@ def _tool_call_line(call: dict[str, Any]) -> str:
 
 
 def conversation_export_markdown(*, conversation: Conversation) -> str:
-    """A readable transcript of what the page shows: each turn's latest run."""
+    """A readable transcript: every turn with every version of it (its runs), oldest first."""
     lines = [f"# {conversation.title}", ""]
     lines.append(f"Exported {timezone.now():%Y-%m-%d %H:%M} UTC from Fusion chatroom.")
-    for turn, run in conversation_turns(conversation=conversation):
+    for turn, _ in conversation_turns(conversation=conversation):
         lines += ["", "---", "", f"## Turn {turn.index + 1}", "", "### Prompt", "", turn.prompt]
-        if run is None:
-            continue
-        lines += ["", "### Panel"]
-        for m in run.members.order_by("slot"):
-            lines += ["", f"#### {m.model} — {m.status}", ""]
-            for note in m.notes or []:
-                lines += [f"> {note}", ""]
-            if m.tool_calls:
-                lines += ["Web research:", ""] + [_tool_call_line(c) for c in m.tool_calls] + [""]
-            if m.content:
-                lines.append(m.content)
-            if m.sources:
-                lines += ["", "Sources:", ""] + [f"- {_md_link(src)}" for src in m.sources]
-            if m.error_message:
-                lines += ["", f"> Error ({m.error_kind or 'error'}): {m.error_message}"]
+        runs = turn_runs(turn)
+        for number, run in enumerate(runs, start=1):
+            if len(runs) > 1:
+                lines += ["", f"### {version_title(run, number, len(runs))}"]
+            lines += ["", "### Panel"]
+            for m in run.members.order_by("slot"):
+                lines += ["", f"#### {m.model} — {m.status}", ""]
+                for note in m.notes or []:
+                    lines += [f"> {note}", ""]
+                if m.tool_calls:
+                    lines += ["Web research:", ""] + [_tool_call_line(c) for c in m.tool_calls] + [""]
+                if m.content:
+                    lines.append(m.content)
+                if m.sources:
+                    lines += ["", "Sources:", ""] + [f"- {_md_link(src)}" for src in m.sources]
+                if m.error_message:
+                    lines += ["", f"> Error ({m.error_kind or 'error'}): {m.error_message}"]
+                lines += [
+                    "",
+                    f"*TTFT {_fmt_ms(m.ttft_ms)} · duration {_fmt_ms(m.duration_ms)} · {_fmt_usage(m.usage)}*",
+                ]
+            lines += ["", "### Analysis"]
+            if run.analysis:
+                lines += ["", f"Analyst: {run.analyst_model or '–'}"]
+                lines += _analysis_markdown(run.analysis)
+                if run.label_map:
+                    lines += ["", "Labels: " + ", ".join(f"{k} = {v}" for k, v in run.label_map.items())]
+            else:
+                lines += ["", f"No analysis. {run.analysis_error}".strip()]
+            lines += ["", f"### Fused answer ({run.writer_model or 'writer'})", ""]
+            lines.append(run.answer or "*No fused answer.*")
+            if run.sources:
+                lines += ["", "### Sources", ""]
+                for src in run.sources:
+                    used_by = ", ".join(src.get("members") or [])
+                    lines.append(f"- {_md_link(src)}" + (f" ({used_by})" if used_by else ""))
+            if run.error_message:
+                lines += ["", f"> Run {run.status}: {run.error_message}"]
             lines += [
                 "",
-                f"*TTFT {_fmt_ms(m.ttft_ms)} · duration {_fmt_ms(m.duration_ms)} · {_fmt_usage(m.usage)}*",
+                f"*Run {run.status} · wall time {_fmt_ms(run.wall_ms())} · {_fmt_usage(run.usage)}"
+                + (f" · failed: {', '.join(run.failed_models)}" if run.failed_models else "")
+                + "*",
             ]
-        lines += ["", "### Analysis"]
-        if run.analysis:
-            lines += ["", f"Analyst: {run.analyst_model or '–'}"]
-            lines += _analysis_markdown(run.analysis)
-            if run.label_map:
-                lines += ["", "Labels: " + ", ".join(f"{k} = {v}" for k, v in run.label_map.items())]
-        else:
-            lines += ["", f"No analysis. {run.analysis_error}".strip()]
-        lines += ["", f"### Fused answer ({run.writer_model or 'writer'})", ""]
-        lines.append(run.answer or "*No fused answer.*")
-        if run.sources:
-            lines += ["", "### Sources", ""]
-            for src in run.sources:
-                used_by = ", ".join(src.get("members") or [])
-                lines.append(f"- {_md_link(src)}" + (f" ({used_by})" if used_by else ""))
-        if run.error_message:
-            lines += ["", f"> Run {run.status}: {run.error_message}"]
-        lines += [
-            "",
-            f"*Run {run.status} · wall time {_fmt_ms(run.wall_ms())} · {_fmt_usage(run.usage)}"
-            + (f" · failed: {', '.join(run.failed_models)}" if run.failed_models else "")
-            + "*",
-        ]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -19,14 +19,16 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 
-from chat.engine import build_registry
+from chat.engine import build_registry, research_settings
 from chat.fusion.catalogue import CatalogueError, CatalogueModel, fetch_models, resolve, unknown_models
 from chat.fusion.providers import UnknownProvider
+from chat.fusion.types import Provider
 from chat.models import CatalogueCache
 
 log = logging.getLogger(__name__)
@@ -205,6 +207,7 @@ def validate_models(model_ids: Iterable[str], *, fetch_missing: bool = True) -> 
     registry = build_registry()
     errors: list[str] = []
     wanted: dict[str, list[tuple[str, str]]] = {}
+    providers: dict[str, Provider] = {}
     for model_id in dict.fromkeys(model_ids):
         try:
             provider, sent = registry.resolve(model_id)
@@ -212,6 +215,7 @@ def validate_models(model_ids: Iterable[str], *, fetch_missing: bool = True) -> 
             errors.append(str(exc))
             continue
         wanted.setdefault(provider.name, []).append((model_id, sent))
+        providers[provider.name] = provider
     rows = _load(wanted, fetch_missing=fetch_missing)
     for name, requested in wanted.items():
         row = rows[name]
@@ -225,9 +229,16 @@ def validate_models(model_ids: Iterable[str], *, fetch_missing: bool = True) -> 
                 ", ".join(w for w, _ in requested),
             )
             continue
-        title = "OpenRouter" if name == registry.default else f"provider {name!r}"
-        errors += unknown_models(requested, _models_of(row), provider=title)
+        errors += unknown_models(requested, _models_of(row), provider=provider_title(providers[name], registry.default))
     return errors
+
+
+def provider_title(provider: Provider, default: str) -> str:
+    """How messages name a provider: "OpenRouter" only when it is OpenRouter's own server."""
+    host = urlsplit(provider.base_url).netloc or provider.base_url
+    if provider.name == default:
+        return "OpenRouter" if host.lower().endswith("openrouter.ai") else f"the default provider ({host})"
+    return f"provider {provider.name!r}"
 
 
 def model_resolver() -> Callable[[str], CatalogueModel | None]:
@@ -281,7 +292,11 @@ def estimate_panel_cost(
     those and the analysis. An answer is ``max_tokens`` long at most (else *completion_tokens*);
     at the low end, a quarter of *completion_tokens*. Models without a known price count as free.
     ``reused_slots`` and ``reuse_analysis`` (a retried member, a regenerated answer) cost
-    nothing themselves but still fill the later prompts.
+    nothing themselves but still fill the later prompts. The high end includes paid web
+    searches (``search_reserve_usd``).
+
+    The one estimator: the preset pages, the composer (chat.views.catalogue.estimate_json) and
+    the spend reservation (chat.runs.checks.reserve_spend) all call it, so they agree.
     """
     lookup = model_resolver()
     reused = set(reused_slots)
@@ -315,8 +330,20 @@ def estimate_panel_cost(
         if writer:
             prompt = prompt_tokens + answers + analysis + PROMPT_OVERHEAD_TOKENS
             total += cost(writer, prompt, length(writer, *answer_range)[end])
+        if end == 1:
+            members_asked = len([slot for slot in range(len(members)) if slot not in reused])
+            total += search_reserve_usd(config, members=members_asked)
         totals.append(round(total, 6))
     return totals[0], totals[1]
+
+
+def search_reserve_usd(config: dict[str, Any], *, members: int | None = None) -> float:
+    """The most a run's paid searches can cost: every member asked spending its whole tool budget on them."""
+    price = float(settings.FUSION_SEARCH_PRICE_USD or 0)
+    research = research_settings(config.get("research"))
+    if price <= 0 or research is None or not settings.FUSION_SEARCH_BACKEND:
+        return 0.0
+    return price * research.budget * (len(config.get("members") or []) if members is None else members)
 
 
 def unpriced_models(config: dict[str, Any]) -> list[str]:

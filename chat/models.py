@@ -244,3 +244,46 @@ class Invite(models.Model):
 
     def __str__(self) -> str:
         return f"invite {self.token[:6]}… by {self.created_by}"
+
+
+class SpendRole(models.TextChoices):
+    PANEL = "panel", "Panel member"
+    ANALYST = "analyst", "Analyst"
+    WRITER = "writer", "Writer"
+    SEARCH = "search", "Web search"
+    RUN = "run", "Whole run (recorded before the ledger)"
+
+
+class SpendEntry(models.Model):
+    """One call that reached a provider, as billed: the ledger that spend limits and usage read.
+
+    Kept apart from conversations on purpose: the run, turn and conversation are plain values,
+    not foreign keys, so deleting a conversation never changes what was spent.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="spend_entries")
+    run_id = models.UUIDField(db_index=True)
+    conversation_id = models.BigIntegerField(null=True, blank=True)
+    turn_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    turn_index = models.PositiveIntegerField(null=True, blank=True)
+    role = models.CharField(max_length=20, choices=SpendRole.choices)
+    slot = models.PositiveSmallIntegerField(null=True, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=20, blank=True)  # how the call ended: complete, stopped, failed, …
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    reasoning_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    # Part of the usage is ours, not the provider's (a cut stream reported none).
+    estimated = models.BooleanField(default=False)
+    uses_server_key = models.BooleanField(default=False)
+    ttft_ms = models.IntegerField(null=True, blank=True)
+    duration_ms = models.IntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        verbose_name_plural = "spend entries"
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.model} {self.cost_usd}"

@@ -1,9 +1,11 @@
-"""Spending: a per-user daily limit, reservations held while runs go, and the usage report.
+"""Spending: a per-user daily limit, reservations held while runs go, the ledger and the usage report.
 
 Before a run, its high cost estimate is reserved on the run row (``Run.reserved_usd``); when
-the run ends the reservation becomes the provider-reported cost (``Run.cost_usd``). So what a
-user has spent today is the cost of today's finished runs plus what their running runs hold,
-and a run that would take that past the limit is refused before any paid call.
+the run ends the reservation is released and each of its calls becomes a row of the ledger
+(``SpendEntry``, written by ``spend_record`` in the run's final transaction). So what a user has
+spent today is the sum of today's ledger plus what their running runs hold, and a run that would
+take that past the limit is refused before any paid call. The ledger keeps no foreign key to
+conversations: deleting one never changes what was spent, the usage page or what the limit allows.
 
 ``spend_reserve`` must run inside the transaction that creates the run. It locks the user's
 ``UserLimits`` row (SELECT … FOR UPDATE on PostgreSQL; on SQLite the IMMEDIATE transaction mode
@@ -36,7 +38,7 @@ from django.utils import timezone
 
 from chat import model_catalogue
 from chat.fusion.types import FusionRequest, Usage
-from chat.models import MemberResponse, MemberStatus, Run, RunStatus, UserLimits
+from chat.models import MemberResponse, MemberStatus, Run, RunStatus, SpendEntry, SpendRole, UserLimits
 
 CENT = Decimal("0.01")
 MICRO = Decimal("0.000001")
@@ -76,8 +78,8 @@ def _day_start(day: date) -> datetime:
 
 
 def spent_today(*, user: User) -> Decimal:
-    """What today's finished runs cost plus what the running ones hold in reserve."""
-    return _spent_today(Run.objects.filter(user=user))
+    """Today's ledger plus what the running runs hold in reserve."""
+    return _spent_today(SpendEntry.objects.filter(user=user), Run.objects.filter(user=user))
 
 
 def server_daily_limit() -> Decimal | None:
@@ -87,17 +89,15 @@ def server_daily_limit() -> Decimal | None:
 
 
 def server_spent_today() -> Decimal:
-    """What today's runs paid with a server key cost or hold, across all users."""
-    return _spent_today(Run.objects.filter(uses_server_key=True))
+    """What today's calls paid with a server key cost, plus what running server-key runs hold, across all users."""
+    return _spent_today(SpendEntry.objects.filter(uses_server_key=True), Run.objects.filter(uses_server_key=True))
 
 
-def _spent_today(runs: QuerySet[Run]) -> Decimal:
+def _spent_today(entries: QuerySet[SpendEntry], runs: QuerySet[Run]) -> Decimal:
     start = _day_start(timezone.localdate())
-    finished = (
-        runs.filter(created_at__gte=start).exclude(status=RunStatus.RUNNING).aggregate(total=Sum("cost_usd"))["total"]
-    )
+    spent = entries.filter(created_at__gte=start).aggregate(total=Sum("cost_usd"))["total"]
     reserved = runs.filter(status=RunStatus.RUNNING).aggregate(total=Sum("reserved_usd"))["total"]
-    return (finished or Decimal(0)) + (reserved or Decimal(0))
+    return (spent or Decimal(0)) + (reserved or Decimal(0))
 
 
 def cost_of(usage: Usage | dict[str, Any] | None) -> Decimal | None:
@@ -314,6 +314,69 @@ def spend_reserve(*, user: User, high_usd: float | Decimal, server_key: bool = F
     return amount
 
 
+def spend_record(
+    *,
+    user_id: int,
+    run_id: Any,
+    conversation_id: int | None,
+    turn_id: int | None,
+    turn_index: int | None,
+    uses_server_key: bool,
+    calls: Iterable[dict[str, Any]],
+    search_cost_usd: float | Decimal | None = None,
+    searches: int = 0,
+) -> list[SpendEntry]:
+    """Write one ledger row per call of a run that reached a provider (priced by ``priced_calls``).
+
+    Call inside the transaction that ends the run (the one that releases its reservation), so
+    the reservation and the ledger never both count, nor neither. The ids are plain values: a
+    run whose conversation was deleted while it streamed still records what its calls cost.
+    Paid web searches are one more row (role ``search``).
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("spend_record must run inside the transaction that ends the run.")
+    now = timezone.now()
+    common = {
+        "user_id": user_id,
+        "run_id": run_id,
+        "conversation_id": conversation_id,
+        "turn_id": turn_id,
+        "turn_index": turn_index,
+        "uses_server_key": uses_server_key,
+        "created_at": now,
+    }
+    entries = []
+    for call in calls:
+        usage = call.get("usage") or {}
+        entries.append(
+            SpendEntry(
+                **common,
+                role=call.get("role") or SpendRole.PANEL,
+                slot=call.get("slot"),
+                model=str(call.get("model") or ""),
+                status=str(call.get("status") or ""),
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                reasoning_tokens=int(usage.get("reasoning_tokens") or 0),
+                cost_usd=cost_of(usage) or Decimal(0),
+                estimated=bool(usage.get("estimated")),
+                ttft_ms=call.get("ttft_ms"),
+                duration_ms=call.get("duration_ms"),
+            )
+        )
+    if search_cost_usd:
+        entries.append(
+            SpendEntry(
+                **common,
+                role=SpendRole.SEARCH,
+                model="web search",
+                status=f"{searches} searches" if searches else "",
+                cost_usd=to_decimal(search_cost_usd),
+            )
+        )
+    return SpendEntry.objects.bulk_create(entries)
+
+
 # --------------------------------------------------------------------------- the usage report
 
 
@@ -325,14 +388,6 @@ class ModelUsage:
     completion_tokens: int = 0
     cost: Decimal = field(default_factory=Decimal)
     estimated: bool = False  # some of it is an estimate (calls cut before the provider reported usage)
-
-    def add(self, usage: dict[str, Any]) -> None:
-        self.calls += 1
-        self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-        self.completion_tokens += int(usage.get("completion_tokens") or 0)
-        if usage.get("cost") is not None:
-            self.cost += Decimal(str(usage["cost"]))
-        self.estimated = self.estimated or bool(usage.get("estimated"))
 
 
 class DayUsage(TypedDict):
@@ -356,14 +411,18 @@ class UsageReport:
 
 
 def usage_report(*, user: User, days: int = 30) -> UsageReport:
-    """Spend per day and per model over the last *days* days, from the stored usage."""
+    """Spend per day and per model over the last *days* days, from the ledger."""
     today = timezone.localdate()
     start = _day_start(today - timedelta(days=days - 1))
-    runs = Run.objects.filter(user=user, created_at__gte=start)
+    entries = SpendEntry.objects.filter(user=user, created_at__gte=start)
     rows = list(
-        runs.annotate(day=TruncDate("created_at"))
+        entries.annotate(day=TruncDate("created_at"))
         .values("day")
-        .annotate(runs=Count("pk"), cost=Sum("cost_usd"), estimated=Count("pk", filter=Q(usage__estimated=True)))
+        .annotate(
+            runs=Count("run_id", distinct=True),
+            cost=Sum("cost_usd"),
+            estimated=Count("run_id", filter=Q(estimated=True), distinct=True),
+        )
         .order_by("-day")
     )
     busiest = max((row["cost"] or Decimal(0) for row in rows), default=Decimal(0))
@@ -384,37 +443,146 @@ def usage_report(*, user: User, days: int = 30) -> UsageReport:
         limit=limit,
         spent_today=spent,
         left_today=None if limit is None else max(Decimal(0), limit - spent),
-        runs_today=runs.filter(created_at__gte=_day_start(today)).count(),
-        runs=sum(row["runs"] for row in per_day),
+        runs_today=entries.filter(created_at__gte=_day_start(today)).values("run_id").distinct().count(),
+        runs=entries.values("run_id").distinct().count(),
         cost=sum((row["cost"] for row in per_day), Decimal(0)),
         days=per_day,
-        models=_per_model(runs),
+        models=_per_model(entries),
     )
 
 
-def _per_model(runs: QuerySet[Run]) -> list[ModelUsage]:
-    """Calls, tokens and cost per model: panel members, analysts and writers alike.
+def _per_model(entries: QuerySet[SpendEntry]) -> list[ModelUsage]:
+    """Calls, tokens and cost per model: panel members, analysts, writers and searches alike.
 
-    A retry or a regenerated answer copies the answers it reuses (and their usage) into the new
-    run; those copies made no call and are not counted twice.
+    Rows backfilled from runs older than the ledger (role ``run``) have no model: they are one
+    line, "earlier runs".
     """
     by_model: dict[str, ModelUsage] = {}
-    seen: set[tuple[int, int, str]] = set()  # (turn, slot, usage) of answers already counted
-    members = (
-        MemberResponse.objects.filter(run__in=runs)
-        .values_list("run__turn_id", "slot", "model", "usage")
-        .order_by("run__created_at", "slot")
+    rows = entries.values("model", "role").annotate(
+        calls=Count("pk"),
+        prompt=Sum("prompt_tokens"),
+        completion=Sum("completion_tokens"),
+        cost=Sum("cost_usd"),
+        estimated=Count("pk", filter=Q(estimated=True)),
     )
-    for turn_id, slot, model, usage in members:
-        if not usage:
-            continue
-        key = (turn_id, slot, repr(sorted(usage.items())))
-        if key in seen:
-            continue
-        seen.add(key)
-        by_model.setdefault(model, ModelUsage(model)).add(usage)
-    for calls in runs.values_list("calls", flat=True):
-        for call in calls or []:
-            if isinstance(call, dict) and call.get("model") and call.get("role") != "panel" and call.get("usage"):
-                by_model.setdefault(call["model"], ModelUsage(call["model"])).add(call["usage"])
+    for row in rows:
+        name = row["model"] or ("earlier runs" if row["role"] == SpendRole.RUN else "unknown model")
+        m = by_model.setdefault(name, ModelUsage(name))
+        m.calls += row["calls"]
+        m.prompt_tokens += row["prompt"] or 0
+        m.completion_tokens += row["completion"] or 0
+        m.cost += row["cost"] or Decimal(0)
+        m.estimated = m.estimated or bool(row["estimated"])
     return sorted(by_model.values(), key=lambda m: (-m.cost, m.model))
+
+
+# --------------------------------------------------------------------------- a turn's receipt
+
+
+class ReceiptLine(TypedDict):
+    run: str
+    attempt: int  # 1 for the turn's first run, 2 for its first retry or rewrite, …
+    role: str
+    slot: int | None
+    model: str
+    status: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    cost_text: str  # spend.usd; the page marks it ≈ when ``estimated``
+    estimated: bool
+    kept: bool | None  # its output is in the version shown; None for searches
+    ttft_ms: int | None
+    duration_ms: int | None
+
+
+class Receipt(TypedDict):
+    lines: list[ReceiptLine]
+    runs: int
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    cost_text: str
+    estimated: bool
+    kept_cost_text: str  # what the calls behind the version shown cost
+    # The shown version's analyst and writer: their own time to first token, tokens and cost.
+    analyst: ReceiptLine | None
+    writer: ReceiptLine | None
+
+
+def turn_receipt(*, turn_id: int, shown_run_id: Any = None) -> Receipt | None:
+    """Every call of every run of a turn (the original, retries, rewrites), from the ledger.
+
+    A call is *kept* when its output is in the version shown (*shown_run_id*, else the turn's
+    latest run): the shown run's last completed call of each member, analyst and writer; for a
+    member or an analysis the shown run carried over from an earlier run, that run's call. None
+    when the ledger has nothing for the turn yet.
+    """
+    entries = list(SpendEntry.objects.filter(turn_id=turn_id).order_by("created_at", "pk"))
+    if not entries:
+        return None
+    order: list[Any] = list(dict.fromkeys(e.run_id for e in entries))
+    shown = next((r for r in order if str(r) == str(shown_run_id)), order[-1]) if shown_run_id else order[-1]
+    kept = _kept_entries(entries, order[: order.index(shown) + 1])
+    lines = [
+        ReceiptLine(
+            run=str(e.run_id),
+            attempt=order.index(e.run_id) + 1,
+            role=e.role,
+            slot=e.slot,
+            model=e.model,
+            status=e.status,
+            prompt_tokens=e.prompt_tokens,
+            completion_tokens=e.completion_tokens,
+            cost=float(e.cost_usd),
+            cost_text=usd(e.cost_usd),
+            estimated=e.estimated,
+            kept=None if e.role in (SpendRole.SEARCH, SpendRole.RUN) else e.pk in kept,
+            ttft_ms=e.ttft_ms,
+            duration_ms=e.duration_ms,
+        )
+        for e in entries
+    ]
+    total = sum((e.cost_usd for e in entries), Decimal(0))
+    kept_cost = sum((e.cost_usd for e in entries if e.pk in kept), Decimal(0))
+
+    def own(role: str) -> ReceiptLine | None:
+        return next((line for line in reversed(lines) if line["role"] == role and line["kept"]), None)
+
+    return Receipt(
+        lines=lines,
+        runs=len(order),
+        calls=len(lines),
+        prompt_tokens=sum(e.prompt_tokens for e in entries),
+        completion_tokens=sum(e.completion_tokens for e in entries),
+        cost=float(total),
+        cost_text=usd(total),
+        estimated=any(e.estimated for e in entries),
+        kept_cost_text=usd(kept_cost),
+        analyst=own(SpendRole.ANALYST),
+        writer=own(SpendRole.WRITER),
+    )
+
+
+def _kept_entries(entries: list[SpendEntry], runs: list[Any]) -> set[int]:
+    """Ledger rows (pk) whose output is in the version of ``runs[-1]``, the run shown.
+
+    Each member, the analyst and the writer: the last call of the newest run (up to the one
+    shown) that made such a call, if it completed; a run that made none carried the output over.
+    The writer is never carried over: its partial answer counts when it was stopped.
+    """
+    shown = runs[-1]
+    kept: set[int] = set()
+    keys = {(e.role, e.slot) for e in entries if e.role in (SpendRole.PANEL, SpendRole.ANALYST)}
+    for role, slot in keys:
+        for run in reversed(runs):
+            calls = [e for e in entries if e.run_id == run and e.role == role and e.slot == slot]
+            if calls:
+                if calls[-1].status == "complete":
+                    kept.add(calls[-1].pk)
+                break
+    writers = [e for e in entries if e.run_id == shown and e.role == SpendRole.WRITER]
+    if writers and (writers[-1].status == "complete" or writers[-1].completion_tokens):
+        kept.add(writers[-1].pk)
+    return kept

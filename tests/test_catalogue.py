@@ -9,6 +9,7 @@ import time
 import uuid
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from channels.db import database_sync_to_async
@@ -18,6 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from chat import model_catalogue
+from chat.fusion.types import Provider
 from chat.fusion.catalogue import CatalogueModel, parse_models, resolve, unknown_models
 from chat.testing.scripted import ScriptedUpstream
 from chat.models import CatalogueCache, Conversation, Run
@@ -195,6 +197,11 @@ class TestAliases:
         assert message == "Unknown model 'openai/gpt-5.2': OpenRouter does not list it. Did you mean 'openai/gpt-5.1'?"
 
 
+def default_provider(up) -> str:
+    """How messages name the default provider when it is a local server, not OpenRouter's."""
+    return f"the default provider ({urlsplit(up.base_url).netloc})"
+
+
 # --------------------------------------------------------------------------- the cache
 
 
@@ -217,7 +224,9 @@ class TestCache:
         assert "Could not reach 'openrouter'" in row.last_error and row.last_attempt_at > good.fetched_at
         assert "sim/a" in {m["id"] for m in model_catalogue.catalogue_models()}
         assert model_catalogue.validate_models(["sim/a"]) == []
-        assert model_catalogue.validate_models(["sim/zzz"]) == ["Unknown model 'sim/zzz': OpenRouter does not list it."]
+        assert model_catalogue.validate_models(["sim/zzz"]) == [
+            f"Unknown model 'sim/zzz': {default_provider(upstream)} does not list it."
+        ]
 
     def test_an_http_error_is_recorded_without_the_key(self, settings, no_background):
         settings.OPENROUTER_BASE_URL = "http://127.0.0.1:9/v1"  # nothing listens on the discard port
@@ -295,9 +304,17 @@ class TestValidation:
 
     def test_each_unknown_model_gets_a_sentence(self, upstream):
         assert model_catalogue.validate_models(["sim/a", "sim/nope", "~openai/gpt-latest"]) == [
-            "Unknown model 'sim/nope': OpenRouter does not list it.",
-            "Unknown model '~openai/gpt-latest': OpenRouter lists no model of that family.",
+            f"Unknown model 'sim/nope': {default_provider(upstream)} does not list it.",
+            f"Unknown model '~openai/gpt-latest': {default_provider(upstream)} lists no model of that family.",
         ]
+
+    def test_a_message_names_openrouter_only_for_openrouters_own_server(self):
+        local = Provider(name="openrouter", base_url="http://127.0.0.1:11434/v1", api_key="")
+        real = Provider(name="openrouter", base_url="https://openrouter.ai/api/v1", api_key="")
+        other = Provider(name="ollama", base_url="http://127.0.0.1:11434/v1", api_key="")
+        assert model_catalogue.provider_title(real, "openrouter") == "OpenRouter"
+        assert model_catalogue.provider_title(local, "openrouter") == "the default provider (127.0.0.1:11434)"
+        assert model_catalogue.provider_title(other, "openrouter") == "provider 'ollama'"
 
     def test_provider_prefixed_ids_are_checked_against_that_providers_catalogue(self, upstream, settings):
         other = ScriptedUpstream({"llama3.1:8b": {}}).start_in_thread()
@@ -511,7 +528,7 @@ class TestEstimateJson:
         model_catalogue.catalogue_refresh("openrouter")
         data = alice_client.get(reverse("estimate"), self.panel_params(writer="sim/wrtier")).json()
         assert data["unknown"] == [
-            "Unknown model 'sim/wrtier': OpenRouter does not list it. Did you mean 'sim/writer'?"
+            f"Unknown model 'sim/wrtier': {default_provider(upstream)} does not list it. Did you mean 'sim/writer'?"
         ]
 
     def test_a_bad_panel_says_what_is_wrong(self, alice_client, no_background):

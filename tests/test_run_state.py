@@ -64,6 +64,7 @@ SNAPSHOT_KEYS = {
     "research_notice",
     "started_at",
     "can_retry",
+    "version",
 }
 MEMBER_KEYS = {
     "slot",

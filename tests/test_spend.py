@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from chat import model_catalogue, keys, spend
 from chat.testing.scripted import ScriptedUpstream
-from chat.models import Conversation, MemberResponse, Run, RunStatus, Turn, UserLimits
+from chat.models import Conversation, Run, RunStatus, SpendEntry, Turn, UserLimits
 from chat.runs import RunError, manager, mark_interrupted, run_start, run_stop
 from chat.runs.services import _start_sync
 from tests.conftest import serve_from
@@ -71,11 +71,13 @@ def finished_run(
     status: str = RunStatus.COMPLETE,
     reserved: str = "0",
     server_key: bool = False,
+    model: str = "sim/a",
+    role: str = "panel",
 ) -> Run:
     conversation = Conversation.objects.create(user=user)
     turn = Turn.objects.create(conversation=conversation, index=0, prompt="p")
     when = timezone.now() - timedelta(days=days_ago)
-    return Run.objects.create(
+    run = Run.objects.create(
         user=user,
         conversation=conversation,
         turn=turn,
@@ -86,6 +88,27 @@ def finished_run(
         cost_usd=None if cost is None else Decimal(cost),
         reserved_usd=Decimal(reserved),
         uses_server_key=server_key,
+    )
+    if status != RunStatus.RUNNING and cost is not None:  # what its final write puts in the ledger
+        entry(run, model=model, cost=cost, role=role, when=when)
+    return run
+
+
+def entry(run: Run, *, model: str, cost: str, role: str = "panel", when: Any = None, **kw: Any) -> SpendEntry:
+    """One ledger row of *run*."""
+    return SpendEntry.objects.create(
+        user=run.user,
+        run_id=run.pk,
+        conversation_id=run.conversation_id,
+        turn_id=run.turn_id,
+        turn_index=0,
+        role=role,
+        model=model,
+        status="complete",
+        cost_usd=Decimal(cost),
+        uses_server_key=run.uses_server_key,
+        created_at=when or run.created_at,
+        **kw,
     )
 
 
@@ -360,24 +383,11 @@ def logged_in(user: Any) -> Client:
 @pytest.mark.django_db
 class TestUsagePage:
     def make_history(self, user: Any) -> None:
-        today = finished_run(user, cost="0.30")
-        today.members.create(
-            slot=0, model="sim/a", status="complete", usage={"prompt_tokens": 100, "completion_tokens": 50, "cost": 0.1}
-        )
-        today.calls = [
-            {
-                "role": "analyst",
-                "model": "sim/analyst",
-                "usage": {"prompt_tokens": 300, "completion_tokens": 80, "cost": 0.05},
-            },
-            {
-                "role": "writer",
-                "model": "sim/writer",
-                "usage": {"prompt_tokens": 400, "completion_tokens": 90, "cost": 0.15},
-            },
-        ]
-        today.save()
-        # A regenerated answer for the same turn copies member 0's answer and usage: no new call.
+        today = finished_run(user, cost=None)
+        entry(today, model="sim/a", cost="0.1", prompt_tokens=100, completion_tokens=50)
+        entry(today, model="sim/analyst", cost="0.05", role="analyst", prompt_tokens=300, completion_tokens=80)
+        entry(today, model="sim/writer", cost="0.15", role="writer", prompt_tokens=400, completion_tokens=90)
+        # A regenerated answer for the same turn reused member 0's answer: only the writer was called.
         again = Run.objects.create(
             user=user,
             conversation=today.conversation,
@@ -387,22 +397,9 @@ class TestUsagePage:
             status=RunStatus.COMPLETE,
             cost_usd=Decimal("0.15"),
             created_at=today.created_at + timedelta(seconds=1),
-            calls=[
-                {
-                    "role": "writer",
-                    "model": "sim/writer",
-                    "usage": {"prompt_tokens": 400, "completion_tokens": 90, "cost": 0.15},
-                }
-            ],
         )
-        MemberResponse.objects.create(
-            run=again,
-            slot=0,
-            model="sim/a",
-            status="complete",
-            usage={"prompt_tokens": 100, "completion_tokens": 50, "cost": 0.1},
-        )
-        finished_run(user, cost="1.25", days_ago=3)
+        entry(again, model="sim/writer", cost="0.15", role="writer", prompt_tokens=400, completion_tokens=90)
+        finished_run(user, cost="1.25", days_ago=3, model="", role="run")  # backfilled: no model
         finished_run(user, cost="99", days_ago=40)  # outside the 30 days
 
     def test_it_needs_a_signed_in_user(self, client):
@@ -419,7 +416,7 @@ class TestUsagePage:
         by_model = {m.model: m for m in report.models}
         assert (by_model["sim/a"].calls, by_model["sim/a"].cost) == (1, Decimal("0.1"))  # the copy is not counted
         assert (by_model["sim/writer"].calls, by_model["sim/writer"].prompt_tokens) == (2, 800)
-        assert [m.model for m in report.models] == ["sim/writer", "sim/a", "sim/analyst"]
+        assert [m.model for m in report.models] == ["earlier runs", "sim/writer", "sim/a", "sim/analyst"]
 
         page = logged_in(alice).get(reverse("usage")).content.decode()
         for text in ("$0.45", "$1.55", "$2.00 daily limit", "$1.25", "sim/writer", "sim/analyst"):
@@ -432,15 +429,8 @@ class TestUsagePage:
         assert "sim/writer" not in page and "$1.25" not in page and "No runs in the last 30 days." in page
 
     def test_estimated_costs_are_counted_and_marked(self, alice):
-        run = finished_run(alice, cost="0.04", status=RunStatus.CANCELLED)
-        run.usage = {"prompt_tokens": 10, "completion_tokens": 400, "cost": 0.04, "estimated": True}
-        run.save()
-        run.members.create(
-            slot=0,
-            model="sim/slow",
-            status="stopped",
-            usage={"prompt_tokens": 10, "completion_tokens": 400, "cost": 0.04, "estimated": True},
-        )
+        run = finished_run(alice, cost=None, status=RunStatus.CANCELLED)
+        entry(run, model="sim/slow", cost="0.04", prompt_tokens=10, completion_tokens=400, estimated=True)
         report = spend.usage_report(user=alice)
         assert (report.days[0]["cost"], report.days[0]["estimated"]) == (Decimal("0.04"), 1)
         assert [(m.model, m.cost, m.estimated) for m in report.models] == [("sim/slow", Decimal("0.04"), True)]

@@ -251,11 +251,12 @@ class TestHome:
         assert response.status_code == 200
         assert b'action="/c/new"' in response.content
 
-    def test_it_redirects_to_the_newest_conversation(self, alice_client: Client, alice: Any) -> None:
+    def test_it_opens_a_fresh_composer_even_with_conversations(self, alice_client: Client, alice: Any) -> None:
         make_conversation(alice, "older", age_minutes=10)
-        newest = make_conversation(alice, "newer")
+        make_conversation(alice, "newer")
         response = alice_client.get(reverse("home"))
-        assert response["Location"] == reverse("conversation", args=[newest.pk])
+        assert response.status_code == 200  # never a silent continuation of "newer"
+        assert b'action="/c/new"' in response.content
 
     def test_first_send_creates_the_conversation_and_hands_the_prompt_to_the_page(
         self, alice_client: Client, alice: Any

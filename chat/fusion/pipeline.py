@@ -90,7 +90,9 @@ from chat.fusion.types import (
     ModelSpec,
     PanelAdded,
     PanelCompleted,
+    PanelFailed,
     PipelineEvent,
+    ProviderError,
     RunCompleted,
     RunFailed,
     RunPhase,
@@ -166,12 +168,18 @@ class FusionRun:
         tools: Tools | None = None,
         no_tool_models: set[str] | frozenset[str] | None = None,
         reuse_sources: dict[int, list[dict[str, str]]] | None = None,
+        carry_over: dict[int, ProviderError] | None = None,
+        carry_over_text: dict[int, str] | None = None,
+        panel_only: bool = False,
     ) -> None:
         """``tools``: a ``chat.fusion.tools.WebTools``, used when ``request.research.web_tools``
         is on. ``no_tool_models``: model ids known (catalogue) not to support tools.
         ``reuse_answers`` / ``reuse_sources``: answers (and their sources) of slots that are not
-        asked again; ``reuse_analysis``: an analysis to use instead of calling the analyst."""
-        for slot in reuse_answers or {}:
+        asked again; ``reuse_analysis``: an analysis to use instead of calling the analyst.
+        ``carry_over`` (with its partial ``carry_over_text``): slots that ended without an answer
+        in an earlier run and are not asked again; they end at once with that error (no call).
+        ``panel_only``: end after the panel (a member retried alone): no analysis, no answer."""
+        for slot in [*(reuse_answers or {}), *(carry_over or {})]:
             if not 0 <= slot < len(request.panel):
                 raise ValueError(f"reuse_answers names slot {slot}, but the panel has {len(request.panel)}.")
         self.request = request
@@ -179,6 +187,9 @@ class FusionRun:
         self.tools = tools
         self._reuse_answers = dict(reuse_answers or {})
         self._reuse_sources = dict(reuse_sources or {})
+        self._carry_over = dict(carry_over or {})
+        self._carry_over_text = dict(carry_over_text or {})
+        self._panel_only = panel_only
         self._no_tool_models = frozenset(no_tool_models or ())
 
         ids = distinct_model_ids([spec.model for spec in request.panel])
@@ -295,6 +306,10 @@ class FusionRun:
         if not answers:
             self._ctx.emit(self._all_panels_failed())
             return
+        if self._panel_only:
+            timings = {"panel": ms(panel_done - started), "total": ms(panel_done - started)}
+            self._ctx.emit(self._completed("", AnalysisOutcome(), timings))
+            return
 
         analysis = await self._analyst.analyse(answers)
         analysis_done = time.monotonic()
@@ -339,6 +354,8 @@ class FusionRun:
         for member in self._members:
             if member.slot in self._reuse_answers:
                 self._complete_from_reuse(member, self._reuse_answers[member.slot])
+            elif member.slot in self._carry_over:
+                self._end_from_carry_over(member, self._carry_over[member.slot])
             else:
                 self._start_member(member)
         # Re-checked after every wake-up: a retry may have restarted a member meanwhile.
@@ -377,6 +394,15 @@ class FusionRun:
                 record=record,
                 sources=list(member.research.sources),
             )
+        )
+
+    def _end_from_carry_over(self, member: Member, error: ProviderError) -> None:
+        # Not asked again: it ends as it ended before, without a call (a retry may still start it).
+        member.attempt, member.finished, member.error = 1, True, error
+        record = CallRecord(role="panel", model=member.spec.model, status="cancelled", duration_ms=0, slot=member.slot)
+        text = self._carry_over_text.get(member.slot, "")
+        self._ctx.emit(
+            PanelFailed(slot=member.slot, model=member.spec.model, error=error, partial_content=text, record=record)
         )
 
     def _running_task(self, slot: int) -> asyncio.Task[None] | None:

@@ -31,15 +31,6 @@ def search_price_usd() -> float:
     return float(settings.FUSION_SEARCH_PRICE_USD or 0)
 
 
-def _search_reserve_usd(request: FusionRequest) -> float:
-    """The most a run's paid searches can cost: every member spending its whole budget on them."""
-    price = search_price_usd()
-    research = request.research
-    if price <= 0 or research is None or not research.web_tools or not settings.FUSION_SEARCH_BACKEND:
-        return 0.0
-    return price * research.budget * len(request.panel)
-
-
 def check_limits(*, user: User, conversation: Conversation) -> None:
     if Run.objects.filter(conversation=conversation, status=RunStatus.RUNNING).exists():
         raise RunError("busy", "A run is already going in this conversation. Stop it or wait for it to finish.")
@@ -73,7 +64,11 @@ def check_models_and_keys(*, user: User, panel: dict[str, Any]) -> None:
 def reserve_spend(
     *, user: User, run: Run, request: FusionRequest, reused_slots: Iterable[int] = (), reuse_analysis: bool = False
 ) -> None:
-    """Hold the run's high cost estimate against today's limit (inside the run's transaction)."""
+    """Hold the run's high cost estimate against today's limit (inside the run's transaction).
+
+    The estimate is chat.model_catalogue.estimate_panel_cost, the one the composer and the
+    preset pages show.
+    """
     threads = [request.messages, *(request.member_messages or {}).values()]
     chars = max(sum(len(str(m.get("content") or "")) for m in thread) for thread in threads)
     _, high = model_catalogue.estimate_panel_cost(
@@ -82,7 +77,6 @@ def reserve_spend(
         reused_slots=reused_slots,
         reuse_analysis=reuse_analysis,
     )
-    high += _search_reserve_usd(request)
     registry = build_registry()
     specs = [run.config.get(k) for k in ("analyst", "writer", "fallback_analyst", "fallback_writer")]
     providers = [registry.resolve(s["model"])[0].name for s in (*run.config["members"], *specs) if s]

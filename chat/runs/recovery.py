@@ -40,7 +40,7 @@ def mark_interrupted(queryset: QuerySet[Run]) -> int:
     """Runs whose process died: keep their partial text, mark them ``interrupted``.
 
     Their calls reached providers, who bill them: what they cost is estimated from the last
-    checkpoint (chat.spend.interrupted_calls) and counts instead of the reservation. Every
+    checkpoint (chat.spend.interrupted_calls) and goes to the ledger instead of the reservation. Every
     member still in a live status (waiting, thinking, streaming, searching) becomes stopped.
     """
     from chat.runs.services import build_request  # services → live → recovery: imported when needed
@@ -76,6 +76,15 @@ def mark_interrupted(queryset: QuerySet[Run]) -> int:
             for call in calls:
                 if call["role"] == "panel":
                     run.members.filter(slot=call["slot"]).update(usage=call["usage"])
+            spend.spend_record(
+                user_id=run.user_id,
+                run_id=run.pk,
+                conversation_id=run.conversation_id,
+                turn_id=run.turn_id,
+                turn_index=run.turn.index,
+                uses_server_key=run.uses_server_key,
+                calls=calls,
+            )
     return count
 
 

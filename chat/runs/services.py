@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -31,7 +32,8 @@ from chat.errors import NotFound
 from chat.fusion.client import ChatClient
 from chat.fusion.pipeline import FusionRun
 from chat.fusion.providers import ProviderRegistry
-from chat.fusion.types import AnalysisCompleted, FusionRequest, Message
+from chat.fusion.member import STOPPED_MESSAGE
+from chat.fusion.types import AnalysisCompleted, FusionRequest, Message, ProviderError
 from chat.models import Conversation, FollowUpMode, MemberResponse, MemberStatus, Run, RunStatus, Turn
 from chat.runs.checks import RunError, check_limits, check_models_and_keys, reserve_spend, search_price_usd
 from chat.runs.live import ActiveRun, control_group, group_name, join_control_group, manager
@@ -47,15 +49,24 @@ TITLE_CHARS = 60
 
 
 def history_messages(
-    conversation: Conversation, before_index: int, *, panel_size: int
+    conversation: Conversation, before_index: int, *, panel_size: int, shown_runs: Collection[str] = ()
 ) -> tuple[list[Message], dict[int, list[Message]]]:
-    """The conversation before turn *before_index*: fused history for everyone, and each member's own thread."""
+    """The conversation before turn *before_index*: fused history for everyone, and each member's own thread.
+
+    Each earlier turn contributes one of its runs (versions): the one in *shown_runs* (the version
+    the user was looking at when sending), if it has a fused answer; else its newest complete one.
+    """
     fused: list[Message] = []
     threads: dict[int, list[Message]] = {i: [] for i in range(panel_size)}
+    shown = {str(r) for r in shown_runs}
     turns = conversation.turns.filter(index__lt=before_index).order_by("index").prefetch_related("runs__members")
     for turn in turns:
         runs = sorted(turn.runs.all(), key=lambda r: (r.created_at, str(r.pk)))
-        done = [r for r in runs if r.status == RunStatus.COMPLETE and r.answer] or runs
+        done = (
+            [r for r in runs if str(r.pk) in shown and r.answer]
+            or [r for r in runs if r.status == RunStatus.COMPLETE and r.answer]
+            or runs
+        )
         run = done[-1] if done else None
         fused.append({"role": "user", "content": turn.prompt})
         if run and run.answer:
@@ -69,10 +80,13 @@ def history_messages(
     return fused, threads
 
 
-def build_request(conversation: Conversation, turn: Turn, panel: dict[str, Any]) -> FusionRequest:
-    """The engine's request for *turn* with *panel* (parsed by chat.panels.parse_panel)."""
+def build_request(
+    conversation: Conversation, turn: Turn, panel: dict[str, Any], *, shown_runs: Collection[str] = ()
+) -> FusionRequest:
+    """The engine's request for *turn* with *panel* (parsed by chat.panels.parse_panel);
+    *shown_runs*: the versions of earlier turns to build on (see ``history_messages``)."""
     members = [panels.spec_from_dict(m) for m in panel["members"]]
-    fused, threads = history_messages(conversation, turn.index, panel_size=len(members))
+    fused, threads = history_messages(conversation, turn.index, panel_size=len(members), shown_runs=shown_runs)
     question = {"role": "user", "content": turn.prompt}
     member_messages = None
     if conversation.follow_up_mode == FollowUpMode.PER_MEMBER:
@@ -197,6 +211,7 @@ def _start_sync(
     panel_data: Any,
     follow_up_mode: str | None,
     preset_ref: Any = None,
+    shown_runs: Collection[str] = (),
 ) -> tuple[Run, FusionRequest | None]:
     """Validate and write the turn and the run; return (run, request) or (existing run, None).
 
@@ -240,7 +255,7 @@ def _start_sync(
                 conversation.title = title_from_prompt(prompt)
             conversation.updated_at = timezone.now()
             conversation.save()
-            request = build_request(conversation, turn, panel)
+            request = build_request(conversation, turn, panel, shown_runs=shown_runs)
             reserve_spend(user=user, run=run, request=request)
     except IntegrityError:
         # Another tab started a run here a moment ago, or the same client run id raced in.
@@ -254,8 +269,13 @@ def _start_sync(
 
 
 def title_from_prompt(prompt: str) -> str:
+    """The prompt's first words, cut at a word boundary; no "…" is stored (CSS ellipsizes)."""
     line = " ".join(prompt.split())
-    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
+    if len(line) <= TITLE_CHARS:
+        return line
+    cut = line[:TITLE_CHARS]
+    words = cut.rsplit(" ", 1)[0] if " " in cut and line[TITLE_CHARS] != " " else cut
+    return words.rstrip(" ,;:.-–—") or cut
 
 
 # --------------------------------------------------------------------------- launching
@@ -316,6 +336,7 @@ def _run_started_frame(run: Run, request: FusionRequest, replaces: str | None = 
         "analyst": request.analyst.model,
         "writer": run.writer_model,
         "replaces": replaces,
+        "version": (run.config or {}).get("version"),
         "research_notice": _research_notice(request),
         "started_at": run.created_at.isoformat(),
     }
@@ -339,9 +360,11 @@ async def run_start(
     panel: Any = None,
     follow_up_mode: str | None = None,
     preset: Any = None,
+    shown_runs: Collection[str] = (),
 ) -> tuple[dict[str, Any], bool]:
     """Start a run, or attach to the one this client run id already started.
 
+    *shown_runs*: the run (version) of each earlier turn the user is looking at.
     Returns (state or run.started frame, created).
     """
     run, request = await database_sync_to_async(_start_sync)(
@@ -352,6 +375,7 @@ async def run_start(
         panel_data=panel,
         follow_up_mode=follow_up_mode,
         preset_ref=preset,
+        shown_runs=shown_runs,
     )
     if request is None:
         return await run_snapshot(run_id=run.pk), False
@@ -464,15 +488,43 @@ async def run_fuse_now(*, user: User, conversation_id: int, client_run_id: str) 
 
 # --------------------------------------------------------------------------- re-running a turn
 
+# How a new run (version) of a turn is made from an earlier run of it, by what the user asked:
+#   retry_member  — that member only, the others as they were; ends after the panel (no analysis,
+#                   no fused answer): re-fusing with the new answer is the user's next choice;
+#   rewrite       — the same answers and analysis, the fused answer again with another writer;
+#   retry_stopped — every member without an answer again, then analysis and fused answer;
+#   resend        — the whole prompt again, nothing reused;
+#   fuse          — the answers there are, the others left as they were, then analysis and answer.
+RERUN_MODES = ("retry_member", "rewrite", "retry_stopped", "resend", "fuse")
+INTERRUPTED_MEMBER = "Interrupted before it answered."
+
+
+def _carried_error(member: MemberResponse, run: Run) -> ProviderError:
+    """How a member that is not asked again ended in *run*."""
+    if member.error_kind:
+        return ProviderError(kind=member.error_kind, message=member.error_message or STOPPED_MESSAGE)
+    if run.status == RunStatus.INTERRUPTED:
+        return ProviderError(kind="cancelled", message=INTERRUPTED_MEMBER)
+    return ProviderError(kind="cancelled", message=STOPPED_MESSAGE)
+
 
 def _rerun_sync(
-    *, user: User, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None
-) -> tuple[Run, FusionRequest, dict[int, MemberResponse], AnalysisCompleted | None, str]:
-    """A new run for the same turn that reuses the old run's answers (and analysis, for regenerate)."""
+    *,
+    user: User,
+    conversation_id: int,
+    client_run_id: str,
+    slot: int | None,
+    writer: str | None,
+    mode: str | None = None,
+) -> tuple[Run, FusionRequest, dict[str, Any], str]:
+    """A new run for the same turn made from an old one (see RERUN_MODES); returns the run, its
+    request, the engine's extra arguments and the old run's id. Without *mode*: a rewrite when a
+    *writer* is given, else a member retry when a *slot* is, else a retry of the stopped members."""
+    mode = mode or ("rewrite" if writer is not None else "retry_member" if slot is not None else "retry_stopped")
     old = _owned_run(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
     if old.status == RunStatus.RUNNING:
         raise RunError("busy", "Wait for the run to finish first.")
-    panel = dict(old.config)
+    panel = {k: v for k, v in old.config.items() if k != "version"}
     members = {m.slot: m for m in old.members.all()}
     if slot is not None and slot not in members:
         raise RunError("invalid", "No such member.")
@@ -481,15 +533,26 @@ def _rerun_sync(
             panel["writer"] = panels.parse_panel({**panel, "writer": {"model": writer}})["writer"]
         except panels.PanelError as exc:
             raise RunError("invalid", str(exc)) from None
-    reuse = {s: m for s, m in members.items() if m.status == MemberStatus.COMPLETE and s != slot}
-    if writer is not None and not reuse:
-        raise RunError("invalid", "No member answered in this run, so there is nothing to fuse again.")
+    complete = {s: m for s, m in members.items() if m.status == MemberStatus.COMPLETE}
+    reuse = {} if mode == "resend" else {s: m for s, m in complete.items() if s != slot}
+    carried: dict[int, MemberResponse] = {}
+    if mode in ("retry_member", "rewrite", "fuse"):
+        carried = {s: m for s, m in members.items() if s not in reuse and s != slot}
+    if mode in ("rewrite", "fuse") and not reuse:
+        raise RunError("invalid", "No member answered in this run, so there is nothing to fuse.")
+    if mode == "retry_stopped" and len(reuse) == len(members):
+        raise RunError("invalid", "Every member answered in this run: there is nothing to retry.")
     check_limits(user=user, conversation=old.conversation)
     check_models_and_keys(user=user, panel=panel)
     new_client_id = f"{old.client_run_id[:40]}-{uuid.uuid4().hex[:12]}"
     request = build_request(old.conversation, old.turn, panel)
-    # Regenerating (a new writer over the same answers) keeps the analysis too.
-    kept_analysis = old.analysis if writer is not None and slot is None else None
+    # Rewriting (a new writer over the same answers) keeps the analysis too.
+    kept_analysis = old.analysis if mode == "rewrite" else None
+    version: dict[str, Any] = {"kind": mode, "of": str(old.pk)}
+    if slot is not None:
+        version["slot"] = slot
+    if writer is not None:
+        version["writer"] = panel["writer"]["model"]
     try:
         with transaction.atomic():
             run = _create_run(
@@ -497,52 +560,63 @@ def _rerun_sync(
                 conversation=old.conversation,
                 turn=old.turn,
                 client_run_id=new_client_id,
-                panel=panel,
+                panel={**panel, "version": version},
                 writer=panel["writer"]["model"],
                 reuse=reuse,
             )
             reserve_spend(
-                user=user, run=run, request=request, reused_slots=reuse, reuse_analysis=kept_analysis is not None
+                user=user,
+                run=run,
+                request=request,
+                reused_slots=[*reuse, *carried],
+                reuse_analysis=kept_analysis is not None or mode == "retry_member",
             )
     except IntegrityError:
         raise RunError("busy", "A run is already going in this conversation.") from None
-    reuse_analysis = None
+    engine: dict[str, Any] = {
+        "reuse_answers": {s: m.content for s, m in reuse.items()},
+        "reused": {s: call_metrics(m.ttft_ms, m.duration_ms, m.usage) for s, m in reuse.items()},
+        "reuse_sources": {s: m.sources or [] for s, m in reuse.items()},
+        "reused_research": {
+            s: {"tool_calls": m.tool_calls, "sources": m.sources, "notes": m.notes} for s, m in reuse.items()
+        },
+        "carry_over": {s: _carried_error(m, old) for s, m in carried.items()},
+        "carry_over_text": {s: m.content for s, m in carried.items() if m.content},
+        "panel_only": mode == "retry_member",
+        "reuse_analysis": None,
+    }
     if kept_analysis is not None:
-        reuse_analysis = AnalysisCompleted(
+        engine["reuse_analysis"] = AnalysisCompleted(
             analyst_model=old.analyst_model, analysis=kept_analysis, label_map=old.label_map, records=[]
         )
         Run.objects.filter(pk=run.pk).update(
             analysis=kept_analysis, label_map=old.label_map, analyst_model=old.analyst_model
         )
         run.analysis, run.label_map = kept_analysis, old.label_map
-    return run, request, reuse, reuse_analysis, str(old.pk)
+    return run, request, engine, str(old.pk)
 
 
 async def _rerun(
-    *, user: User, conversation_id: int, client_run_id: str, slot: int | None, writer: str | None
+    *,
+    user: User,
+    conversation_id: int,
+    client_run_id: str,
+    mode: str,
+    slot: int | None = None,
+    writer: str | None = None,
 ) -> dict[str, Any]:
-    run, request, reuse, analysis, old_id = await database_sync_to_async(_rerun_sync)(
-        user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=slot, writer=writer
+    run, request, engine, old_id = await database_sync_to_async(_rerun_sync)(
+        user=user, conversation_id=conversation_id, client_run_id=client_run_id, mode=mode, slot=slot, writer=writer
     )
     inputs = await _engine_inputs(user=user, request=request)
     frame = _run_started_frame(run, request, replaces=old_id)
-    await _start_active(
-        run,
-        request,
-        frame,
-        **inputs,
-        reuse_answers={s: m.content for s, m in reuse.items()},
-        reuse_analysis=analysis,
-        reused={s: call_metrics(m.ttft_ms, m.duration_ms, m.usage) for s, m in reuse.items()},
-        reuse_sources={s: m.sources or [] for s, m in reuse.items()},
-        reused_research={
-            s: {"tool_calls": m.tool_calls, "sources": m.sources, "notes": m.notes} for s, m in reuse.items()
-        },
-    )
+    await _start_active(run, request, frame, **inputs, **engine)
     return frame
 
 
 async def run_retry_member(*, user: User, conversation_id: int, client_run_id: str, slot: int) -> None:
+    """Retry one member. While the panel is answering it restarts in place; once the run is over,
+    a new version re-runs that member only (see RERUN_MODES)."""
     run, active = await _active_for(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
     if active is not None or run.status == RunStatus.RUNNING:  # still running: restart in place
         _, applied = await _control(
@@ -551,8 +625,17 @@ async def run_retry_member(*, user: User, conversation_id: int, client_run_id: s
         if applied is False:
             raise RunError("invalid", "Only a failed or stopped member can be retried, while the panel is answering.")
         return
-    await _rerun(user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=slot, writer=None)
+    await _rerun(
+        user=user, conversation_id=conversation_id, client_run_id=client_run_id, mode="retry_member", slot=slot
+    )
 
 
 async def run_regenerate(*, user: User, conversation_id: int, client_run_id: str, writer: str) -> None:
-    await _rerun(user=user, conversation_id=conversation_id, client_run_id=client_run_id, slot=None, writer=writer)
+    await _rerun(user=user, conversation_id=conversation_id, client_run_id=client_run_id, mode="rewrite", writer=writer)
+
+
+async def run_rerun(*, user: User, conversation_id: int, client_run_id: str, mode: str) -> None:
+    """A new version of a finished run's turn: "retry_stopped", "resend" or "fuse" (RERUN_MODES)."""
+    if mode not in ("retry_stopped", "resend", "fuse"):
+        raise RunError("invalid", "mode must be retry_stopped, resend or fuse.")
+    await _rerun(user=user, conversation_id=conversation_id, client_run_id=client_run_id, mode=mode)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from chat import spend
 from chat.fusion.analysis import distinct_model_ids
+from chat.fusion.pipeline import SKIPPED_MESSAGE
 from chat.fusion.sources import merge_sources, run_sources
 from chat.fusion.types import (
     LIVE_STATUSES,
@@ -186,6 +187,14 @@ class RunState:
     sources: list[dict[str, Any]] = field(default_factory=list)
     tool_usage: dict[str, Any] = field(default_factory=dict)
     research_notice: str | None = None  # why web search is not offered although the panel asked
+    # What made this run a version of its turn (Run.config["version"]): None for the first run,
+    # else {"kind": "retry_member"|"rewrite"|"retry_stopped"|"resend"|"fuse", "of": run id, …}.
+    version: dict[str, Any] | None = None
+    # Who pays (live runs: the final write's ledger rows), and the turn's receipt of every call
+    # (chat.spend.turn_receipt), set by whoever reads the ledger: the page, the final write.
+    user_id: int | None = None
+    uses_server_key: bool = False
+    receipt: Mapping[str, Any] | None = None
     # The engine's last event (live runs only): the call records the final write prices.
     result: RunCompleted | RunFailed | None = None
     # Live runs: answers carried over from an earlier run keep that run's metrics; the
@@ -216,6 +225,9 @@ class RunState:
             writer=run.writer_model,
             analysis=run.analysis,
             label_map=run.label_map or {},
+            version=(run.config or {}).get("version"),
+            user_id=getattr(run, "user_id", None),  # rows may be look-alikes (tests)
+            uses_server_key=bool(getattr(run, "uses_server_key", False)),
             **kw,
         )
 
@@ -277,6 +289,7 @@ class RunState:
             sources=run.sources or [],
             tool_usage=tools,
             research_notice=tools.get("notice"),
+            version=(run.config or {}).get("version"),
             config=run.config,
             finished_at=run.finished_at,
             calls=run.calls,
@@ -313,6 +326,8 @@ class RunState:
             "research_notice": self.research_notice,
             "started_at": self.started_at.isoformat(),
             "can_retry": self.status in RETRYABLE_RUN,
+            "version": self.version,
+            **({"receipt": self.receipt} if self.receipt is not None else {}),
         }
 
     def terminal_frame(self) -> Frame:
@@ -327,6 +342,7 @@ class RunState:
                 "failed_models": self.failed_models,
                 "sources": self.sources,
                 "tool_usage": self.tool_usage,
+                "receipt": self.receipt,
             }
         error = self.error or UNEXPECTED_END
         if isinstance(self.result, RunFailed):
@@ -340,6 +356,7 @@ class RunState:
                 "html": self.final.html or "",
                 "sources": self.sources,
                 "tool_usage": self.tool_usage,
+                "receipt": self.receipt,
             }
         return {
             "type": "failed",
@@ -450,11 +467,13 @@ class RunState:
 
     def _on_panel_failed(self, e: PanelFailed, ahead: RenderUpdate | None) -> Emit:
         m = self.members[e.slot]
-        m.status = MemberStatus.STOPPED if e.error.kind == "cancelled" else MemberStatus.FAILED
+        # A user's stop is not a failure; a member skipped by "fuse now" is its own kind of stop.
+        kind = "skipped" if e.error.kind == "cancelled" and e.error.message == SKIPPED_MESSAGE else e.error.kind
+        m.status = MemberStatus.STOPPED if kind in ("cancelled", "skipped", "interrupted") else MemberStatus.FAILED
         m.stream.text = e.partial_content or m.stream.text
         m.stream.html = render_whole(m.stream.text) if m.stream.text else ""  # rendered ahead, off the loop
         m.metrics = call_metrics(e.record.ttft_ms, e.record.duration_ms, self._priced_usage(e.record))
-        m.error = {"kind": e.error.kind, "message": e.error.message}
+        m.error = {"kind": kind, "message": e.error.message}
         m.sources = list(e.sources) or m.sources
         for call in m.tool_calls:  # a call cut short by the stop
             if call.get("status") == "running":

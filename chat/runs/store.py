@@ -113,6 +113,22 @@ class DatabaseRunStore:
                 fields["cost_usd"] = (fields["cost_usd"] or 0) + spend.to_decimal(state.tool_usage["search_cost_usd"])
             Run.objects.filter(pk=state.run_id).update(**fields)
             Conversation.objects.filter(pk=conversation_id).update(updated_at=now)
+            # The ledger, in the transaction that releases the reservation: even when the
+            # conversation was deleted while the run streamed, its calls were billed.
+            if state.user_id is not None:
+                spend.spend_record(
+                    user_id=state.user_id,
+                    run_id=state.run_id,
+                    conversation_id=conversation_id,
+                    turn_id=state.turn.get("id"),
+                    turn_index=state.turn.get("index"),
+                    uses_server_key=state.uses_server_key,
+                    calls=calls,
+                    search_cost_usd=state.tool_usage.get("search_cost_usd"),
+                    searches=int(state.tool_usage.get("searches") or 0),
+                )
+        # What the turn's footer and receipt show now, this run included (sent with the terminal frame).
+        state.receipt = spend.turn_receipt(turn_id=state.turn["id"], shown_run_id=state.run_id)
 
 
 def default_store() -> RunStore:

@@ -5,12 +5,14 @@ Both read the cached catalogue only (chat/model_catalogue.py): they never wait f
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET
 
-from chat import conversations, model_catalogue, spend
+from chat import conversations, model_catalogue, presets, spend
 from chat.forms.conversations import PanelForm
 from chat.models import Conversation
 from chat.panels import default_panel
@@ -38,7 +40,8 @@ def _history_chars(conversation: Conversation, *, panel_size: int) -> int:
 @require_GET
 @not_found_is_404
 def estimate_json(request: AuthedRequest, pk: int | None = None) -> JsonResponse:
-    """``?chars=N`` plus the composer's panel fields → the run's estimated cost range in USD.
+    """``?chars=N`` plus the composer's panel fields (or ``preset``) → the run's estimated cost
+    range in USD, and what is left of today's limit.
 
     On a conversation page (``pk``) the conversation so far counts towards the prompt, as it
     will in the run. Without panel fields, the conversation's own panel (or the default) is used.
@@ -53,7 +56,14 @@ def estimate_json(request: AuthedRequest, pk: int | None = None) -> JsonResponse
         conversation = conversations.conversation_get_for_user(user=request.user, pk=pk)
         panel = conversations.conversation_panel(conversation=conversation)
         history = _history_chars(conversation, panel_size=len(panel["members"]))
-    if "members" in request.GET:
+    if request.GET.get("preset"):
+        # The chosen preset runs with its full config (max_tokens, system prompts, research), as
+        # ``start`` does; the panel fields only show its models.
+        try:
+            panel = presets.preset_resolve(user=request.user, ref=request.GET["preset"]).panel
+        except presets.PresetError as exc:
+            return JsonResponse({"ok": False, "error": str(exc)}, status=400)
+    elif "members" in request.GET:
         form = PanelForm({**request.GET.dict(), "follow_up_mode": "fused"})
         if not form.is_valid():
             message = " ".join(str(e) for errors in form.errors.values() for e in errors)
@@ -64,6 +74,8 @@ def estimate_json(request: AuthedRequest, pk: int | None = None) -> JsonResponse
     low, high = model_catalogue.estimate_panel_cost(
         panel, prompt_tokens=model_catalogue.tokens_of_chars(chars + history)
     )
+    limit = spend.daily_limit(user=request.user)
+    left = None if limit is None else max(Decimal(0), limit - spend.spent_today(user=request.user))
     return JsonResponse(
         {
             "ok": True,
@@ -73,5 +85,8 @@ def estimate_json(request: AuthedRequest, pk: int | None = None) -> JsonResponse
             "unknown": unknown,
             "unpriced": model_catalogue.unpriced_models(panel),
             "calls": len(panel["members"]) + 2,
+            "left_today": None if left is None else float(left),
+            "left_text": None if left is None else spend.usd(left),
+            "fits": left is None or spend.to_decimal(high) <= left,
         }
     )

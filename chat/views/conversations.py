@@ -83,13 +83,10 @@ def _take_pending_start(request: AuthedRequest, conversation: Conversation) -> d
 @login_required
 @require_GET
 def home(request: AuthedRequest) -> HttpResponse:
-    """The newest conversation, or an empty state whose composer creates the first one."""
-    newest = svc.conversation_list_for_user(user=request.user).first()
-    if newest is not None:
-        url = reverse("conversation", args=[newest.pk])
-        if request.GET.get("q"):
-            url += "?" + request.GET.urlencode()
-        return redirect(url)
+    """A fresh composer whose first send creates a new conversation.
+
+    Never the newest conversation: continuing an old one is the user's choice, in the sidebar.
+    """
     return render(request, "chat/home.html", {**sidebar(request), **_composer(conversation=None)})
 
 

@@ -53,6 +53,7 @@ export class Composer {
     this.settings = form.querySelector("[data-panel-settings]");
     this.saveStatus = form.querySelector("[data-save-status]");
     this.running = false;
+    this.connected = true; // the conversation page says otherwise (setConnected)
     const estimate = form.querySelector("[data-estimate]");
     this.estimate = estimate ? new CostEstimate(form, estimate) : null;
     this.chooser = new PresetChooser(form, { onChange: () => this.#updateSummary() });
@@ -95,6 +96,11 @@ export class Composer {
     if (this.estimate) this.estimate.schedule();
   }
 
+  /** The conversation page's socket is open (true) or not; the home page posts the form instead. */
+  setConnected(connected) {
+    this.connected = connected;
+  }
+
   setRunning(running) {
     this.running = running;
     if (this.stopButton) this.stopButton.hidden = !running;
@@ -126,12 +132,15 @@ export class Composer {
     };
   }
 
-  /** A dismissible notice above the prompt box. */
-  notice(message, kind = "error") {
+  /**
+   * A dismissible notice above the prompt box. `tag` names what it is about ("connection",
+   * "busy"), so the page can take it away once that is no longer true (clearNotices(tag)).
+   */
+  notice(message, kind = "error", { tag = null } = {}) {
     const close = h("button", { type: "button", class: "icon-btn", aria: { label: "Dismiss" } }, "×");
     const note = h(
       "div",
-      { class: `notice notice-${kind}`, role: kind === "error" ? "alert" : "status" },
+      { class: `notice notice-${kind}`, role: kind === "error" ? "alert" : "status", data: tag ? { tag } : null },
       h("div", { class: "notice-text" }, h("p", {}, message)),
       close,
     );
@@ -148,8 +157,10 @@ export class Composer {
     return note;
   }
 
-  clearNotices() {
-    this.notices.replaceChildren();
+  /** Take every notice away, or only those of one tag. */
+  clearNotices(tag = null) {
+    if (tag === null) this.notices.replaceChildren();
+    else for (const note of this.notices.querySelectorAll(`.notice[data-tag="${tag}"]`)) note.remove();
   }
 
   #updateSummary() {
@@ -170,7 +181,9 @@ export class Composer {
     if (e.key !== "Enter" || e.shiftKey || e.isComposing || e.altKey || e.ctrlKey || e.metaKey) return;
     e.preventDefault();
     if (!this.sendButton.disabled) this.form.requestSubmit(this.sendButton);
-    else if (this.running) this.notice("A run is going in this conversation. Stop it (Esc) or wait for it to finish.", "warn");
+    else if (this.running && !this.connected && this.textarea.value.trim()) {
+      this.notice("Not connected to the server, so nothing was sent. Your prompt is still here: send it once the connection is back.", "warn", { tag: "connection" });
+    } else if (this.running) this.notice("A run is going in this conversation. Stop it (Esc) or wait for it to finish.", "warn", { tag: "busy" });
   }
 
   #onSubmit(e) {

@@ -4,7 +4,7 @@
 // events per docs/protocol.md. Both go through upsert()/apply() below into TurnView, so a run
 // looks the same live and after a reload.
 import { Composer } from "./composer.js";
-import { readJSON } from "./dom.js";
+import { h, readJSON } from "./dom.js";
 import { splitModel, uuid4 } from "./format.js";
 import { ReconnectingSocket } from "./socket.js";
 import {
@@ -27,6 +27,36 @@ import { TurnView } from "./view.js";
 
 const DEFAULT_TITLE = "New conversation";
 const TITLE_CHARS = 60;
+const NOT_CONNECTED = "Not connected to the server, so nothing was sent. Your prompt is still here: send it once the connection is back.";
+
+/**
+ * A snapshot never takes text away from the screen. A state built from a checkpoint (another
+ * process, or a run whose process died) can hold less than the reader already saw: while the
+ * run goes on, keep the longer text (live deltas continue it); once it has ended, the stored
+ * text is what counts, and what it lacks is kept on screen, marked as lost (`lost`).
+ */
+function keepShownText(shown, next) {
+  if (!shown || !shown.run || shown.run !== next.run) return;
+  const pairs = [[shown.final, next.final]];
+  for (const m of next.members) {
+    const old = shown.members.find((o) => o.slot === m.slot);
+    if (old && (old.attempt || 1) === (m.attempt || 1)) pairs.push([old, m]);
+  }
+  const running = isRunning(next);
+  for (const [old, neu] of pairs) {
+    const seen = old.content + (old.lost || "");
+    if (seen.length <= neu.content.length || !seen.startsWith(neu.content)) continue;
+    if (running && (neu.html === null || neu.html === undefined) && !old.lost) {
+      neu.content = old.content;
+      if (old.consumed > neu.consumed) {
+        neu.consumed = old.consumed;
+        neu.blocks_html = old.blocks_html;
+      }
+    } else {
+      neu.lost = seen.slice(neu.content.length);
+    }
+  }
+}
 
 /** Follows the newest text only while the reader has not scrolled away from the bottom. */
 class Scroller {
@@ -88,6 +118,20 @@ class Announcer {
   }
 }
 
+/** The versions (runs) of a turn's state from the server, oldest first; [] when it has none. */
+function versionsOf(raw) {
+  return Array.isArray(raw.versions) ? raw.versions.map(normalizeRun) : [];
+}
+
+/** *versions* with *run* in it: replacing the same run (or its pending placeholder), else added last. */
+function withVersion(versions, run) {
+  const list = [...versions];
+  const i = list.findIndex((v) => (run.run && v.run === run.run) || (!v.run && v.client_run_id === run.client_run_id));
+  if (i >= 0) list[i] = run;
+  else list.push(run);
+  return list;
+}
+
 class ConversationPage {
   constructor(config) {
     this.config = config;
@@ -105,13 +149,16 @@ class ConversationPage {
     this.pending = new Map(); // client run id → start frame not yet acknowledged by run.started
     this.resyncAt = 0;
     this.refetching = false;
+    this.connected = false; // the socket is open
+    this.everOpen = false; // it was open once: a close after that is the server going away
+    this.banner = this.#buildBanner();
 
     this.composer = new Composer(document.querySelector("[data-composer]"), {
       onSend: (msg) => this.send(msg),
       onStop: () => this.stopAll(),
     });
 
-    for (const raw of readJSON("turns-data") || []) this.upsert(normalizeRun(raw));
+    for (const raw of readJSON("turns-data") || []) this.upsert(normalizeRun(raw), versionsOf(raw));
     this.scroller.toBottom();
 
     this.socket = new ReconnectingSocket(config.ws_path, {
@@ -134,6 +181,8 @@ class ConversationPage {
       }
     });
     setInterval(() => {
+      // While disconnected the page does not know what runs do: their timers stay frozen.
+      if (!this.connected) return;
       for (const entry of this.runningEntries()) entry.view.tick();
     }, 1000);
     this.syncComposer();
@@ -154,20 +203,26 @@ class ConversationPage {
     );
   }
 
-  /** Show a run's state: a new turn, or the new state of the turn it belongs to. */
-  upsert(run) {
+  /**
+   * Show a run's state: a new turn, or the new state of the turn it belongs to. A run of a turn
+   * is one of its versions: a new one is added (and shown), a known one replaced. *versions*:
+   * the turn's whole list from the server (oldest first), when the state came with it.
+   */
+  upsert(run, versions = null) {
     let entry = this.find(run);
     if (entry) {
+      entry.versions = withVersion(versions || entry.versions, run);
       entry.run = run;
-      entry.view.setRun(run);
+      entry.view.setVersions(entry.versions, run);
     } else {
-      entry = { run, view: null };
+      entry = { run, versions: withVersion(versions || [], run), view: null };
       entry.view = new TurnView(run, { onAction: (action, r, extra) => this.onAction(action, r, extra) });
+      entry.view.setVersions(entry.versions, run);
       this.entries.add(entry);
       this.byRoot.set(entry.view.root, entry);
       this.#insert(entry);
     }
-    if (run.run) this.byRun.set(run.run, entry);
+    for (const v of entry.versions) if (v.run) this.byRun.set(v.run, entry);
     if (run.turn && run.turn.id !== null && run.turn.id !== undefined) this.byTurn.set(run.turn.id, entry);
     if (run.client_run_id) this.byClient.set(run.client_run_id, entry);
     this.emptyEl.hidden = this.entries.size > 0;
@@ -210,7 +265,10 @@ class ConversationPage {
   }
 
   syncComposer() {
-    this.composer.setRunning(this.runningEntries().length > 0);
+    const running = this.runningEntries().length > 0;
+    this.composer.setRunning(running);
+    // "A run is going…" is stale once no run is (it ended, or was interrupted while away).
+    if (!running) this.composer.clearNotices("busy");
   }
 
   // ------------------------------------------------------------------ socket
@@ -221,6 +279,7 @@ class ConversationPage {
   }
 
   onSocketState(state, message) {
+    this.#connection(state, message);
     const text = { connecting: "Connecting…", open: "Live", reconnecting: "Reconnecting…", closed: "Reconnecting…", failed: "Disconnected", gave_up: "Disconnected — reconnect" }[state];
     this.connEl.dataset.state = state;
     this.connEl.querySelector(".conn-text").textContent = text || state;
@@ -230,6 +289,50 @@ class ConversationPage {
       this.composer.notice(message);
       this.announcer.say(message);
     }
+  }
+
+  #buildBanner() {
+    const text = h("p", { class: "conn-banner-text" });
+    const button = h("button", { type: "button", class: "btn btn-small", hidden: true }, "Reconnect");
+    button.addEventListener("click", () => this.socket.reconnect());
+    const banner = h("div", { class: "conn-banner", role: "alert", hidden: true, data: { connBanner: "" } }, text, button);
+    banner.text = text;
+    banner.button = button;
+    const thread = document.querySelector("[data-thread]");
+    thread.prepend(banner);
+    return banner;
+  }
+
+  /**
+   * The server going away is visible: a banner, statuses and timers frozen (body.is-offline),
+   * sends refused; on reconnect the notices that described the lost connection go away.
+   */
+  #connection(state, message) {
+    const connected = state === "open";
+    const was = this.connected;
+    this.connected = connected;
+    this.composer.setConnected(connected);
+    document.body.classList.toggle("is-offline", !connected && (this.everOpen || state === "failed" || state === "gave_up"));
+    if (connected) {
+      this.banner.hidden = true;
+      if (!was && this.everOpen) {
+        this.composer.clearNotices("connection");
+        this.composer.clearNotices("busy");
+        this.announcer.say("Reconnected.");
+      }
+      this.everOpen = true;
+      return;
+    }
+    if (!this.everOpen && state !== "failed" && state !== "gave_up") return; // the first connect
+    const running = this.runningEntries().length > 0;
+    const sentence =
+      state === "failed" || state === "gave_up"
+        ? message || "Disconnected from the server."
+        : `Lost the connection to the server; reconnecting…${running ? " What you see is paused until it is back; the run goes on on the server." : ""}`;
+    this.banner.text.textContent = sentence;
+    this.banner.button.hidden = state !== "gave_up";
+    if (this.banner.hidden) this.announcer.say("Disconnected from the server.");
+    this.banner.hidden = false;
   }
 
   #offerReconnect(on) {
@@ -297,6 +400,8 @@ class ConversationPage {
       const run = normalizeRun(raw);
       seen.add(run.run);
       this.pending.delete(run.client_run_id);
+      const entry = this.find(run);
+      if (entry) keepShownText(entry.run, run);
       this.upsert(run);
     }
     // Runs shown as running that the server no longer runs ended while we were disconnected.
@@ -314,7 +419,8 @@ class ConversationPage {
         const run = normalizeRun(raw);
         if (isRunning(run)) continue; // live events and snapshots own running runs
         const entry = this.find(run);
-        if (!entry || isRunning(entry.run) || entry.run.run !== run.run) this.upsert(run);
+        if (entry) keepShownText(entry.run, run);
+        if (!entry || isRunning(entry.run) || entry.run.run !== run.run) this.upsert(run, versionsOf(raw));
       }
       this.syncComposer();
     } catch {
@@ -342,8 +448,15 @@ class ConversationPage {
         if (!this.composer.prompt.trim()) this.composer.prompt = entry.run.turn.prompt;
       }
     }
+    // A refused "Rewrite with" is said next to that field, not at the composer.
+    const target = id ? this.byClient.get(id) : null;
+    if (target && !target.run.pending && target.view.regenWaiting) {
+      target.view.regenFailed(ev.message || "The server could not rewrite the answer.");
+      this.announcer.say(ev.message || "Error.");
+      return;
+    }
     const kind = ["busy", "limit", "rate_limited"].includes(ev.code) ? "warn" : "error";
-    this.composer.notice(ev.message || "The server could not do that.", kind);
+    this.composer.notice(ev.message || "The server could not do that.", kind, { tag: ev.code === "busy" ? "busy" : null });
     this.announcer.say(ev.message || "Error.");
     // Buttons were disabled while waiting for an answer: draw them again.
     for (const entry of this.entries) entry.view.render();
@@ -501,10 +614,12 @@ class ConversationPage {
         if (ev.failed_models) run.failed_models = ev.failed_models;
         if (Array.isArray(ev.sources)) run.sources = ev.sources;
         if (ev.tool_usage) run.tool_usage = ev.tool_usage;
+        if (ev.receipt) run.receipt = ev.receipt; // every call of the turn, from the ledger
         if (ev.type === "failed") run.error = { kind: ev.kind || "error", message: ev.message || "" };
         for (const m of run.members) if (LIVE_MEMBER.has(m.status)) m.status = MEMBER.STOPPED;
         view.render();
         this.announcer.say(ev.type === "completed" ? "Fused answer ready." : `Run ${run.status === RUN.CANCELLED ? "stopped" : "failed"}. ${ev.message || ""}`);
+        if (ev.type === "completed") this.#showFused(entry);
         return;
       }
       default:
@@ -515,8 +630,12 @@ class ConversationPage {
   // ------------------------------------------------------------------ user actions
 
   send({ prompt, panel, follow_up_mode, preset = null }) {
+    if (!this.connected) {
+      this.composer.notice(NOT_CONNECTED, "warn", { tag: "connection" });
+      return false;
+    }
     if (this.runningEntries().length) {
-      this.composer.notice("A run is going in this conversation. Stop it (Esc) or wait for it to finish.", "warn");
+      this.composer.notice("A run is going in this conversation. Stop it (Esc) or wait for it to finish.", "warn", { tag: "busy" });
       return false;
     }
     this.start({ clientRunId: uuid4(), prompt, panel, follow_up_mode, preset });
@@ -525,6 +644,9 @@ class ConversationPage {
 
   start({ clientRunId, prompt, panel, follow_up_mode, preset = null }) {
     const frame = { type: "start", run_id: clientRunId, prompt };
+    // Follow-ups build on the versions on screen now (docs/protocol.md, shown_runs).
+    const shownRuns = [...this.entries].filter((e) => e.versions.length > 1 && e.run.run && !isRunning(e.run)).map((e) => e.run.run);
+    if (shownRuns.length) frame.shown_runs = shownRuns;
     // A chosen preset goes by id (the server runs its whole config); `panel` only shows it here.
     if (preset) frame.preset = /^\d+$/.test(preset) ? Number(preset) : preset;
     else if (panel) frame.panel = panel;
@@ -555,7 +677,16 @@ class ConversationPage {
       stop_member: () => ({ type: "stop_member", run_id: run.client_run_id, slot: extra.slot }),
       retry_member: () => ({ type: "retry_member", run_id: run.client_run_id, slot: extra.slot }),
       regenerate: () => ({ type: "regenerate", run_id: run.client_run_id, writer: extra.writer }),
+      rerun: () => ({ type: "rerun", run_id: run.client_run_id, mode: extra.mode }),
     };
+    if (action === "version") {
+      const entry = this.find(run);
+      if (!entry) return;
+      entry.run = run;
+      entry.view.setVersions(entry.versions, run);
+      this.announcer.say(`Version ${entry.versions.indexOf(run) + 1} of ${entry.versions.length}.`);
+      return;
+    }
     if (action === "copied") {
       this.announcer.say("Copied the fused answer.");
       return;
@@ -563,17 +694,27 @@ class ConversationPage {
     const make = frames[action];
     if (!make) return;
     if (!this.socket.send(make())) {
-      this.composer.notice("Not connected to the server right now; trying again. Retry in a moment.", "warn");
+      this.composer.notice("Not connected to the server right now; trying again. Retry in a moment.", "warn", { tag: "connection" });
       const entry = this.find(run);
       if (entry) entry.view.render();
     }
   }
 
-  #titleFromPrompt(prompt) {
+  /** On a phone the stacked cards push the fused answer off screen: bring it into view. */
+  #showFused(entry) {
+    if (!matchMedia("(max-width: 640px)").matches || !entry.view.fusedEl) return;
+    this.scroller.follow = false; // the reader is taken to the answer, not to the bottom
+    requestAnimationFrame(() => entry.view.fusedEl.scrollIntoView({ block: "start", behavior: "auto" }));
+  }
+
+    #titleFromPrompt(prompt) {
     const current = this.titleEl.textContent.trim();
     if (current !== DEFAULT_TITLE) return;
     const line = String(prompt).split(/\s+/).filter(Boolean).join(" ");
-    const title = line.length <= TITLE_CHARS ? line : `${line.slice(0, TITLE_CHARS - 1).trimEnd()}…`;
+    // As the server stores it (chat.runs.services.title_from_prompt): cut at a word, no "…".
+    const cut = line.slice(0, TITLE_CHARS);
+    const atWord = line.length > TITLE_CHARS && line[TITLE_CHARS] !== " " && cut.includes(" ") ? cut.slice(0, cut.lastIndexOf(" ")) : cut;
+    const title = atWord.replace(/[\s,;:.\-–—]+$/, "") || cut;
     this.titleEl.textContent = title;
     document.title = `${title} · Fusion chatroom`;
     const link = document.querySelector("[data-current-title]");

@@ -25,12 +25,11 @@ export class CostEstimate {
       return el ? el.value : "";
     };
     const prompt = this.form.querySelector("[data-prompt]");
-    return new URLSearchParams({
-      chars: String(prompt ? prompt.value.trim().length : 0),
-      members: get("members"),
-      analyst: get("analyst"),
-      writer: get("writer"),
-    }).toString();
+    const chars = String(prompt ? prompt.value.trim().length : 0);
+    // A chosen preset runs with its whole config (max_tokens included): estimate that, not the fields.
+    const preset = this.form.querySelector("[data-preset-select]");
+    if (preset && preset.value) return new URLSearchParams({ chars, preset: preset.value }).toString();
+    return new URLSearchParams({ chars, members: get("members"), analyst: get("analyst"), writer: get("writer") }).toString();
   }
 
   async refresh() {
@@ -68,8 +67,11 @@ export class CostEstimate {
       el.title = data.unknown.join("\n");
       return;
     }
-    el.textContent = `≈ ${data.text}`;
+    // Every amount comes formatted from the server (chat.spend.usd): the page only shows it.
+    el.textContent = data.left_text == null ? `≈ ${data.text}` : `≈ ${data.text} · ${data.left_text} left today`;
+    el.classList.toggle("is-warn", data.fits === false);
     const notes = [`Estimated cost of this run: ${data.calls} model calls (the panel, the analyst, the writer), from catalogue prices.`];
+    if (data.left_text != null) notes.push(`${data.left_text} is left of today's limit${data.fits === false ? ": this run could cost more, so it would be refused" : ""}.`);
     if (data.unpriced && data.unpriced.length) notes.push(`No price known for ${data.unpriced.join(", ")} (counted as free).`);
     el.title = notes.join(" ");
   }

@@ -58,3 +58,106 @@ export function uuid4() {
 export function plural(n, one, many = `${one}s`) {
   return `${fmtInt(n)} ${n === 1 ? one : many}`;
 }
+
+// ------------------------------------------------------------------ the unfinished tail
+//
+// While a block streams it is not rendered on the server yet; the page shows it through these
+// tokens, built into DOM text nodes (view.js), never as HTML. Every token keeps its raw Markdown
+// markers (`open`, `close`, `mark`) so the shown text is exactly the streamed text, with the
+// markers hidden by CSS: nothing jumps or duplicates when the finished block replaces it.
+
+/**
+ * Inline spans of a line: [{kind: "text"|"strong"|"em"|"code", text, open, close}]. Only
+ * `**bold**`/`__bold__`, `*em*`/`_em_` and `` `code` ``; an opening `**` or `` ` `` that is not
+ * closed yet (the model is still writing it) runs to the end of the line, `close` "".
+ */
+export function inlineTokens(line) {
+  const out = [];
+  let plain = "";
+  const flush = () => {
+    if (plain) out.push({ kind: "text", text: plain, open: "", close: "" });
+    plain = "";
+  };
+  const span = (kind, marker, start, end) => {
+    flush();
+    const closed = end !== -1;
+    out.push({ kind, open: marker, text: line.slice(start, closed ? end : line.length), close: closed ? marker : "" });
+    return closed ? end + marker.length : line.length;
+  };
+  let i = 0;
+  while (i < line.length) {
+    const c = line[i];
+    if (c === "`") {
+      i = span("code", "`", i + 1, line.indexOf("`", i + 1));
+    } else if ((line.startsWith("**", i) || line.startsWith("__", i)) && /\S/.test(line[i + 2] || "")) {
+      const marker = line.slice(i, i + 2);
+      i = span("strong", marker, i + 2, line.indexOf(marker, i + 2));
+    } else if ((c === "*" || c === "_") && /\S/.test(line[i + 1] || "") && !/\w/.test(line[i - 1] || "")) {
+      // A single marker is emphasis only once closed ("2 * 3" and snake_case stay text).
+      const end = line.indexOf(c, i + 1);
+      if (end > i + 1 && /\S/.test(line[end - 1])) i = span("em", c, i + 1, end);
+      else {
+        plain += c;
+        i += 1;
+      }
+    } else {
+      plain += c;
+      i += 1;
+    }
+  }
+  flush();
+  return out;
+}
+
+/**
+ * The unfinished tail as blocks: [{kind: "heading"|"list"|"para"|"code", level?, ordered?,
+ * start?, lines: [{mark, inline, code?}], before}], where `before` is the raw text between the
+ * previous block and this one (newlines), `mark` a line's raw marker ("## ", "- ", "1. ", or
+ * its indentation). Consecutive items form one list; a line without a marker continues the
+ * block before it. Joining before + mark + inline texts gives back the input exactly.
+ */
+export function tailBlocks(text) {
+  const source = String(text || "");
+  const fence = /^[ \t]*(```|~~~)[^\n]*(\n|$)/.exec(source);
+  if (fence) {
+    // An open code fence: everything after its first line is code, shown as it is.
+    return [{ kind: "code", before: "", lines: [{ mark: fence[0], inline: [], code: source.slice(fence[0].length) }] }];
+  }
+  const blocks = [];
+  let last = null; // the block a following line may continue
+  let end = 0; // where the text shown so far ends
+  let pos = 0;
+  for (const line of source.split("\n")) {
+    const start = pos;
+    pos += line.length + 1;
+    if (!line.trim()) {
+      last = null; // a blank line ends the block
+      continue;
+    }
+    const before = source.slice(end, start);
+    end = start + line.length;
+    const heading = /^(\s{0,3}#{1,6}\s+)(.*)$/.exec(line);
+    const item = /^(\s{0,3}(?:[-*+]|(\d{1,9})[.)])\s+)(.*)$/.exec(line);
+    if (heading) {
+      last = null;
+      blocks.push({ kind: "heading", level: heading[1].trim().length, before, lines: [{ mark: heading[1], inline: inlineTokens(heading[2]) }] });
+    } else if (item) {
+      const ordered = Boolean(item[2]);
+      const entry = { mark: item[1], inline: inlineTokens(item[3]), item: true };
+      if (last && last.kind === "list" && last.ordered === ordered) {
+        last.lines.push({ ...entry, before });
+      } else {
+        last = { kind: "list", ordered, start: ordered ? Number(item[2]) : null, before, lines: [entry] };
+        blocks.push(last);
+      }
+    } else if (last) {
+      const indent = /^\s*/.exec(line)[0];
+      last.lines.push({ mark: indent, inline: inlineTokens(line.slice(indent.length)), before });
+    } else {
+      last = { kind: "para", before, lines: [{ mark: "", inline: inlineTokens(line) }] };
+      blocks.push(last);
+    }
+  }
+  if (end < source.length) blocks.push({ kind: "para", before: source.slice(end), lines: [] });
+  return blocks;
+}

@@ -74,6 +74,8 @@ export function normalizeRun(raw) {
     tool_usage: raw.tool_usage || {},
     research_notice: raw.research_notice || null,
     started_at: raw.started_at || null,
+    version: raw.version || null, // what made this run a version of its turn (null: the original)
+    receipt: raw.receipt || null, // every call of the turn, from the server's ledger (chat.spend.turn_receipt)
     pending: Boolean(raw.pending),
   };
 }
@@ -91,6 +93,7 @@ export function runFromStarted(ev) {
     writer: ev.writer,
     research_notice: ev.research_notice || null,
     started_at: ev.started_at || new Date().toISOString(),
+    version: ev.version || null,
   });
 }
 
@@ -246,6 +249,18 @@ export function slotForModel(run, modelId) {
   // A label the analyst failed to map back ("Response B"): follow the stored label map.
   if (run.label_map && run.label_map[modelId]) return slotForModel({ ...run, label_map: {} }, run.label_map[modelId]);
   return null;
+}
+
+/**
+ * How a member ended without an answer: "failed" (an error), "stopped" (the user), "skipped" (by
+ * Fuse now), "interrupted" (the server went away); null when it answered or is still at work.
+ * Only "failed" is a failure.
+ */
+export function memberEnding(m) {
+  if (m.status === MEMBER.FAILED) return "failed";
+  if (m.status !== MEMBER.STOPPED) return null;
+  const kind = m.error && m.error.kind;
+  return kind === "skipped" || kind === "interrupted" ? kind : "stopped";
 }
 
 /** What the status pill says. */

@@ -4,8 +4,8 @@
 // update one part for a live event. Both read the same state, so live and reloaded runs match.
 import { analysisCounts, renderAnalysisBody } from "./analysis.js";
 import { appendHTML, h, icon, ICONS, setHTML } from "./dom.js";
-import { fmtCost, fmtInt, fmtMs, splitModel, tokensOf } from "./format.js";
-import { describeToolCall, isRunning, LIVE_MEMBER, MEMBER, memberStatusLabel, PHASE, RUN, runStatusSentence, safeHttpUrl, slotForModel, TERMINAL_MEMBER } from "./state.js";
+import { fmtCost, fmtInt, fmtMs, splitModel, tailBlocks, tokensOf } from "./format.js";
+import { describeToolCall, isRunning, LIVE_MEMBER, MEMBER, memberEnding, memberStatusLabel, PHASE, RUN, runStatusSentence, safeHttpUrl, slotForModel, TERMINAL_MEMBER } from "./state.js";
 
 
 // Icons of tool calls (inline SVG: no emoji font needed).
@@ -28,6 +28,72 @@ function sourceLink(source) {
     h("span", { class: "source-title" }, source.title || where),
     source.title ? h("span", { class: "source-host" }, u.host) : null,
   );
+}
+
+// The unfinished tail, formatted as it streams: elements built from text nodes only (the tail is
+// untrusted model text, never HTML). Markdown markers stay in the text, hidden (`.md-mark`), so
+// the tail's text is exactly what streamed.
+const INLINE_TAGS = { strong: "strong", em: "em", code: "code" };
+
+function mark(text) {
+  return text ? h("span", { class: "md-mark" }, text) : null;
+}
+
+function inlineNodes(tokens) {
+  return tokens.map((t) => (t.kind === "text" ? t.text : h(INLINE_TAGS[t.kind], {}, mark(t.open), t.text, mark(t.close))));
+}
+
+function renderTail(el, text) {
+  const nodes = [];
+  for (const b of tailBlocks(text)) {
+    if (b.before) nodes.push(b.before);
+    if (b.kind === "code") {
+      const line = b.lines[0];
+      nodes.push(h("pre", { class: "tail-code" }, mark(line.mark), h("code", {}, line.code)));
+    } else if (b.kind === "list") {
+      const list = h(b.ordered ? "ol" : "ul", { start: b.ordered && b.start !== 1 ? b.start : null });
+      let item = null;
+      for (const line of b.lines) {
+        if (line.before) (line.item || !item ? list : item).append(line.before);
+        if (line.item || !item) list.append((item = h("li", {})));
+        item.append(...[mark(line.mark), ...inlineNodes(line.inline)].filter(Boolean));
+      }
+      nodes.push(list);
+    } else if (b.lines.length) {
+      const el = h(b.kind === "heading" ? `h${Math.min(6, b.level)}` : "p", {});
+      for (const line of b.lines) el.append(...[line.before, mark(line.mark), ...inlineNodes(line.inline)].filter(Boolean));
+      nodes.push(el);
+    }
+  }
+  el.replaceChildren(...nodes);
+}
+
+/** Text the reader saw stream that the server did not store (conversation.js keepShownText). */
+function lostTail(el, text) {
+  if (!text) {
+    el.replaceChildren();
+    return;
+  }
+  el.replaceChildren(
+    h(
+      "div",
+      { class: "lost-text", title: "Not saved: the server stopped before it stored this part" },
+      h("p", { class: "lost-note" }, "Not saved — the server stopped before storing the rest, shown as it streamed:"),
+      h("div", { class: "lost-body" }, text),
+    ),
+  );
+}
+
+/** What made a version, in a few words: "original", "rewritten with writer", "atlas retried", … */
+function versionLabel(run) {
+  const v = run.version;
+  if (!v) return "original";
+  if (v.kind === "rewrite") return `rewritten with ${splitModel(v.writer || run.writer).name}`;
+  if (v.kind === "retry_member") {
+    const m = run.members.find((x) => x.slot === v.slot);
+    return `${m ? m.label || splitModel(m.model).name : "member"} retried`;
+  }
+  return { retry_stopped: "stopped retried", resend: "prompt resent", fuse: "re-fused" }[v.kind] || v.kind;
 }
 
 function pill(status, label = status) {
@@ -64,6 +130,7 @@ export class TurnView {
   constructor(run, { onAction }) {
     this.run = run;
     this.onAction = onAction;
+    this.versions = [run]; // every run of the turn, oldest first (setVersions)
     this.cards = new Map();
     this.compact = null; // null: automatic (compact once the fused answer is done)
     this.root = h("article", { class: "turn" });
@@ -73,7 +140,7 @@ export class TurnView {
     this.root.addEventListener("focusin", (e) => this.#onHover(e, true));
     this.root.addEventListener("focusout", (e) => this.#onHover(e, false));
     this.root.addEventListener("keydown", (e) => {
-      if (e.key === "Enter" && e.target.matches("[data-regen-input]")) {
+      if (e.key === "Enter" && !e.defaultPrevented && e.target.matches("[data-regen-input]")) {
         e.preventDefault();
         this.#regenerate();
       }
@@ -82,8 +149,45 @@ export class TurnView {
   }
 
   setRun(run) {
+    // An error of "Rewrite with" belongs to the run it was about: a new run clears it.
+    if (run.run !== this.run.run) this.regenErrorText = "";
     this.run = run;
+    if (!this.versions.includes(run)) this.versions = [run];
     this.render();
+  }
+
+  /** The server refused the last "Rewrite with": say why next to the field, keep what was typed. */
+  regenFailed(message) {
+    this.regenWaiting = false;
+    this.regenErrorText = message;
+    this.#regenControls();
+    const input = this.regen.querySelector("[data-regen-input]");
+    if (input) input.focus();
+  }
+
+  /** The turn's versions (its runs, oldest first) and the one to show. */
+  setVersions(versions, run) {
+    this.versions = versions.length ? versions : [run];
+    this.setRun(run);
+  }
+
+  /** ‹ 2/3 › between the turn's versions; `part` names what it switches, for screen readers. */
+  #versionSwitcher(part) {
+    const n = this.versions.length;
+    const i = this.versions.indexOf(this.run);
+    if (n < 2 || i < 0) return null;
+    const busy = this.versions.some((v) => isRunning(v));
+    const what = versionLabel(this.run);
+    const button = (dir, label, glyph, disabled) =>
+      h("button", { type: "button", class: "version-btn", data: { action: "version", to: i + dir }, aria: { label }, disabled: disabled || busy ? true : null }, glyph);
+    return h(
+      "span",
+      { class: "versions", role: "group", aria: { label: `Versions of the ${part}` }, data: { versions: part } },
+      button(-1, `Previous version of the ${part}`, "‹", i === 0),
+      h("span", { class: "version-count", aria: { live: "polite" }, title: what }, `${i + 1}/${n}`),
+      button(1, `Next version of the ${part}`, "›", i === n - 1),
+      h("span", { class: "version-what" }, what),
+    );
   }
 
   // ------------------------------------------------------------------ whole turn
@@ -141,7 +245,7 @@ export class TurnView {
     card.reasoning = h("details", { class: "reasoning", hidden: true }, h("summary", {}, "Reasoning"), card.reasoningText);
     card.placeholder = h("p", { class: "placeholder" });
     card.blocks = h("div", { class: "blocks" });
-    card.tail = h("span", { class: "tail" });
+    card.tail = h("div", { class: "tail" });
     card.body = h("div", { class: "card-body prose" }, card.placeholder, card.blocks, card.tail);
     card.error = h("div", { class: "card-error", hidden: true });
     card.notes = h("div", { class: "card-notes", hidden: true });
@@ -182,10 +286,10 @@ export class TurnView {
     if (!m || !card) return;
     if (m.html !== null && m.html !== undefined) {
       setHTML(card.blocks, m.html);
-      card.tail.textContent = "";
+      lostTail(card.tail, m.lost);
     } else {
       setHTML(card.blocks, m.blocks_html);
-      card.tail.textContent = m.content.slice(m.consumed);
+      renderTail(card.tail, m.content.slice(m.consumed));
     }
     card.reasoningText.textContent = m.reasoning;
     this.#memberPlaceholder(m, card);
@@ -197,7 +301,7 @@ export class TurnView {
     const card = this.cards.get(slot);
     if (!m || !card) return;
     for (const b of blocks) appendHTML(card.blocks, b);
-    card.tail.textContent = m.content.slice(m.consumed);
+    renderTail(card.tail, m.content.slice(m.consumed));
     this.#memberPlaceholder(m, card);
   }
 
@@ -266,7 +370,10 @@ export class TurnView {
     const card = this.cards.get(slot);
     if (!m || !card) return;
     const status = m.status === MEMBER.COMPLETE ? "done" : m.status;
-    card.pill.replaceWith((card.pill = pill(status, memberStatusLabel(m.status))));
+    // A member whose process died is "interrupted", not a stop the user asked for.
+    const interrupted = m.error && m.error.kind === "interrupted" && m.status === MEMBER.STOPPED;
+    const skipped = memberEnding(m) === "skipped"; // by Fuse now: a stop, not a failure
+    card.pill.replaceWith((card.pill = interrupted ? pill("interrupted", "interrupted") : skipped ? pill("skipped", "skipped") : pill(status, memberStatusLabel(m.status))));
     card.root.classList.toggle("is-streaming", m.status === MEMBER.STREAMING && m.html === null);
     card.root.setAttribute("aria-busy", String(LIVE_MEMBER.has(m.status) && isRunning(this.run)));
     card.reasoning.hidden = !m.reasoning;
@@ -283,7 +390,8 @@ export class TurnView {
       const custom = m.error && m.error.message && m.error.kind !== "cancelled" ? m.error.message : "";
       const base = ms ? `Stopped after ${fmtMs(ms)}` : "Stopped";
       const sentence = custom || `${base}${m.content ? "." : " with no tokens."}`;
-      card.error.append(h("div", { class: "notice notice-warn", role: "note" }, h("p", {}, sentence)));
+      // A stop the user asked for is not a problem: neutral, not a warning colour.
+      card.error.append(h("div", { class: "notice notice-neutral", role: "note" }, h("p", {}, sentence)));
       card.error.hidden = false;
     }
 
@@ -332,6 +440,7 @@ export class TurnView {
           h("h3", { class: "section-title" }, "Analysis"),
           h("span", { class: "analysis-counts" }, analysisCounts(run.analysis)),
           run.analyst ? h("span", { class: "section-meta" }, `by ${splitModel(run.analyst).name}`) : null,
+          this.#versionSwitcher("analysis"),
         ),
         renderAnalysisBody(run),
       );
@@ -366,7 +475,7 @@ export class TurnView {
     this.finalWriter = h("span", { class: "fused-writer" });
     this.finalPlaceholder = h("p", { class: "placeholder" });
     this.finalBlocks = h("div", { class: "blocks" });
-    this.finalTail = h("span", { class: "tail" });
+    this.finalTail = h("div", { class: "tail" });
     this.finalBodyEl = h("div", { class: "fused-body prose" }, this.finalPlaceholder, this.finalBlocks, this.finalTail);
     this.finalError = h("div", { class: "fused-error", hidden: true });
     this.finalNote = h("div", { class: "fused-note", hidden: true });
@@ -374,6 +483,8 @@ export class TurnView {
     this.totals = h("dl", { class: "totals" });
     this.regen = h("div", { class: "regen" });
     this.fusedActions = h("div", { class: "section-actions" });
+    this.finalVersions = h("span", { class: "fused-versions" });
+    this.recoverEl = h("div", { class: "recover", hidden: true });
     return h(
       "section",
       { class: "fused", aria: { label: "Fused answer" } },
@@ -383,13 +494,16 @@ export class TurnView {
         h("h3", { class: "fused-title" }, icon(ICONS.fuse, 16), "Fused answer"),
         this.finalWriter,
         this.finalPill,
+        this.finalVersions,
         this.fusedActions,
       ),
       this.finalBodyEl,
       this.finalNote,
       this.runSourcesEl,
       this.finalError,
+      this.recoverEl,
       h("footer", { class: "fused-foot" }, this.totals, this.regen),
+      (this.receiptEl = h("details", { class: "receipt", hidden: true })),
     );
   }
 
@@ -432,10 +546,10 @@ export class TurnView {
     const f = this.run.final;
     if (f.html !== null && f.html !== undefined) {
       setHTML(this.finalBlocks, f.html);
-      this.finalTail.textContent = "";
+      lostTail(this.finalTail, f.lost);
     } else {
       setHTML(this.finalBlocks, f.blocks_html);
-      this.finalTail.textContent = f.content.slice(f.consumed);
+      renderTail(this.finalTail, f.content.slice(f.consumed));
     }
     this.#finalPlaceholder();
   }
@@ -443,7 +557,7 @@ export class TurnView {
   finalText(blocks) {
     const f = this.run.final;
     for (const b of blocks) appendHTML(this.finalBlocks, b);
-    this.finalTail.textContent = f.content.slice(f.consumed);
+    renderTail(this.finalTail, f.content.slice(f.consumed));
     this.#finalPlaceholder();
   }
 
@@ -478,10 +592,12 @@ export class TurnView {
     // Panel header: count, Fuse now, Stop, Expand/Compact.
     const n = run.members.length;
     const done = run.members.filter((m) => m.status === MEMBER.COMPLETE).length;
-    const failed = run.members.filter((m) => m.status === MEMBER.FAILED || m.status === MEMBER.STOPPED).length;
-    this.panelMeta.textContent = running && run.phase === PHASE.PANEL
-      ? `${done} of ${n} answered${failed ? ` · ${failed} failed or stopped` : ""}`
-      : `${n} model${n === 1 ? "" : "s"}${failed ? ` · ${failed} failed or stopped` : ""}`;
+    const endings = ["failed", "stopped", "skipped", "interrupted"]
+      .map((kind) => [kind, run.members.filter((m) => memberEnding(m) === kind).length])
+      .filter(([, count]) => count)
+      .map(([kind, count]) => ` · ${count} ${kind}`)
+      .join("");
+    this.panelMeta.textContent = running && run.phase === PHASE.PANEL ? `${done} of ${n} answered${endings}` : `${n} model${n === 1 ? "" : "s"}${endings}`;
 
     this.panelActions.replaceChildren();
     const stillAnswering = run.members.some((m) => LIVE_MEMBER.has(m.status));
@@ -513,10 +629,14 @@ export class TurnView {
     this.finalWriter.title = run.writer || "";
     let status;
     if (running) status = run.phase === PHASE.FINAL ? pill("streaming", "writing") : pill("waiting", "waiting");
-    else if (run.status === RUN.COMPLETE) status = pill("done", "done");
+    else if (run.status === RUN.COMPLETE && run.version && run.version.kind === "retry_member" && !(run.final.content || "").trim()) {
+      status = pill("skipped", "not fused"); // a member retried alone: re-fusing is the user's choice
+    } else if (run.status === RUN.COMPLETE) status = pill("done", "done");
     else if (run.status === RUN.CANCELLED) status = pill("stopped", "stopped");
     else status = pill("failed", runStatusSentence(run).toLowerCase());
     this.finalPill.replaceWith((this.finalPill = status));
+    const switcher = this.#versionSwitcher("fused answer");
+    this.finalVersions.replaceChildren(...(switcher ? [switcher] : []));
     this.fusedEl.classList.toggle("is-streaming", running && run.phase === PHASE.FINAL);
     this.fusedEl.setAttribute("aria-busy", String(running));
 
@@ -540,13 +660,14 @@ export class TurnView {
     this.finalError.replaceChildren();
     this.finalError.hidden = true;
     if (!running && run.status !== RUN.COMPLETE && run.error) {
-      const cls = run.status === RUN.CANCELLED ? "notice notice-warn" : "notice notice-error";
+      const cls = run.status === RUN.CANCELLED ? "notice notice-neutral" : "notice notice-error";
       const message = run.error.message || runStatusSentence(run);
       this.finalError.append(h("div", { class: cls, role: "note" }, h("p", {}, message)));
       this.finalError.hidden = false;
     }
 
     this.tick();
+    this.#recoverControls();
     this.#regenControls();
     this.#finalPlaceholder();
   }
@@ -558,11 +679,14 @@ export class TurnView {
     const running = isRunning(run);
     const wall = running ? elapsedMs(run) : run.timings && run.timings.total !== undefined ? run.timings.total : null;
     const tokens = tokensOf(usage);
-    const failed = run.failed_models || [];
+    // The turn's cost is every run of it (original, retries, rewrites), from the server's ledger.
+    const receipt = this.#receipt();
     const rows = [
       [running ? "Elapsed" : "Wall time", wall === null ? null : fmtMs(wall), "Whole run, from send to the last token"],
       ["Tokens", tokens ? fmtInt(tokens) : null, "All calls: panel, analyst and writer"],
-      ["Cost", costOf(usage), usage.estimated ? `${ESTIMATED_TITLE} (some calls)` : "Provider-reported cost of all calls"],
+      receipt && receipt.runs > 1
+        ? ["Turn cost", `${receipt.estimated ? "≈ " : ""}${receipt.cost_text}`, `All ${receipt.runs} runs of this turn (${receipt.calls} calls); the version shown cost ${receipt.kept_cost_text}`]
+        : ["Cost", receipt ? `${receipt.estimated ? "≈ " : ""}${receipt.cost_text}` : costOf(usage), usage.estimated || (receipt && receipt.estimated) ? `${ESTIMATED_TITLE} (some calls)` : "Provider-reported cost of all calls"],
     ];
     const tools = run.tool_usage || {};
     const server = tools.server_tool_use || {};
@@ -573,10 +697,103 @@ export class TurnView {
     const items = rows
       .filter(([, v]) => v)
       .map(([k, v, title]) => h("div", { title }, h("dt", {}, k), h("dd", {}, v)));
-    if (failed.length) {
-      items.push(h("div", { class: "is-bad", title: failed.join(", ") }, h("dt", {}, "Failed"), h("dd", {}, `${failed.length}: ${failed.map((f) => splitModel(f).name).join(", ")}`)));
+    // Members without an answer, by how they ended: only errors are "Failed" (in red); a stop,
+    // a skip by Fuse now or an interruption is its own, neutral, state.
+    for (const [kind, label] of [["failed", "Failed"], ["stopped", "Stopped"], ["skipped", "Skipped"], ["interrupted", "Interrupted"]]) {
+      const members = run.members.filter((m) => memberEnding(m) === kind);
+      if (!members.length) continue;
+      const names = members.map((m) => m.label || splitModel(m.model).name);
+      items.push(h("div", { class: kind === "failed" ? "is-bad" : "is-neutral", title: members.map((m) => m.model).join(", "), data: { ending: kind } }, h("dt", {}, label), h("dd", {}, `${members.length}: ${names.join(", ")}`)));
     }
     this.totals.replaceChildren(...items);
+  }
+
+  /** The turn's receipt (chat.spend.turn_receipt): kept across a new run of the turn until its own arrives. */
+  #receipt() {
+    const receipt = this.run.receipt || this.lastReceipt || null;
+    // Drawn once per receipt and element (render() builds the section anew).
+    if (receipt !== this.receiptEl.drawn) this.#drawReceipt(receipt);
+    this.lastReceipt = receipt;
+    return receipt;
+  }
+
+  /** Every call of every run of the turn, as the server priced it; the page only displays. */
+  #drawReceipt(receipt) {
+    const el = this.receiptEl;
+    el.drawn = receipt;
+    const open = el.open;
+    el.replaceChildren();
+    el.hidden = !receipt || !receipt.lines.length;
+    if (el.hidden) return;
+    const roles = { panel: "Member", analyst: "Analyst", writer: "Writer", search: "Web search", run: "Whole run" };
+    const cost = (line) => `${line.estimated ? "≈ " : ""}${line.cost_text}`;
+    const own = [receipt.analyst, receipt.writer]
+      .filter(Boolean)
+      .map((line) => `${roles[line.role]} ${splitModel(line.model).name}: TTFT ${line.ttft_ms == null ? "—" : fmtMs(line.ttft_ms)} · ${fmtInt(line.prompt_tokens + line.completion_tokens)} tokens · ${cost(line)}`);
+    const rows = receipt.lines.map((line) =>
+      h(
+        "tr",
+        { class: line.kept === false ? "is-dropped" : null },
+        h("td", { class: "num" }, String(line.attempt)),
+        h("td", {}, line.role === "panel" && line.slot != null ? `${roles.panel} ${line.slot + 1}` : roles[line.role] || line.role),
+        h("td", {}, h("code", { title: line.model }, line.model ? splitModel(line.model).name : "—")),
+        h("td", {}, line.status || ""),
+        h("td", { class: "num" }, line.ttft_ms == null ? "—" : fmtMs(line.ttft_ms)),
+        h("td", { class: "num", title: `${fmtInt(line.prompt_tokens)} in · ${fmtInt(line.completion_tokens)} out` }, `${fmtInt(line.prompt_tokens)} / ${fmtInt(line.completion_tokens)}`),
+        h("td", { class: "num", title: line.estimated ? ESTIMATED_TITLE : "Provider-reported cost" }, cost(line)),
+        h("td", {}, line.kept === null ? "—" : line.kept ? "kept" : "not kept"),
+      ),
+    );
+    const runs = receipt.runs === 1 ? "1 run" : `${receipt.runs} runs`;
+    const parts = [
+      h("summary", {}, `Receipt: ${receipt.calls} calls in ${runs}, ${receipt.estimated ? "≈ " : ""}${receipt.cost_text}`),
+      own.length ? h("p", { class: "receipt-own" }, own.join(" · ")) : null,
+      h(
+        "div",
+        { class: "receipt-scroll" },
+        h(
+          "table",
+          { class: "receipt-table" },
+          h("thead", {}, h("tr", {}, ...["Run", "Role", "Model", "Status", "TTFT", "Tokens in / out", "Cost", "Kept"].map((t) => h("th", { scope: "col" }, t)))),
+          h("tbody", {}, ...rows),
+          h("tfoot", {}, h("tr", {}, h("th", { scope: "row", colspan: "6" }, `Total (the version shown: ${receipt.kept_cost_text})`), h("td", { class: "num" }, `${receipt.estimated ? "≈ " : ""}${receipt.cost_text}`), h("td", {}))),
+        ),
+      ),
+      h("p", { class: "receipt-foot" }, "≈ marks calls cut short whose cost is estimated. Kept: its output is in the version shown."),
+    ];
+    el.append(...parts.filter(Boolean));
+    el.open = open;
+  }
+
+  /** After Stop all or an interruption, and after a member retried alone: what the user may do next. */
+  #recoverControls() {
+    const run = this.run;
+    this.recoverEl.replaceChildren();
+    const answered = run.members.filter((m) => m.status === MEMBER.COMPLETE);
+    const unanswered = run.members.filter((m) => m.status !== MEMBER.COMPLETE);
+    const button = (mode, label, title) =>
+      h("button", { type: "button", class: "btn btn-small", data: { action: "rerun", mode }, title }, label);
+    const retried = run.version && run.version.kind === "retry_member";
+    const buttons = [];
+    let sentence = "";
+    if (isRunning(run) || !run.run) {
+      // nothing to offer while it runs
+    } else if (retried && run.status === RUN.COMPLETE && !(run.final.content || "").trim()) {
+      const m = run.members.find((x) => x.slot === run.version.slot);
+      const name = m ? m.label || splitModel(m.model).name : "The member";
+      sentence = `${name} answered again. The analysis and the fused answer were not redone: the earlier version keeps them.`;
+      buttons.push(button("fuse", "Re-fuse with this answer", "Analyse the answers of this version and write the fused answer again"));
+    } else if ([RUN.CANCELLED, RUN.INTERRUPTED, RUN.TIMEOUT, RUN.ERROR].includes(run.status)) {
+      // The run's own notice above says why it ended; these are the ways on.
+      if (unanswered.length) buttons.push(button("retry_stopped", "Retry all stopped", "Ask the members without an answer again, then fuse"));
+      buttons.push(button("resend", "Resend prompt", "Run the whole prompt again, as a new version of this turn"));
+      if (answered.length) buttons.push(button("fuse", "Fuse what we have", `Analyse and fuse the ${answered.length} answer${answered.length === 1 ? "" : "s"} there are`));
+    }
+    if (buttons.length) {
+      if (sentence) this.recoverEl.append(h("p", { class: "recover-text" }, sentence));
+      this.recoverEl.append(h("div", { class: "recover-actions" }, buttons));
+    }
+    this.recoverEl.hidden = !buttons.length;
   }
 
   #regenControls() {
@@ -585,20 +802,34 @@ export class TurnView {
     const anyAnswer = run.members.some((m) => m.status === MEMBER.COMPLETE);
     if (isRunning(run) || !run.run || !anyAnswer) return;
     const id = `regen-${run.run}`;
+    const errorId = `${id}-error`;
+    const error = this.regenErrorText || "";
     const input = h("input", {
       id,
       type: "text",
-      value: run.writer || "",
+      value: this.regenValue ?? (run.writer || ""),
       spellcheck: "false",
       autocomplete: "off",
       placeholder: "writer model id",
-      data: { regenInput: "" },
+      data: { regenInput: "", modelPicker: "" },
+      aria: { invalid: error ? "true" : "false", describedby: error ? errorId : null },
+    });
+    // Typing a new id is fixing the error: it goes away.
+    input.addEventListener("input", () => {
+      this.regenValue = input.value;
+      if (!this.regenErrorText) return;
+      this.regenErrorText = "";
+      input.setAttribute("aria-invalid", "false");
+      input.removeAttribute("aria-describedby");
+      this.regen.querySelector(".regen-error")?.remove();
     });
     this.regen.append(
       h("label", { for: id }, "Rewrite with"),
       input,
       h("button", { type: "button", class: "btn btn-tiny", data: { action: "regenerate" } }, icon(ICONS.retry, 12), "Rewrite"),
     );
+    // Element.append writes null as the text "null": add the error only when there is one.
+    if (error) this.regen.append(h("p", { class: "regen-error", id: errorId, role: "alert" }, error));
   }
 
   #isCompact() {
@@ -616,6 +847,7 @@ export class TurnView {
       input && input.focus();
       return;
     }
+    this.regenWaiting = true;
     this.onAction("regenerate", this.run, { writer });
   }
 
@@ -624,6 +856,17 @@ export class TurnView {
     if (!button || !this.root.contains(button)) return;
     const action = button.dataset.action;
     const slot = button.dataset.slot === undefined ? undefined : Number(button.dataset.slot);
+    if (action === "version") {
+      e.preventDefault(); // inside the analysis' <summary>: switch, do not fold
+      const run = this.versions[Number(button.dataset.to)];
+      if (run) this.onAction("version", run, {});
+      return;
+    }
+    if (action === "rerun") {
+      button.disabled = true;
+      this.onAction("rerun", this.run, { mode: button.dataset.mode });
+      return;
+    }
     if (action === "toggle-panel") {
       this.compact = !this.#isCompact();
       this.controls();
@@ -632,6 +875,8 @@ export class TurnView {
     if (action === "show-member") {
       const card = this.cards.get(slot);
       if (card) {
+        // The reader wants to check the judge against this answer: show all of it, not the compact fold.
+        card.root.classList.add("is-expanded");
         card.root.scrollIntoView({ block: "nearest", inline: "nearest", behavior: "smooth" });
         this.#highlight(slot, true);
       }

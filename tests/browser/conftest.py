@@ -96,6 +96,7 @@ XSS_CONTENT = (
     "That is the whole answer, with `<script>` shown as code."
 )
 
+WRITER2_ANSWER = "## Second take\n\nThe second writer fuses the same answers in its own words: keep it simple.\n"
 SCRIPTS: dict[str, dict[str, Any]] = {
     # ~750 characters each at 45–70 tokens/s: the panel streams for ~3 s, side by side.
     "sim/atlas": {"ttft_ms": 250, "tokens_per_s": 70, "chunk_chars": 12, "style": "structured"},
@@ -105,6 +106,8 @@ SCRIPTS: dict[str, dict[str, Any]] = {
     SLOW_MODEL: {"ttft_ms": 200, "tokens_per_s": 8, "chunk_chars": 6, "style": "narrative"},
     ANALYST: {"ttft_ms": 200, "tokens_per_s": 800, "chunk_chars": 64},
     WRITER: {"ttft_ms": 200, "tokens_per_s": 150, "chunk_chars": 16},
+    # A second writer with its own answer, so two versions of a turn read differently.
+    "sim/writer2": {"ttft_ms": 150, "tokens_per_s": 300, "chunk_chars": 16, "content": WRITER2_ANSWER},
     XSS_MODEL: {"ttft_ms": 150, "tokens_per_s": 60, "chunk_chars": 3, "content": XSS_CONTENT},
     # A 126 KB code block: over a megabyte of highlighted HTML, far past the server's frame limit.
     BIG_CODE_MODEL: {"ttft_ms": 100, "chunk_chars": 8000, "content": BIG_CODE},

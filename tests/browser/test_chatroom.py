@@ -341,7 +341,9 @@ def test_stop_one_member_others_complete_and_fuse(app: App) -> None:
     expect(slow.locator(".card-head .pill")).to_have_text("stopped")
     fused = turn(page, 0).locator("section.fused")
     expect(fused.locator(".fused-body h2")).to_have_text("Answer")
-    expect(fused.locator("dl.totals")).to_contain_text("Failed1: slow")
+    # A stop the user asked for is not a failure (issue 10, item 8).
+    expect(fused.locator("dl.totals")).to_contain_text("Stopped1: slow")
+    expect(fused.locator("dl.totals .is-bad")).to_have_count(0)
 
     # Analyst and writer worked from the two finished answers; the slow model was asked once.
     assert len(requests_with(app, SLOW_MODEL, marker)) == 1
