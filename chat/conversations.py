@@ -6,18 +6,20 @@ missing one, so ids reveal nothing.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.db import transaction
-from django.db.models import QuerySet
+from django.db import connection, transaction
+from django.db.models import Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.text import slugify
 
 from chat import spend
 from chat.errors import NotFound
-from chat.models import Conversation, FollowUpMode, Run, Turn
+from chat.models import Conversation, FollowUpMode, Run, RunStatus, Turn
 from chat.panels import default_panel
 from chat.runs.state import RunState  # the one serialiser of a run: page state and exports
 
@@ -28,12 +30,58 @@ EXPORT_FORMAT_VERSION = 1
 
 
 def conversation_list_for_user(*, user: User, q: str = "") -> QuerySet[Conversation]:
-    """The user's conversations, newest activity first, optionally filtered by title."""
+    """The user's conversations, newest activity first.
+
+    With *q*: those whose title contains it, or whose prompts or fused answers (of finished runs)
+    hold every word of it, each as a word or the start of one ("tide" finds "tides").
+    """
     qs = Conversation.objects.filter(user=user)
     q = (q or "").strip()
     if q:
-        qs = qs.filter(title__icontains=q)
+        matches = Q(title__icontains=q)
+        words = search_words(q)
+        if words:
+            matches |= _text_matches(words)
+        qs = qs.filter(matches)
     return qs.order_by("-updated_at", "-id")
+
+
+SEARCH_MAX_WORDS = 12
+
+
+def search_words(q: str) -> list[str]:
+    """The words of a search, letters and digits only: quotes, ``*``, ``-``, parentheses and the
+    like never reach the query language, and ``NEAR`` or ``OR`` are plain words."""
+    return re.findall(r"[^\W_]+", q)[:SEARCH_MAX_WORDS]
+
+
+def _text_matches(words: list[str]) -> Q:
+    """Conversations with a turn whose prompt, or a finished run's fused answer, has every word.
+
+    Not filtered by owner: the caller's queryset is. SQLite: the FTS5 table of migration 0008
+    (a turn's prompt and answers together); PostgreSQL: full text search on the expressions its
+    GIN indexes cover.
+    """
+    if connection.vendor == "sqlite":
+        # Each word a quoted prefix term: FTS5 syntax in the input is only ever text.
+        match = " ".join(f'"{w}"*' for w in words)
+        sql = (
+            "SELECT t.conversation_id FROM chat_turn_search s JOIN chat_turn t ON t.id = s.rowid "
+            "WHERE chat_turn_search MATCH %s"
+        )
+        return Q(pk__in=RawSQL(sql, (match,)))
+    if connection.vendor == "postgresql":
+        from django.contrib.postgres.search import SearchQuery, SearchVector
+
+        query = SearchQuery(" & ".join(f"'{w}':*" for w in words), config="simple", search_type="raw")
+        turns = Turn.objects.annotate(text=SearchVector("prompt", config="simple")).filter(text=query)
+        runs = (
+            Run.objects.exclude(status=RunStatus.RUNNING)
+            .annotate(text=SearchVector("answer", config="simple"))
+            .filter(text=query)
+        )
+        return Q(pk__in=turns.values("conversation_id")) | Q(pk__in=runs.values("conversation_id"))
+    return Q(pk__in=[])  # another database: titles only
 
 
 def conversation_get_for_user(*, user: User, pk: int) -> Conversation:

@@ -135,8 +135,12 @@ def key_set(*, user: User, provider: str, raw: str) -> ProviderKey:
     if provider not in provider_names():
         raise InvalidKey("There is no such provider.")
     raw = (raw or "").strip()
+    if not raw:
+        raise InvalidKey(
+            f"Nothing was saved: the key field was empty. Paste your {provider_title(provider)} API key, then save."
+        )
     if not KEY_RE.fullmatch(raw):
-        raise InvalidKey("A key is 8 to 512 printable characters, without spaces.")
+        raise InvalidKey("Nothing was saved: a key is 8 to 512 printable characters, without spaces.")
     key, _ = ProviderKey.objects.update_or_create(
         user=user,
         provider=provider,

@@ -49,6 +49,7 @@ ESTIMATE_PROMPT_TOKENS = 1000
 OPENROUTER_PRESETS = {"general-high": "quality", "general-budget": "budget", "general-fast": "fast"}
 WEB_SEARCH = "openrouter:web_search"
 WEB_FETCH = "openrouter:web_fetch"
+FUSION_TOOL = "openrouter:fusion"
 _BUILTIN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")  # a URL slug, and fits Conversation.builtin_preset
 
 
@@ -396,29 +397,69 @@ def preset_resolve_posted(*, user: User, ref: str) -> ResolvedPreset | None:
 # --------------------------------------------------------------------------- export / import
 
 
+def _openrouter_tools(research: dict[str, Any]) -> list[dict[str, Any]]:
+    """Our research settings as OpenRouter's ``tools`` list (empty: tools off)."""
+    if not research.get("web_tools"):
+        return []
+    search: dict[str, Any] = {"type": WEB_SEARCH}
+    if research.get("excluded_domains"):
+        search["parameters"] = {"excluded_domains": list(research["excluded_domains"])}
+    fetch: dict[str, Any] = {"type": WEB_FETCH}
+    if research.get("blocked_domains"):
+        fetch["parameters"] = {"blocked_domains": list(research["blocked_domains"])}
+    return [search, fetch]
+
+
 def openrouter_plugin(config: dict[str, Any]) -> dict[str, Any]:
-    """The config in OpenRouter's Fusion plugin shape (its ``model`` is analyst and writer both)."""
+    """The config in OpenRouter's Fusion plugin shape.
+
+    The plugin has one ``model`` for analyst and writer both, so it holds the writer (who writes
+    the answer the user reads); only ``openrouter_server_tool`` keeps a different analyst.
+    """
     research = config.get("research") or {}
-    tools: list[dict[str, Any]] = []
-    if research.get("web_tools"):
-        search: dict[str, Any] = {"type": WEB_SEARCH}
-        if research.get("excluded_domains"):
-            search["parameters"] = {"excluded_domains": list(research["excluded_domains"])}
-        fetch: dict[str, Any] = {"type": WEB_FETCH}
-        if research.get("blocked_domains"):
-            fetch["parameters"] = {"blocked_domains": list(research["blocked_domains"])}
-        tools = [search, fetch]
     return {
         "id": "fusion",
         "analysis_models": [m["model"] for m in config["members"]],
         "model": config["writer"]["model"],
         "max_tool_calls": research.get("max_tool_calls") or 4,
-        "tools": tools,
+        "tools": _openrouter_tools(research),
     }
 
 
+def _shared_member_value(config: dict[str, Any], key: str) -> Any:
+    """The value every member sets for ``key``, or None (the server tool has one for all)."""
+    values = {m.get(key) for m in config["members"]}
+    return values.pop() if len(values) == 1 else None
+
+
+def openrouter_server_tool(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as a Chat Completions request with OpenRouter's ``openrouter:fusion`` server tool.
+
+    Unlike the plugin it names both roles: the tool's ``model`` is the analyst and the request's
+    ``model`` (the outer model, which synthesises from the analysis) is the writer. Per-member
+    temperature, reasoning effort and max tokens go in only when every member shares them.
+    """
+    research = config.get("research") or {}
+    parameters: dict[str, Any] = {
+        "analysis_models": [m["model"] for m in config["members"]],
+        "model": config["analyst"]["model"],
+        "max_tool_calls": research.get("max_tool_calls") or 4,
+        "tools": _openrouter_tools(research),
+    }
+    temperature = _shared_member_value(config, "temperature")
+    if temperature is not None:
+        parameters["temperature"] = temperature
+    effort = _shared_member_value(config, "reasoning_effort")
+    if effort:
+        parameters["reasoning"] = {"effort": effort}
+    max_tokens = _shared_member_value(config, "max_tokens")
+    if max_tokens is not None:
+        parameters["max_completion_tokens"] = max_tokens
+    return {"model": config["writer"]["model"], "tools": [{"type": FUSION_TOOL, "parameters": parameters}]}
+
+
 def preset_export(preset: AnyPreset) -> dict[str, Any]:
-    """Our JSON format, with the OpenRouter plugin shape alongside (read by preset_import)."""
+    """Our JSON format, with OpenRouter's plugin and server-tool shapes alongside (read by preset_import)."""
     config = parse_preset_config(preset.config)
     return {
         "format": EXPORT_FORMAT,
@@ -426,6 +467,7 @@ def preset_export(preset: AnyPreset) -> dict[str, Any]:
         "description": preset.description,
         "config": config,
         "openrouter_plugin": openrouter_plugin(config),
+        "openrouter_server_tool": openrouter_server_tool(config),
     }
 
 
@@ -522,8 +564,52 @@ def config_from_openrouter_plugin(plugin: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def config_from_openrouter_server_tool(tool: dict[str, Any], *, outer_model: Any = None) -> dict[str, Any]:
+    """An ``openrouter:fusion`` server tool (and its request's ``model``) → our config (not yet validated).
+
+    The tool's ``parameters`` are the plugin's fields; its ``model`` is the analyst, defaulting to
+    the request's model, which is the writer. Without either, the plugin's defaults apply.
+    """
+    params = tool.get("parameters")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise PresetError(f"The {FUSION_TOOL} tool's parameters must be an object.")
+    if outer_model is not None and not isinstance(outer_model, str):
+        raise PresetError("The request's model (the writer) must be a model id (a string).")
+    plugin = {k: params[k] for k in ("analysis_models", "max_tool_calls", "tools") if k in params}
+    analyst = params.get("model", outer_model)
+    if analyst is not None:
+        plugin["model"] = analyst
+    config = config_from_openrouter_plugin(plugin)
+    if outer_model is not None:
+        config["writer"] = {"model": outer_model}
+    # One value for every member: chat.panels checks the ranges and words the errors.
+    reasoning = params.get("reasoning")
+    if reasoning is not None and not isinstance(reasoning, dict):
+        raise PresetError(f'The {FUSION_TOOL} tool\'s reasoning must be an object like {{"effort": "high"}}.')
+    shared = {
+        "temperature": params.get("temperature"),
+        "max_tokens": params.get("max_completion_tokens"),
+        "reasoning_effort": (reasoning or {}).get("effort"),
+    }
+    for member in config["members"]:
+        member.update({k: v for k, v in shared.items() if v is not None})
+    return config
+
+
+def _fusion_server_tool(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``openrouter:fusion`` entry of a request's ``tools``, a bare server tool, or None."""
+    if data.get("type") == FUSION_TOOL:
+        return data
+    tools = data.get("tools")
+    if not isinstance(tools, list):
+        return None
+    return next((t for t in tools if isinstance(t, dict) and t.get("type") == FUSION_TOOL), None)
+
+
 def _parse_import(data: Any) -> tuple[str, str, dict[str, Any]]:
-    """(name, description, config) from our format or an OpenRouter plugin JSON."""
+    """(name, description, config) from our format, an OpenRouter plugin or its server-tool request."""
     if not isinstance(data, dict):
         raise PresetError("Expected a JSON object: a Fusion preset export or an OpenRouter Fusion plugin.")
     if "format" in data:
@@ -533,6 +619,11 @@ def _parse_import(data: Any) -> tuple[str, str, dict[str, Any]]:
         if not isinstance(config, dict):
             raise PresetError("The export has no config object (members, analyst, writer…).")
         return str(data.get("name") or "Imported preset"), str(data.get("description") or ""), config
+    # Before plugins: a request may carry both, and only the server tool names analyst and writer.
+    server_tool = _fusion_server_tool(data)
+    if server_tool is not None:
+        outer_model = data.get("model") if server_tool is not data else None
+        return "Imported Fusion tool", "", config_from_openrouter_server_tool(server_tool, outer_model=outer_model)
     if "plugins" in data:
         plugins = data["plugins"]
         if not isinstance(plugins, list):
@@ -544,12 +635,13 @@ def _parse_import(data: Any) -> tuple[str, str, dict[str, Any]]:
     if data.get("id") == "fusion" or "analysis_models" in data:
         return "Imported Fusion plugin", "", config_from_openrouter_plugin(data)
     raise PresetError(
-        f'This JSON is neither a preset export ("format": "{EXPORT_FORMAT}") nor an OpenRouter Fusion plugin '
-        '({"id": "fusion", "analysis_models": […], "model": …}).'
+        f'This JSON is neither a preset export ("format": "{EXPORT_FORMAT}"), an OpenRouter Fusion plugin '
+        '({"id": "fusion", "analysis_models": […], "model": …}) nor a request with its server tool '
+        f'({{"model": …, "tools": [{{"type": "{FUSION_TOOL}", "parameters": {{…}}}}]}}).'
     )
 
 
 def preset_import(*, user: User, data: bytes | str, name: str = "") -> Preset:
-    """A new preset of ``user``'s from JSON text: ours (fusion-preset/1) or OpenRouter's plugin."""
+    """A new preset of ``user``'s from JSON text: ours (fusion-preset/1), OpenRouter's plugin or server tool."""
     imported_name, description, config = _parse_import(_load_json(data))
     return preset_create(user=user, name=name.strip() or imported_name, description=description, config=config)

@@ -4,6 +4,7 @@ reaching exactly one place — its provider's base URL — and no page, log or e
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -165,6 +166,20 @@ class TestKeysPage:
         response = logged_in(alice).post(reverse("keys"), {"provider": "openrouter", "key": "has spaces in it"})
         assert response.status_code == 400 and "without spaces" in response.content.decode()
         assert "has spaces in it" not in response.content.decode()
+
+    @pytest.mark.parametrize("raw", ["", "   "])
+    def test_saving_an_empty_key_says_why_nothing_was_saved_next_to_the_field(self, alice, raw):
+        keys.key_set(user=alice, provider="openrouter", raw=ALICE_OR)
+        response = logged_in(alice).post(reverse("keys"), {"provider": "openrouter", "key": raw})
+        page = response.content.decode()
+        assert response.status_code == 400
+        message = "Nothing was saved: the key field was empty. Paste your OpenRouter API key, then save."
+        # The message sits under the OpenRouter field, which points at it and takes the focus.
+        field = re.search(r'<input id="key-openrouter"[^>]*>', page)
+        assert field and 'aria-invalid="true"' in field[0] and 'aria-describedby="key-error-openrouter"' in field[0]
+        assert "autofocus" in field[0] and " required" not in field[0]  # no browser bubble in its place
+        assert f'<p class="errorlist" id="key-error-openrouter" role="alert">{message}</p>' in page
+        assert keys.keys_for_user(alice) == [("openrouter", "WXYZ")]  # the saved key is untouched
 
     def test_bob_sees_neither_alices_keys_nor_their_last_four(self, alice, bob):
         keys.key_set(user=alice, provider="openrouter", raw=ALICE_OR)

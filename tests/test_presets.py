@@ -270,11 +270,7 @@ class TestPresetPages:
     def test_pages_need_a_signed_in_user(self, alice: Any) -> None:
         preset = make_preset(alice)
         presets.preset_share(preset=preset)
-        for url in (
-            reverse("presets"),
-            reverse("preset_detail", args=[preset.pk]),
-            reverse("shared_preset", args=[preset.share_token]),
-        ):
+        for url in (reverse("presets"), reverse("preset_detail", args=[preset.pk])):
             assert Client().get(url)["Location"].startswith(reverse("login"))
 
 
@@ -568,6 +564,49 @@ class TestSharing:
         for token in ("x", "A" * 43, "None", "null"):
             assert bob_client.get(reverse("shared_preset", args=[token])).status_code == 404
 
+    def test_a_revoked_link_gets_a_styled_404_that_says_what_to_do(
+        self, alice_client: Client, bob_client: Client, alice: Any
+    ) -> None:
+        preset = make_preset(alice)
+        token = presets.preset_share(preset=preset)
+        presets.preset_unshare(preset=preset)
+        for response in (
+            bob_client.get(reverse("shared_preset", args=[token])),
+            bob_client.get(reverse("shared_preset", args=["never-made-" + "x" * 30])),
+            bob_client.post(reverse("shared_preset_copy", args=[token])),  # revoked while the page was open
+        ):
+            html = response.content.decode()
+            assert response.status_code == 404
+            assert "data-share-missing" in html and 'class="sidebar' in html  # the app's page, not Django's
+            assert "This share link does not work" in html and "revoked" in html and "never existed" in html
+            assert "Ask the person who shared it for a new link." in html
+            assert "Librarians" not in html
+        assert not Preset.objects.filter(user__username="bob").exists()
+
+    def test_a_signed_out_visitor_is_told_to_sign_in_and_lands_on_the_preset(self, alice: Any, bob: Any) -> None:
+        preset = make_preset(alice)
+        link = reverse("shared_preset", args=[presets.preset_share(preset=preset)])
+        client = Client()
+        response = client.get(link)
+        html = response.content.decode()
+        assert response.status_code == 200
+        assert "data-share-sign-in" in html and "Sign in to see this shared preset." in html
+        assert f'name="next" value="{link}"' in html and f'action="{reverse("login")}"' in html
+        assert "Librarians" not in html and "alice" not in html  # nothing of the preset before sign-in
+        # A dead link looks the same signed out: the notice does not tell which tokens exist.
+        dead = client.get(reverse("shared_preset", args=["x" * 43])).content.decode()
+        assert "Sign in to see this shared preset." in dead
+
+        response = client.post(
+            reverse("login"), {"username": "bob", "password": "correct-horse-battery-2", "next": link}
+        )
+        assert response.status_code == 302 and response["Location"] == link
+        assert "Librarians" in page(client, link)
+
+    def test_the_plain_sign_in_page_has_no_share_notice(self) -> None:
+        html = page(Client(), reverse("login"))
+        assert "data-share-sign-in" not in html and '<form method="post" class="auth-form" novalidate>' in html
+
     def test_the_share_page_reveals_only_the_owners_display_name(self, bob_client: Client, alice: Any) -> None:
         alice.first_name, alice.last_name = "Alice", "Liddell"
         alice.save()
@@ -771,6 +810,112 @@ class TestExportImport:
         assert preset.config["members"] == [{"model": "a/b"}]
         assert preset.config["writer"] == {"model": "c/d"}
         assert preset.config["research"]["web_tools"] is False  # an empty tools list turns tools off
+
+    def test_the_export_keeps_analyst_and_writer_in_the_server_tool_shape(self, alice: Any) -> None:
+        # The plugin has one model for both roles: it keeps the writer and loses the analyst.
+        exported = presets.preset_export(make_preset(alice))
+        assert exported["openrouter_plugin"]["model"] == "sim/writer"
+        assert exported["openrouter_server_tool"] == {
+            "model": "sim/writer",
+            "tools": [
+                {
+                    "type": "openrouter:fusion",
+                    "parameters": {
+                        "analysis_models": ["sim/atlas", "sim/borealis", "sim/atlas"],
+                        "model": "sim/analyst",
+                        "max_tool_calls": 6,
+                        "tools": [
+                            {"type": "openrouter:web_search", "parameters": {"excluded_domains": ["spam.example"]}},
+                            {"type": "openrouter:web_fetch", "parameters": {"blocked_domains": ["private.example"]}},
+                        ],
+                    },
+                }
+            ],
+        }
+
+    def test_the_server_tool_shape_round_trips_analyst_writer_and_shared_settings(self, alice: Any) -> None:
+        members = [{"model": m, "temperature": 0.4, "max_tokens": 900, "reasoning_effort": "high"} for m in "ab"]
+        original = make_preset(alice, members=[{**m, "model": f"sim/{m['model']}"} for m in members])
+        request = presets.preset_export(original)["openrouter_server_tool"]
+        imported = presets.preset_import(user=alice, data=json.dumps(request))
+        assert imported.name == "Imported Fusion tool"
+        for key in ("members", "analyst", "writer", "research"):
+            assert imported.config[key] == original.config[key], key
+
+    def test_the_openrouter_server_tool_shape_imports_like_the_plugin(self, alice: Any) -> None:
+        body = {
+            "model": "~anthropic/claude-opus-latest",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [
+                {"type": "openrouter:datetime"},
+                {
+                    "type": "openrouter:fusion",
+                    "parameters": {
+                        "analysis_models": ["~openai/gpt-latest", "~google/gemini-pro-latest"],
+                        "model": "~openai/gpt-latest",
+                        "max_tool_calls": 12,
+                        "temperature": 0.7,
+                        "reasoning": {"effort": "low"},
+                        "max_completion_tokens": 16384,
+                        "tools": [{"type": "openrouter:web_search", "parameters": {"excluded_domains": ["a.example"]}}],
+                    },
+                },
+            ],
+        }
+        config = presets.preset_import(user=alice, data=json.dumps(body)).config
+        assert [m["model"] for m in config["members"]] == ["~openai/gpt-latest", "~google/gemini-pro-latest"]
+        assert {(m["temperature"], m["reasoning_effort"], m["max_tokens"]) for m in config["members"]} == {
+            (0.7, "low", 16384)
+        }
+        assert config["analyst"] == {"model": "~openai/gpt-latest"}  # the tool's model
+        assert config["writer"] == {"model": "~anthropic/claude-opus-latest"}  # the request's model
+        assert config["research"] == {
+            "web_tools": True,
+            "max_tool_calls": 12,
+            "excluded_domains": ["a.example"],
+            "blocked_domains": [],
+        }
+
+    def test_server_tool_defaults_follow_openrouter(self, alice: Any) -> None:
+        # Without the tool's model the analyst is the request's model; a bare tool takes the plugin's defaults.
+        body = {"model": "c/d", "tools": [{"type": "openrouter:fusion", "parameters": {"analysis_models": ["a/b"]}}]}
+        config = presets.preset_import(user=alice, data=json.dumps(body)).config
+        assert config["analyst"] == config["writer"] == {"model": "c/d"}
+        config = presets.preset_import(user=alice, data='{"type": "openrouter:fusion"}').config
+        assert [m["model"] for m in config["members"]] == ["sim/atlas", "sim/borealis"]
+        assert config["research"]["web_tools"] is True
+
+    @pytest.mark.parametrize(
+        "body, message",
+        [
+            ({"tools": [{"type": "openrouter:fusion", "parameters": "a/b"}]}, "parameters must be an object"),
+            ({"model": 5, "tools": [{"type": "openrouter:fusion"}]}, "model (the writer) must be a model id"),
+            (
+                {"tools": [{"type": "openrouter:fusion", "parameters": {"analysis_models": ["a/b"], "model": 5}}]},
+                "model must be a model id",
+            ),
+            (
+                {
+                    "tools": [
+                        {"type": "openrouter:fusion", "parameters": {"analysis_models": ["a/b"], "temperature": 9}}
+                    ]
+                },
+                "temperature must be between 0 and 2",
+            ),
+            (
+                {
+                    "tools": [
+                        {"type": "openrouter:fusion", "parameters": {"analysis_models": ["a/b"], "reasoning": "x"}}
+                    ]
+                },
+                "reasoning must be an object",
+            ),
+        ],
+    )
+    def test_a_malformed_server_tool_gets_a_clear_error(self, alice: Any, body: Any, message: str) -> None:
+        with pytest.raises(presets.PresetError, match=re.escape(message)):
+            presets.preset_import(user=alice, data=json.dumps(body))
+        assert not Preset.objects.exists()
 
     def test_plugin_defaults_follow_openrouter(self, alice: Any) -> None:
         preset = presets.preset_import(user=alice, data='{"id": "fusion"}')

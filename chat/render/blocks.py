@@ -48,8 +48,10 @@ def _render_long(text: str) -> str:
         nonlocal unit, unit_chars, unit_lines
         if unit:
             source = "".join(unit)
-            # Out of time: the rest is shown as escaped text, which costs next to nothing.
-            rendered = render_unit(source) if time.monotonic() < deadline else render_escaped(source)
+            # Out of time: the rest is shown as escaped text, which costs next to nothing. The first
+            # unit is always rendered (one unit is bounded), so a busy machine still shows Markdown.
+            in_time = not parts or time.monotonic() < deadline
+            rendered = render_unit(source) if in_time else render_escaped(source)
             parts.append(rendered.strip())
         unit, unit_chars, unit_lines = [], 0, 0
 

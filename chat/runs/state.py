@@ -208,6 +208,9 @@ class RunState:
     calls: list[dict[str, Any]] = field(default_factory=list)
     wall_ms: int | None = None
     dirty: bool = False  # changed since the last checkpoint
+    # A Markdown block finished since the last checkpoint: text the user now reads as final.
+    # The checkpointer writes it soon instead of at the next interval (chat.runs.store).
+    block_finished: bool = False
 
     # ----------------------------------------------------------------- construction
 
@@ -441,6 +444,7 @@ class RunState:
         m = self.members[e.slot]
         m.status = MemberStatus.STREAMING
         frame = {"type": "panel.delta", "slot": e.slot, **m.stream.feed(e.delta, ahead)}
+        self.block_finished = self.block_finished or bool(frame["blocks"])
         return frame, m.stream.take_first()
 
     def _on_panel_reasoning(self, e: PanelReasoningDelta, ahead: RenderUpdate | None) -> Emit:
@@ -567,6 +571,7 @@ class RunState:
 
     def _on_final_delta(self, e: FinalDelta, ahead: RenderUpdate | None) -> Emit:
         frame = {"type": "final.delta", **self.final.feed(e.delta, ahead)}
+        self.block_finished = self.block_finished or bool(frame["blocks"])
         return frame, self.final.take_first()
 
     def _on_run_completed(self, e: RunCompleted, ahead: RenderUpdate | None) -> None:

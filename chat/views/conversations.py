@@ -86,7 +86,13 @@ def home(request: AuthedRequest) -> HttpResponse:
     """A fresh composer whose first send creates a new conversation.
 
     Never the newest conversation: continuing an old one is the user's choice, in the sidebar.
+    Asked for JSON with ``?q=``, it answers the sidebar's search as you type: the ids of the
+    conversations whose title, prompts or fused answers match (static/js/app.js).
     """
+    if _wants_json(request) and "q" in request.GET:
+        q = request.GET["q"].strip()[:200]
+        ids = svc.conversation_list_for_user(user=request.user, q=q).values_list("pk", flat=True)
+        return JsonResponse({"q": q, "ids": list(ids)})
     return render(request, "chat/home.html", {**sidebar(request), **_composer(conversation=None)})
 
 

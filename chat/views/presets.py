@@ -8,16 +8,18 @@ user text — and a shared one is someone else's — so templates only ever esca
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from chat import presets
+from chat import accounts, presets
+from chat.errors import NotFound
+from chat.forms.accounts import SignInForm
 from chat.forms.presets import ImportForm, MemberFormSet, PresetForm, member_initial
 from chat.models import Preset
 from chat.panels import default_panel, default_research
@@ -261,22 +263,46 @@ def builtin_export(request: AuthedRequest, key: str) -> HttpResponse:
 # --------------------------------------------------------------------------- shared by link
 
 
-@login_required
+def _shared_missing(request: AuthedRequest) -> HttpResponse:
+    """A revoked, replaced or unknown share link: the same page for all three (no token is listed)."""
+    return _page(request, "presets/shared_missing.html", {}, status=404)
+
+
+def _sign_in_to_see(request: HttpRequest) -> HttpResponse:
+    """The sign-in page in place of a share link, saying why, with ``next`` back to the link.
+
+    Nothing about the preset is looked up for a signed-out visitor: the notice is the same for a
+    working link and a dead one.
+    """
+    context = {
+        "form": SignInForm(request),
+        "next": request.get_full_path(),
+        "signup_mode": accounts.signup_mode(),
+        "share_notice": True,
+    }
+    return render(request, "accounts/login.html", context)
+
+
 @require_GET
-@not_found_is_404
-def shared_detail(request: AuthedRequest, token: str) -> HttpResponse:
+def shared_detail(request: HttpRequest, token: str) -> HttpResponse:
     """The read-only page behind a share link: the panel, its settings, the owner's display name."""
-    shared = presets.preset_get_shared(token=token)
+    if not request.user.is_authenticated:
+        return _sign_in_to_see(request)
+    authed = cast(AuthedRequest, request)
+    try:
+        shared = presets.preset_get_shared(token=token)
+    except NotFound:
+        return _shared_missing(authed)
     owner = shared.user
     return _page(
-        request,
+        authed,
         "presets/shared.html",
         {
             # Only these reach the template: never the owner's row, e-mail or other presets.
             "name": shared.name,
             "description": shared.description,
             "owner_name": owner.get_full_name() or owner.get_username(),
-            "is_own": owner.pk == request.user.pk,
+            "is_own": owner.pk == authed.user.pk,
             "token": token,
             **_summary(presets.parse_preset_config(shared.config)),
         },
@@ -285,9 +311,11 @@ def shared_detail(request: AuthedRequest, token: str) -> HttpResponse:
 
 @login_required
 @require_POST
-@not_found_is_404
 def shared_copy(request: AuthedRequest, token: str) -> HttpResponse:
-    made = presets.preset_copy_shared(user=request.user, token=token)
+    try:
+        made = presets.preset_copy_shared(user=request.user, token=token)
+    except NotFound:  # revoked while the page was open
+        return _shared_missing(request)
     messages.success(
         request,
         f"Copied “{made.name}” into your presets. It is yours now: later changes to the shared one do not affect it.",

@@ -1,4 +1,4 @@
-// Every signed-in page: the collapsible sidebar, instant title filtering, dismissible messages.
+// Every signed-in page: the collapsible sidebar, conversation search (titles at once, then text), dismissible messages.
 
 function initSidebar() {
   const app = document.querySelector(".app");
@@ -23,22 +23,45 @@ function initSidebar() {
   }, true);
 }
 
+const SEARCH_DEBOUNCE_MS = 200;
+
 function initSearch() {
+  // Titles filter at once; prompts and fused answers are searched on the server (the home
+  // view's JSON answer), and its matches are shown too when it answers.
   const input = document.querySelector("[data-conv-search]");
   if (!input) return;
+  const url = input.form && input.form.dataset.searchUrl;
   const items = [...document.querySelectorAll("[data-conv-item]")];
   const groups = [...document.querySelectorAll("[data-conv-group]")];
   const none = document.querySelector("[data-conv-nomatch]");
-  input.addEventListener("input", () => {
-    const q = input.value.trim().toLowerCase();
+  const show = (matches) => {
     let shown = 0;
     for (const item of items) {
-      const match = !q || item.dataset.title.includes(q);
-      item.hidden = !match;
-      if (match) shown += 1;
+      item.hidden = !matches(item);
+      if (!item.hidden) shown += 1;
     }
     for (const group of groups) group.hidden = !group.querySelector("[data-conv-item]:not([hidden])");
     if (none) none.hidden = shown > 0 || items.length === 0;
+  };
+  let timer = null;
+  let asked = 0; // only the answer to the latest input is shown
+  input.addEventListener("input", () => {
+    const q = input.value.trim();
+    const inTitle = (item) => !q || item.dataset.title.includes(q.toLowerCase());
+    show(inTitle);
+    clearTimeout(timer);
+    const ask = ++asked;
+    if (!q || !url) return;
+    timer = setTimeout(async () => {
+      try {
+        const response = await fetch(`${url}?q=${encodeURIComponent(q)}`, { headers: { Accept: "application/json" } });
+        if (!response.ok || ask !== asked) return;
+        const ids = new Set((await response.json()).ids.map(String));
+        if (ask === asked) show((item) => inTitle(item) || ids.has(item.dataset.convId));
+      } catch {
+        // Offline or signed out: the title filter stays, Enter still searches through the page.
+      }
+    }, SEARCH_DEBOUNCE_MS);
   });
 }
 
