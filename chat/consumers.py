@@ -303,6 +303,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             conversation_id=self.conversation_id,
             client_run_id=_run_ref(frame.get("run_id")),
             slot=_slot(frame.get("slot")),
+            shown_runs=_shown_runs(frame.get("shown_runs")),
         )
 
     async def on_fuse_now(self, frame: dict[str, Any]) -> None:
@@ -319,6 +320,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             conversation_id=self.conversation_id,
             client_run_id=_run_ref(frame.get("run_id")),
             writer=writer.strip(),
+            shown_runs=_shown_runs(frame.get("shown_runs")),
         )
 
     async def on_rerun(self, frame: dict[str, Any]) -> None:
@@ -330,6 +332,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             conversation_id=self.conversation_id,
             client_run_id=_run_ref(frame.get("run_id")),
             mode=mode,
+            shown_runs=_shown_runs(frame.get("shown_runs")),
         )
 
     # ----------------------------------------------------------------- server side

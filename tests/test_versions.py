@@ -175,6 +175,28 @@ class TestFollowUpOnTheShownVersion:
         assert "ANSWER OF VERSION ONE" in history and "ANSWER OF VERSION TWO" not in history
         await comm.disconnect()
 
+    async def test_a_retry_in_a_later_turn_builds_on_the_version_shown_too(self, alice, conv, upstream):
+        comm = await open_ws(alice, conv.pk)
+        first = await finished_run(comm, "first question")
+        await comm.send_json_to({"type": "regenerate", "run_id": first, "writer": WRITER})
+        await collect_until(comm, {"completed", "failed"})
+
+        def mark_versions() -> str:
+            runs = list(Run.objects.filter(conversation=conv).order_by("created_at"))
+            Run.objects.filter(pk=runs[0].pk).update(answer="ANSWER OF VERSION ONE")
+            Run.objects.filter(pk=runs[1].pk).update(answer="ANSWER OF VERSION TWO")
+            return str(runs[0].pk)
+
+        version_one = await database_sync_to_async(mark_versions)()
+        second = await finished_run(comm, "second question")
+        before = len(upstream.requests)
+        await comm.send_json_to({"type": "retry_member", "run_id": second, "slot": 0, "shown_runs": [version_one]})
+        await collect_until(comm, {"completed", "failed"})
+        member_request = next(r for r in upstream.requests[before:] if r["model"] == "sim/a")
+        history = " ".join(str(m.get("content")) for m in member_request["messages"])
+        assert "ANSWER OF VERSION ONE" in history and "ANSWER OF VERSION TWO" not in history
+        await comm.disconnect()
+
     async def test_shown_runs_must_be_run_ids(self, alice, conv, upstream):
         comm = await open_ws(alice, conv.pk)
         await comm.send_json_to({"type": "start", "run_id": str(uuid.uuid4()), "prompt": "x", "shown_runs": ["nope"]})

@@ -516,6 +516,7 @@ def _rerun_sync(
     slot: int | None,
     writer: str | None,
     mode: str | None = None,
+    shown_runs: Collection[str] = (),
 ) -> tuple[Run, FusionRequest, dict[str, Any], str]:
     """A new run for the same turn made from an old one (see RERUN_MODES); returns the run, its
     request, the engine's extra arguments and the old run's id. Without *mode*: a rewrite when a
@@ -545,7 +546,7 @@ def _rerun_sync(
     check_limits(user=user, conversation=old.conversation)
     check_models_and_keys(user=user, panel=panel)
     new_client_id = f"{old.client_run_id[:40]}-{uuid.uuid4().hex[:12]}"
-    request = build_request(old.conversation, old.turn, panel)
+    request = build_request(old.conversation, old.turn, panel, shown_runs=shown_runs)
     # Rewriting (a new writer over the same answers) keeps the analysis too.
     kept_analysis = old.analysis if mode == "rewrite" else None
     version: dict[str, Any] = {"kind": mode, "of": str(old.pk)}
@@ -604,9 +605,16 @@ async def _rerun(
     mode: str,
     slot: int | None = None,
     writer: str | None = None,
+    shown_runs: Collection[str] = (),
 ) -> dict[str, Any]:
     run, request, engine, old_id = await database_sync_to_async(_rerun_sync)(
-        user=user, conversation_id=conversation_id, client_run_id=client_run_id, mode=mode, slot=slot, writer=writer
+        user=user,
+        conversation_id=conversation_id,
+        client_run_id=client_run_id,
+        mode=mode,
+        slot=slot,
+        writer=writer,
+        shown_runs=shown_runs,
     )
     inputs = await _engine_inputs(user=user, request=request)
     frame = _run_started_frame(run, request, replaces=old_id)
@@ -614,7 +622,9 @@ async def _rerun(
     return frame
 
 
-async def run_retry_member(*, user: User, conversation_id: int, client_run_id: str, slot: int) -> None:
+async def run_retry_member(
+    *, user: User, conversation_id: int, client_run_id: str, slot: int, shown_runs: Collection[str] = ()
+) -> None:
     """Retry one member. While the panel is answering it restarts in place; once the run is over,
     a new version re-runs that member only (see RERUN_MODES)."""
     run, active = await _active_for(user=user, conversation_id=conversation_id, client_run_id=client_run_id)
@@ -626,16 +636,34 @@ async def run_retry_member(*, user: User, conversation_id: int, client_run_id: s
             raise RunError("invalid", "Only a failed or stopped member can be retried, while the panel is answering.")
         return
     await _rerun(
-        user=user, conversation_id=conversation_id, client_run_id=client_run_id, mode="retry_member", slot=slot
+        user=user,
+        conversation_id=conversation_id,
+        client_run_id=client_run_id,
+        mode="retry_member",
+        slot=slot,
+        shown_runs=shown_runs,
     )
 
 
-async def run_regenerate(*, user: User, conversation_id: int, client_run_id: str, writer: str) -> None:
-    await _rerun(user=user, conversation_id=conversation_id, client_run_id=client_run_id, mode="rewrite", writer=writer)
+async def run_regenerate(
+    *, user: User, conversation_id: int, client_run_id: str, writer: str, shown_runs: Collection[str] = ()
+) -> None:
+    await _rerun(
+        user=user,
+        conversation_id=conversation_id,
+        client_run_id=client_run_id,
+        mode="rewrite",
+        writer=writer,
+        shown_runs=shown_runs,
+    )
 
 
-async def run_rerun(*, user: User, conversation_id: int, client_run_id: str, mode: str) -> None:
+async def run_rerun(
+    *, user: User, conversation_id: int, client_run_id: str, mode: str, shown_runs: Collection[str] = ()
+) -> None:
     """A new version of a finished run's turn: "retry_stopped", "resend" or "fuse" (RERUN_MODES)."""
     if mode not in ("retry_stopped", "resend", "fuse"):
         raise RunError("invalid", "mode must be retry_stopped, resend or fuse.")
-    await _rerun(user=user, conversation_id=conversation_id, client_run_id=client_run_id, mode=mode)
+    await _rerun(
+        user=user, conversation_id=conversation_id, client_run_id=client_run_id, mode=mode, shown_runs=shown_runs
+    )

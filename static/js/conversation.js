@@ -643,10 +643,7 @@ class ConversationPage {
   }
 
   start({ clientRunId, prompt, panel, follow_up_mode, preset = null }) {
-    const frame = { type: "start", run_id: clientRunId, prompt };
-    // Follow-ups build on the versions on screen now (docs/protocol.md, shown_runs).
-    const shownRuns = [...this.entries].filter((e) => e.versions.length > 1 && e.run.run && !isRunning(e.run)).map((e) => e.run.run);
-    if (shownRuns.length) frame.shown_runs = shownRuns;
+    const frame = { type: "start", run_id: clientRunId, prompt, ...this.#shownRuns() };
     // A chosen preset goes by id (the server runs its whole config); `panel` only shows it here.
     if (preset) frame.preset = /^\d+$/.test(preset) ? Number(preset) : preset;
     else if (panel) frame.panel = panel;
@@ -658,6 +655,12 @@ class ConversationPage {
     this.scroller.toBottom();
     this.syncComposer();
     this.socket.send(frame); // when not connected, onOpen sends it
+  }
+
+  /** Follow-ups and re-runs build on the versions on screen now (docs/protocol.md, shown_runs). */
+  #shownRuns() {
+    const ids = [...this.entries].filter((e) => e.versions.length > 1 && e.run.run && !isRunning(e.run)).map((e) => e.run.run);
+    return ids.length ? { shown_runs: ids } : {};
   }
 
   stopAll() {
@@ -675,9 +678,9 @@ class ConversationPage {
       stop: () => ({ type: "stop", run_id: run.client_run_id }),
       fuse_now: () => ({ type: "fuse_now", run_id: run.client_run_id }),
       stop_member: () => ({ type: "stop_member", run_id: run.client_run_id, slot: extra.slot }),
-      retry_member: () => ({ type: "retry_member", run_id: run.client_run_id, slot: extra.slot }),
-      regenerate: () => ({ type: "regenerate", run_id: run.client_run_id, writer: extra.writer }),
-      rerun: () => ({ type: "rerun", run_id: run.client_run_id, mode: extra.mode }),
+      retry_member: () => ({ type: "retry_member", run_id: run.client_run_id, slot: extra.slot, ...this.#shownRuns() }),
+      regenerate: () => ({ type: "regenerate", run_id: run.client_run_id, writer: extra.writer, ...this.#shownRuns() }),
+      rerun: () => ({ type: "rerun", run_id: run.client_run_id, mode: extra.mode, ...this.#shownRuns() }),
     };
     if (action === "version") {
       const entry = this.find(run);
