@@ -9,3 +9,7 @@ from __future__ import annotations
 
 class NotFound(Exception):
     """A user-owned object that does not exist or belongs to someone else (the same to the caller)."""
+
+
+class PresetError(ValueError):
+    """Input a user can fix (a bad name, panel or import file); the message says how."""

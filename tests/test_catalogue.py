@@ -349,7 +349,7 @@ class TestValidation:
         assert chat_requests(upstream) == [] and not Run.objects.exists() and not conversation.turns.exists()
 
     def test_a_regenerate_with_an_unknown_writer_is_refused_too(self, upstream, alice):
-        from chat.runs.services import _rerun_sync
+        from chat.runs.reruns import _rerun_sync
         from chat.models import RunStatus, Turn
 
         conversation = Conversation.objects.create(user=alice)

@@ -3,6 +3,7 @@
 Owns starting, steering, streaming, storing and recovering runs. Modules, one job each:
 
 * ``services``: ``run_start``, ``run_stop``, … — what callers use; validate, write rows, launch.
+* ``reruns``: new versions of a turn (member retry, rewrite, retry stopped, resend, fuse).
 * ``checks``: what must hold before a paid call (limits, models, keys, spend), and ``RunError``.
 * ``live``: this process's ``RunManager`` and the task that owns each run (``ActiveRun``).
 * ``state``: ``RunState``, the pure state of a run and its one serialiser (snapshot, frames, export).
@@ -19,14 +20,12 @@ from __future__ import annotations
 from chat.runs.checks import RunError
 from chat.runs.live import ActiveRun, RunManager, control_group, group_name, join_control_group, manager
 from chat.runs.recovery import PROCESS_ID, mark_interrupted, recover_interrupted_runs, stale_after
+from chat.runs.reruns import run_regenerate, run_rerun, run_retry_member
 from chat.runs.services import (
     build_request,
     history_messages,
     run_fuse_now,
-    run_regenerate,
     run_request_live_snapshot,
-    run_rerun,
-    run_retry_member,
     run_snapshot,
     run_start,
     run_state,
