@@ -149,6 +149,14 @@ class TestRetryAfterStopAll:
         await comm.disconnect()
 
 
+def _label_two_versions(conv: Conversation) -> str:
+    """Give the first turn's two versions answers a history can be told apart by; version one's id."""
+    runs = list(Run.objects.filter(conversation=conv).order_by("created_at"))
+    Run.objects.filter(pk=runs[0].pk).update(answer="ANSWER OF VERSION ONE")
+    Run.objects.filter(pk=runs[1].pk).update(answer="ANSWER OF VERSION TWO")
+    return str(runs[0].pk)
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
 class TestFollowUpOnTheShownVersion:
@@ -157,14 +165,7 @@ class TestFollowUpOnTheShownVersion:
         first = await finished_run(comm, "first question")
         await comm.send_json_to({"type": "regenerate", "run_id": first, "writer": WRITER})
         await collect_until(comm, {"completed", "failed"})
-
-        def mark_versions() -> str:
-            runs = list(Run.objects.filter(conversation=conv).order_by("created_at"))
-            Run.objects.filter(pk=runs[0].pk).update(answer="ANSWER OF VERSION ONE")
-            Run.objects.filter(pk=runs[1].pk).update(answer="ANSWER OF VERSION TWO")
-            return str(runs[0].pk)
-
-        version_one = await database_sync_to_async(mark_versions)()
+        version_one = await database_sync_to_async(_label_two_versions)(conv)
         before = len(upstream.requests)
         await comm.send_json_to(
             {"type": "start", "run_id": str(uuid.uuid4()), "prompt": "and then?", "shown_runs": [version_one]}
@@ -180,14 +181,7 @@ class TestFollowUpOnTheShownVersion:
         first = await finished_run(comm, "first question")
         await comm.send_json_to({"type": "regenerate", "run_id": first, "writer": WRITER})
         await collect_until(comm, {"completed", "failed"})
-
-        def mark_versions() -> str:
-            runs = list(Run.objects.filter(conversation=conv).order_by("created_at"))
-            Run.objects.filter(pk=runs[0].pk).update(answer="ANSWER OF VERSION ONE")
-            Run.objects.filter(pk=runs[1].pk).update(answer="ANSWER OF VERSION TWO")
-            return str(runs[0].pk)
-
-        version_one = await database_sync_to_async(mark_versions)()
+        version_one = await database_sync_to_async(_label_two_versions)(conv)
         second = await finished_run(comm, "second question")
         before = len(upstream.requests)
         await comm.send_json_to({"type": "retry_member", "run_id": second, "slot": 0, "shown_runs": [version_one]})

@@ -142,6 +142,29 @@ def start_frame(panel: dict[str, Any], prompt: str = "Is the sky blue?") -> str:
     return json.dumps({"type": "start", "run_id": str(uuid.uuid4()), "prompt": prompt, "panel": panel})
 
 
+async def assert_start_refused(ws: Any) -> None:
+    """A start on an ended session: the socket closes with 4401 (the send may already fail)."""
+    try:
+        await ws.send(start_frame(FAST_PANEL))
+    except ConnectionClosed:
+        pass
+    assert await close_code(ws, within=5) == 4401
+
+
+def assert_nothing_paid(app: LiveApp, ids: dict[str, int], requests_before: int) -> None:
+    assert app.orm(f"result = Run.objects.filter(user_id={ids['user']}).count()") == 0
+    assert len(app.upstream.requests) == requests_before
+
+
+def sign_out(app: LiveApp, client: httpx.Client) -> None:
+    response = client.post(
+        "/accounts/logout/",
+        data={"csrfmiddlewaretoken": client.cookies.get("csrftoken", "")},
+        headers={"Referer": f"{app.url}/"},
+    )
+    assert response.status_code in (200, 302)
+
+
 class TestOrigin:
     async def test_the_sites_own_origin_is_accepted(self, app):
         _, ids, client = new_user(app)
@@ -188,11 +211,7 @@ class TestSessionEnds:
         _, ids, client = new_user(app)
         async with socket_for(app, client, ids["conversation"]) as ws:
             await ws.recv()  # snapshot
-            token = client.cookies.get("csrftoken", "")
-            response = client.post(
-                "/accounts/logout/", data={"csrfmiddlewaretoken": token}, headers={"Referer": f"{app.url}/"}
-            )
-            assert response.status_code in (200, 302)
+            sign_out(app, client)
             started = time.monotonic()
             assert await close_code(ws, within=5) == 4401
             assert time.monotonic() - started < 5
@@ -226,13 +245,9 @@ class TestSessionEnds:
                 f"from django.contrib.sessions.models import Session\nSession.objects.all().delete()\n"
                 f"result = Run.objects.filter(user_id={ids['user']}).count()"
             )
-            try:  # at once: a steering frame checks the session itself, never from a cache
-                await ws.send(start_frame(FAST_PANEL))
-            except ConnectionClosed:
-                pass
-            assert await close_code(ws, within=5) == 4401
-        assert app.orm(f"result = Run.objects.filter(user_id={ids['user']}).count()") == 0
-        assert len(app.upstream.requests) == before
+            # At once: a steering frame checks the session itself, never from a cache.
+            await assert_start_refused(ws)
+        assert_nothing_paid(app, ids, before)
 
     async def test_a_start_right_after_a_password_change_elsewhere_starts_no_paid_run(self, app):
         name, ids, client = new_user(app)
@@ -250,13 +265,8 @@ class TestSessionEnds:
                 },
             )
             assert changed.status_code == 302
-            try:
-                await ws.send(start_frame(FAST_PANEL))
-            except ConnectionClosed:
-                pass
-            assert await close_code(ws, within=5) == 4401
-        assert app.orm(f"result = Run.objects.filter(user_id={ids['user']}).count()") == 0
-        assert len(app.upstream.requests) == before
+            await assert_start_refused(ws)
+        assert_nothing_paid(app, ids, before)
 
     async def test_another_users_conversation_closes_with_4404_after_accept(self, app):
         _, mine, client = new_user(app)
@@ -291,8 +301,7 @@ class TestSessionEnds:
             await ws.recv()
             await ws.send(start_frame(SLOW_PANEL))
             await wait_for(ws, {"panel.delta"})
-            token = client.cookies.get("csrftoken", "")
-            client.post("/accounts/logout/", data={"csrfmiddlewaretoken": token}, headers={"Referer": f"{app.url}/"})
+            sign_out(app, client)
             assert await close_code(ws, within=5) == 4401
         again = app.sign_in(name, PASSWORD)
         async with socket_for(app, again, ids["conversation"]) as ws:
