@@ -338,8 +338,13 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     # ----------------------------------------------------------------- server side
 
     async def run_frame(self, message: dict[str, Any]) -> None:
-        """A frame from a run of this conversation (channel-layer group message)."""
-        await self._send(message["frame"])
+        """A frame from a run of this conversation (channel-layer group message), encoded once
+        by its sender (chat.runs.frames.frame_message)."""
+        text = message.get("text")
+        if isinstance(text, str):
+            await self._send_text(text)
+        else:
+            await self._send(message["frame"])
 
     async def _send_snapshot(self) -> None:
         ids = await database_sync_to_async(runs.running_runs_for_conversation)(
@@ -359,9 +364,11 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await self._send(frame)
 
     async def _send(self, frame: dict[str, Any]) -> None:
+        await self._send_text(json.dumps(frame, separators=(",", ":")))
+
+    async def _send_text(self, text: str) -> None:
         if self.closing:
             return
-        text = json.dumps(frame, separators=(",", ":"))
         limit = settings.FUSION_MAX_WS_FRAME_BYTES
         if len(text) <= limit:  # json.dumps writes ASCII: characters are bytes
             await self.send(text_data=text)

@@ -25,6 +25,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from chat.errors import NotFound
+from chat.memo import memoized
 from chat.models import ProviderKey, UserLimits
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,10 @@ def server_key(name: str) -> str:
 
 def server_key_allowed(*, user: User) -> bool:
     """The user's override in the admin, else FUSION_ALLOW_SERVER_KEY."""
-    override = UserLimits.objects.filter(user=user).values_list("allow_server_key", flat=True).first()
+    override = memoized(
+        ("keys", "allowed", user.pk),
+        lambda: UserLimits.objects.filter(user=user).values_list("allow_server_key", flat=True).first(),
+    )
     return settings.FUSION_ALLOW_SERVER_KEY if override is None else bool(override)
 
 
@@ -156,13 +160,17 @@ def key_delete(*, user: User, provider: str) -> bool:
 
 def user_keys_decrypted(*, user: User) -> dict[str, str | KeyUnavailable]:
     """Provider → the user's raw key (or the reason it cannot be used). For the run's registry only."""
-    result: dict[str, str | KeyUnavailable] = {}
-    for provider, token in ProviderKey.objects.filter(user=user).values_list("provider", "encrypted_key"):
-        try:
-            result[provider] = key_decrypt(token)
-        except KeyUnavailable as exc:
-            result[provider] = exc
-    return result
+
+    def read() -> dict[str, str | KeyUnavailable]:
+        result: dict[str, str | KeyUnavailable] = {}
+        for provider, token in ProviderKey.objects.filter(user=user).values_list("provider", "encrypted_key"):
+            try:
+                result[provider] = key_decrypt(token)
+            except KeyUnavailable as exc:
+                result[provider] = exc
+        return result
+
+    return dict(memoized(("keys", "own", user.pk), read))
 
 
 def key_sources(*, user: User) -> dict[str, str]:

@@ -29,6 +29,7 @@ from chat.engine import build_registry, research_settings
 from chat.fusion.catalogue import CatalogueError, CatalogueModel, fetch_models, resolve, unknown_models
 from chat.fusion.providers import UnknownProvider
 from chat.fusion.types import Provider
+from chat.memo import memo_get, memo_update
 from chat.models import CatalogueCache
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,21 @@ def _needs_refresh(row: CatalogueCache | None, now: datetime) -> bool:
 def _load(providers: Iterable[str], *, fetch_missing: bool = False) -> dict[str, CatalogueCache | None]:
     """The cached rows of *providers*; stale ones are refreshed in the background."""
     names = list(dict.fromkeys(providers))
+    if fetch_missing:
+        rows = _load_rows(names, fetch_missing=True)
+    else:
+        known = memo_get("catalogue")
+        missing = [n for n in names if n not in known]
+        rows = {**known, **(_load_rows(missing, fetch_missing=False) if missing else {})}
+    memo_update("catalogue", rows)  # a later read in the same unit of work uses these rows
+    return {n: rows[n] for n in names}
+
+
+def _load_rows(names: list[str], *, fetch_missing: bool) -> dict[str, CatalogueCache | None]:
     rows: dict[str, CatalogueCache | None] = {name: None for name in names}
-    rows.update({row.provider: row for row in CatalogueCache.objects.filter(provider__in=names)})
+    # The models' JSON (hundreds of KB for OpenRouter) is read only when this process has not
+    # parsed that copy yet (``_models_of``): the rest of the row says which copy it is.
+    rows.update({row.provider: row for row in CatalogueCache.objects.filter(provider__in=names).defer("models_json")})
     # A copy fetched from another base URL (the administrator moved the provider) is no copy.
     urls = _base_urls()
     for name, row in rows.items():

@@ -68,9 +68,8 @@ def to_decimal(amount: float | Decimal | None) -> Decimal:
 
 def daily_limit(*, user: User) -> Decimal | None:
     """Today's limit in USD; None means no limit (the setting or the override is 0)."""
-    override = UserLimits.objects.filter(user=user).values_list("daily_spend_limit_usd", flat=True).first()
-    limit = Decimal(str(settings.FUSION_DAILY_SPEND_LIMIT_USD)) if override is None else override
-    return None if limit <= 0 else limit
+    row = UserLimits.objects.filter(user=user).only("daily_spend_limit_usd").first()
+    return _limit_of(row) if row is not None else _limit_of(UserLimits(daily_spend_limit_usd=None))
 
 
 def _day_start(day: date) -> datetime:
@@ -260,16 +259,24 @@ def _estimated_call(
 # --------------------------------------------------------------------------- services
 
 
-def _lock_limits(*, user: User) -> None:
+def _lock_limits(*, user: User) -> UserLimits:
     """Lock the user's UserLimits row for the current transaction, creating it if needed."""
-    if not UserLimits.objects.filter(user=user).exists():
-        try:
-            # In a savepoint: a concurrent creation by the other run just means the row exists.
-            with transaction.atomic():
-                UserLimits.objects.create(user=user)
-        except IntegrityError:
-            pass
-    UserLimits.objects.select_for_update().get(user=user)
+    row = UserLimits.objects.select_for_update().filter(user=user).first()
+    if row is not None:
+        return row
+    try:
+        # In a savepoint: a concurrent creation by the other run just means the row exists.
+        with transaction.atomic():
+            UserLimits.objects.create(user=user)
+    except IntegrityError:
+        pass
+    return UserLimits.objects.select_for_update().get(user=user)
+
+
+def _limit_of(row: UserLimits) -> Decimal | None:
+    override = row.daily_spend_limit_usd
+    limit = Decimal(str(settings.FUSION_DAILY_SPEND_LIMIT_USD)) if override is None else override
+    return None if limit <= 0 else limit
 
 
 def _lock_server_cap() -> None:
@@ -294,8 +301,7 @@ def spend_reserve(*, user: User, high_usd: float | Decimal, server_key: bool = F
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("spend_reserve must run inside the transaction that creates the run.")
     amount = to_decimal(high_usd)
-    _lock_limits(user=user)
-    limit = daily_limit(user=user)
+    limit = _limit_of(_lock_limits(user=user))
     if limit is not None:
         left = max(Decimal(0), limit - spent_today(user=user))
         if amount > left:

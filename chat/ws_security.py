@@ -32,6 +32,8 @@ from django.http.request import split_domain_port, validate_host
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
+from chat.dbthread import in_db_thread
+
 log = logging.getLogger(__name__)
 
 CLOSE_SESSION_ENDED = 4401
@@ -224,9 +226,10 @@ class SessionWatch:
         """Is this socket's session valid right now? (Asked before every frame that could start
         or steer a paid run: those are rare, so the answer is never taken from a cache.)"""
         pair = (socket.session_key, socket.user_id)
-        valid = (await database_sync_to_async(sessions_valid)([pair]))[pair]
+        # In a run-path database thread: a start must not queue behind every page's queries.
+        valid = (await in_db_thread(sessions_valid, [pair]))[pair]
         if not valid:
-            inactive = await database_sync_to_async(inactive_users)([socket.user_id])
+            inactive = await in_db_thread(inactive_users, [socket.user_id])
             if inactive and self.on_inactive_users:
                 self.on_inactive_users(inactive)
         return valid

@@ -139,7 +139,8 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1500}}}
+    # Channels' in-memory layer without its per-message sweep and copies (chat.layers).
+    CHANNEL_LAYERS = {"default": {"BACKEND": "chat.layers.FastInMemoryChannelLayer", "CONFIG": {"capacity": 1500}}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

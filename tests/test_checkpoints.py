@@ -16,7 +16,7 @@ import pytest
 
 from chat.fusion.types import FinalDelta, ModelSpec, PanelDelta
 from chat.runs.state import RunState
-from chat.runs.store import keep_checkpointing
+from chat.runs.store import Checkpoint, keep_checkpointing
 
 
 class FakeStore:
@@ -27,11 +27,11 @@ class FakeStore:
         self.checkpoints: list[tuple[float, str, str]] = []
         self.heartbeats = 0
 
-    def checkpoint(self, state: RunState) -> None:
-        self.checkpoints.append((time.monotonic() - self.t0, state.members[0].stream.text, state.final.text))
-
-    def heartbeat(self, state: RunState) -> None:
-        self.heartbeats += 1
+    def write(self, checkpoints: list[Checkpoint], heartbeats: list[str]) -> None:
+        for c in checkpoints:
+            member = c.members.get(0, {})
+            self.checkpoints.append((time.monotonic() - self.t0, member.get("content", ""), c.run["answer"]))
+        self.heartbeats += len(heartbeats) - len(checkpoints)
 
     def finalize(self, state: RunState, *, conversation_id: int, wall_ms: int) -> None:
         raise AssertionError("not in these tests")

@@ -116,7 +116,6 @@ class TestFlusher:
             sent.append(message)
 
         flusher = Flusher(run_id="r1", send=send, interval=60)
-        task = asyncio.create_task(flusher.run())
         flusher.emit(delta(0, "a"))
         flusher.emit({"type": "panel.added", "slot": 0}, now=True)
         for _ in range(100):
@@ -129,8 +128,7 @@ class TestFlusher:
                 "events": [{**delta(0, "a"), "run": "r1"}, {"type": "panel.added", "slot": 0, "run": "r1"}],
             }
         ]
-        flusher.close()
-        await asyncio.wait_for(task, 1)
+        await asyncio.wait_for(flusher.aclose(), 1)
 
     async def test_close_sends_what_is_left_and_ends(self) -> None:
         sent: list[dict[str, Any]] = []
@@ -139,12 +137,15 @@ class TestFlusher:
             sent.append(message)
 
         flusher = Flusher(run_id="r1", send=send, interval=60)
-        task = asyncio.create_task(flusher.run())
+        flusher.emit(delta(0, "a"), now=True)  # the first delta goes at once …
         await asyncio.sleep(0)
+        flusher.emit(delta(0, "b"))  # … so this one waits for the interval
         flusher.emit({"type": "completed"})
-        flusher.close()
-        await asyncio.wait_for(task, 1)
-        assert sent == [{"type": "completed", "run": "r1"}]
+        await asyncio.wait_for(flusher.aclose(), 1)
+        assert sent == [
+            {**delta(0, "a"), "run": "r1"},
+            {"type": "batch", "events": [{**delta(0, "b"), "run": "r1"}, {"type": "completed", "run": "r1"}]},
+        ]
 
     async def test_nothing_is_sent_when_nothing_is_pending(self) -> None:
         sent: list[dict[str, Any]] = []
@@ -153,8 +154,45 @@ class TestFlusher:
             sent.append(message)
 
         flusher = Flusher(run_id="r1", send=send, interval=0.001)
-        task = asyncio.create_task(flusher.run())
         await asyncio.sleep(0.01)
-        flusher.close()
-        await asyncio.wait_for(task, 1)
+        await asyncio.wait_for(flusher.aclose(), 1)
         assert sent == []
+
+    async def test_frames_wait_for_one_interval_after_the_last_flush_and_no_longer(self) -> None:
+        sent: list[tuple[float, dict[str, Any]]] = []
+        loop = asyncio.get_running_loop()
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append((loop.time(), message))
+
+        flusher = Flusher(run_id="r1", send=send, interval=0.05)
+        t0 = loop.time()
+        flusher.emit(delta(0, "a"), now=True)
+        await asyncio.sleep(0.01)
+        flusher.emit(delta(0, "b"))
+        flusher.emit(delta(0, "c"))
+        await asyncio.sleep(0.08)
+        assert [m for _, m in sent] == [{**delta(0, "a"), "run": "r1"}, {**delta(0, "b"), "delta": "bc", "run": "r1"}]
+        assert 0.045 <= sent[1][0] - t0 < 0.075  # one interval after the first flush, merged
+        await asyncio.sleep(0.1)  # an idle stream: nothing waits, nothing is sent
+        flusher.emit(delta(1, "x"))
+        await asyncio.sleep(0.005)
+        assert len(sent) == 3  # past the interval since the last flush: sent at once
+        await flusher.aclose()
+
+    async def test_a_failed_send_is_logged_and_later_frames_still_go(self, caplog) -> None:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if not sent:
+                sent.append({"failed": True})
+                raise RuntimeError("layer down")
+            sent.append(message)
+
+        flusher = Flusher(run_id="r1", send=send, interval=0.001)
+        flusher.emit({"type": "panel.added", "slot": 0}, now=True)
+        await asyncio.sleep(0.01)
+        flusher.emit({"type": "completed"})
+        await flusher.aclose()
+        assert sent[-1] == {"type": "completed", "run": "r1"}
+        assert "sending frames of run r1 failed" in caplog.text

@@ -165,9 +165,25 @@ def is_alias(model_id: str) -> bool:
     return bool(_ALIAS.match(model_id))
 
 
+_indexes: dict[int, tuple[list[CatalogueModel], dict[str, CatalogueModel]]] = {}
+
+
+def _index(models: list[CatalogueModel]) -> dict[str, CatalogueModel]:
+    """Models by id, built once per catalogue list (a process keeps a few: one per provider copy)."""
+    cached = _indexes.get(id(models))
+    if cached is not None and cached[0] is models:
+        return cached[1]
+    if len(_indexes) >= 16:
+        _indexes.clear()
+    index = {m.id: m for m in models}
+    if len(models) >= 32:  # small lists (a test's) are cheaper to index than to remember
+        _indexes[id(models)] = (models, index)
+    return index
+
+
 def resolve(model_id: str, models: list[CatalogueModel]) -> CatalogueModel | None:
     """The catalogue row of *model_id*; a ``~vendor/family-latest`` alias gives the newest match."""
-    by_id = {m.id: m for m in models}
+    by_id = _index(models)
     found = by_id.get(model_id)
     if found is not None and found.alias_target and found.alias_target in by_id:
         return by_id[found.alias_target]

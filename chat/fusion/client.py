@@ -39,6 +39,8 @@ import base64
 import contextlib
 import email.utils
 import functools
+import http.cookiejar
+import itertools
 import json
 import re
 import ssl
@@ -711,6 +713,40 @@ def _error_message(body: bytes) -> str:
             return str(error.get("message") or error.get("detail") or "")
         return str(error)
     return text[:_MAX_DETAIL]
+
+
+# Clients a process's runs share, per event loop. Several, each given to every SHARDS-th run:
+# httpcore's pool walks all of its connections for each request it assigns (a cost that grows
+# with the square of the connections), so one pool for hundreds of live streams would cost more
+# than the connects it saves.
+HTTP_SHARDS = 32
+_shared_clients: dict[asyncio.AbstractEventLoop, list[httpx.AsyncClient | None]] = {}
+_next_shard = itertools.count()
+
+
+def shared_http() -> httpx.AsyncClient:
+    """An HTTP client shared by the runs of the process: its connections to a provider are kept
+    open and reused by later runs (no TCP connect per member per run).
+
+    No cookie is ever kept (runs of different users share it), and the pool has no cap on
+    connections. ``ChatClient`` does not close a client it was given.
+    """
+    loop = asyncio.get_running_loop()
+    shards = _shared_clients.get(loop)
+    if shards is None:
+        for old in [lp for lp in _shared_clients if lp.is_closed()]:
+            del _shared_clients[old]
+        shards = _shared_clients[loop] = [None] * HTTP_SHARDS
+    index = next(_next_shard) % HTTP_SHARDS
+    client = shards[index]
+    if client is None or client.is_closed:
+        client = shards[index] = httpx.AsyncClient(
+            timeout=None,
+            verify=_shared_ssl_context(),
+            cookies=http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=16, keepalive_expiry=30),
+        )
+    return client
 
 
 @functools.cache

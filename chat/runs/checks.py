@@ -7,6 +7,7 @@ run's highest estimated cost against the user's daily limit inside the run's tra
 from __future__ import annotations
 
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -32,8 +33,9 @@ def search_price_usd() -> float:
 
 
 def check_limits(*, user: User, conversation: Conversation) -> None:
-    if Run.objects.filter(conversation=conversation, status=RunStatus.RUNNING).exists():
-        raise RunError("busy", "A run is already going in this conversation. Stop it or wait for it to finish.")
+    """The user's concurrent runs. A second running run in one conversation is refused by the
+    database (constraint one_running_run_per_conversation) when the run is written: the caller
+    turns that IntegrityError into "busy", so there is no query for it here."""
     limit = settings.FUSION_MAX_CONCURRENT_RUNS_PER_USER
     if Run.objects.filter(user=user, status=RunStatus.RUNNING).count() >= limit:
         raise RunError("limit", f"You already have {limit} runs going. Wait for one to finish or stop one.")
@@ -61,10 +63,16 @@ def check_models_and_keys(*, user: User, panel: dict[str, Any]) -> None:
         raise RunError("no_key", " ".join(problems))
 
 
-def reserve_spend(
-    *, user: User, run: Run, request: FusionRequest, reused_slots: Iterable[int] = (), reuse_analysis: bool = False
-) -> None:
-    """Hold the run's high cost estimate against today's limit (inside the run's transaction).
+def spend_hold(
+    *,
+    user: User,
+    config: dict[str, Any],
+    request: FusionRequest,
+    reused_slots: Iterable[int] = (),
+    reuse_analysis: bool = False,
+) -> tuple[Decimal, bool]:
+    """Check that a run of *config* fits today's limit: (the amount to reserve, whether it uses a
+    server key). Inside the transaction that writes the run with them.
 
     The estimate is chat.model_catalogue.estimate_panel_cost, the one the composer and the
     preset pages show.
@@ -72,17 +80,26 @@ def reserve_spend(
     threads = [request.messages, *(request.member_messages or {}).values()]
     chars = max(sum(len(str(m.get("content") or "")) for m in thread) for thread in threads)
     _, high = model_catalogue.estimate_panel_cost(
-        run.config,
+        config,
         prompt_tokens=model_catalogue.tokens_of_chars(chars),
         reused_slots=reused_slots,
         reuse_analysis=reuse_analysis,
     )
     registry = build_registry()
-    specs = [run.config.get(k) for k in ("analyst", "writer", "fallback_analyst", "fallback_writer")]
-    providers = [registry.resolve(s["model"])[0].name for s in (*run.config["members"], *specs) if s]
-    run.uses_server_key = keys.uses_server_key(user=user, providers=providers)
+    specs = [config.get(k) for k in ("analyst", "writer", "fallback_analyst", "fallback_writer")]
+    providers = [registry.resolve(s["model"])[0].name for s in (*config["members"], *specs) if s]
+    server_key = keys.uses_server_key(user=user, providers=providers)
     try:
-        run.reserved_usd = spend.spend_reserve(user=user, high_usd=high, server_key=run.uses_server_key)
+        return spend.spend_reserve(user=user, high_usd=high, server_key=server_key), server_key
     except spend.SpendLimitExceeded as exc:
         raise RunError("spend_limit", str(exc)) from None
+
+
+def reserve_spend(
+    *, user: User, run: Run, request: FusionRequest, reused_slots: Iterable[int] = (), reuse_analysis: bool = False
+) -> None:
+    """``spend_hold`` for a run already written: its reservation is saved on it."""
+    run.reserved_usd, run.uses_server_key = spend_hold(
+        user=user, config=run.config, request=request, reused_slots=reused_slots, reuse_analysis=reuse_analysis
+    )
     Run.objects.filter(pk=run.pk).update(reserved_usd=run.reserved_usd, uses_server_key=run.uses_server_key)

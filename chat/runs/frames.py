@@ -7,13 +7,23 @@ No database and no channel layer here: ``Flusher`` is given the coroutine that s
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from chat.render import IncrementalRenderer, RenderUpdate, render_markdown
+from chat.render.bounds import MAX_BLOCK_CHARS, MAX_BLOCK_LINES
+
+log = logging.getLogger(__name__)
 
 Frame = dict[str, Any]
+
+# A reference-style link definition ("[id]: url"): it may resolve links in other blocks, so a
+# text that has one is rendered whole rather than from its live blocks.
+_REFERENCE_DEFINITION_RE = re.compile(r"^[ ]{0,3}\[[^\]\n]*\]:", re.MULTILINE)
 
 # Deltas of one stream that follow each other merge into one frame until the next flush.
 COALESCED = frozenset({"panel.delta", "panel.reasoning.delta", "final.delta"})
@@ -40,6 +50,40 @@ class Stream:
         self.text, self.reasoning, self.html, self.first_sent = "", "", None, False
         self.renderer = IncrementalRenderer()
         self.blocks = []
+        self._whole = None
+
+    _whole: tuple[str, str] | None = None  # (text, its whole HTML), once computed
+
+    def whole_html(self, text: str) -> str:
+        """The finished *text* as HTML. When it is what streamed, the live blocks are already that
+        HTML: only the tail is rendered (no second conversion of the whole answer), unless a
+        reference-style definition may link across blocks or the text is over one unit's limits."""
+        if self._whole is not None and self._whole[0] == text:
+            return self._whole[1]
+        if not text:
+            html = ""
+        elif self._streamed(text):
+            self.renderer.finish()
+            html = "\n".join(self.renderer.blocks)
+        else:
+            html = render_markdown(text)
+        self._whole = (text, html)
+        return html
+
+    def whole_cost(self, text: str) -> int:
+        """About how many characters ``whole_html(text)`` still has to convert."""
+        if self._whole is not None and self._whole[0] == text:
+            return 0
+        return len(self.renderer.tail) if self._streamed(text) else len(text)
+
+    def _streamed(self, text: str) -> bool:
+        return (
+            text == self.text
+            and not self.renderer.done
+            and len(text) <= MAX_BLOCK_CHARS
+            and text.count("\n") < MAX_BLOCK_LINES
+            and not _REFERENCE_DEFINITION_RE.search(text)
+        )
 
     def feed(self, delta: str, update: RenderUpdate | None = None) -> dict[str, Any]:
         """Append *delta*; *update* is the renderer's result when it was computed ahead, off the loop."""
@@ -106,6 +150,12 @@ class Coalescer:
         return frames
 
 
+def frame_message(frame: Frame) -> dict[str, str]:
+    """The channel-layer message for a frame: encoded once here, not once per socket (and a
+    string is what the in-memory layer copies and channels_redis packs cheapest)."""
+    return {"type": "run.frame", "text": json.dumps(frame, separators=(",", ":"))}
+
+
 def payload(frames: list[Frame]) -> Frame | None:
     """What one flush sends: a lone frame as itself, several as a ``batch``, none as nothing."""
     if not frames:
@@ -114,42 +164,81 @@ def payload(frames: list[Frame]) -> Frame | None:
 
 
 class Flusher:
-    """Sends a run's coalesced frames every *interval* seconds, or at once when one is urgent."""
+    """Sends a run's coalesced frames at most every *interval* seconds, or at once when one is urgent.
+
+    No task of its own and no polling: a timer is armed only while frames wait, for the moment
+    one interval after the last flush (or at once, when that moment has passed). One send is in
+    flight at a time, so a run's frames reach the group in order.
+    """
 
     def __init__(self, *, run_id: str, send: Callable[[Frame], Awaitable[None]], interval: float) -> None:
         self.run_id = run_id
         self.send = send
         self.interval = interval
         self.frames = Coalescer()
-        self._now = asyncio.Event()
-        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: asyncio.Task[None] | None = None
+        self._last = float("-inf")  # loop time of the last flush
+        self._urgent = False
 
     def emit(self, frame: Frame, *, now: bool = False) -> None:
         frame["run"] = self.run_id
         self.frames.add(frame)
-        if now:
-            self._now.set()
+        self._urgent = self._urgent or now
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._sending is not None or not self.frames.pending:
+            return  # the send in flight looks again when it is done
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        if self._urgent:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._start_send()
+        elif self._timer is None:
+            self._timer = loop.call_at(max(loop.time(), self._last + self.interval), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._sending is None:
+            self._start_send()
+
+    def _start_send(self) -> None:
+        assert self._loop is not None
+        self._urgent = False
+        self._last = self._loop.time()
+        message = payload(self.frames.take())
+        if message is None:
+            return
+        self._sending = self._loop.create_task(self._send(message))
+
+    async def _send(self, message: Frame) -> None:
+        try:
+            await self.send(message)
+        except Exception:  # the layer failed: these frames are lost, the client's offsets catch it
+            log.exception("sending frames of run %s failed", self.run_id)
+        finally:
+            self._sending = None
+            self._schedule()
 
     async def flush(self) -> None:
+        """Send what waits now, after the send in flight (if any)."""
+        while self._sending is not None:
+            await asyncio.shield(self._sending)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._last = asyncio.get_running_loop().time()
         message = payload(self.frames.take())
         if message is not None:
             await self.send(message)
 
-    async def run(self) -> None:
-        """Flush until ``close``; run as a task of its own."""
-        while not self._closing:
-            try:
-                await asyncio.wait_for(self._now.wait(), timeout=self.interval)
-            except TimeoutError:
-                pass
-            self._now.clear()
+    async def aclose(self) -> None:
+        """Send everything left, in order, and stop the timer. Never cancel a send in flight:
+        the frames it had taken would be lost (the last deltas of the fused answer, say)."""
+        await self.flush()
+        while self._sending is not None or self.frames.pending:
             await self.flush()
-
-    def close(self) -> None:
-        """Make ``run`` flush once more and end.
-
-        Never cancel that task: cancelled in the middle of a send, the frames it had taken would
-        be lost (the last deltas of the fused answer, say). Await it instead.
-        """
-        self._closing = True
-        self._now.set()

@@ -25,13 +25,19 @@ from chat.fusion.pipeline import FusionRun
 from chat.fusion.types import FusionRequest, PipelineEvent
 from chat.models import Run, RunStatus
 from chat.render import RenderUpdate
-from chat.runs.frames import Flusher, Frame, Stream
+from chat.dbthread import in_db_thread
+from chat.runs.frames import Flusher, Frame, Stream, frame_message
 from chat.runs.recovery import mark_interrupted, stale_after
 from chat.runs.state import RunState
 from chat.runs.store import RunStore, default_store, keep_checkpointing
 from chat.ws_security import inactive_users
 
 log = logging.getLogger(__name__)
+
+# Markdown work on at most this many characters is done on the event loop (about a millisecond
+# or two): a hop to a worker thread costs more than that under load, where the threads and the
+# loop take turns at the GIL. Bigger work (a long code block, a whole long answer) goes to a thread.
+INLINE_RENDER_CHARS = 4000
 
 
 def group_name(conversation_id: int) -> str:
@@ -91,7 +97,7 @@ class ActiveRun:
         return self.state.snapshot()
 
     async def _send(self, payload: Frame) -> None:
-        await get_channel_layer().group_send(group_name(self.conversation_id), {"type": "run.frame", "frame": payload})
+        await get_channel_layer().group_send(group_name(self.conversation_id), frame_message(payload))
 
     # ----------------------------------------------------------------- controls
 
@@ -130,7 +136,7 @@ class ActiveRun:
                     reply_to = message.get("reply_to")
                     if isinstance(reply_to, str):
                         frame = {"type": "snapshot", "runs": [self.snapshot()]}
-                        await layer.send(reply_to, {"type": "run.frame", "frame": frame})
+                        await layer.send(reply_to, frame_message(frame))
                     continue
                 slot = message.get("slot")
                 self.control(action, slot if isinstance(slot, int) else None)
@@ -140,7 +146,6 @@ class ActiveRun:
     # ----------------------------------------------------------------- driving
 
     async def drive(self) -> None:
-        flusher = asyncio.create_task(self.frames.run())
         checkpointer = asyncio.create_task(keep_checkpointing(self.state, self.store))
         listener = asyncio.create_task(self._control_listener())
         try:
@@ -152,26 +157,29 @@ class ActiveRun:
         finally:
             checkpointer.cancel()
             listener.cancel()
+            await asyncio.gather(checkpointer, return_exceptions=True)  # no checkpoint in flight now
             await self.client.aclose()
             try:
                 wall_ms = int((time.monotonic() - self.t0) * 1000)
-                await database_sync_to_async(self.store.finalize)(
-                    self.state, conversation_id=self.conversation_id, wall_ms=wall_ms
+                await in_db_thread(
+                    self.store.finalize, self.state, conversation_id=self.conversation_id, wall_ms=wall_ms
                 )
             except Exception:
                 log.exception("final write of run %s failed", self.run_id)
             # Sent only now: no client sees an end the database does not hold.
             self.frames.emit(self.state.terminal_frame())
-            self.frames.close()
-            await flusher
-            await self.frames.flush()
+            await self.frames.aclose()
             self.done.set()
 
     async def _step(self, event: PipelineEvent) -> None:
-        """One engine event: its Markdown rendered in a worker thread, so a long answer never
-        stalls the event loop; then applied to the state, and its frame queued."""
+        """One engine event: its Markdown rendered (inline when it is small, in a worker thread
+        when it is big, so a long answer never stalls the event loop), then applied to the
+        state, and its frame queued."""
         job = self.state.prerender(event)
-        ahead = await asyncio.to_thread(job) if job is not None else None
+        ahead: Any = None
+        if job is not None:
+            render, chars = job
+            ahead = render() if chars <= INLINE_RENDER_CHARS else await asyncio.to_thread(render)
         emitted = self.state.apply(event, ahead if isinstance(ahead, RenderUpdate) else None)
         if emitted is not None:
             frame, now = emitted

@@ -12,13 +12,14 @@ import uuid
 from collections.abc import Collection
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 
 from chat import panels
+from chat.dbthread import in_db_thread
 from chat.fusion.member import STOPPED_MESSAGE
 from chat.fusion.types import AnalysisCompleted, FusionRequest, ProviderError
+from chat.memo import reads_once
 from chat.models import MemberResponse, MemberStatus, Run, RunStatus
 from chat.runs.checks import RunError, check_limits, check_models_and_keys, reserve_spend
 from chat.runs.state import call_metrics
@@ -26,7 +27,7 @@ from chat.runs.services import (
     _active_for,
     _control,
     _create_run,
-    _engine_inputs,
+    engine_inputs,
     _owned_run,
     _run_started_frame,
     _start_active,
@@ -147,6 +148,13 @@ def _rerun_sync(
     return run, request, engine, str(old.pk)
 
 
+def _rerun_and_read(*, user: User, **rerun: Any) -> tuple[Run, FusionRequest, dict[str, Any], str, dict[str, Any]]:
+    """``_rerun_sync`` and the engine's inputs in one call of a run-path database thread."""
+    with reads_once():
+        run, request, engine, old_id = _rerun_sync(user=user, **rerun)
+        return run, request, engine, old_id, engine_inputs(user=user, request=request)
+
+
 async def _rerun(
     *,
     user: User,
@@ -157,7 +165,8 @@ async def _rerun(
     writer: str | None = None,
     shown_runs: Collection[str] = (),
 ) -> dict[str, Any]:
-    run, request, engine, old_id = await database_sync_to_async(_rerun_sync)(
+    run, request, engine, old_id, inputs = await in_db_thread(
+        _rerun_and_read,
         user=user,
         conversation_id=conversation_id,
         client_run_id=client_run_id,
@@ -166,7 +175,6 @@ async def _rerun(
         writer=writer,
         shown_runs=shown_runs,
     )
-    inputs = await _engine_inputs(user=user, request=request)
     frame = _run_started_frame(run, request, replaces=old_id)
     await _start_active(run, request, frame, **inputs, **engine)
     return frame

@@ -17,6 +17,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from chat import model_catalogue, panels, presets
@@ -29,12 +30,15 @@ from chat.engine import (
     search_unavailable_reason,
 )
 from chat.errors import NotFound
-from chat.fusion.client import ChatClient
+from chat.fusion.client import ChatClient, shared_http
 from chat.fusion.pipeline import FusionRun
 from chat.fusion.providers import ProviderRegistry
 from chat.fusion.types import FusionRequest, Message
 from chat.models import Conversation, FollowUpMode, MemberResponse, MemberStatus, Run, RunStatus, Turn
-from chat.runs.checks import RunError, check_limits, check_models_and_keys, reserve_spend, search_price_usd
+from chat.runs.checks import RunError, check_limits, check_models_and_keys, search_price_usd, spend_hold
+from chat.dbthread import in_db_thread
+from chat.memo import reads_once
+from chat.runs.frames import frame_message
 from chat.runs.live import ActiveRun, control_group, group_name, join_control_group, manager
 from chat.runs.recovery import PROCESS_ID, mark_interrupted, stale_after
 from chat.runs.state import RunState
@@ -58,7 +62,17 @@ def history_messages(
     fused: list[Message] = []
     threads: dict[int, list[Message]] = {i: [] for i in range(panel_size)}
     shown = {str(r) for r in shown_runs}
-    turns = conversation.turns.filter(index__lt=before_index).order_by("index").prefetch_related("runs__members")
+    if before_index <= 0:
+        return fused, threads
+    # Only the columns history needs: a run's analysis, config and calls are big JSON.
+    members = Prefetch("members", queryset=MemberResponse.objects.only("run_id", "slot", "status", "content"))
+    runs_q = Run.objects.only("id", "turn_id", "created_at", "status", "answer").prefetch_related(members)
+    turns = (
+        conversation.turns.filter(index__lt=before_index)
+        .only("id", "index", "prompt", "conversation_id")
+        .order_by("index")
+        .prefetch_related(Prefetch("runs", queryset=runs_q))
+    )
     for turn in turns:
         runs = sorted(turn.runs.all(), key=lambda r: (r.created_at, str(r.pk)))
         done = (
@@ -140,6 +154,7 @@ def _create_run(
     panel: dict[str, Any],
     writer: str | None = None,
     reuse: dict[int, MemberResponse] | None = None,
+    **run_fields: Any,
 ) -> Run:
     run = Run.objects.create(
         user=user,
@@ -150,6 +165,7 @@ def _create_run(
         analyst_model=panel["analyst"]["model"],
         writer_model=writer or panel["writer"]["model"],
         process_id=PROCESS_ID,
+        **run_fields,
     )
     reuse = reuse or {}
     MemberResponse.objects.bulk_create(
@@ -241,21 +257,31 @@ def _start_sync(
         with transaction.atomic():
             index = conversation.turns.count()
             turn = Turn.objects.create(conversation=conversation, index=index, prompt=prompt)
-            run = _create_run(user=user, conversation=conversation, turn=turn, client_run_id=client_run_id, panel=panel)
+            if follow_up_mode in (FollowUpMode.FUSED, FollowUpMode.PER_MEMBER):
+                conversation.follow_up_mode = follow_up_mode
+            elif not conversation.panel and resolved is not None:
+                conversation.follow_up_mode = resolved.follow_up_mode
+            request = build_request(conversation, turn, panel, shown_runs=shown_runs)
+            reserved, server_key = spend_hold(user=user, config=panel, request=request)
+            run = _create_run(
+                user=user,
+                conversation=conversation,
+                turn=turn,
+                client_run_id=client_run_id,
+                panel=panel,
+                reserved_usd=reserved,
+                uses_server_key=server_key,
+            )
             if not conversation.panel:
                 conversation.panel = panel
                 if resolved is not None:
                     conversation.preset, conversation.builtin_preset = resolved.preset, resolved.builtin_key
-                    if follow_up_mode is None:
-                        conversation.follow_up_mode = resolved.follow_up_mode
-            if follow_up_mode in (FollowUpMode.FUSED, FollowUpMode.PER_MEMBER):
-                conversation.follow_up_mode = follow_up_mode
             if index == 0 and conversation.title in ("", "New conversation"):
                 conversation.title = title_from_prompt(prompt)
             conversation.updated_at = timezone.now()
-            conversation.save()
-            request = build_request(conversation, turn, panel, shown_runs=shown_runs)
-            reserve_spend(user=user, run=run, request=request)
+            conversation.save(
+                update_fields=["panel", "preset", "builtin_preset", "follow_up_mode", "title", "updated_at"]
+            )
     except IntegrityError:
         # Another tab started a run here a moment ago, or the same client run id raced in.
         existing = Run.objects.filter(user=user, client_run_id=client_run_id).first()
@@ -283,7 +309,7 @@ def title_from_prompt(prompt: str) -> str:
 async def _start_active(run: Run, request: FusionRequest, frame: dict[str, Any], **launch_kw: Any) -> ActiveRun:
     """Listen for controls, tell the conversation the run started, then run it — in that order."""
     channel = await join_control_group(run.pk)
-    await get_channel_layer().group_send(group_name(run.conversation_id), {"type": "run.frame", "frame": frame})
+    await get_channel_layer().group_send(group_name(run.conversation_id), frame_message(frame))
     return _launch(run, request, control_channel=channel, **launch_kw)
 
 
@@ -303,7 +329,7 @@ def _launch(
     Web tools are built here from the request's research settings (chat.engine.build_web_tools).
     """
     # Error text is scrubbed of every key the process knows, not only the ones this run uses.
-    client = ChatClient(registry, limits=build_limits(), extra_secrets=known_secrets())
+    client = ChatClient(registry, limits=build_limits(), extra_secrets=known_secrets(), http=shared_http())
     fusion = FusionRun(request, client, tools=build_web_tools(request.research), **fusion_kw)
     state = RunState.start(
         run,
@@ -341,13 +367,21 @@ def _run_started_frame(run: Run, request: FusionRequest, replaces: str | None = 
     }
 
 
-async def _engine_inputs(*, user: User, request: FusionRequest) -> dict[str, Any]:
+def engine_inputs(*, user: User, request: FusionRequest) -> dict[str, Any]:
     """What the run reads before it starts: the user's keys, the catalogue's prices, tool support."""
     return {
-        "registry": await database_sync_to_async(build_registry)(user=user),
-        "price_lookup": await database_sync_to_async(model_catalogue.model_resolver)(),
-        "no_tool_models": await database_sync_to_async(_no_tool_models)(request),
+        "registry": build_registry(user=user),
+        "price_lookup": model_catalogue.model_resolver(),
+        "no_tool_models": _no_tool_models(request),
     }
+
+
+def _start_and_read(*, user: User, **start: Any) -> tuple[Run, FusionRequest | None, dict[str, Any]]:
+    """``_start_sync`` and the engine's inputs in one call of a run-path database thread, each of
+    the catalogue and the user's keys read once (``reads_once``)."""
+    with reads_once():
+        run, request = _start_sync(user=user, **start)
+        return run, request, (engine_inputs(user=user, request=request) if request is not None else {})
 
 
 async def run_start(
@@ -366,7 +400,8 @@ async def run_start(
     *shown_runs*: the run (version) of each earlier turn the user is looking at.
     Returns (state or run.started frame, created).
     """
-    run, request = await database_sync_to_async(_start_sync)(
+    run, request, inputs = await in_db_thread(
+        _start_and_read,
         user=user,
         conversation_id=conversation_id,
         client_run_id=client_run_id,
@@ -378,7 +413,6 @@ async def run_start(
     )
     if request is None:
         return await run_snapshot(run_id=run.pk), False
-    inputs = await _engine_inputs(user=user, request=request)
     frame = _run_started_frame(run, request)
     await _start_active(run, request, frame, **inputs)
     return frame, True

@@ -50,8 +50,6 @@ from chat.runs.frames import Frame, Stream
 
 log = logging.getLogger(__name__)
 
-# Whole answers are rendered once in a worker thread (``RunState.prerender``) and read back here.
-render_whole = functools.lru_cache(maxsize=64)(render_markdown)
 
 # A frame for the conversation's group, and whether it goes out at once (else it is coalesced).
 Emit = tuple[Frame, bool]
@@ -399,24 +397,31 @@ class RunState:
 
     # ----------------------------------------------------------------- engine events
 
-    def prerender(self, event: PipelineEvent) -> Callable[[], Any] | None:
-        """The Markdown work an event needs, to run in a worker thread before ``apply``.
+    def prerender(self, event: PipelineEvent) -> tuple[Callable[[], Any], int] | None:
+        """The Markdown work an event needs before ``apply``, and about how many characters it
+        converts (the caller runs a big job in a worker thread, a small one inline).
 
         Only deltas with a newline can finish a block (a Markdown call); other deltas are just
-        appended to the tail, inline. Whole answers are rendered into the cache ``apply`` reads.
-        A delta's job returns the ``RenderUpdate`` to pass to ``apply`` as *ahead*.
+        appended to the tail, inline. A finished answer's HTML is its live blocks plus the tail
+        (``Stream.whole_html``), kept on the stream for ``apply``. A delta's job returns the
+        ``RenderUpdate`` to pass to ``apply`` as *ahead*.
         """
         if isinstance(event, (PanelDelta, FinalDelta)):
             stream = self.final if isinstance(event, FinalDelta) else self.members[event.slot].stream
-            return functools.partial(stream.renderer.feed, event.delta) if "\n" in event.delta else None
+            if "\n" not in event.delta:
+                return None
+            return functools.partial(stream.renderer.feed, event.delta), len(stream.renderer.tail) + len(event.delta)
         text = ""
         if isinstance(event, PanelCompleted):
-            text = event.content
+            stream, text = self.members[event.slot].stream, event.content
         elif isinstance(event, PanelFailed):
-            text = event.partial_content or self.members[event.slot].stream.text
+            stream = self.members[event.slot].stream
+            text = event.partial_content or stream.text
         elif isinstance(event, RunCompleted):
-            text = event.answer
-        return functools.partial(render_whole, text) if text else None
+            stream, text = self.final, event.answer
+        if not text:
+            return None
+        return functools.partial(stream.whole_html, text), stream.whole_cost(text)
 
     def apply(self, event: PipelineEvent, ahead: RenderUpdate | None = None) -> Emit | None:
         """Apply one engine event; return the frame it makes for clients, if any."""
@@ -455,7 +460,8 @@ class RunState:
 
     def _on_panel_completed(self, e: PanelCompleted, ahead: RenderUpdate | None) -> Emit:
         m = self.members[e.slot]
-        m.stream.text, m.stream.html = e.content, render_whole(e.content)
+        m.stream.html = m.stream.whole_html(e.content)  # before the text is replaced: it may be the live blocks
+        m.stream.text = e.content
         m.metrics = self.reused.get(e.slot) or call_metrics(
             e.record.ttft_ms, e.record.duration_ms, self._priced_usage(e.record)
         )
@@ -474,8 +480,9 @@ class RunState:
         # A user's stop is not a failure; a member skipped by "fuse now" is its own kind of stop.
         kind = "skipped" if e.error.kind == "cancelled" and e.error.message == SKIPPED_MESSAGE else e.error.kind
         m.status = MemberStatus.STOPPED if kind in ("cancelled", "skipped", "interrupted") else MemberStatus.FAILED
-        m.stream.text = e.partial_content or m.stream.text
-        m.stream.html = render_whole(m.stream.text) if m.stream.text else ""  # rendered ahead, off the loop
+        text = e.partial_content or m.stream.text
+        m.stream.html = m.stream.whole_html(text)  # rendered ahead by ``prerender``
+        m.stream.text = text
         m.metrics = call_metrics(e.record.ttft_ms, e.record.duration_ms, self._priced_usage(e.record))
         m.error = {"kind": kind, "message": e.error.message}
         m.sources = list(e.sources) or m.sources
@@ -581,7 +588,8 @@ class RunState:
         self.tool_usage = priced_tool_usage(
             e.tool_usage, notice=self.research_notice, search_price_usd=self.search_price_usd
         )
-        self.final.text, self.final.html = e.answer, render_whole(e.answer)
+        self.final.html = self.final.whole_html(e.answer)
+        self.final.text = e.answer
 
     def _on_run_failed(self, e: RunFailed, ahead: RenderUpdate | None) -> None:
         self.result, self.phase = e, RunPhase.DONE

@@ -1,8 +1,12 @@
 """Where a live run's state is written: checkpoints, the heartbeat, and the final write.
 
 ``RunStore`` is the interface the owning task (chat.runs.live) talks to; ``DatabaseRunStore``
-writes each run's rows on its own. A store that batches the writes of many runs replaces it in
-one place, ``default_store``.
+writes to the database. Checkpoints and heartbeats of every run of this process are written
+together: ``keep_checkpointing`` enrols a run with its loop's ``CheckpointBatcher``, which every
+tick takes a snapshot of the runs that are due (on the loop, so a worker thread never reads a
+state the loop is changing) and writes them all in one transaction in a run-path database
+thread (chat.runs.dbthread). A member whose text did not change since its last write is not
+written again.
 """
 
 from __future__ import annotations
@@ -10,55 +14,83 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
 
-from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Field
 from django.utils import timezone
 
 from chat import spend
 from chat.fusion.types import RunCompleted
-from chat.models import Conversation, MemberResponse, Run, RunStatus
+from chat.dbthread import in_db_thread
+from chat.models import Conversation, MemberResponse, Run
 from chat.runs.state import RunState, priced_tool_usage
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Checkpoint:
+    """What one run's checkpoint writes, copied from its state on the event loop."""
+
+    run_id: str
+    members: dict[int, dict[str, Any]]  # slot → the columns of a member that changed
+    run: dict[str, Any]  # the run's columns (the answer so far, the analysis …)
+
+
 class RunStore(Protocol):
-    """Synchronous writes of one run's state (called from a worker thread)."""
+    """Synchronous writes of runs' states (called from a worker thread)."""
 
-    def checkpoint(self, state: RunState) -> None:
-        """Partial text and statuses, about once a second; also a heartbeat."""
-
-    def heartbeat(self, state: RunState) -> None:
-        """A quiet run is still alive: other processes mark runs whose heartbeat stopped as interrupted."""
+    def write(self, checkpoints: list[Checkpoint], heartbeats: list[str]) -> None:
+        """Partial texts and statuses of some runs, and the heartbeat of these and of quiet ones:
+        other processes mark runs whose heartbeat stopped as interrupted."""
 
     def finalize(self, state: RunState, *, conversation_id: int, wall_ms: int) -> None:
         """The final state in one transaction; clients hear of it only afterwards."""
 
 
-class DatabaseRunStore:
-    def heartbeat(self, state: RunState) -> None:
-        Run.objects.filter(pk=state.run_id, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
+_MEMBER_COLUMNS = ("content", "reasoning", "status", "tool_calls", "sources", "notes")
+_RUN_COLUMNS = ("answer", "analysis", "label_map", "writer_model")
 
-    def checkpoint(self, state: RunState) -> None:
-        for m in state.members:
-            MemberResponse.objects.filter(run_id=state.run_id, slot=m.slot).update(
-                content=m.stream.text,
-                reasoning=m.stream.reasoning,
-                status=m.status.value,
-                tool_calls=m.tool_calls,
-                sources=m.sources,
-                notes=m.notes,
-            )
-        Run.objects.filter(pk=state.run_id, status=RunStatus.RUNNING).update(
-            answer=state.final.text,
-            heartbeat_at=timezone.now(),
-            analysis=state.analysis,
-            label_map=state.label_map,
-            writer_model=state.writer,
+
+class DatabaseRunStore:
+    def write(self, checkpoints: list[Checkpoint], heartbeats: list[str]) -> None:
+        """One transaction for the whole batch, with prepared statements run many times."""
+        member_rows, run_rows = [], []
+        m_fields = [cast(Field, MemberResponse._meta.get_field(c)) for c in _MEMBER_COLUMNS]
+        r_fields = [cast(Field, Run._meta.get_field(c)) for c in _RUN_COLUMNS]
+        pk = Run._meta.pk
+        assert pk is not None
+        for c in checkpoints:
+            run_id = pk.get_db_prep_value(c.run_id, connection)
+            for slot, cols in c.members.items():
+                values = [f.get_db_prep_save(cols[f.name], connection) for f in m_fields]
+                member_rows.append([*values, run_id, slot])
+            run_rows.append([*(f.get_db_prep_save(c.run[f.name], connection) for f in r_fields), run_id])
+        ids = [pk.get_db_prep_value(i, connection) for i in heartbeats]
+        beat = cast(Field, Run._meta.get_field("heartbeat_at")).get_db_prep_save(timezone.now(), connection)
+        member_sql = (
+            f"UPDATE {MemberResponse._meta.db_table} SET {', '.join(f'{c} = %s' for c in _MEMBER_COLUMNS)}"
+            " WHERE run_id = %s AND slot = %s"
         )
+        run_sql = (
+            f"UPDATE {Run._meta.db_table} SET {', '.join(f'{c} = %s' for c in _RUN_COLUMNS)}"
+            " WHERE id = %s AND status = 'running'"
+        )
+        with transaction.atomic(), connection.cursor() as cursor:
+            if member_rows:
+                cursor.executemany(member_sql, member_rows)
+            if run_rows:
+                cursor.executemany(run_sql, run_rows)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                cursor.execute(
+                    f"UPDATE {Run._meta.db_table} SET heartbeat_at = %s"
+                    f" WHERE status = 'running' AND id IN ({', '.join(['%s'] * len(chunk))})",
+                    [beat, *chunk],
+                )
 
     def finalize(self, state: RunState, *, conversation_id: int, wall_ms: int) -> None:
         # Every call counts, however it ended; what a provider did not report is estimated.
@@ -132,8 +164,11 @@ class DatabaseRunStore:
         state.receipt = spend.turn_receipt(turn_id=state.turn["id"], shown_run_id=state.run_id)
 
 
+_STORE = DatabaseRunStore()
+
+
 def default_store() -> RunStore:
-    return DatabaseRunStore()
+    return _STORE
 
 
 # A finished Markdown block is written within about BLOCK_CHECKPOINT_DELAY_S, but a run never
@@ -141,6 +176,122 @@ def default_store() -> RunStore:
 # streamed, not the second of text since the last interval's checkpoint.
 BLOCK_CHECKPOINT_DELAY_S = 0.1
 MIN_CHECKPOINT_GAP_S = 0.25
+
+
+@dataclass(eq=False)
+class _Enrolled:
+    state: RunState
+    store: RunStore
+    min_gap: float
+    block_delay: float
+    last_write: float = field(default_factory=time.monotonic)
+    written: dict[int, tuple] = field(default_factory=dict)  # slot → what its last write held
+    in_flight: asyncio.Event | None = None  # set when the batch holding this run is written
+
+
+def _member_signature(m: Any) -> tuple:
+    s = m.stream
+    calls = tuple((c.get("status"), c.get("summary")) for c in m.tool_calls)
+    return (id(s.text), len(s.text), len(s.reasoning), m.status, calls, len(m.sources), len(m.notes))
+
+
+def _checkpoint(entry: _Enrolled) -> Checkpoint:
+    state = entry.state
+    members: dict[int, dict[str, Any]] = {}
+    for m in state.members:
+        signature = _member_signature(m)
+        if entry.written.get(m.slot) == signature:
+            continue
+        entry.written[m.slot] = signature
+        members[m.slot] = {
+            "content": m.stream.text,
+            "reasoning": m.stream.reasoning,
+            "status": m.status.value,
+            "tool_calls": [dict(c) for c in m.tool_calls],
+            "sources": list(m.sources),
+            "notes": list(m.notes),
+        }
+    run = {
+        "answer": state.final.text,
+        "analysis": state.analysis,
+        "label_map": dict(state.label_map or {}),
+        "writer_model": state.writer or "",
+    }
+    return Checkpoint(run_id=state.run_id, members=members, run=run)
+
+
+class CheckpointBatcher:
+    """Every run of one event loop that checkpoints, written together once per tick."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, _Enrolled] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def enrol(self, entry: _Enrolled) -> None:
+        self.entries[entry.state.run_id] = entry
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run(), name="checkpoints")
+
+    async def leave(self, entry: _Enrolled) -> None:
+        """Stop checkpointing this run, after the write in flight that holds it (so a final write
+        that follows is never overwritten by an older checkpoint)."""
+        if self.entries.get(entry.state.run_id) is entry:
+            del self.entries[entry.state.run_id]
+        if entry.in_flight is not None:
+            await entry.in_flight.wait()
+
+    async def _run(self) -> None:
+        while self.entries:
+            tick = min(min(e.block_delay for e in self.entries.values()), settings.FUSION_CHECKPOINT_INTERVAL_S)
+            await asyncio.sleep(tick)
+            await self._tick()
+
+    async def _tick(self) -> None:
+        interval = settings.FUSION_CHECKPOINT_INTERVAL_S
+        now = time.monotonic()
+        batches: dict[int, tuple[RunStore, list[Checkpoint], list[str], list[_Enrolled]]] = {}
+        for entry in list(self.entries.values()):
+            state = entry.state
+            since = now - entry.last_write
+            urgent = state.dirty and state.block_finished and since >= entry.min_gap
+            if not urgent and since < interval:
+                continue
+            entry.last_write = now
+            store, checkpoints, beats, held = batches.setdefault(id(entry.store), (entry.store, [], [], []))
+            if state.dirty:
+                state.dirty = state.block_finished = False
+                checkpoints.append(_checkpoint(entry))
+            beats.append(state.run_id)
+            held.append(entry)
+        for store, checkpoints, beats, held in batches.values():
+            done = asyncio.Event()
+            for entry in held:
+                entry.in_flight = done
+            try:
+                await in_db_thread(store.write, checkpoints, beats)
+            except Exception:  # a failed checkpoint must not kill the runs; the final write retries
+                log.exception("checkpoint of %d run(s) failed", len(held))
+                for entry in held:
+                    entry.written.clear()
+                    entry.state.dirty = True
+            finally:
+                done.set()
+                for entry in held:
+                    if entry.in_flight is done:
+                        entry.in_flight = None
+
+
+_batchers: dict[asyncio.AbstractEventLoop, CheckpointBatcher] = {}
+
+
+def _batcher() -> CheckpointBatcher:
+    loop = asyncio.get_running_loop()
+    batcher = _batchers.get(loop)
+    if batcher is None:
+        for old in [lp for lp in _batchers if lp.is_closed()]:
+            del _batchers[old]
+        batcher = _batchers[loop] = CheckpointBatcher()
+    return batcher
 
 
 async def keep_checkpointing(
@@ -151,22 +302,14 @@ async def keep_checkpointing(
     min_gap: float = MIN_CHECKPOINT_GAP_S,
 ) -> None:
     """Checkpoint *state* when it changed, else beat the heartbeat, every FUSION_CHECKPOINT_INTERVAL_S;
-    and sooner when a Markdown block finished (``state.block_finished``), at most every *min_gap*."""
-    interval = settings.FUSION_CHECKPOINT_INTERVAL_S
-    tick = min(block_delay, interval)
-    last_write = time.monotonic()
-    while True:
-        await asyncio.sleep(tick)
-        since = time.monotonic() - last_write
-        urgent = state.dirty and state.block_finished and since >= min_gap
-        if not urgent and since < interval:
-            continue
-        last_write = time.monotonic()
-        try:
-            if state.dirty:
-                state.dirty = state.block_finished = False
-                await database_sync_to_async(store.checkpoint)(state)
-            else:
-                await database_sync_to_async(store.heartbeat)(state)
-        except Exception:  # a failed checkpoint must not kill the run; the final write retries
-            log.exception("checkpoint of run %s failed", state.run_id)
+    and sooner when a Markdown block finished (``state.block_finished``), at most every *min_gap*.
+
+    Runs until cancelled; it then returns only once no write of this run is in flight.
+    """
+    entry = _Enrolled(state=state, store=store, min_gap=min_gap, block_delay=block_delay)
+    batcher = _batcher()
+    batcher.enrol(entry)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.shield(batcher.leave(entry))
