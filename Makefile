@@ -36,10 +36,15 @@ demo: install
 	$(BIN)/python manage.py demo --host $(HOST) --port $(PORT) --upstream-port $(DEMO_UPSTREAM_PORT)
 
 # Chromium for the browser tests: Debian's package (Playwright cannot download browsers here).
+# nginx for the scaled tests, which run docs/deploy/nginx.conf in front of two Daphne processes
+# (they start their own nginx in a temp dir; the package's service is not used).
 browser:
 	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || \
 	  { echo "Installing Debian's chromium for the browser tests…"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@[ -x /usr/sbin/nginx ] || \
+	  { echo "Installing Debian's nginx for the scaled-deployment tests…"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
 
 test: install-dev browser
 	$(BIN)/ruff check .

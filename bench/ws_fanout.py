@@ -14,7 +14,14 @@ What it prints (see bench/README.md for how to read it):
 (b) fused answer's first frame versus the scripted critical path, as overhead p50/p99, with a
     breakdown of where the overhead goes;
 (c) frames per second (total, per socket) and upstream chunks per frame (coalescing factor);
-(d) peak RSS of the Daphne process and of this client (psutil, sampled every 100 ms).
+(d) peak RSS of the Daphne process(es) and of this client (psutil, sampled every 100 ms), CPU,
+    and the Daphne RSS growth per live run.
+
+``--baseline`` first runs the same load against the bare relay (bench/relay.py: the same streams
+on the same stack, nothing else) and prints both sides and a side-by-side table with the ratios;
+``--relay-only`` runs the relay alone. ``--workers N`` runs the app as N Daphnes behind a local
+nginx (the documented docs/deploy/nginx.conf, made runnable by bench/cluster.py) on a fresh
+PostgreSQL database and Redis.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import contextlib
 import json
 import os
 import platform
+import resource
+import secrets
 import signal
 import socket
 import subprocess
@@ -46,6 +55,7 @@ try:
     import psutil
     import websockets
     from websockets.asyncio.client import connect as ws_connect
+    from websockets.typing import Origin
 except ImportError as exc:  # pragma: no cover - a setup problem, said plainly
     sys.exit(f"ws_fanout: missing dev dependency ({exc.name}); run `make install-dev` (requirements-dev.txt).")
 
@@ -305,21 +315,35 @@ def run_django(code: str, argv: list[str], env: dict[str, str], timeout: float) 
     raise BenchError(f"setup subprocess printed no result:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
-def http_login(base: str, username: str) -> str | None:
+async def http_login(client: httpx.AsyncClient, base: str, username: str) -> str | None:
     """Sign in like a browser: GET the form (CSRF cookie), POST the credentials; the sessionid."""
-    with httpx.Client(base_url=base, follow_redirects=False, timeout=20) as c:
-        r = c.get("/accounts/login/")
-        token = c.cookies.get("csrftoken")
-        if r.status_code != 200 or not token:
-            return None
-        r = c.post(
-            "/accounts/login/",
-            data={"username": username, "password": PASSWORD, "csrfmiddlewaretoken": token, "next": "/"},
-            headers={"Referer": base + "/accounts/login/"},
-        )
-        if r.status_code not in (302, 303):
-            return None
-        return c.cookies.get("sessionid")
+    r = await client.get("/accounts/login/")
+    token = client.cookies.get("csrftoken")
+    if r.status_code != 200 or not token:
+        return None
+    r = await client.post(
+        "/accounts/login/",
+        data={"username": username, "password": PASSWORD, "csrfmiddlewaretoken": token, "next": "/"},
+        headers={"Referer": base + "/accounts/login/"},
+    )
+    if r.status_code not in (302, 303):
+        return None
+    return client.cookies.get("sessionid")
+
+
+async def http_logins(base: str, usernames: list[str], concurrency: int = 4) -> list[str | None]:
+    """Every user signed in over HTTP, a few at a time (each its own cookie jar); None where it failed."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(username: str) -> str | None:
+        async with gate:
+            try:
+                async with httpx.AsyncClient(base_url=base, follow_redirects=False, timeout=60) as client:
+                    return await http_login(client, base, username)
+            except httpx.HTTPError:
+                return None
+
+    return list(await asyncio.gather(*(one(u) for u in usernames)))
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], name: str, log: Path, timeout: float) -> None:
@@ -476,33 +500,43 @@ async def drive(
     plans: list[list[RunPlan]],
     on_connected: Any,
     lag: LoopLag,
+    label: str = "",
 ) -> list[SocketRecord]:
     origin = f"http://127.0.0.1:{base_port}"
     socks = [SocketRecord(i, a["conversation_id"]) for i, a in enumerate(accounts)]
-    stack = contextlib.AsyncExitStack()
     readers: list[asyncio.Task[None]] = []
     maps: list[tuple[dict[str, RunRecord], dict[str, RunRecord]]] = []
-    conns = []
-    async with stack:
-        for sock, acc in zip(socks, accounts):
-            ws = await stack.enter_async_context(
-                ws_connect(
-                    f"ws://127.0.0.1:{base_port}/ws/conversations/{sock.conversation_id}/",
-                    origin=origin,
-                    additional_headers={"Cookie": f"{cookie_name}={acc['session']}"},
-                    max_size=None,
-                    open_timeout=15,
-                    ping_interval=None,
-                    close_timeout=2,
-                )
+    conns: list[Any] = [None] * len(socks)
+    gate = asyncio.Semaphore(16)  # handshakes in flight: a bounded burst, not all N at once
+
+    async def open_one(i: int) -> None:
+        async with gate:
+            conns[i] = await ws_connect(
+                f"ws://127.0.0.1:{base_port}/ws/conversations/{socks[i].conversation_id}/",
+                origin=Origin(origin),
+                additional_headers={"Cookie": f"{cookie_name}={accounts[i]['session']}"},
+                max_size=None,
+                open_timeout=30,
+                ping_interval=None,
+                close_timeout=2,
             )
-            conns.append(ws)
+
+    try:
+        opening = [asyncio.create_task(open_one(i)) for i in range(len(socks))]
+        try:
+            await asyncio.gather(*opening)
+        except BaseException:
+            for t in opening:
+                t.cancel()
+            await asyncio.gather(*opening, return_exceptions=True)
+            raise
+        for sock, ws in zip(socks, conns):
             by_client: dict[str, RunRecord] = {}
             by_server: dict[str, RunRecord] = {}
             maps.append((by_client, by_server))
             readers.append(asyncio.create_task(reader(ws, sock, by_client, by_server)))
         # Every socket gets its connect snapshot before the first round.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 + 0.1 * len(socks)
         while any(not s.frames for s in socks) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         on_connected()
@@ -543,7 +577,7 @@ async def drive(
                 bad = [rec for rec in recs if rec.status != "complete"]
                 if bad:
                     print(
-                        f"  round {r + 1}/{args.rounds}: {len(bad)} of {len(recs)} runs did not complete "
+                        f"  [{label}] round {r + 1}/{args.rounds}: {len(bad)} of {len(recs)} runs did not complete "
                         f"(first: {bad[0].status} {bad[0].error})",
                         file=sys.stderr,
                     )
@@ -551,13 +585,18 @@ async def drive(
                         break  # nothing works: stop early, report what there is
                 else:
                     spent = max(rec.t_end or 0 for rec in recs) - min(rec.t_start for rec in recs)
-                    print(f"  round {r + 1}/{args.rounds}: {len(recs)} runs complete in {spent:.1f} s", file=sys.stderr)
+                    print(
+                        f"  [{label}] round {r + 1}/{args.rounds}: {len(recs)} runs complete in {spent:.1f} s",
+                        file=sys.stderr,
+                    )
                 await asyncio.sleep(args.pause_s)
         finally:
             lag.task.cancel()
             for t in readers:
                 t.cancel()
             await asyncio.gather(*readers, lag.task, return_exceptions=True)
+    finally:
+        await asyncio.gather(*(ws.close() for ws in conns if ws is not None), return_exceptions=True)
     return socks
 
 
@@ -583,6 +622,18 @@ class StreamFrames:
         self.times.append(t)
         self.frame_ids.append(frame_id)
         self.chars = max(self.chars, offset + length)
+
+    def coverage(self) -> tuple[int, int]:
+        """(distinct characters received, characters received more than once)."""
+        spans = sorted(zip(self.starts, self.ends))
+        union = total = 0
+        reach = 0
+        for lo, hi in spans:
+            total += hi - lo
+            if hi > reach:
+                union += hi - max(lo, reach)
+                reach = hi
+        return union, total - union
 
     def frame_of(self, last_char: int) -> int | None:
         """Index of the delta that carried character *last_char*."""
@@ -624,9 +675,10 @@ def analyse(
             is_run_frame = False
             n_delta = 0
             for ev in events:
-                rec = recs.get(ev.get("run", ""))
-                if rec is None:
+                found = recs.get(ev.get("run", ""))
+                if found is None:
                     continue
+                rec = found
                 is_run_frame = True
                 kind = ev.get("type")
                 if kind == "panel.delta":
@@ -684,17 +736,25 @@ def analyse(
     lat_first: list[float] = []
     lat_rest: list[float] = []
     lat_final: list[float] = []
+    lat_end: list[float] = []
     lat_sched: list[float] = []
     lateness: list[float] = []
     missing = 0
     mismatches = sum(sf.mismatch for sf in streams.values())
-    coverage = {"expected_chars": 0, "received_chars": 0}
+    coverage = {"expected_chars": 0, "received_chars": 0, "lost_chars": 0, "duplicated_chars": 0}
+    short: list[str] = []  # streams that lost or repeated characters
     for model, script in scripts.items():
         if model.endswith("-analyst") or model not in run_of_model:
             continue
         sf = streams.get(model)
-        coverage["expected_chars"] += len(script["content"])
-        coverage["received_chars"] += sf.chars if sf else 0
+        expected = len(script["content"])
+        got, dup = sf.coverage() if sf else (0, 0)
+        coverage["expected_chars"] += expected
+        coverage["received_chars"] += got
+        coverage["lost_chars"] += max(0, expected - got)
+        coverage["duplicated_chars"] += dup
+        if got < expected or dup:
+            short.append(f"{model}: {got}/{expected} chars" + (f", {dup} duplicated" if dup else ""))
         if sf is None:
             continue
         if sends:
@@ -724,6 +784,8 @@ def analyse(
             lat_all.append(ms)
             per_round.setdefault(run_of_model[model].plan.round, {"a": [], "b": []})["a"].append(ms)
             (lat_first if i == 0 else lat_rest).append(ms)
+            if i == len(seq) - 1:
+                lat_end.append(ms)  # stream-end lag: the last chunk → the frame with its last character
             if model.endswith("-writer"):
                 lat_final.append(ms)
 
@@ -767,7 +829,7 @@ def analyse(
             gate = max(p.members, key=lambda m: ends[m])
             t_req = req_time.get(gate)
             a_req, w_req = req_time.get(p.analyst), req_time.get(p.writer)
-            if None in (t_req, a_req, w_req):
+            if t_req is None or a_req is None or w_req is None:
                 continue
             gate_dur = scripted_duration_ms(scripts[gate], len(scripts[gate]["content"]), ts) / 1000
             w_first = chunks[p.writer][0][2]
@@ -784,6 +846,37 @@ def analyse(
                 + parts["upstream (writer ttft)"][-1]
             )
             app_overhead.append(overhead[-1] - upstream_late)
+
+    # --- how synchronised the runs were: the spread of their panel / analyst requests, per round
+    # (a server that starts runs slowly spreads them out, and its later hops then see smaller bursts)
+    spread: dict[str, list[float]] = {"panel_requests": [], "analyst_requests": []}
+    by_round: dict[int, list[RunPlan]] = {}
+    for sock in socks:
+        for rec in sock.runs:
+            by_round.setdefault(rec.plan.round, []).append(rec.plan)
+    for round_plans in by_round.values():
+        firsts = [
+            min(req_time[m] for m in pl.members if m in req_time) for pl in round_plans if pl.members[0] in req_time
+        ]
+        analysts = [req_time[pl.analyst] for pl in round_plans if pl.analyst in req_time]
+        for key, ts_ in (("panel_requests", firsts), ("analyst_requests", analysts)):
+            if len(ts_) > 1:
+                spread[key].append((max(ts_) - min(ts_)) * 1000)
+
+    # --- what the upstream was asked: requests per role and their size (both sides send the same)
+    asked: dict[str, dict[str, Any]] = {}
+    for req in requests:
+        model = str(req.get("model", ""))
+        role = "analyst" if model.endswith("-analyst") else "writer" if model.endswith("-writer") else "member"
+        chars = sum(len(str(m.get("content") or "")) for m in req.get("messages") or [] if isinstance(m, dict))
+        a = asked.setdefault(role, {"n": 0, "chars": 0, "params": set()})
+        a["n"] += 1
+        a["chars"] += chars
+        a["params"].update(req.get("params") or {})
+    upstream_requests = {
+        role: {"n": a["n"], "mean_message_chars": a["chars"] / max(1, a["n"]), "params": sorted(a["params"])}
+        for role, a in sorted(asked.items())
+    }
 
     # --- (c) frame rates
     t0 = min((rec.t_start for s in socks for rec in s.runs if rec.t_start), default=0)
@@ -808,6 +901,7 @@ def analyse(
             "first_chunk_of_stream": stats(lat_first),
             "later_chunks": stats(lat_rest),
             "final_answer_chunks": stats(lat_final),
+            "stream_end": stats(lat_end),
             "vs_schedule": stats(lat_sched),
             "upstream_lateness_vs_schedule": stats(lateness),
         },
@@ -817,6 +911,7 @@ def analyse(
             "server_final_ttft_overhead_ms": stats(server_overhead),
             "app_overhead_ms": stats(app_overhead),
             "start_to_run_started_frame_ms": stats(started_frame),
+            "burst_spread_ms": {k: stats(v) for k, v in spread.items()},
             "breakdown_ms": {k: stats(v) for k, v in parts.items()},
         },
         "c_frames": {
@@ -831,10 +926,16 @@ def analyse(
             "bytes_total": total_bytes,
             "mean_frame_bytes": total_bytes / max(1, sum(len(s.frames) for s in socks)),
         },
+        "upstream_requests": upstream_requests,
         "per_round": {
             r: {"a_latency_ms": stats(v["a"]), "b_overhead_ms": stats(v["b"])} for r, v in sorted(per_round.items())
         },
-        "integrity": {**coverage, "offset_gaps_or_overlaps": mismatches, "chunks_not_found_in_frames": missing},
+        "integrity": {
+            **coverage,
+            "offset_gaps_or_overlaps": mismatches,
+            "chunks_not_found_in_frames": missing,
+            "streams_short_or_repeated": short,
+        },
     }
 
 
@@ -878,10 +979,12 @@ def summarise_probe(path: Path, t_runs: float, t_end: float | None = None) -> di
 # --------------------------------------------------------------------------- report
 
 
-def print_report(cfg: dict[str, Any], res: dict[str, Any], mem: dict[str, Any]) -> None:
+def print_report(
+    cfg: dict[str, Any], res: dict[str, Any], mem: dict[str, Any], title: str = "Fusion websocket fan-out benchmark"
+) -> None:
     line = "-" * 86
     print()
-    print("Fusion websocket fan-out benchmark")
+    print(title)
     print(line)
     for k, v in cfg.items():
         print(f"  {k:<28} {v}")
@@ -911,6 +1014,7 @@ def print_report(cfg: dict[str, Any], res: dict[str, Any], mem: dict[str, Any]) 
         row("  first chunk of each stream", a["first_chunk_of_stream"])
         row("  later chunks", a["later_chunks"])
         row("  fused-answer chunks", a["final_answer_chunks"])
+        row("  last chunk of each stream (stream-end lag)", a["stream_end"])
         row("same, against the scripted schedule", a["vs_schedule"])
         row("  of which upstream lateness (bench artefact)", a["upstream_lateness_vs_schedule"])
     b = res["b_final_first_token"]
@@ -924,6 +1028,19 @@ def print_report(cfg: dict[str, Any], res: dict[str, Any], mem: dict[str, Any]) 
         for k, s in b["breakdown_ms"].items():
             row("    " + k, s)
     row("(start sent → run.started frame)", b["start_to_run_started_frame_ms"])
+    sp = b.get("burst_spread_ms") or {}
+    if sp.get("panel_requests", {}).get("n"):
+        print(
+            f"  burst: each round's runs reached the upstream within {fmt(sp['panel_requests']['max'])} ms "
+            f"(first panel requests), their analyst requests within {fmt(sp['analyst_requests']['max'])} ms "
+            "(max over rounds)"
+        )
+    asked = res.get("upstream_requests") or {}
+    if asked:
+        print(
+            "  upstream requests: "
+            + ", ".join(f"{role} {a['n']} (messages {a['mean_message_chars']:.0f} chars)" for role, a in asked.items())
+        )
     if len(res["per_round"]) > 1:
         print("  per round (round 1 includes the server's first-use costs):")
         for rnd, v in res["per_round"].items():
@@ -948,6 +1065,17 @@ def print_report(cfg: dict[str, Any], res: dict[str, Any], mem: dict[str, Any]) 
             f"  {name:<14} {m['baseline_mb']:>10.1f}MB {m['peak_mb']:>8.1f}MB {m['peak_mb'] - m['baseline_mb']:>8.1f}MB"
             f" {m['cpu_s']:>8.2f} {m['cpu_pct']:>6.0f}%"
         )
+    dt = mem["daphne_total"]
+    if dt["processes"] > 1:
+        print(
+            f"  {'daphne, all ' + str(dt['processes']):<14} {dt['baseline_mb']:>10.1f}MB {dt['peak_mb']:>8.1f}MB"
+            f" {dt['growth_mb']:>8.1f}MB {dt['cpu_s']:>8.2f} {dt['cpu_pct']:>6.0f}%  (sum of the per-process values)"
+        )
+    print(
+        f"  Daphne RSS growth per live run: {dt['growth_per_live_run_mb']:.2f} MB "
+        f"((peak − before runs) / {mem['concurrent_runs']} concurrent runs"
+        + (", summed over the workers)" if dt["processes"] > 1 else ")")
+    )
     print(
         f"  ({mem['samples']} samples; CPU % is of one core over {mem['window_s']:.1f} s; the machine has "
         f"{os.cpu_count()} cores)"
@@ -979,10 +1107,558 @@ def print_report(cfg: dict[str, Any], res: dict[str, Any], mem: dict[str, Any]) 
         f"\n  integrity: {integ['received_chars']}/{integ['expected_chars']} streamed characters received, "
         f"{integ['offset_gaps_or_overlaps']} offset gaps/overlaps, {integ['chunks_not_found_in_frames']} chunks unmatched"
     )
+    print(f"             {integ['lost_chars']} characters lost, {integ['duplicated_chars']} duplicated")
+    for msg in integ["streams_short_or_repeated"][:5]:
+        print(f"               {msg}")
+    print(line)
+
+
+# --------------------------------------------------------------------------- the servers of one side
+
+
+@dataclass
+class Target:
+    """What the clients talk to on one side (the bare relay, or the app) and the processes behind it."""
+
+    kind: str  # "relay" | "app"
+    port: int  # where the clients connect (Daphne, or nginx in front of the workers)
+    accounts: list[dict[str, Any]]
+    cookie_name: str = "sessionid"
+    login: str = "—"
+    stack: str = ""
+    servers: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)  # the Daphnes (sampled)
+    others: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)  # nginx (stopped with them)
+    sampled: dict[str, int] = field(default_factory=dict)  # other processes to sample (nginx's worker)
+    logs: list[Path] = field(default_factory=list)
+    probe_files: list[Path] = field(default_factory=list)
+    nginx_site: str = ""
+
+
+def free_ports(n: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < n:
+        p = free_port()
+        if p not in ports:
+            ports.append(p)
+    return ports
+
+
+def daphne_command(args: argparse.Namespace, port: int, app: str, *, proxy_headers: bool = False) -> list[str]:
+    return [
+        sys.executable,
+        *([str(ROOT / "bench" / "daphne_probe.py")] if args.loop_probe else ["-m", "daphne"]),
+        "-b",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        *(["--proxy-headers"] if proxy_headers else []),
+        app,
+    ]
+
+
+def app_env(env: dict[str, str], database_url: str, redis_url: str) -> dict[str, str]:
+    return {
+        **env,
+        "DATABASE_URL": database_url,
+        "FUSION_ALLOW_SERVER_KEY": "true",  # the bench accounts have no keys of their own
+        "FUSION_DAILY_SPEND_LIMIT_USD": "0",  # no limit: rounds of runs must not be refused
+        "FUSION_MAX_CONCURRENT_RUNS_PER_USER": "1000",
+        # Every bench account signs in from 127.0.0.1 at once: no per-address sign-in bucket.
+        "FUSION_LOGIN_RATE_PER_MIN": "0",
+        "FUSION_SIGNUP": "open",
+        "REDIS_URL": redis_url,
+        "FUSION_DEMO": "false",
+        "DJANGO_DEBUG": "false",
+        "LOG_LEVEL": "WARNING",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+    }
+
+
+def migrate_and_make_users(args: argparse.Namespace, env: dict[str, str]) -> list[dict[str, Any]]:
+    mig = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=ROOT,
+        env=env,
+        timeout=180,
+        capture_output=True,
+        text=True,
+    )
+    if mig.returncode != 0:
+        raise BenchError(f"manage.py migrate failed (exit {mig.returncode}):\n{mig.stderr[-3000:]}")
+    accounts: list[dict[str, Any]] = run_django(SETUP, [str(args.runs), PASSWORD], env, timeout=60 + 0.2 * args.runs)
+    return accounts
+
+
+def sign_in(
+    args: argparse.Namespace, base: str, accounts: list[dict[str, Any]], env: dict[str, str]
+) -> tuple[str, str]:
+    """Sessions for every account: the first --http-logins over HTTP, the rest made directly."""
+    cookie_name = "sessionid"
+    used = []
+    n_http = 0 if args.login == "session" else min(len(accounts), max(0, args.http_logins))
+    if n_http:
+        t = time.monotonic()
+        sessions = asyncio.run(http_logins(base, [a["username"] for a in accounts[:n_http]]))
+        for acc, sess in zip(accounts, sessions):
+            acc["session"] = sess
+        ok = sum(1 for x in sessions if x)
+        print(f"  {ok}/{n_http} users signed in over HTTP in {time.monotonic() - t:.1f} s", file=sys.stderr)
+        if ok:
+            used.append(f"http ({ok} users)")
+        if ok < n_http:
+            print("  HTTP login failed for some users; creating their sessions directly", file=sys.stderr)
+    rest = [a for a in accounts if not a.get("session")]
+    if rest:
+        made = run_django(SESSIONS, [json.dumps([a["user_id"] for a in rest])], env, timeout=60 + 0.2 * len(rest))
+        if len(rest) == len(accounts):
+            cookie_name = made["cookie"]
+        for acc in rest:
+            acc["session"] = made["sessions"][str(acc["user_id"])]
+        failed = " (HTTP login failed)" if n_http and len(rest) > len(accounts) - n_http else ""
+        used.append(f"session ({len(rest)} users{failed})")
+    return cookie_name, " + ".join(used)
+
+
+def start_relay(args: argparse.Namespace, d: Path, children: Children, env: dict[str, str]) -> Target:
+    port = free_port()
+    log = d / "daphne.log"
+    proc = children.start("daphne (relay)", daphne_command(args, port, "bench.relay:application"), env=env, log=log)
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc, "Daphne (relay)", log, 30)
+    accounts = [{"conversation_id": i + 1, "session": "relay", "username": f"bench{i}"} for i in range(args.runs)]
+    return Target(
+        "relay",
+        port,
+        accounts,
+        login="none (the relay accepts any socket)",
+        stack="none (bench/relay.py: no channel layer, no database, no rendering)",
+        servers=[("daphne", proc)],
+        logs=[log],
+        probe_files=[Path(env["BENCH_LOOP_PROBE_OUT"])],
+    )
+
+
+def start_single(args: argparse.Namespace, d: Path, children: Children, env0: dict[str, str]) -> Target:
+    env = app_env(env0, f"sqlite:///{d / 'bench.sqlite3'}", "")
+    accounts = migrate_and_make_users(args, env)
+    port = free_port()
+    log = d / "daphne.log"
+    proc = children.start("daphne", daphne_command(args, port, "fusionsite.asgi:application"), env=env, log=log)
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc, "Daphne", log, 30)
+    cookie_name, login = sign_in(args, f"http://127.0.0.1:{port}", accounts, env)
+    return Target(
+        "app",
+        port,
+        accounts,
+        cookie_name,
+        login,
+        "in-memory / temporary SQLite",
+        servers=[("daphne", proc)],
+        logs=[log],
+        probe_files=[Path(env["BENCH_LOOP_PROBE_OUT"])],
+    )
+
+
+def start_cluster(
+    args: argparse.Namespace,
+    d: Path,
+    children: Children,
+    cleanups: list[tuple[str, Any]],
+    env0: dict[str, str],
+) -> Target:
+    """N Daphnes (PostgreSQL + Redis) behind a local nginx; the database and Redis are cleaned up at exit."""
+    from bench import cluster
+
+    try:
+        dbname, db_url = cluster.create_database()
+    except Exception as exc:
+        raise BenchError(f"could not create a database on PostgreSQL 127.0.0.1:5432 (user postgres): {exc}") from exc
+    cleanups.append((f"drop database {dbname}", lambda: cluster.drop_database(dbname)))
+    redis_url = f"redis://127.0.0.1:6379/{args.redis_db}"
+    try:
+        cluster.flush_redis(redis_url)
+    except Exception as exc:
+        raise BenchError(f"Redis at {redis_url} is not usable: {exc}") from exc
+    cleanups.append((f"flush {redis_url}", lambda: cluster.flush_redis(redis_url)))
+    env = app_env(env0, db_url, redis_url)
+    env.update(
+        {
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(40),  # every worker signs and checks sessions alike
+            "FUSION_BEHIND_TLS": "false",
+            "DJANGO_SECURE_PROXY_SSL_HEADER": "",
+        }
+    )
+    t = time.monotonic()
+    accounts = migrate_and_make_users(args, env)
+    print(f"  PostgreSQL database {dbname} migrated, users made in {time.monotonic() - t:.1f} s", file=sys.stderr)
+    ports = free_ports(args.workers + 1)
+    nginx_port, daphne_ports = ports[0], ports[1:]
+    target = Target("app", nginx_port, accounts)
+    for i, port in enumerate(daphne_ports, 1):
+        log = d / f"daphne-{i}.log"
+        probe_out = d / f"daphne_probe-{i}.json"
+        proc = children.start(
+            f"daphne-{i}",
+            daphne_command(args, port, "fusionsite.asgi:application", proxy_headers=True),
+            env={**env, "BENCH_LOOP_PROBE_OUT": str(probe_out)},
+            log=log,
+        )
+        target.servers.append((f"daphne-{i}", proc))
+        target.logs.append(log)
+        target.probe_files.append(probe_out)
+    for (name, proc), port, log in zip(target.servers, daphne_ports, target.logs):
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc, name, log, 40)
+    ndir = d / "nginx"
+    ndir.mkdir()
+    conf, target.nginx_site = cluster.nginx_config(ndir, nginx_port, daphne_ports)
+    (ndir / "nginx.conf").write_text(conf)
+    checked = subprocess.run(
+        [*cluster.nginx_command(ndir)[:-2], "-t", "-q"], capture_output=True, text=True, timeout=30
+    )
+    if checked.returncode != 0:
+        raise BenchError(f"nginx -t refused {ndir / 'nginx.conf'}:\n{checked.stdout}{checked.stderr}")
+    nginx = children.start("nginx", cluster.nginx_command(ndir), env=env0, log=ndir / "stdout.log")
+    target.others.append(("nginx", nginx))
+    wait_http(f"http://127.0.0.1:{nginx_port}/healthz", nginx, "nginx", ndir / "error.log", 15)
+    with contextlib.suppress(psutil.Error):
+        workers = psutil.Process(nginx.pid).children()
+        for i, w in enumerate(workers, 1):
+            target.sampled["nginx worker" + (f" {i}" if len(workers) > 1 else "")] = w.pid
+    # Redis is part of what is measured here (one long-lived process, shared with anything else
+    # that uses it); PostgreSQL's backends come and go with each connection, so their CPU stays
+    # in "processes outside the benchmark".
+    for proc in psutil.process_iter(["name"]):
+        if proc.info.get("name") == "redis-server":
+            target.sampled["redis-server"] = proc.pid
+            break
+    target.cookie_name, target.login = sign_in(args, f"http://127.0.0.1:{nginx_port}", accounts, env)
+    target.stack = (
+        f"Redis db {args.redis_db} / PostgreSQL {dbname}; {args.workers} Daphne(s) behind nginx 127.0.0.1:{nginx_port}"
+    )
+    return target
+
+
+# --------------------------------------------------------------------------- one side, measured
+
+
+def run_side(
+    args: argparse.Namespace,
+    side: str,
+    tmp: Path,
+    children: Children,
+    cleanups: list[tuple[str, Any]],
+    scripts_file: Path,
+    scripts: dict[str, Any],
+    plans: list[list[RunPlan]],
+    timing: dict[str, Any],
+) -> dict[str, Any]:
+    """Start a fresh upstream and one side's servers, drive the load, stop them; the side's numbers."""
+    t_side = time.monotonic()
+    d = tmp / side
+    d.mkdir()
+    up_port = free_port()
+    upstream_url = f"http://127.0.0.1:{up_port}"
+    env = {
+        **os.environ,
+        "OPENROUTER_BASE_URL": upstream_url + "/v1",
+        "OPENROUTER_API_KEY": "x",
+        "PYTHONUNBUFFERED": "1",
+        "BENCH_LOOP_PROBE_OUT": str(d / "daphne_probe.json"),
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    if args.frame_interval_ms is not None:
+        env["FUSION_FRAME_INTERVAL_MS"] = str(args.frame_interval_ms)
+    frame_interval = env.get("FUSION_FRAME_INTERVAL_MS") or "40 (app default)"
+    print(f"[{side}] starting: {args.runs} runs × {args.rounds} rounds; logs in {d}", file=sys.stderr)
+    up_log = d / "upstream.log"
+    upstream = children.start(
+        f"upstream ({side})",
+        [
+            sys.executable,
+            *(["-m", "chat.testing.scripted"] if args.no_probe else [str(ROOT / "bench" / "upstream_probe.py")]),
+            "--port",
+            str(up_port),
+            "--scripts",
+            str(scripts_file),
+            "--time-scale",
+            str(args.time_scale),
+        ],
+        env=env,
+        log=up_log,
+    )
+    wait_http(upstream_url + "/v1/models", upstream, "scripted upstream", up_log, 15)
+    if side == "relay":
+        target = start_relay(args, d, children, env)
+    elif args.workers:
+        target = start_cluster(args, d, children, cleanups, env)
+    else:
+        target = start_single(args, d, children, env)
+    print(f"  [{side}] servers up and users signed in after {time.monotonic() - t_side:.1f} s", file=sys.stderr)
+    main_log = target.logs[0]
+
+    # --- drive
+    watched = {name: p.pid for name, p in target.servers}
+    watched.update(target.sampled)
+    watched.update({"upstream": upstream.pid, "bench client": os.getpid()})
+    sampler = Sampler(watched)
+    sampler.start()
+    cpu0: dict[str, float] = {}
+    lag = LoopLag()
+    sys_cpu0: list[Any] = []
+    wall0 = [0.0]
+
+    def on_connected() -> None:
+        sampler.mark_baseline()
+        cpu0.update(sampler.cpu())
+        sys_cpu0.append(psutil.cpu_times())
+        wall0[0] = time.monotonic()
+
+    try:
+        socks = asyncio.run(
+            drive(args, target.port, target.accounts, target.cookie_name, plans, on_connected, lag, label=side)
+        )
+    except (OSError, websockets.InvalidHandshake, websockets.InvalidStatus) as exc:
+        raise BenchError(f"websocket connection failed: {exc!r}\n{tail(main_log)}") from exc
+    except websockets.ConnectionClosed as exc:
+        raise BenchError(f"websocket closed: {exc!r}\n{tail(main_log)}") from exc
+    finally:
+        sampler.stop()
+    cpu1 = sampler.cpu()
+    sys_cpu1 = psutil.cpu_times()
+    window = max(1e-9, time.monotonic() - wall0[0])
+    busy = 0.0
+    if sys_cpu0:
+        a, b = sys_cpu0[0], sys_cpu1
+        busy = (b.user + b.system + getattr(b, "nice", 0) + getattr(b, "irq", 0) + getattr(b, "softirq", 0)) - (
+            a.user + a.system + getattr(a, "nice", 0) + getattr(a, "irq", 0) + getattr(a, "softirq", 0)
+        )
+    sampler.sample()
+
+    # --- upstream's records
+    try:
+        requests = httpx.get(upstream_url + "/_scripted/requests", timeout=30).json()["requests"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        requests = []
+    sends = None
+    try:
+        r = httpx.get(upstream_url + "/_bench/sends", timeout=30)
+        if r.status_code == 200:
+            sends = r.json()["sends"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        pass
+
+    # This side's servers go away now (the probe writes its record on shutdown; the next side must
+    # not share the cores with them).
+    for _name, proc in [*target.others, *target.servers]:
+        children.stop(proc)
+    children.stop(upstream)
+    probe = None
+    if args.loop_probe:
+        probe = summarise_probe(
+            target.probe_files[0],
+            min((r.t_start for s in socks for r in s.runs), default=0),
+            max((r.t_end or 0 for s in socks for r in s.runs), default=None),
+        )
+    dump: list[list[Any]] | None = [] if args.dump_chunks else None
+    res = analyse(args, socks, scripts, timing, sends, requests, dump)
+    if args.dump_chunks:
+        path = Path(args.dump_chunks)
+        if args.baseline:
+            path = path.with_name(f"{path.stem}-{side}{path.suffix}")
+        path.write_text(
+            json.dumps(
+                {
+                    "chunks": dump,  # [model, offset, length, upstream send time, frame receive time]
+                    "runs": [
+                        {
+                            "conv": rec.plan.conv_index,
+                            "round": rec.plan.round,
+                            "t_start": rec.t_start,
+                            "t_end": rec.t_end,
+                            "status": rec.status,
+                        }
+                        for s in socks
+                        for rec in s.runs
+                    ],
+                    "requests": [{"model": q["model"], "time": q["time"]} for q in requests],
+                    "sends": sends,
+                }
+            )
+        )
+    ours = sum(cpu1.get(n, 0) - cpu0.get(n, 0) for n in sampler.procs)
+    processes = {
+        name: {
+            "baseline_mb": sampler.baseline.get(name, 0) / 2**20,
+            "peak_mb": sampler.peak.get(name, 0) / 2**20,
+            "cpu_s": cpu1.get(name, 0) - cpu0.get(name, 0),
+            "cpu_pct": 100 * (cpu1.get(name, 0) - cpu0.get(name, 0)) / window,
+        }
+        for name in sampler.procs
+    }
+    daphnes = [processes[name] for name, _ in target.servers if name in processes]
+    growth = sum(p["peak_mb"] - p["baseline_mb"] for p in daphnes)
+    mem = {
+        "samples": sampler.samples,
+        "window_s": window,
+        "concurrent_runs": args.runs,
+        "machine_cpu_pct": 100 * busy / window,
+        "other_processes_cpu_pct": max(0.0, 100 * (busy - ours) / window),
+        "client_loop_lag_ms": stats(lag.gaps),
+        "client_loop_stalls_over_20ms": sum(1 for g in lag.gaps if g > 20),
+        "daphne_loop_probe": probe,
+        "processes": processes,
+        "daphne_total": {
+            "processes": len(daphnes),
+            "baseline_mb": sum(p["baseline_mb"] for p in daphnes),
+            "peak_mb": sum(p["peak_mb"] for p in daphnes),
+            "growth_mb": growth,
+            "growth_per_live_run_mb": growth / max(1, args.runs),
+            "cpu_s": sum(p["cpu_s"] for p in daphnes),
+            "cpu_pct": sum(p["cpu_pct"] for p in daphnes),
+        },
+    }
+    cfg = {
+        "server": "the bare relay (bench/relay.py under Daphne)"
+        if side == "relay"
+        else ("the app: " + (f"{args.workers} Daphne worker(s) behind nginx" if args.workers else "one Daphne")),
+        "concurrent runs / sockets": f"{args.runs} (one user + conversation each)",
+        "rounds": args.rounds,
+        "panel": f"{args.members} members + analyst + writer",
+        "member timing": ", ".join(
+            f"m{m}: ttft {t['ttft_ms'] * args.time_scale:.0f} ms, {t['tokens_per_s'] / args.time_scale:.0f} tok/s"
+            for m, t in enumerate(timing["members"])
+        ),
+        "member answer": f"{timing['member_chars'][0]} chars, {args.chunk_chars}-char chunks "
+        f"(durations {', '.join(f'{d:.0f}' for d in timing['member_duration_ms'])} ms)",
+        "analyst": f"ttft {timing['analyst_ms']:.0f} ms, unpaced (generated analysis JSON)",
+        "writer": f"ttft {timing['writer_ttft_ms']:.0f} ms, {args.writer_tps / args.time_scale:.0f} tok/s, "
+        f"{timing['writer_chars']} chars",
+        "scripted critical path": f"{timing['critical_path_ms']:.0f} ms to the fused answer's first token",
+        "time scale": args.time_scale,
+        "FUSION_FRAME_INTERVAL_MS": frame_interval,
+        "login": target.login,
+        "channel layer / database": target.stack,
+        **({"nginx site": target.nginx_site} if target.nginx_site else {}),
+        "machine": f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, "
+        f"{platform.machine()}",
+        "wall time of this side": f"{time.monotonic() - t_side:.1f} s",
+    }
+    title = "Fusion websocket fan-out benchmark" + (" — BARE RELAY (baseline)" if side == "relay" else " — APP")
+    print_report(cfg, res, mem, title)
+    return {"config": cfg, "results": res, "memory": mem}
+
+
+# --------------------------------------------------------------------------- relay vs app
+
+
+COMPARED: list[tuple[str, tuple[str, ...]]] = [
+    ("token → frame, all chunks", ("a_latency_ms", "all")),
+    ("  first chunk of each stream", ("a_latency_ms", "first_chunk_of_stream")),
+    ("  stream-end lag (last chunk → its frame)", ("a_latency_ms", "stream_end")),
+    (
+        "start sent → panel request upstream",
+        ("b_final_first_token", "breakdown_ms", "start sent → panel request upstream"),
+    ),
+    ("panel done → analyst request", ("b_final_first_token", "breakdown_ms", "panel done → analyst request")),
+    ("analyst answer → writer request", ("b_final_first_token", "breakdown_ms", "analyst answer → writer request")),
+    ("fused answer's first token: overhead, own share", ("b_final_first_token", "app_overhead_ms")),
+]
+
+
+def _dig(d: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for k in path:
+        d = d.get(k) or {}
+    return d
+
+
+def _ratio(app: float | None, relay: float | None) -> float | None:
+    if app is None or relay is None or relay <= 0:
+        return None
+    return app / relay
+
+
+def compare(relay: dict[str, Any], app: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for label, path in COMPARED:
+        r, a = _dig(relay["results"], path), _dig(app["results"], path)
+        rows.append(
+            {
+                "metric": label,
+                "unit": "ms",
+                "relay": {"p50": r.get("p50"), "p99": r.get("p99"), "n": r.get("n", 0)},
+                "app": {"p50": a.get("p50"), "p99": a.get("p99"), "n": a.get("n", 0)},
+                "ratio_p99": _ratio(a.get("p99"), r.get("p99")),
+            }
+        )
+    for label, get, unit in (
+        ("runs completed", lambda s: f"{s['results']['runs']['complete']}/{s['results']['runs']['total']}", ""),
+        (
+            "characters lost / duplicated",
+            lambda s: f"{s['results']['integrity']['lost_chars']} / {s['results']['integrity']['duplicated_chars']}",
+            "",
+        ),
+        (
+            "spread of a round's analyst requests (max)",
+            lambda s: (s["results"]["b_final_first_token"].get("burst_spread_ms") or {})
+            .get("analyst_requests", {})
+            .get("max"),
+            "ms",
+        ),
+        ("Daphne CPU (% of one core, all processes)", lambda s: s["memory"]["daphne_total"]["cpu_pct"], "%"),
+        ("Daphne RSS growth per live run", lambda s: s["memory"]["daphne_total"]["growth_per_live_run_mb"], "MB"),
+        ("other processes' CPU (noise)", lambda s: s["memory"]["other_processes_cpu_pct"], "%"),
+    ):
+        rv, av = get(relay), get(app)
+        rows.append(
+            {
+                "metric": label,
+                "unit": unit,
+                "relay": rv,
+                "app": av,
+                "ratio": _ratio(av, rv) if isinstance(av, float) and isinstance(rv, float) else None,
+            }
+        )
+    return rows
+
+
+def print_comparison(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    line = "=" * 94
+    print()
+    print(f"Relay vs app: the same load ({args.runs} concurrent runs × {args.rounds} rounds, the same scripts)")
+    print(line)
+    print(f"  {'':<48} {'relay':^17} {'app':^17} {'app/relay':>9}")
+    print(f"  {'':<48} {'p50':>8} {'p99':>8} {'p50':>8} {'p99':>8} {'(p99)':>9}")
+    for row in rows:
+        ratio = row.get("ratio_p99", row.get("ratio"))
+        ratio_s = "—" if ratio is None else f"{ratio:.2f}×"
+        if "ratio_p99" in row:
+            r, a = row["relay"], row["app"]
+            print(
+                f"  {row['metric']:<48} {fmt(r['p50']):>8} {fmt(r['p99']):>8} {fmt(a['p50']):>8} {fmt(a['p99']):>8}"
+                f" {ratio_s:>9}  ms"
+            )
+            continue
+
+        def cell(v: Any) -> str:
+            if v is None:
+                return "—"
+            if isinstance(v, float):
+                if row["unit"] == "MB":
+                    return f"{v:.2f} MB"
+                return f"{v:.0f}%" if row["unit"] == "%" else f"{v:.0f} {row['unit']}"
+            return str(v)
+
+        print(f"  {row['metric']:<48} {cell(row['relay']):>17} {cell(row['app']):>17} {ratio_s:>9}")
     print(line)
 
 
 # --------------------------------------------------------------------------- main
+
+
+def default_timeout(args: argparse.Namespace) -> float:
+    """The hard limit: setup (servers, migrate, users, logins) plus the rounds, per side; ≥ 110 s."""
+    setup = 30 + (45 if args.workers else 0) + 0.3 * args.runs
+    rounds = args.rounds * (5 + 10 * args.time_scale + 0.15 * args.runs)
+    return max(110.0, (2 if args.baseline else 1) * (setup + rounds + 15))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1007,14 +1683,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--frame-interval-ms", type=int, default=None, help="FUSION_FRAME_INTERVAL_MS for Daphne (app default 40)"
     )
     p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="first run the same load against the bare relay (bench/relay.py), then against the app; "
+        "print both and a side-by-side table with the ratios",
+    )
+    p.add_argument("--relay-only", action="store_true", help="run the load against the bare relay only")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the app as N Daphne processes behind a local nginx, on a fresh PostgreSQL database "
+        "(127.0.0.1:5432) and Redis (127.0.0.1:6379); 0 = one Daphne, SQLite, in-memory channel layer",
+    )
+    p.add_argument("--redis-db", type=int, default=11, help="Redis database for --workers (flushed before and after)")
+    p.add_argument(
         "--login",
         choices=("http", "session"),
         default="http",
-        help="sign in through /accounts/login/ (falls back to sessions) or create sessions directly",
+        help="sign in through /accounts/login/ (the first --http-logins users; falls back to sessions) "
+        "or create every session directly",
+    )
+    p.add_argument(
+        "--http-logins",
+        type=int,
+        default=32,
+        help="at most this many users sign in over HTTP (4 at a time; each costs the server one PBKDF2 "
+        "check, ~0.2 s of CPU); the others get sessions made directly",
     )
     p.add_argument("--pause-s", type=float, default=0.3, help="pause between rounds")
-    p.add_argument("--round-timeout", type=float, default=45.0, help="seconds a round may take")
-    p.add_argument("--timeout", type=float, default=110.0, help="hard limit for the whole benchmark, seconds")
+    p.add_argument(
+        "--round-timeout", type=float, default=None, help="seconds a round may take (default 45 + 0.25 × runs)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="hard limit for the whole benchmark, seconds (default: scaled with runs × rounds and sides, ≥ 110)",
+    )
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     p.add_argument(
         "--no-probe",
@@ -1026,13 +1733,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run Daphne through bench/daphne_probe.py: event-loop stalls, GC pauses, stack samples",
     )
-    p.add_argument("--dump-chunks", metavar="PATH", help="write every chunk's send and receive time (JSON)")
+    p.add_argument(
+        "--dump-chunks",
+        metavar="PATH",
+        help="write every chunk's send and receive time (JSON; with --baseline, PATH-relay / PATH-app)",
+    )
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (logs, database)")
     args = p.parse_args(argv)
     if not 1 <= args.members <= 8:
         p.error("--members must be 1..8")
     if args.runs < 1 or args.rounds < 1:
         p.error("--runs and --rounds must be ≥ 1")
+    if args.baseline and args.relay_only:
+        p.error("--baseline already runs the relay; use one of the two")
+    if not 0 <= args.workers <= 32:
+        p.error("--workers must be 0..32")
+    if not 0 <= args.redis_db <= 15:
+        p.error("--redis-db must be 0..15")
+    if args.round_timeout is None:
+        args.round_timeout = 45 + 0.25 * args.runs
+    if args.timeout is None:
+        args.timeout = default_timeout(args)
     return args
 
 
@@ -1044,17 +1765,27 @@ def _alarm(_signum: int, _frame: Any) -> None:
     raise BenchError("the benchmark hit its --timeout; stopping")
 
 
+def raise_fd_limit(needed: int) -> None:
+    """Each run holds a websocket in the client, and Daphne ~4 sockets: lift the soft limit to the hard one."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(max(1, int(args.timeout)))
+    raise_fd_limit(64 + 8 * args.runs * (args.members + 3))
     t_begin = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="ws_fanout-"))
     children = Children()
+    cleanups: list[tuple[str, Any]] = []  # (what, callable): the database and Redis of --workers
     try:
-        return _main(args, tmp, children, t_begin)
+        return _main(args, tmp, children, cleanups, t_begin)
     except BenchError as exc:
         print(f"\nws_fanout: FAILED: {exc}", file=sys.stderr)
         print(f"  logs: {tmp} (kept)", file=sys.stderr)
@@ -1065,235 +1796,51 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         signal.alarm(0)
+        # Cleaning up must not be cut short by a second Ctrl-C / SIGTERM (every step has a timeout).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         children.stop_all()
+        for what, undo in reversed(cleanups):
+            try:
+                undo()
+            except Exception as exc:
+                print(f"ws_fanout: cleanup failed ({what}): {exc}", file=sys.stderr)
         if not args.keep_tmp:
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _main(args: argparse.Namespace, tmp: Path, children: Children, t_begin: float) -> int:
-    py = sys.executable
+def _main(
+    args: argparse.Namespace, tmp: Path, children: Children, cleanups: list[tuple[str, Any]], t_begin: float
+) -> int:
     scripts, plans, timing = build_scripts(args)
     scripts_file = tmp / "scripts.json"
     scripts_file.write_text(json.dumps(scripts))
-    up_port, app_port = free_port(), free_port()
-    upstream_url = f"http://127.0.0.1:{up_port}"
-    base = f"http://127.0.0.1:{app_port}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
-        "OPENROUTER_BASE_URL": upstream_url + "/v1",
-        "OPENROUTER_API_KEY": "x",
-        "FUSION_ALLOW_SERVER_KEY": "true",  # the bench accounts have no keys of their own
-        "FUSION_DAILY_SPEND_LIMIT_USD": "0",  # no limit: rounds of runs must not be refused
-        "FUSION_MAX_CONCURRENT_RUNS_PER_USER": "1000",
-        # Every bench account signs in from 127.0.0.1 at once: no per-address sign-in bucket.
-        "FUSION_LOGIN_RATE_PER_MIN": "0",
-        "FUSION_SIGNUP": "open",
-        "REDIS_URL": "",
-        "FUSION_DEMO": "false",
-        "DJANGO_DEBUG": "false",
-        "LOG_LEVEL": "WARNING",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    env["BENCH_LOOP_PROBE_OUT"] = str(tmp / "daphne_probe.json")
-    if args.frame_interval_ms is not None:
-        env["FUSION_FRAME_INTERVAL_MS"] = str(args.frame_interval_ms)
-    frame_interval = env.get("FUSION_FRAME_INTERVAL_MS") or "40 (app default)"
-
+    sides = ["relay", "app"] if args.baseline else ["relay"] if args.relay_only else ["app"]
     print(
-        f"ws_fanout: {args.runs} runs × {args.rounds} rounds, {args.members} members; temp dir {tmp}", file=sys.stderr
+        f"ws_fanout: {' then '.join(sides)}; {args.runs} runs × {args.rounds} rounds, {args.members} members; "
+        f"hard limit {args.timeout:.0f} s; temp dir {tmp}",
+        file=sys.stderr,
     )
-    up_log, app_log = tmp / "upstream.log", tmp / "daphne.log"
-    upstream = children.start(
-        "upstream",
-        [
-            py,
-            *(["-m", "chat.testing.scripted"] if args.no_probe else [str(ROOT / "bench" / "upstream_probe.py")]),
-            "--port",
-            str(up_port),
-            "--scripts",
-            str(scripts_file),
-            "--time-scale",
-            str(args.time_scale),
-        ],
-        env=env,
-        log=up_log,
-    )
-    mig = subprocess.run(
-        [py, "manage.py", "migrate", "--noinput", "-v", "0"],
-        cwd=ROOT,
-        env=env,
-        timeout=60,
-        capture_output=True,
-        text=True,
-    )
-    if mig.returncode != 0:
-        raise BenchError(f"manage.py migrate failed (exit {mig.returncode}):\n{mig.stderr[-3000:]}")
-    accounts = run_django(SETUP, [str(args.runs), PASSWORD], env, timeout=60)
-    wait_http(upstream_url + "/v1/models", upstream, "scripted upstream", up_log, 15)
-    daphne = children.start(
-        "daphne",
-        [
-            py,
-            *([str(ROOT / "bench" / "daphne_probe.py")] if args.loop_probe else ["-m", "daphne"]),
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(app_port),
-            "fusionsite.asgi:application",
-        ],
-        env=env,
-        log=app_log,
-    )
-    wait_http(base + "/healthz", daphne, "Daphne", app_log, 30)
-    print(f"  servers up after {time.monotonic() - t_begin:.1f} s", file=sys.stderr)
-
-    # --- sign in
-    cookie_name = "sessionid"
-    login_used = args.login
-    if args.login == "http":
-        t = time.monotonic()
-        for acc in accounts:
-            acc["session"] = http_login(base, acc["username"])
-        if not all(acc.get("session") for acc in accounts):
-            print("  HTTP login did not give a session for every user; creating sessions directly", file=sys.stderr)
-            login_used = "session (HTTP login failed)"
-        else:
-            print(f"  {len(accounts)} users signed in over HTTP in {time.monotonic() - t:.1f} s", file=sys.stderr)
-    if not all(acc.get("session") for acc in accounts):
-        made = run_django(SESSIONS, [json.dumps([a["user_id"] for a in accounts])], env, timeout=60)
-        cookie_name = made["cookie"]
-        for acc in accounts:
-            acc["session"] = made["sessions"][str(acc["user_id"])]
-
-    # --- drive
-    sampler = Sampler({"daphne": daphne.pid, "upstream": upstream.pid, "bench client": os.getpid()})
-    sampler.start()
-    cpu0: dict[str, float] = {}
-    lag = LoopLag()
-    sys_cpu0: list[Any] = []
-    wall0 = [0.0]
-
-    def on_connected() -> None:
-        sampler.mark_baseline()
-        cpu0.update(sampler.cpu())
-        sys_cpu0.append(psutil.cpu_times())
-        wall0[0] = time.monotonic()
-
-    try:
-        socks = asyncio.run(drive(args, app_port, accounts, cookie_name, plans, on_connected, lag))
-    except (OSError, websockets.InvalidHandshake, websockets.InvalidStatus) as exc:
-        raise BenchError(f"websocket connection failed: {exc!r}\n{tail(app_log)}") from exc
-    except websockets.ConnectionClosed as exc:
-        raise BenchError(f"websocket closed: {exc!r}\n{tail(app_log)}") from exc
-    cpu1 = sampler.cpu()
-    sys_cpu1 = psutil.cpu_times()
-    window = max(1e-9, time.monotonic() - wall0[0])
-    busy = 0.0
-    if sys_cpu0:
-        a, b = sys_cpu0[0], sys_cpu1
-        busy = (b.user + b.system + getattr(b, "nice", 0) + getattr(b, "irq", 0) + getattr(b, "softirq", 0)) - (
-            a.user + a.system + getattr(a, "nice", 0) + getattr(a, "irq", 0) + getattr(a, "softirq", 0)
-        )
-    sampler.sample()
-    sampler.stop()
-
-    # --- upstream's records
-    try:
-        requests = httpx.get(upstream_url + "/_scripted/requests", timeout=10).json()["requests"]
-    except (httpx.HTTPError, ValueError, KeyError):
-        requests = []
-    sends = None
-    try:
-        r = httpx.get(upstream_url + "/_bench/sends", timeout=10)
-        if r.status_code == 200:
-            sends = r.json()["sends"]
-    except (httpx.HTTPError, ValueError, KeyError):
-        pass
-
-    probe = None
-    if args.loop_probe:
-        children.stop(daphne)  # the probe writes its record on shutdown
-        probe = summarise_probe(
-            tmp / "daphne_probe.json",
-            min((r.t_start for s in socks for r in s.runs), default=0),
-            max((r.t_end or 0 for s in socks for r in s.runs), default=None),
-        )
-    dump: list[list[Any]] | None = [] if args.dump_chunks else None
-    res = analyse(args, socks, scripts, timing, sends, requests, dump)
-    if args.dump_chunks:
-        Path(args.dump_chunks).write_text(
-            json.dumps(
-                {
-                    "chunks": dump,  # [model, offset, length, upstream send time, frame receive time]
-                    "runs": [
-                        {
-                            "conv": rec.plan.conv_index,
-                            "round": rec.plan.round,
-                            "t_start": rec.t_start,
-                            "t_end": rec.t_end,
-                            "status": rec.status,
-                        }
-                        for s in socks
-                        for rec in s.runs
-                    ],
-                    "requests": [{"model": q["model"], "time": q["time"]} for q in requests],
-                    "sends": sends,
-                }
-            )
-        )
-    ours = sum(cpu1.get(n, 0) - cpu0.get(n, 0) for n in sampler.procs)
-    mem = {
-        "samples": sampler.samples,
-        "window_s": window,
-        "machine_cpu_pct": 100 * busy / window,
-        "other_processes_cpu_pct": max(0.0, 100 * (busy - ours) / window),
-        "client_loop_lag_ms": stats(lag.gaps),
-        "client_loop_stalls_over_20ms": sum(1 for g in lag.gaps if g > 20),
-        "daphne_loop_probe": probe,
-        "processes": {
-            name: {
-                "baseline_mb": sampler.baseline.get(name, 0) / 2**20,
-                "peak_mb": sampler.peak.get(name, 0) / 2**20,
-                "cpu_s": cpu1.get(name, 0) - cpu0.get(name, 0),
-                "cpu_pct": 100 * (cpu1.get(name, 0) - cpu0.get(name, 0)) / window,
-            }
-            for name in sampler.procs
-        },
-    }
-    cfg = {
-        "concurrent runs / sockets": f"{args.runs} (one user + conversation each)",
-        "rounds": args.rounds,
-        "panel": f"{args.members} members + analyst + writer",
-        "member timing": ", ".join(
-            f"m{m}: ttft {t['ttft_ms'] * args.time_scale:.0f} ms, {t['tokens_per_s'] / args.time_scale:.0f} tok/s"
-            for m, t in enumerate(timing["members"])
-        ),
-        "member answer": f"{timing['member_chars'][0]} chars, {args.chunk_chars}-char chunks "
-        f"(durations {', '.join(f'{d:.0f}' for d in timing['member_duration_ms'])} ms)",
-        "analyst": f"ttft {timing['analyst_ms']:.0f} ms, unpaced (generated analysis JSON)",
-        "writer": f"ttft {timing['writer_ttft_ms']:.0f} ms, {args.writer_tps / args.time_scale:.0f} tok/s, "
-        f"{timing['writer_chars']} chars",
-        "scripted critical path": f"{timing['critical_path_ms']:.0f} ms to the fused answer's first token",
-        "time scale": args.time_scale,
-        "FUSION_FRAME_INTERVAL_MS": frame_interval,
-        "login": login_used,
-        "channel layer / database": "in-memory / temporary SQLite",
-        "machine": f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, "
-        f"{platform.machine()}",
-        "total wall time": f"{time.monotonic() - t_begin:.1f} s",
-    }
-    print_report(cfg, res, mem)
+    out: dict[str, dict[str, Any]] = {}
+    for side in sides:
+        out[side] = run_side(args, side, tmp, children, cleanups, scripts_file, scripts, plans, timing)
+    comparison = None
+    if len(out) == 2:
+        comparison = compare(out["relay"], out["app"])
+        print_comparison(comparison, args)
+    print(f"  total wall time {time.monotonic() - t_begin:.1f} s")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"config": cfg, "timing": timing, "results": res, "memory": mem}, indent=2)
-        )
+        main_side = out.get("app") or out["relay"]
+        doc = {**main_side, "timing": timing, "side": "app" if "app" in out else "relay"}
+        if comparison is not None:
+            doc["sides"] = out
+            doc["comparison"] = comparison
+        Path(args.json).write_text(json.dumps(doc, indent=2))
         print(f"  wrote {args.json}")
-    return 0 if res["runs"]["complete"] == res["runs"]["total"] else 2
+    ok = all(o["results"]["runs"]["complete"] == o["results"]["runs"]["total"] for o in out.values())
+    return 0 if ok else 2
 
 
 if __name__ == "__main__":

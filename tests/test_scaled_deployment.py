@@ -18,8 +18,20 @@ Module fixture ``cluster``:
   logs in ``test-artifacts/scaled-daphne-{a,b}.log``;
 * a session cookie from signing in over HTTP (on A; the session lives in the database).
 
+The Daphne processes run with the arguments of ``docs/deploy/fusion@.service``'s ExecStart
+(``--proxy-headers`` among them), and trust ``X-Forwarded-Proto: https`` as they do in production
+under ``FUSION_BEHIND_TLS=true`` (``DJANGO_SECURE_PROXY_SSL_HEADER``; the rest of that switch —
+HTTPS redirect, secure cookies — needs TLS, which the tests do not have).
+
+Module fixture ``nginx``: ``/usr/sbin/nginx`` running ``docs/deploy/nginx.conf`` made plain HTTP
+by ``tests/nginx.py`` (its upstream: the two Daphne processes; pid, logs and temp files in a temp
+dir), stopped at the end. The tests under "through nginx" use it like a browser would: sign-in,
+a turn, sockets spread over both processes, the Origin check, health, static files, and the proxy
+headers a client must not be able to forge.
+
 Without PostgreSQL or Redis on 127.0.0.1 the module is skipped — except with ``CI=true``, where
-that is a failure (``.ci/run`` starts both services).
+that is a failure (``.ci/run`` starts both services). The same goes for a missing
+``/usr/sbin/nginx`` (``make test`` installs Debian's package).
 """
 
 from __future__ import annotations
@@ -28,12 +40,15 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
+import shlex
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,12 +57,23 @@ import httpx
 import pytest
 
 from chat.testing.scripted import ScriptedUpstream
-from tests.daphne import free_port, start_daphne, stop_process, wait_until_healthy
+from tests.daphne import free_port, stop_process, wait_until_healthy
+from tests.nginx import (
+    NGINX,
+    SITE,
+    UPSTREAM_HEADER,
+    Nginx,
+    check_config,
+    production_with_certificate,
+    running_nginx,
+)
 
 pytestmark = pytest.mark.scaled
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
+DEPLOY = ROOT / "docs" / "deploy"
+UNIT = DEPLOY / "fusion@.service"
 IN_CI = os.environ.get("CI", "").strip().lower() == "true"
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS_DB = int(os.environ.get("FUSION_TEST_REDIS_DB", "7"))
@@ -133,6 +159,7 @@ class Cluster:
     b: Server
     upstream: ScriptedUpstream
     dbname: str
+    username: str
     session: str
     conversations: list[int]
 
@@ -155,6 +182,14 @@ class Cluster:
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         stop_process(process)
+
+
+def daphne_command(port: int) -> list[str]:
+    """docs/deploy/fusion@.service's ExecStart for instance *port*, with this virtualenv's Python."""
+    [line] = [line for line in UNIT.read_text().splitlines() if line.startswith("ExecStart=")]
+    args = shlex.split(line.removeprefix("ExecStart="))
+    assert Path(args[0]).name == "daphne", f"{UNIT.name}: ExecStart does not run daphne: {args}"
+    return [sys.executable, "-m", "daphne", *(arg.replace("%i", str(port)) for arg in args[1:])]
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +241,9 @@ def cluster() -> Iterator[Cluster]:
             "FUSION_DEMO": "false",
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
+            # What FUSION_BEHIND_TLS=true trusts from nginx; the rest of it needs TLS.
+            "FUSION_BEHIND_TLS": "false",
+            "DJANGO_SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto: https",
         }
         migrate = subprocess.run(
             [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
@@ -219,7 +257,7 @@ def cluster() -> Iterator[Cluster]:
             pytest.fail(f"manage.py migrate failed:\n{migrate.stdout}\n{migrate.stderr}", pytrace=False)
         username = f"scaled-{secrets.token_hex(3)}"
         made = subprocess.run(
-            [sys.executable, "-c", MAKE_USER, username, PASSWORD, "4"],
+            [sys.executable, "-c", MAKE_USER, username, PASSWORD, "6"],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -235,14 +273,20 @@ def cluster() -> Iterator[Cluster]:
             log_path = ARTIFACTS / f"scaled-daphne-{name}.log"
             log = log_path.open("wb")
             logs.append(log)
-            process = start_daphne(port, env, log)
+            process = subprocess.Popen(daphne_command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
             servers.append(Server(name=f"daphne-{name}", port=port, process=process, log_path=log_path))
         for server in servers:
             wait_until_healthy(server.url, server.process, name=server.name, log_tail=server.log_tail)
 
         session = _http_login(servers[0].url, username)
         yield Cluster(
-            a=servers[0], b=servers[1], upstream=upstream, dbname=dbname, session=session, conversations=conversations
+            a=servers[0],
+            b=servers[1],
+            upstream=upstream,
+            dbname=dbname,
+            username=username,
+            session=session,
+            conversations=conversations,
         )
     finally:
         for server in servers:
@@ -321,23 +365,45 @@ class Socket:
 
 
 @contextlib.asynccontextmanager
-async def open_socket(cluster: Cluster, server: Server, conversation_id: int):
+async def ws_connect(
+    port: int,
+    conversation_id: int,
+    *,
+    session: str | None,
+    origin: str,
+    name: str,
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[Socket]:
+    """A conversation websocket to 127.0.0.1:*port* (a Daphne, or nginx in front of them)."""
     from websockets.asyncio.client import connect
 
+    extra = {**({"Cookie": f"sessionid={session}"} if session else {}), **(headers or {})}
     async with connect(
-        f"ws://127.0.0.1:{server.port}/ws/conversations/{conversation_id}/",
-        origin=f"http://127.0.0.1:{server.port}",
-        additional_headers={"Cookie": f"sessionid={cluster.session}"},
+        f"ws://127.0.0.1:{port}/ws/conversations/{conversation_id}/",
+        origin=origin,
+        additional_headers=extra,
         max_size=None,
         open_timeout=10,
         ping_interval=None,
         close_timeout=2,
     ) as ws:
-        sock = Socket(ws, server.name)
+        sock = Socket(ws, name)
         try:
             yield sock
         finally:
             sock.reader.cancel()
+
+
+def open_socket(
+    cluster: Cluster, server: Server, conversation_id: int
+) -> contextlib.AbstractAsyncContextManager[Socket]:
+    return ws_connect(
+        server.port,
+        conversation_id,
+        session=cluster.session,
+        origin=f"http://127.0.0.1:{server.port}",
+        name=server.name,
+    )
 
 
 def start_frame(panel: dict[str, Any], prompt: str) -> tuple[str, dict[str, Any]]:
@@ -683,3 +749,384 @@ async def test_a_second_run_in_the_same_conversation_is_busy_across_processes(cl
         other = sock_b if owner is sock_a else sock_a
         await stop_on_owner(owner, winner_id, run_id, other)
     cluster.assert_no_tracebacks_since(marks)
+
+
+# --------------------------------------------------------------------------- through nginx
+
+
+@pytest.fixture(scope="module")
+def nginx(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    """docs/deploy/nginx.conf (plain HTTP) in front of the module's two Daphne processes."""
+    if not NGINX.exists():
+        _unavailable(f"{NGINX} is missing (Debian's nginx package; `make browser` installs it)")
+    # /static/ is collectstatic's STATIC_ROOT in production; here the app's static/ (its source).
+    with running_nginx(
+        tmp_path_factory.mktemp("nginx"), upstreams=[cluster.a.port, cluster.b.port], static_root=ROOT / "static"
+    ) as server:
+        wait_until_healthy(server.url, server.process, name="nginx", log_tail=server.log_tail)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def nginx_session(cluster: Cluster, nginx: Nginx) -> str:
+    """A session made by signing in through nginx."""
+    return _http_login(nginx.url, cluster.username)
+
+
+def via_nginx(nginx: Nginx, conversation_id: int, session: str | None, name: str = "nginx", **kw: Any) -> Any:
+    return ws_connect(
+        nginx.port, conversation_id, session=session, origin=kw.pop("origin", nginx.origin), name=name, **kw
+    )
+
+
+def upstream_of(sock: Socket) -> str:
+    """Which Daphne (127.0.0.1:port) nginx handed this socket to."""
+    return str(sock.ws.response.headers[UPSTREAM_HEADER])
+
+
+def server_at(cluster: Cluster, address: str) -> Server:
+    return next(s for s in (cluster.a, cluster.b) if address == f"127.0.0.1:{s.port}")
+
+
+async def refused_status(port: int, conversation_id: int, **kw: Any) -> int | None:
+    """The HTTP status that refused the handshake (None: the socket opened)."""
+    from websockets.exceptions import InvalidStatus
+
+    try:
+        async with ws_connect(port, conversation_id, name="probe", **kw):
+            return None
+    except InvalidStatus as exc:
+        return int(exc.response.status_code)
+
+
+async def close_code(port: int, conversation_id: int, **kw: Any) -> int | None:
+    """The code the server closed an accepted socket with (None: still open after 5 s)."""
+    from websockets.exceptions import ConnectionClosed
+
+    async with ws_connect(port, conversation_id, name="probe", **kw) as sock:
+        try:
+            async with asyncio.timeout(5):
+                await sock.ws.wait_closed()
+        except TimeoutError:
+            return None
+        with contextlib.suppress(ConnectionClosed):
+            await sock.ws.recv()
+        return sock.ws.close_code
+
+
+async def test_through_nginx_sign_in_then_a_turn_runs_to_completion(
+    cluster: Cluster, nginx: Nginx, nginx_session: str
+) -> None:
+    """Signed in over HTTP through nginx (the session fixture), a page and a whole turn over its websocket."""
+    marks = cluster.log_marks()
+    with httpx.Client(base_url=nginx.url, cookies={"sessionid": nginx_session}, timeout=20) as c:
+        page = c.get(f"/c/{cluster.conversations[4]}/")
+    assert page.status_code == 200 and "scaled 4" in page.text, page.status_code
+    assert page.headers.get(UPSTREAM_HEADER) in (f"127.0.0.1:{cluster.a.port}", f"127.0.0.1:{cluster.b.port}")
+
+    async with via_nginx(nginx, cluster.conversations[4], nginx_session) as sock:
+        await sock.wait_for(lambda e: e["type"] == "snapshot")
+        _, frame = start_frame(PANEL, "Which is better for a small team, PostgreSQL or SQLite?")
+        await sock.send(frame)
+        started = await sock.wait_for(lambda e: e["type"] in ("run.started", "error"))
+        assert started["type"] == "run.started", started
+        rebuild = await Rebuild(started["run"]).follow(sock, timeout=40)
+
+    truth, status, process_id = stored(cluster, started["run"])
+    detail = f"\n{rebuild.stats()}\n{cluster.logs()}\n{nginx.log_tail()}"
+    assert status == "complete" and rebuild.terminal and rebuild.terminal["type"] == "completed", detail
+    # The process the socket reached owns the run; everything came through nginx without a gap.
+    assert owner_pid(process_id) == server_at(cluster, upstream_of(sock)).process.pid, process_id
+    assert rebuild.gaps == 0 and not rebuild.mismatches and not rebuild.snapshots, detail
+    assert rebuild.texts == truth and truth["final"], detail
+    cluster.assert_no_tracebacks_since(marks)
+
+
+async def test_through_nginx_sockets_spread_over_both_processes_and_a_stop_reaches_the_run(
+    cluster: Cluster, nginx: Nginx, nginx_session: str
+) -> None:
+    """least_conn hands open sockets to both Daphnes; a stop sent on the other process's socket ends the run."""
+    marks = cluster.log_marks()
+    conv = cluster.conversations[5]
+    async with contextlib.AsyncExitStack() as stack:
+        socks = [await stack.enter_async_context(via_nginx(nginx, conv, nginx_session, f"nginx-{i}")) for i in range(4)]
+        for sock in socks:
+            await sock.wait_for(lambda e: e["type"] == "snapshot")
+        served = [upstream_of(sock) for sock in socks]
+        assert set(served) == {f"127.0.0.1:{cluster.a.port}", f"127.0.0.1:{cluster.b.port}"}, served
+
+        starter = socks[0]
+        stopper = next(s for s in socks if upstream_of(s) != upstream_of(starter))
+        client_run_id, frame = start_frame(SLOW_PANEL, "Tell me a long story, through nginx.")
+        await starter.send(frame)
+        started = await starter.wait_for(lambda e: e["type"] in ("run.started", "error"))
+        assert started["type"] == "run.started", started
+        run_id = started["run"]
+        _, _, process_id = stored(cluster, run_id)
+        assert owner_pid(process_id) == server_at(cluster, upstream_of(starter)).process.pid, process_id
+        try:
+            await stopper.wait_for(lambda e: e.get("run") == run_id and e["type"] == "panel.delta")
+            hung_up = cluster.upstream.disconnects.count(SLOW)
+            await stopper.send({"type": "stop", "run_id": client_run_id})
+            for sock in socks:
+                ev = await sock.wait_for(
+                    lambda e: e["type"] == "error" or (e.get("run") == run_id and e["type"] in ("failed", "completed")),
+                    10,
+                )
+                assert ev["type"] == "failed" and ev["status"] == "cancelled", (sock.name, ev)
+            assert stored(cluster, run_id)[1] == "cancelled"
+            deadline = time.monotonic() + 5
+            while cluster.upstream.disconnects.count(SLOW) < hung_up + 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert cluster.upstream.disconnects.count(SLOW) == hung_up + 2, cluster.upstream.disconnects
+        finally:
+            if running_runs(cluster, conv):
+                await stop_on_owner(starter, client_run_id, run_id)
+    cluster.assert_no_tracebacks_since(marks)
+
+
+async def test_through_nginx_the_origin_check_and_close_codes_hold(
+    cluster: Cluster, nginx: Nginx, nginx_session: str
+) -> None:
+    """The site's origin is nginx's (scheme, host and port as the browser sees them), nothing else."""
+    conv = cluster.conversations[4]
+    for origin in (
+        "http://evil.example",
+        f"http://127.0.0.1:{cluster.a.port}",  # a Daphne's own origin: the browser reached nginx
+        f"https://127.0.0.1:{nginx.port}",  # the other scheme
+        f"http://localhost:{nginx.port}",
+    ):
+        assert await refused_status(nginx.port, conv, session=nginx_session, origin=origin) == 403, origin
+    assert await refused_status(nginx.port, conv, session=nginx_session, origin=nginx.origin) is None
+    # Accepted, then closed with the app's reason: signed out (4401), not the user's conversation (4404).
+    assert await close_code(nginx.port, conv, session=None, origin=nginx.origin) == 4401
+    assert await close_code(nginx.port, 10**9, session=nginx_session, origin=nginx.origin) == 4404
+
+
+async def test_through_nginx_a_client_cannot_forge_the_proxy_headers(
+    cluster: Cluster, nginx: Nginx, nginx_session: str
+) -> None:
+    """Daphne (--proxy-headers) and the app trust X-Forwarded-For and X-Forwarded-Proto: nginx must set them.
+
+    Straight to a Daphne, a forged header is believed (that is what trusting a proxy means); through
+    nginx it is replaced by what nginx saw: the sign-in lockout counts nginx's client address, and a
+    claimed https does not make an http:// page's Origin wrong or an https:// one right.
+    """
+    probe = f"probe-{secrets.token_hex(3)}"
+    forged = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    for base, username in ((cluster.a.url, f"{probe}-direct"), (nginx.url, f"{probe}-nginx")):
+        with httpx.Client(base_url=base, headers=forged, timeout=20) as c:
+            c.get("/accounts/login/")
+            r = c.post(
+                "/accounts/login/",
+                data={"username": username, "password": "wrong", "csrfmiddlewaretoken": c.cookies["csrftoken"]},
+                # Taken as https straight to Daphne, the sign-in's Referer must be https too.
+                headers={"Referer": base.replace("http://", "https://") + "/accounts/login/"},
+            )
+            assert r.status_code == 200, (base, r.status_code)  # the form again, with its error
+    rows = cluster.query(
+        "SELECT DISTINCT username, ip_address FROM axes_accessattempt WHERE username LIKE %s", probe + "%"
+    )
+    addresses = {username: str(address) for username, address in rows}
+    assert addresses == {f"{probe}-direct": "203.0.113.9", f"{probe}-nginx": "127.0.0.1"}, addresses
+
+    conv = cluster.conversations[4]
+    https = {"X-Forwarded-Proto": "https"}
+    direct = cluster.a.port
+    assert (
+        await refused_status(direct, conv, session=cluster.session, origin=f"https://127.0.0.1:{direct}", headers=https)
+        is None
+    )
+    assert (
+        await refused_status(
+            nginx.port, conv, session=nginx_session, origin=f"https://127.0.0.1:{nginx.port}", headers=https
+        )
+        == 403
+    )
+    assert await refused_status(nginx.port, conv, session=nginx_session, origin=nginx.origin, headers=https) is None
+
+
+def test_through_nginx_health_and_static_files(cluster: Cluster, nginx: Nginx) -> None:
+    """/healthz is proxied to a Daphne; /static/ is nginx's own, from the directory collectstatic fills."""
+    health = httpx.get(f"{nginx.url}/healthz", timeout=5)
+    assert (health.status_code, health.text) == (200, "ok")
+    assert UPSTREAM_HEADER.lower() in health.headers
+
+    script = httpx.get(f"{nginx.url}/static/js/app.js", timeout=5)
+    assert script.status_code == 200
+    assert script.content == (ROOT / "static" / "js" / "app.js").read_bytes()
+    assert "javascript" in script.headers["content-type"]
+    assert script.headers["x-content-type-options"] == "nosniff"
+    assert UPSTREAM_HEADER.lower() not in script.headers  # no Daphne was asked
+    missing = httpx.get(f"{nginx.url}/static/js/no-such-file.js", timeout=5)
+    assert missing.status_code == 404 and UPSTREAM_HEADER.lower() not in missing.headers
+
+
+# --------------------------------------------------------------------------- nginx alone
+
+
+class _Echo(threading.Thread):
+    """An upstream that answers every request with the headers it got; /api/ streams two events."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        super().__init__(daemon=True)
+        self.release = threading.Event()
+        echo = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/api/stream"):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.end_headers()
+                    self.wfile.write(b"data: one\n\n")
+                    self.wfile.flush()
+                    echo.release.wait(5)  # until the client saw "one" (buffered: it never does)
+                    self.wfile.write(b"data: two\n\n")
+                    return
+                body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+
+    def run(self) -> None:
+        self.server.serve_forever(poll_interval=0.1)
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def echo_nginx(tmp_path: Path) -> Iterator[tuple[Nginx, _Echo]]:
+    if not NGINX.exists():
+        _unavailable(f"{NGINX} is missing (Debian's nginx package; `make browser` installs it)")
+    echo = _Echo()
+    echo.start()
+    try:
+        with running_nginx(tmp_path / "nginx", upstreams=[echo.port], static_root=ROOT / "static") as server:
+            yield server, echo
+    finally:
+        echo.stop()
+
+
+def test_every_proxied_location_sets_the_headers_the_app_trusts(echo_nginx: tuple[Nginx, _Echo]) -> None:
+    """nginx drops proxy_set_header inherited from above in a location that sets its own: each must set all."""
+    server, _ = echo_nginx
+    forged = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    for path in ("/ws/conversations/1/", "/api/v1/models", "/accounts/login/"):
+        got = httpx.get(server.url + path, headers=forged, timeout=5).json()
+        assert got["host"] == f"127.0.0.1:{server.port}", (path, got)
+        assert got["x-forwarded-for"] == "127.0.0.1", (path, got)
+        assert got["x-forwarded-proto"] == "http", (path, got)
+
+
+def test_the_api_location_streams_events_as_they_are_written(echo_nginx: tuple[Nginx, _Echo]) -> None:
+    """proxy_buffering off under /api/: the first event arrives while the upstream still holds the second."""
+    server, echo = echo_nginx
+    t0 = time.monotonic()
+    with httpx.stream("GET", f"{server.url}/api/stream", timeout=10) as response:
+        chunks = response.iter_raw()
+        first = next(chunks)
+        waited = time.monotonic() - t0
+        echo.release.set()
+        rest = b"".join(chunks)
+    # Buffered, nginx would hold the headers and "one" until the upstream gave up waiting (5 s).
+    assert first == b"data: one\n\n" and waited < 3, (first, waited)
+    assert rest == b"data: two\n\n"
+
+
+def test_the_production_config_with_tls_passes_nginx_t(tmp_path: Path) -> None:
+    """What the running tests drop (the port-80 server, listen … ssl, ssl_*) is still valid nginx."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    if not NGINX.exists():
+        _unavailable(f"{NGINX} is missing (Debian's nginx package; `make browser` installs it)")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fusion.example.org")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    site = production_with_certificate(SITE.read_text(), certificate=tmp_path / "cert.pem", key=tmp_path / "key.pem")
+    assert "listen 443 ssl" in site and "return 301 https://" in site
+    check_config(tmp_path / "nginx", site)
+
+
+# --------------------------------------------------------------------------- the deployment files
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    """KEY=value lines as systemd's EnvironmentFile reads them (comments, blank lines, quotes)."""
+    env = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition("=")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key.strip()] = value
+    return env
+
+
+def test_the_procfile_the_unit_the_target_and_nginx_name_the_same_processes() -> None:
+    upstream_ports = re.findall(r"^\s*server 127\.0\.0\.1:(\d+);", SITE.read_text(), flags=re.M)
+    procfile = [line for line in (DEPLOY / "Procfile").read_text().splitlines() if re.match(r"^\w+:", line)]
+    target = (DEPLOY / "fusion.target").read_text()
+    wanted = re.findall(r"fusion@(\d+)\.service", next(x for x in target.splitlines() if x.startswith("Wants=")))
+    assert len(upstream_ports) >= 2 and wanted == upstream_ports
+    assert len(procfile) == len(upstream_ports)
+    for line, port in zip(procfile, upstream_ports):
+        args = shlex.split(line.partition(":")[2])
+        assert Path(args[0]).name == "daphne", line
+        assert [sys.executable, "-m", "daphne", *args[1:]] == daphne_command(int(port)), line
+
+
+def test_check_deploy_is_clean_with_the_example_environment(tmp_path: Path) -> None:
+    """docs/deploy/fusion.env.example, its placeholders filled in: `manage.py check --deploy` reports nothing."""
+    from cryptography.fernet import Fernet
+
+    example = _env_file(DEPLOY / "fusion.env.example")
+    assert example["FUSION_BEHIND_TLS"] == "true" and example["DJANGO_DEBUG"] == "false"
+    example["DJANGO_SECRET_KEY"] = secrets.token_urlsafe(50)
+    example["FUSION_KEY_ENCRYPTION_KEYS"] = Fernet.generate_key().decode()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("FUSION_", "DJANGO_", "OPENROUTER_"))}
+    base.pop("DATABASE_URL", None)
+    base.pop("REDIS_URL", None)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env={**base, **example, "DJANGO_SECRET_KEY_FILE": str(tmp_path / "secret_key")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "no issues" in result.stdout, result.stdout + result.stderr

@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 
 Frame = dict[str, Any]
 
-# A reference-style link definition ("[id]: url"): it may resolve links in other blocks, so a
-# text that has one is rendered whole rather than from its live blocks.
-_REFERENCE_DEFINITION_RE = re.compile(r"^[ ]{0,3}\[[^\]\n]*\]:", re.MULTILINE)
+# What may be a reference-style link definition ("[id]: url"), anywhere: at the start of a line,
+# in a quote or a list item. It may resolve links in other blocks, so a text that has one is
+# rendered whole rather than from its live blocks (a false alarm only costs that render).
+_REFERENCE_DEFINITION_RE = re.compile(r"\[[^\]\n]*\]:")
 
 # Deltas of one stream that follow each other merge into one frame until the next flush.
 COALESCED = frozenset({"panel.delta", "panel.reasoning.delta", "final.delta"})

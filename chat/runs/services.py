@@ -52,12 +52,19 @@ TITLE_CHARS = 60
 
 
 def history_messages(
-    conversation: Conversation, before_index: int, *, panel_size: int, shown_runs: Collection[str] = ()
+    conversation: Conversation,
+    before_index: int,
+    *,
+    panel_size: int,
+    shown_runs: Collection[str] = (),
+    member_threads: bool = True,
 ) -> tuple[list[Message], dict[int, list[Message]]]:
     """The conversation before turn *before_index*: fused history for everyone, and each member's own thread.
 
     Each earlier turn contributes one of its runs (versions): the one in *shown_runs* (the version
     the user was looking at when sending), if it has a fused answer; else its newest complete one.
+    Without *member_threads* the members' answers are not read and their threads hold the fused
+    history (what a run in fused mode sends).
     """
     fused: list[Message] = []
     threads: dict[int, list[Message]] = {i: [] for i in range(panel_size)}
@@ -65,8 +72,10 @@ def history_messages(
     if before_index <= 0:
         return fused, threads
     # Only the columns history needs: a run's analysis, config and calls are big JSON.
-    members = Prefetch("members", queryset=MemberResponse.objects.only("run_id", "slot", "status", "content"))
-    runs_q = Run.objects.only("id", "turn_id", "created_at", "status", "answer").prefetch_related(members)
+    runs_q = Run.objects.only("id", "turn_id", "created_at", "status", "answer")
+    if member_threads:
+        members = MemberResponse.objects.only("run_id", "slot", "status", "content")
+        runs_q = runs_q.prefetch_related(Prefetch("members", queryset=members))
     turns = (
         conversation.turns.filter(index__lt=before_index)
         .only("id", "index", "prompt", "conversation_id")
@@ -84,7 +93,11 @@ def history_messages(
         fused.append({"role": "user", "content": turn.prompt})
         if run and run.answer:
             fused.append({"role": "assistant", "content": run.answer})
-        answers = {m.slot: m.content for m in run.members.all() if m.status == MemberStatus.COMPLETE} if run else {}
+        answers = (
+            {m.slot: m.content for m in run.members.all() if m.status == MemberStatus.COMPLETE}
+            if run and member_threads
+            else {}
+        )
         for slot in threads:
             threads[slot].append({"role": "user", "content": turn.prompt})
             own = answers.get(slot) or (run.answer if run else "")
@@ -99,10 +112,13 @@ def build_request(
     """The engine's request for *turn* with *panel* (parsed by chat.panels.parse_panel);
     *shown_runs*: the versions of earlier turns to build on (see ``history_messages``)."""
     members = [panels.spec_from_dict(m) for m in panel["members"]]
-    fused, threads = history_messages(conversation, turn.index, panel_size=len(members), shown_runs=shown_runs)
+    per_member = conversation.follow_up_mode == FollowUpMode.PER_MEMBER
+    fused, threads = history_messages(
+        conversation, turn.index, panel_size=len(members), shown_runs=shown_runs, member_threads=per_member
+    )
     question = {"role": "user", "content": turn.prompt}
     member_messages = None
-    if conversation.follow_up_mode == FollowUpMode.PER_MEMBER:
+    if per_member:
         member_messages = {slot: thread + [question] for slot, thread in threads.items()}
     return FusionRequest(
         messages=fused + [question],
@@ -233,7 +249,8 @@ def _start_sync(
     A ``panel`` or ``preset`` sent with start is for this turn only; the conversation keeps its
     own panel, except that a conversation without one yet adopts it.
     """
-    existing = Run.objects.filter(user=user, client_run_id=client_run_id).select_related("turn").first()
+    known = Run.objects.filter(user=user, client_run_id=client_run_id)
+    existing = known.select_related("turn").first() if known.exists() else None
     if existing is not None:
         if existing.conversation_id != conversation_id:
             raise RunError("not_found", "No such run.")

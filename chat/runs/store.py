@@ -192,7 +192,8 @@ class _Enrolled:
 def _member_signature(m: Any) -> tuple:
     s = m.stream
     calls = tuple((c.get("status"), c.get("summary")) for c in m.tool_calls)
-    return (id(s.text), len(s.text), len(s.reasoning), m.status, calls, len(m.sources), len(m.notes))
+    # The texts themselves (compared by identity first, so this is cheap): an id could be reused.
+    return (s.text, s.reasoning, m.status, calls, len(m.sources), len(m.notes))
 
 
 def _checkpoint(entry: _Enrolled) -> Checkpoint:

@@ -1,0 +1,1020 @@
+"""Capacity, part 1: many concurrent runs per process.
+
+Checkpoints of every run batched per tick (chat.runs.store), frames encoded once
+(chat.runs.frames, chat.consumers), the finished answer built from its live blocks, big Markdown
+work off the loop (chat.runs.live), the in-memory channel layer without per-message sweeps
+(chat.layers), shared HTTP clients (chat.fusion.client), reads done once per start
+(chat.memo, chat.runs.services) and the run path's own database threads (chat.dbthread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import importlib.util
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.conf import settings as django_settings
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+import chat.layers
+from chat import dbthread, memo
+from chat.consumers import ConversationConsumer
+from chat.fusion import client as fusion_client
+from chat.fusion.types import (
+    CallRecord,
+    FinalDelta,
+    ModelSpec,
+    PanelCompleted,
+    PanelDelta,
+    PanelNote,
+    PanelReasoningDelta,
+    PanelToolFinished,
+    PanelToolStarted,
+    RunCompleted,
+    Usage,
+)
+from chat.layers import FastInMemoryChannelLayer
+from chat.models import Conversation, MemberResponse, Run, RunStatus, Turn
+from chat.render import IncrementalRenderer, render_markdown
+from chat.runs import live, services
+from chat.runs.checks import RunError
+from chat.runs.frames import Stream, frame_message
+from chat.runs.state import RunState
+from chat.runs.store import (
+    Checkpoint,
+    CheckpointBatcher,
+    DatabaseRunStore,
+    _checkpoint,
+    _Enrolled,
+    keep_checkpointing,
+)
+from fusionsite.asgi import application
+from tests.conftest import serve_from
+
+# --------------------------------------------------------------------------- helpers
+
+
+def row_like(run_id: uuid.UUID | None = None) -> SimpleNamespace:
+    """A look-alike of a Run row, enough for RunState.start."""
+    return SimpleNamespace(
+        pk=run_id or uuid.uuid4(),
+        client_run_id="client-1",
+        turn_id=7,
+        turn=SimpleNamespace(index=0, prompt="Why is the sky blue?"),
+        created_at=datetime(2026, 6, 1, 12, 0, tzinfo=UTC),
+        analyst_model="sim/analyst",
+        writer_model="sim/writer",
+        analysis=None,
+        label_map={},
+        config={},
+    )
+
+
+def new_state(members: int = 2, run: Any = None) -> RunState:
+    return RunState.start(run or row_like(), [ModelSpec(model=f"sim/m{i}") for i in range(members)])
+
+
+def delta(slot: int, text: str) -> PanelDelta:
+    return PanelDelta(slot=slot, model=f"sim/m{slot}", delta=text)
+
+
+class RecordingStore:
+    """Records every ``write``: (checkpoints, heartbeats, the thread it ran in)."""
+
+    def __init__(self, fail_times: int = 0) -> None:
+        self.calls: list[tuple[list[Checkpoint], list[str], str]] = []
+        self.fail_times = fail_times
+
+    def write(self, checkpoints: list[Checkpoint], heartbeats: list[str]) -> None:
+        self.calls.append((list(checkpoints), list(heartbeats), threading.current_thread().name))
+        if self.fail_times > 0:
+            self.fail_times -= 1
+            raise RuntimeError("database is locked")
+
+    def finalize(self, state: RunState, *, conversation_id: int, wall_ms: int) -> None:
+        raise AssertionError("not in these tests")
+
+
+async def wait_until(predicate, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def batcher_with(*states: RunState, store: Any) -> tuple[CheckpointBatcher, list[_Enrolled]]:
+    """A batcher holding *states* without its background task: the test calls ``_tick`` itself."""
+    batcher = CheckpointBatcher()
+    entries = []
+    for state in states:
+        entry = _Enrolled(state=state, store=store, min_gap=0.0, block_delay=0.05, last_write=0.0)
+        batcher.entries[state.run_id] = entry
+        entries.append(entry)
+    return batcher, entries
+
+
+# --------------------------------------------------------------------------- 1. checkpoints
+
+
+class TestCheckpointBatching:
+    async def test_the_runs_due_in_one_tick_are_written_in_one_call_and_quiet_ones_only_beat(self, settings):
+        settings.FUSION_CHECKPOINT_INTERVAL_S = 0.2
+        states = [new_state() for _ in range(3)]
+        states[0].apply(delta(0, "Blue light scatters"))
+        states[1].apply(delta(1, "Rayleigh"))
+        store = RecordingStore()
+        tasks = [asyncio.create_task(keep_checkpointing(s, store)) for s in states]
+        try:
+            await wait_until(lambda: store.calls)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        checkpoints, heartbeats, thread = store.calls[0]
+        assert sorted(c.run_id for c in checkpoints) == sorted([states[0].run_id, states[1].run_id])
+        assert sorted(heartbeats) == sorted(s.run_id for s in states)
+        assert thread.startswith("fusion-db")
+        by_run = {c.run_id: c for c in checkpoints}
+        assert by_run[states[0].run_id].members[0]["content"] == "Blue light scatters"
+        assert by_run[states[1].run_id].members[1]["content"] == "Rayleigh"
+        for later_checkpoints, later_beats, _ in store.calls[1:]:  # quiet since: heartbeats only
+            assert later_checkpoints == [] and sorted(later_beats) == sorted(s.run_id for s in states)
+
+    async def test_a_run_not_due_yet_is_left_for_a_later_tick(self, settings):
+        settings.FUSION_CHECKPOINT_INTERVAL_S = 1.0
+        due, fresh = new_state(), new_state()
+        due.apply(delta(0, "a"))
+        fresh.apply(delta(0, "b"))
+        store = RecordingStore()
+        batcher, entries = batcher_with(due, fresh, store=store)
+        entries[1].last_write = time.monotonic()  # just written
+        await batcher._tick()
+        assert len(store.calls) == 1
+        checkpoints, heartbeats, _ = store.calls[0]
+        assert [c.run_id for c in checkpoints] == [due.run_id] and heartbeats == [due.run_id]
+        assert fresh.dirty
+
+    async def test_an_unchanged_member_is_not_written_again_but_a_tool_call_changed_in_place_is(self, settings):
+        settings.FUSION_CHECKPOINT_INTERVAL_S = 0  # every tick is due
+        state, store = new_state(), RecordingStore()
+        batcher, _ = batcher_with(state, store=store)
+
+        async def members_written() -> dict[int, dict[str, Any]]:
+            await batcher._tick()
+            checkpoints = store.calls[-1][0]
+            assert len(checkpoints) == 1
+            return checkpoints[0].members
+
+        state.apply(delta(0, "First "))
+        state.apply(delta(1, "Second "))
+        assert set(await members_written()) == {0, 1}
+
+        state.apply(delta(0, "more"))
+        written = await members_written()
+        assert set(written) == {0} and written[0]["content"] == "First more"
+
+        state.apply(PanelToolStarted(slot=1, model="sim/m1", call_id="c1", name="web_search", arguments={"q": "x"}))
+        state.apply(PanelToolStarted(slot=1, model="sim/m1", call_id="c2", name="web_search", arguments={"q": "y"}))
+        assert set(await members_written()) == {1}
+
+        # c1 ends, c2 still runs: the member's status, text and list lengths stay; one call's status changed.
+        status_before = state.members[1].status
+        state.apply(PanelToolFinished(slot=1, model="sim/m1", call_id="c1", name="web_search", ok=True, summary="3"))
+        assert state.members[1].status == status_before and len(state.members[1].tool_calls) == 2
+        written = await members_written()
+        assert set(written) == {1}
+        assert [c["status"] for c in written[1]["tool_calls"]] == ["done", "running"]
+
+        state.dirty = True  # something else of the run changed (its analysis, say)
+        state.analysis = {"agreement": []}
+        written_run = await members_written()
+        assert written_run == {}
+        assert store.calls[-1][0][0].run["analysis"] == {"agreement": []}
+
+    async def test_a_failed_write_is_logged_and_written_again_in_a_later_tick(self, settings, caplog):
+        settings.FUSION_CHECKPOINT_INTERVAL_S = 0
+        state, store = new_state(), RecordingStore(fail_times=1)
+        batcher, _ = batcher_with(state, store=store)
+        state.apply(delta(0, "Text the user already reads"))
+        await batcher._tick()
+        assert "checkpoint of 1 run(s) failed" in caplog.text
+        assert state.dirty
+        await batcher._tick()
+        assert len(store.calls) == 2
+        checkpoints = store.calls[1][0]
+        assert checkpoints and checkpoints[0].members[0]["content"] == "Text the user already reads"
+
+    async def test_a_failed_write_is_retried_by_the_running_checkpointer(self, settings, caplog):
+        settings.FUSION_CHECKPOINT_INTERVAL_S = 0.1
+        state, store = new_state(), RecordingStore(fail_times=1)
+        state.apply(delta(0, "kept"))
+        task = asyncio.create_task(keep_checkpointing(state, store))
+        try:
+            await wait_until(lambda: len(store.calls) >= 2)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert "checkpoint of 1 run(s) failed" in caplog.text
+        assert store.calls[1][0] and store.calls[1][0][0].members[0]["content"] == "kept"
+
+    async def test_cancelling_returns_only_after_the_write_in_flight(self, settings):
+        settings.FUSION_CHECKPOINT_INTERVAL_S = 0.05
+        entered, release = threading.Event(), threading.Event()
+        finished: list[bool] = []
+
+        class BlockingStore(RecordingStore):
+            def write(self, checkpoints: list[Checkpoint], heartbeats: list[str]) -> None:
+                entered.set()
+                release.wait(5)
+                finished.append(True)
+
+        state = new_state()
+        state.apply(delta(0, "x"))
+        task = asyncio.create_task(keep_checkpointing(state, BlockingStore()))
+        try:
+            await wait_until(entered.is_set)
+            task.cancel()
+            await asyncio.sleep(0.15)
+            assert not task.done(), "keep_checkpointing returned while its write was still in flight"
+        finally:
+            release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 3)
+        assert finished == [True]
+
+
+def _db_run(user: Any, *, status: str = RunStatus.RUNNING, members: int = 2) -> Run:
+    conversation = Conversation.objects.create(user=user, title="t")
+    turn = Turn.objects.create(conversation=conversation, index=0, prompt="Why is the sky blue?")
+    run = Run.objects.create(
+        user=user,
+        conversation=conversation,
+        turn=turn,
+        client_run_id=uuid.uuid4().hex,
+        status=status,
+        analyst_model="sim/analyst",
+        writer_model="sim/writer",
+        answer="The final answer." if status != RunStatus.RUNNING else "",
+        heartbeat_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    MemberResponse.objects.bulk_create([MemberResponse(run=run, slot=i, model=f"sim/m{i}") for i in range(members)])
+    return run
+
+
+def _snapshot_of(state: RunState) -> Checkpoint:
+    return _checkpoint(_Enrolled(state=state, store=None, min_gap=0, block_delay=0))  # type: ignore[arg-type]
+
+
+@pytest.mark.django_db(transaction=True)
+class TestDatabaseRunStore:
+    def test_a_checkpoint_lands_in_the_member_and_run_rows(self, alice):
+        run = _db_run(alice)
+        state = RunState.start(run, [ModelSpec(model="sim/m0"), ModelSpec(model="sim/m1")])
+        state.apply(PanelReasoningDelta(slot=0, model="sim/m0", delta="Thinking…"))
+        state.apply(delta(0, "Hello **world** ✓"))
+        state.apply(PanelToolStarted(slot=1, model="sim/m1", call_id="c1", name="web_search", arguments={"q": "sky"}))
+        source = {"url": "https://example.com/sky", "title": "Sky", "kind": "search"}
+        state.apply(
+            PanelToolFinished(
+                slot=1, model="sim/m1", call_id="c1", name="web_search", ok=True, summary="1 result", sources=[source]
+            )
+        )
+        state.apply(PanelNote(slot=1, model="sim/m1", message="answered without tools"))
+        state.analysis, state.label_map, state.writer = {"consensus": ["blue"]}, {"A": "sim/m0"}, "sim/writer-2"
+        state.apply(FinalDelta(delta="Rayleigh scattering"))
+        before = timezone.now()
+        DatabaseRunStore().write([_snapshot_of(state)], [state.run_id])
+
+        m0, m1 = MemberResponse.objects.filter(run=run).order_by("slot")
+        assert (m0.content, m0.reasoning, m0.status) == ("Hello **world** ✓", "Thinking…", "streaming")
+        assert m1.tool_calls[0]["status"] == "done" and m1.tool_calls[0]["arguments"] == {"q": "sky"}
+        assert m1.sources == [source] and m1.notes == ["answered without tools"]
+        run.refresh_from_db()
+        assert run.answer == "Rayleigh scattering"
+        assert run.analysis == {"consensus": ["blue"]} and run.label_map == {"A": "sim/m0"}
+        assert run.writer_model == "sim/writer-2"
+        assert run.heartbeat_at >= before
+
+    def test_a_run_no_longer_running_is_not_overwritten_and_gets_no_heartbeat(self, alice):
+        done = _db_run(alice, status=RunStatus.COMPLETE)
+        going = _db_run(alice)
+        stale = Checkpoint(
+            run_id=str(done.pk),
+            members={},
+            run={"answer": "partial", "analysis": None, "label_map": {}, "writer_model": "old"},
+        )
+        DatabaseRunStore().write([stale], [str(done.pk), str(going.pk)])
+        done.refresh_from_db()
+        going.refresh_from_db()
+        assert (done.answer, done.writer_model) == ("The final answer.", "sim/writer")
+        assert done.heartbeat_at == datetime(2026, 1, 1, tzinfo=UTC)
+        assert going.heartbeat_at > datetime(2026, 1, 1, tzinfo=UTC)
+
+    def test_more_than_500_heartbeats_in_one_write(self, alice):
+        runs = [_db_run(alice, members=0) for _ in range(3)]
+        unknown = [str(uuid.uuid4()) for _ in range(1500)]
+        ids = [str(runs[0].pk), *unknown[:700], str(runs[1].pk), *unknown[700:], str(runs[2].pk)]
+        connection.ensure_connection()
+        raw = connection.connection if connection.vendor == "sqlite" else None
+        # SQLite as many builds have it: at most 999 parameters a statement.
+        old = raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999) if raw is not None else None
+        try:
+            DatabaseRunStore().write([], ids)
+        finally:
+            if raw is not None:
+                raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, old)
+        for run in runs:
+            run.refresh_from_db()
+            assert run.heartbeat_at > datetime(2026, 1, 1, tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- 2. frames
+
+
+class TestFrameMessage:
+    def test_a_frame_is_encoded_once_as_compact_json(self):
+        frame = {"type": "panel.delta", "slot": 0, "delta": "é <b>", "run": "r1", "blocks": []}
+        message = frame_message(frame)
+        assert message == {"type": "run.frame", "text": json.dumps(frame, separators=(",", ":"))}
+        assert json.loads(message["text"]) == frame and ", " not in message["text"] and '": ' not in message["text"]
+
+    async def test_the_consumer_sends_the_text_as_is_and_still_takes_the_old_shape(self, settings):
+        settings.FUSION_MAX_WS_FRAME_BYTES = 10_000
+        sent: list[str] = []
+        consumer = ConversationConsumer()
+        consumer.closing = False
+
+        async def send(text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False) -> None:
+            assert text_data is not None
+            sent.append(text_data)
+
+        consumer.send = send  # type: ignore[method-assign]
+        as_encoded = '{"type": "panel.delta",  "delta": "x"}'  # not compact: re-encoding would show
+        await consumer.run_frame({"type": "run.frame", "text": as_encoded})
+        await consumer.run_frame({"type": "run.frame", "frame": {"type": "snapshot", "runs": []}})
+        assert sent == [as_encoded, '{"type":"snapshot","runs":[]}']
+
+        settings.FUSION_MAX_WS_FRAME_BYTES = 1100  # a long encoded frame is still cut into chunks
+        long_text = frame_message({"type": "panel.delta", "delta": "y" * 5000})["text"]
+        sent.clear()
+        await consumer.run_frame({"type": "run.frame", "text": long_text})
+        assert len(sent) > 1 and all(len(p.encode()) <= 1100 for p in sent)
+        chunks = [json.loads(p) for p in sent]
+        assert "".join(c["data"] for c in chunks) == long_text and chunks[-1]["last"]
+
+        consumer.closing = True
+        sent.clear()
+        await consumer.run_frame({"type": "run.frame", "text": as_encoded})
+        assert sent == []
+
+    @pytest.mark.django_db(transaction=True)
+    async def test_a_frame_sent_to_the_group_reaches_a_socket_as_that_text(self, alice):
+        conversation = await database_sync_to_async(Conversation.objects.create)(user=alice, title="t")
+
+        def cookie() -> str:
+            client = Client()
+            client.force_login(alice)
+            return client.cookies[django_settings.SESSION_COOKIE_NAME].value
+
+        headers = [
+            (b"origin", b"http://127.0.0.1"),
+            (b"host", b"127.0.0.1"),
+            (b"cookie", f"{django_settings.SESSION_COOKIE_NAME}={await database_sync_to_async(cookie)()}".encode()),
+        ]
+        comm = WebsocketCommunicator(application, f"/ws/conversations/{conversation.pk}/", headers=headers)
+        connected, _ = await comm.connect()
+        assert connected
+        try:
+            assert (await comm.receive_json_from(timeout=5))["type"] == "snapshot"
+            message = frame_message({"type": "panel.delta", "slot": 0, "delta": "hi", "run": "r"})
+            await get_channel_layer().group_send(live.group_name(conversation.pk), message)
+            assert await comm.receive_from(timeout=5) == message["text"]
+        finally:
+            await comm.disconnect()
+
+
+def stream_in_chunks(text: str, size: int = 7) -> Stream:
+    stream = Stream()
+    for i in range(0, len(text), size):
+        stream.feed(text[i : i + size])
+    return stream
+
+
+def live_join(text: str, size: int = 7) -> str:
+    """What an independent live renderer makes of *text* streamed in chunks, finished."""
+    renderer = IncrementalRenderer()
+    for i in range(0, len(text), size):
+        renderer.feed(text[i : i + size])
+    renderer.finish()
+    return "\n".join(renderer.blocks)
+
+
+def between_blocks(html: str) -> str:
+    return re.sub(r">\s+<", "><", html).strip()
+
+
+ANSWER = """# Why the sky is blue
+
+Sunlight is *scattered* by the molecules of the air; blue light, with its short wavelength,
+is scattered the most.
+
+- Rayleigh scattering grows as the fourth power of frequency.
+- Violet is scattered even more, but the eye is less sensitive to it.
+
+1. First
+2. Second
+
+```python
+def intensity(wavelength):
+    return 1 / wavelength ** 4
+```
+
+| Colour | Wavelength |
+|--------|-----------:|
+| Blue   | 450 nm     |
+| Red    | 700 nm     |
+
+A last paragraph, still streaming"""
+
+
+class TestWholeHtml:
+    def test_a_streamed_text_is_its_live_blocks_and_renders_like_the_whole(self):
+        stream = stream_in_chunks(ANSWER)
+        html = stream.whole_html(ANSWER)
+        assert html == live_join(ANSWER)
+        assert between_blocks(html) == between_blocks(render_markdown(ANSWER))
+        for tag in ("<h1", "<ul>", "<ol>", 'class="highlight"', "<table>", "<em>scattered</em>"):
+            assert tag in html
+
+    def test_the_streamed_path_renders_only_the_tail(self, monkeypatch):
+        stream = stream_in_chunks(ANSWER)
+        whole = []
+        monkeypatch.setattr("chat.runs.frames.render_markdown", lambda t: whole.append(t) or render_markdown(t))
+        stream.whole_html(ANSWER)
+        assert whole == []  # no second conversion of the whole answer
+
+    def test_a_reference_definition_makes_the_text_render_whole(self):
+        text = "See [the docs][d] first.\n\nThen more text.\n\n[d]: https://example.com/docs\n"
+        stream = stream_in_chunks(text, size=4)
+        html = stream.whole_html(text)
+        assert html == render_markdown(text)
+        assert 'href="https://example.com/docs"' in html
+        assert "[the docs][d]" in live_join(text, size=4)  # the live blocks could not resolve it
+
+    @pytest.mark.parametrize(
+        "definition", ["> [d]: https://example.com/docs\n", "- item\n\n    [d]: https://example.com/docs\n"]
+    )
+    def test_a_nested_reference_definition_makes_the_text_render_whole_too(self, definition):
+        text = f"See [the docs][d] first.\n\n{definition}"
+        stream = stream_in_chunks(text, size=4)
+        assert stream.whole_html(text) == render_markdown(text)
+
+    def test_a_text_other_than_what_streamed_is_rendered_whole(self):
+        stream = stream_in_chunks("The sky is blue.\n\nBecause")
+        final = "The sky is **blue**.\n\nBecause of Rayleigh scattering."
+        assert stream.whole_html(final) == render_markdown(final)
+
+    def test_a_text_over_one_units_limits_is_rendered_whole(self):
+        text = "\n\n".join(f"Paragraph {i}." for i in range(600))  # 1,199 lines
+        stream = stream_in_chunks(text, size=500)
+        assert stream.whole_cost(text) == len(text)
+        assert stream.whole_html(text) == render_markdown(text)
+
+    def test_whole_cost_is_the_tail_for_a_streamed_text_and_the_length_otherwise(self):
+        text = "First paragraph.\n\nSecond paragraph, still open"
+        stream = stream_in_chunks(text)
+        assert stream.renderer.tail == "Second paragraph, still open"
+        assert stream.whole_cost(text) == len("Second paragraph, still open")
+        other = text + " and longer"
+        assert stream.whole_cost(other) == len(other)
+        stream.whole_html(text)
+        assert stream.whole_cost(text) == 0  # already computed
+
+    @pytest.mark.parametrize("streamed", [True, False])
+    def test_the_result_is_memoized(self, monkeypatch, streamed):
+        text = "One.\n\nTwo *three*."
+        stream = stream_in_chunks(text if streamed else "Something else")
+        renders: list[str] = []
+        monkeypatch.setattr("chat.runs.frames.render_markdown", lambda t: renders.append(t) or render_markdown(t))
+        first = stream.whole_html(text)
+        count = len(renders)
+        assert stream.whole_html(text) == first
+        assert len(renders) == count == (0 if streamed else 1)
+
+
+# --------------------------------------------------------------------------- 3. inline or in a thread
+
+
+def long_code_block() -> str:
+    block = "```python\n" + "".join(f"value_{i} = {i} * 2\n" for i in range(700)) + "```\n"
+    assert len(block) > 10_000
+    return block
+
+
+class TestRenderPlacement:
+    def test_prerender_reports_the_characters_each_job_converts(self):
+        state = new_state()
+        assert state.prerender(delta(0, "no newline")) is None
+        state.apply(delta(0, "no newline"))
+        job = state.prerender(delta(0, " end.\n\nNext"))
+        assert job is not None and job[1] == len("no newline") + len(" end.\n\nNext")
+        big = long_code_block()
+        assert state.prerender(FinalDelta(delta=big))[1] == len(big)  # type: ignore[index]
+
+        answer = "x" * 9000
+        done = RunCompleted(
+            answer=answer, analysis=None, analysis_error=None, failed_models=[], records=[], usage=Usage(), timings={}
+        )
+        assert state.prerender(done)[1] == len(answer)  # type: ignore[index]  # not what streamed: all of it
+
+    @pytest.fixture
+    def threads(self, monkeypatch) -> list[Any]:
+        calls: list[Any] = []
+        real = asyncio.to_thread
+
+        async def counting(fn, *args, **kwargs):
+            calls.append(fn)
+            return await real(fn, *args, **kwargs)
+
+        monkeypatch.setattr(live.asyncio, "to_thread", counting)
+        return calls
+
+    @staticmethod
+    def owner(state: RunState) -> SimpleNamespace:
+        emitted: list[tuple[dict[str, Any], bool]] = []
+        frames = SimpleNamespace(emit=lambda f, now=False: emitted.append((f, now)))
+        return SimpleNamespace(state=state, frames=frames, emitted=emitted)
+
+    async def test_small_render_jobs_run_inline(self, threads):
+        state = new_state()
+        me = self.owner(state)
+        await live.ActiveRun._step(me, delta(0, "A short paragraph.\n\nNext"))  # type: ignore[arg-type]
+        await live.ActiveRun._step(me, delta(0, " one.\n"))  # type: ignore[arg-type]
+        assert threads == []
+        assert state.members[0].stream.blocks == ["<p>A short paragraph.</p>"]
+        assert [f["blocks"] for f, _ in me.emitted] == [["<p>A short paragraph.</p>"], []]
+
+    async def test_a_big_code_block_delta_goes_to_a_thread(self, threads):
+        state = new_state()
+        me = self.owner(state)
+        big = long_code_block()
+        assert len(big) > live.INLINE_RENDER_CHARS
+        await live.ActiveRun._step(me, FinalDelta(delta=big))  # type: ignore[arg-type]
+        assert len(threads) == 1
+        # The block ends when the next one starts: its conversion is big too.
+        await live.ActiveRun._step(me, FinalDelta(delta="\nAfter"))  # type: ignore[arg-type]
+        assert len(threads) == 2
+        assert 'class="highlight"' in state.final.blocks[0]  # the thread's result was applied
+
+    async def test_a_long_finished_answer_goes_to_a_thread_unless_only_its_tail_is_left(self, threads):
+        text = "\n\n".join(f"Paragraph {i} of a long answer." for i in range(300))
+        assert len(text) > live.INLINE_RENDER_CHARS
+
+        def completed() -> RunCompleted:
+            return RunCompleted(
+                answer=text, analysis=None, analysis_error=None, failed_models=[], records=[], usage=Usage(), timings={}
+            )
+
+        never_streamed = new_state()
+        await live.ActiveRun._step(self.owner(never_streamed), completed())  # type: ignore[arg-type]
+        assert len(threads) == 1 and never_streamed.final.html == render_markdown(text)
+
+        streamed = new_state()
+        me = self.owner(streamed)
+        for i in range(0, len(text), 40):
+            await live.ActiveRun._step(me, FinalDelta(delta=text[i : i + 40]))  # type: ignore[arg-type]
+        assert len(threads) == 1
+        await live.ActiveRun._step(me, completed())  # type: ignore[arg-type]
+        assert len(threads) == 1  # only the last paragraph was left to convert: inline
+        assert between_blocks(streamed.final.html or "") == between_blocks(render_markdown(text))
+
+    async def test_a_member_completed_with_its_streamed_text_is_inline(self, threads):
+        text = "\n\n".join(f"Line {i} of a member." for i in range(300))
+        state = new_state()
+        me = self.owner(state)
+        for i in range(0, len(text), 50):
+            await live.ActiveRun._step(me, delta(0, text[i : i + 50]))  # type: ignore[arg-type]
+        done = PanelCompleted(slot=0, model="sim/m0", content=text, record=CallRecord(role="panel", model="sim/m0"))
+        await live.ActiveRun._step(me, done)  # type: ignore[arg-type]
+        assert threads == []
+        assert between_blocks(state.members[0].stream.html or "") == between_blocks(render_markdown(text))
+
+
+# --------------------------------------------------------------------------- 4. the channel layer
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+async def received(layer: FastInMemoryChannelLayer, channel: str) -> dict[str, Any]:
+    return await asyncio.wait_for(layer.receive(channel), 1)
+
+
+class TestFastInMemoryChannelLayer:
+    async def test_group_send_reaches_every_member_and_only_them(self):
+        layer = FastInMemoryChannelLayer()
+        a, b, outsider = [await layer.new_channel() for _ in range(3)]
+        await layer.group_add("conv_1", a)
+        await layer.group_add("conv_1", b)
+        await layer.group_add("conv_2", outsider)
+        await layer.group_send("conv_1", {"type": "run.frame", "text": "{}"})
+        assert await received(layer, a) == {"type": "run.frame", "text": "{}"}
+        assert await received(layer, b) == {"type": "run.frame", "text": "{}"}
+        assert outsider not in layer.channels
+        await layer.group_discard("conv_1", b)
+        await layer.group_send("conv_1", {"type": "run.frame", "text": "2"})
+        assert b not in layer.channels and (await received(layer, a))["text"] == "2"
+
+    async def test_a_flat_message_arrives_equal_but_as_its_own_dict(self):
+        layer = FastInMemoryChannelLayer()
+        channel = await layer.new_channel()
+        message = {"type": "run.frame", "text": "{}", "n": 1, "x": 1.5, "ok": True, "none": None}
+        await layer.send(channel, message)
+        got = await received(layer, channel)
+        assert got == message and got is not message
+        message["text"] = "changed"
+        assert got["text"] == "{}"
+
+    async def test_a_nested_message_is_deep_copied(self):
+        layer = FastInMemoryChannelLayer()
+        a, b = await layer.new_channel(), await layer.new_channel()
+        await layer.group_add("g", a)
+        await layer.group_add("g", b)
+        message = {"type": "run.frame", "frame": {"type": "batch", "events": [{"delta": "a"}]}}
+        await layer.group_send("g", message)
+        message["frame"]["events"][0]["delta"] = "mutated"
+        message["frame"]["events"].append({"delta": "b"})
+        got_a, got_b = await received(layer, a), await received(layer, b)
+        assert got_a == got_b == {"type": "run.frame", "frame": {"type": "batch", "events": [{"delta": "a"}]}}
+        assert got_a["frame"] is not got_b["frame"]
+
+    async def test_expired_messages_and_memberships_are_still_dropped(self, monkeypatch):
+        clock = FakeClock()
+        monkeypatch.setattr(chat.layers, "time", clock)
+        monkeypatch.setattr("channels.layers.time", clock)
+        layer = FastInMemoryChannelLayer(expiry=60, group_expiry=3600)
+        stale, member = await layer.new_channel(), await layer.new_channel()
+        await layer.group_add("g", stale)
+        await layer.send(stale, {"type": "old"})  # never read
+        clock.now += 61
+        await layer.group_add("g", member)
+        await layer.group_send("g", {"type": "new"})
+        # The old message expired: its channel left the group and got nothing new.
+        assert stale not in layer.channels and stale not in layer.groups["g"]
+        assert (await received(layer, member)) == {"type": "new"}
+        clock.now += 3601
+        await layer.group_send("g", {"type": "later"})
+        assert member not in layer.groups.get("g", {}) and member not in layer.channels
+
+    async def test_expiry_is_swept_at_most_once_a_second(self, monkeypatch):
+        clock = FakeClock()
+        monkeypatch.setattr(chat.layers, "time", clock)
+        monkeypatch.setattr("channels.layers.time", clock)
+        layer = FastInMemoryChannelLayer(expiry=10)
+        idle, other = await layer.new_channel(), await layer.new_channel()
+        await layer.group_add("g", other)
+        await layer.send(idle, {"type": "old"})
+        clock.now += 10.5  # the message has expired …
+        layer._swept_at = clock.now - 0.5  # … but the last sweep was half a second ago
+        await layer.group_send("g", {"type": "x"})
+        assert idle in layer.channels
+        clock.now += 0.6
+        await layer.group_send("g", {"type": "y"})
+        assert idle not in layer.channels
+        await layer.send(idle, {"type": "old again"})
+        clock.now += 10.5
+        layer._swept_at = clock.now
+        monkeypatch.setattr(chat.layers, "SWEEP_EVERY_S", 0)  # no wait between sweeps
+        await layer.group_send("g", {"type": "z"})
+        assert idle not in layer.channels
+
+    async def test_a_full_channel_raises_on_send_and_is_skipped_by_group_send(self):
+        layer = FastInMemoryChannelLayer(capacity=2)
+        full, free = await layer.new_channel(), await layer.new_channel()
+        await layer.group_add("g", full)
+        await layer.group_add("g", free)
+        await layer.send(full, {"type": "1"})
+        await layer.send(full, {"type": "2"})
+        with pytest.raises(ChannelFull):
+            await layer.send(full, {"type": "3"})
+        await layer.group_send("g", {"type": "to all"})
+        assert (await received(layer, free)) == {"type": "to all"}
+        assert [await received(layer, full), await received(layer, full)] == [{"type": "1"}, {"type": "2"}]
+
+    def test_settings_use_it_without_redis(self):
+        code = "import fusionsite.settings as s; print(s.CHANNEL_LAYERS['default']['BACKEND'])"
+
+        def backend(redis_url: str) -> str:
+            env = {**os.environ, "REDIS_URL": redis_url}
+            done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, done.stderr
+            return done.stdout.strip()
+
+        assert backend("") == "chat.layers.FastInMemoryChannelLayer"
+        assert backend("redis://127.0.0.1:6390/0") != "chat.layers.FastInMemoryChannelLayer"
+        if not django_settings.REDIS_URL:
+            assert django_settings.CHANNEL_LAYERS["default"]["BACKEND"] == "chat.layers.FastInMemoryChannelLayer"
+
+
+# --------------------------------------------------------------------------- 5. shared HTTP clients
+
+
+async def _close_shared_clients(loop: asyncio.AbstractEventLoop) -> None:
+    for client in fusion_client._shared_clients.pop(loop, None) or []:
+        if client is not None:
+            await client.aclose()
+
+
+class CookieServer:
+    """/set answers with a Set-Cookie; /echo answers with the Cookie header it got."""
+
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (stdlib API)
+                body = (self.headers.get("Cookie") or "").encode()
+                self.send_response(200)
+                if self.path == "/set":
+                    self.send_header("Set-Cookie", "session=secret-of-user-a; Path=/")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class TestSharedHttp:
+    async def test_calls_rotate_over_the_shards_and_come_back(self):
+        loop = asyncio.get_running_loop()
+        try:
+            clients = [fusion_client.shared_http() for _ in range(fusion_client.HTTP_SHARDS)]
+            assert len({id(c) for c in clients}) == fusion_client.HTTP_SHARDS
+            again = [fusion_client.shared_http() for _ in range(fusion_client.HTTP_SHARDS)]
+            assert all(a is c for a, c in zip(again, clients, strict=True))  # back after HTTP_SHARDS calls
+            assert all(not c.is_closed for c in clients)
+        finally:
+            await _close_shared_clients(loop)
+
+    def test_another_event_loop_gets_other_clients(self):
+        async def take() -> tuple[asyncio.AbstractEventLoop, list[httpx.AsyncClient]]:
+            return asyncio.get_running_loop(), [fusion_client.shared_http() for _ in range(fusion_client.HTTP_SHARDS)]
+
+        got = []
+        for _ in range(2):
+            loop = asyncio.new_event_loop()
+            try:
+                got.append(loop.run_until_complete(take()))
+                loop.run_until_complete(_close_shared_clients(got[-1][0]))
+            finally:
+                loop.close()
+        assert not {id(c) for c in got[0][1]} & {id(c) for c in got[1][1]}
+
+    async def test_a_cookie_set_by_a_server_is_not_sent_back(self):
+        loop = asyncio.get_running_loop()
+        with CookieServer() as base:
+            async with httpx.AsyncClient() as plain:  # the control: an ordinary client keeps it
+                await plain.get(f"{base}/set")
+                assert (await plain.get(f"{base}/echo")).text == "session=secret-of-user-a"
+            try:
+                shared = fusion_client.shared_http()
+                response = await shared.get(f"{base}/set")
+                assert "session=secret-of-user-a" in response.headers["set-cookie"]
+                assert (await shared.get(f"{base}/echo")).text == ""
+                assert len(shared.cookies) == 0
+            finally:
+                await _close_shared_clients(loop)
+
+    async def test_a_chat_client_leaves_a_shared_client_open(self):
+        loop = asyncio.get_running_loop()
+        try:
+            shared = fusion_client.shared_http()
+            client = fusion_client.ChatClient(None, http=shared)  # type: ignore[arg-type]
+            await client.aclose()
+            assert not shared.is_closed
+            own = fusion_client.ChatClient(None)  # type: ignore[arg-type]
+            await own.aclose()
+            assert own._http.is_closed
+        finally:
+            await _close_shared_clients(loop)
+
+    async def test_sniffio_is_installed_for_httpcore(self):
+        import httpcore._synchronization
+
+        assert importlib.util.find_spec("sniffio") is not None
+        import sniffio
+
+        assert sniffio.current_async_library() == "asyncio"
+        assert httpcore._synchronization.current_async_library() == "asyncio"
+        assert "sniffio" in sys.modules  # imported once, not a failed import (a sys.path walk) per request
+        with open(django_settings.BASE_DIR / "requirements.txt") as f:
+            assert re.search(r"^sniffio==", f.read(), re.MULTILINE)
+
+
+# --------------------------------------------------------------------------- 6. reads once; the start path
+
+
+class TestReadsOnce:
+    def test_inside_reads_once_a_key_is_read_once(self):
+        reads: list[str] = []
+
+        def read(name: str):
+            return lambda: reads.append(name) or f"value of {name}"
+
+        with memo.reads_once():
+            assert memo.memoized("a", read("a")) == "value of a"
+            assert memo.memoized("a", read("a")) == "value of a"
+            assert memo.memoized("b", read("b")) == "value of b"
+            memo.memo_update("rows", {"x": 1})
+            memo.memo_update("rows", {"y": 2, "x": 3})
+            got = memo.memo_get("rows")
+            assert got == {"x": 3, "y": 2}
+            got["z"] = 9  # a copy
+            assert memo.memo_get("rows") == {"x": 3, "y": 2} and memo.memo_get("other") == {}
+        assert reads == ["a", "b"]
+
+    def test_outside_every_call_reads(self):
+        reads: list[int] = []
+        assert memo.memoized("a", lambda: reads.append(1) or 1) == 1
+        assert memo.memoized("a", lambda: reads.append(1) or 1) == 1
+        assert reads == [1, 1]
+        memo.memo_update("rows", {"x": 1})
+        assert memo.memo_get("rows") == {}
+        with memo.reads_once():
+            memo.memoized("a", lambda: reads.append(2) or 2)
+        with memo.reads_once():  # a new unit of work starts empty
+            memo.memoized("a", lambda: reads.append(3) or 3)
+        assert reads == [1, 1, 2, 3]
+
+    async def test_each_task_has_its_own_memo(self):
+        reads: list[str] = []
+
+        async def unit(name: str) -> str:
+            with memo.reads_once():
+                await asyncio.sleep(0.01)
+                return memo.memoized("k", lambda: reads.append(name) or name)
+
+        assert await asyncio.gather(unit("a"), unit("b")) == ["a", "b"]
+        assert sorted(reads) == ["a", "b"]
+
+
+START_SCRIPTS = {"m/a": {"content": "x"}, "m/b": {"content": "y"}, "m/an": {"content": "{}"}, "m/w": {"content": "z"}}
+START_PANEL = {
+    "members": [{"model": "m/a"}, {"model": "m/b"}],
+    "analyst": {"model": "m/an"},
+    "writer": {"model": "m/w"},
+}
+
+
+@pytest.fixture
+def start_upstream(settings, scripted_thread):
+    return serve_from(settings, scripted_thread(START_SCRIPTS))
+
+
+def start_in(user: Any, conversation: Conversation) -> tuple[Run, Any, dict[str, Any]]:
+    return services._start_and_read(
+        user=user,
+        conversation_id=conversation.pk,
+        client_run_id=uuid.uuid4().hex,
+        prompt="Why is the sky blue?",
+        panel_data=START_PANEL,
+        follow_up_mode=None,
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+class TestStartPath:
+    @pytest.mark.parametrize(
+        ("daily_limit", "first_budget", "second_budget"),
+        [
+            (0, 15, 19),  # no daily limit (as the lead profiled): 14 and 17 now
+            (5.0, 16, 19),  # the default daily limit adds today's spend and reservations: 16 and 19 now
+        ],
+    )
+    def test_query_budget_of_a_start(
+        self, settings, alice, start_upstream, django_assert_max_num_queries, daily_limit, first_budget, second_budget
+    ):
+        settings.FUSION_DAILY_SPEND_LIMIT_USD = daily_limit
+        start_in(alice, Conversation.objects.create(user=alice, title="warm"))  # the catalogue is fetched once
+        conversation = Conversation.objects.create(user=alice)
+        with django_assert_max_num_queries(first_budget):
+            run, request, inputs = start_in(alice, conversation)
+        assert request is not None and set(inputs) == {"registry", "price_lookup", "no_tool_models"}
+        Run.objects.filter(pk=run.pk).update(status=RunStatus.COMPLETE, answer="Rayleigh.")
+        with django_assert_max_num_queries(second_budget):
+            second, request, _ = start_in(alice, conversation)
+        assert second.turn.index == 1 and request is not None
+        assert request.messages[-2] == {"role": "assistant", "content": "Rayleigh."}
+
+    def test_a_start_reads_the_catalogue_and_keys_once(self, alice, start_upstream):
+        start_in(alice, Conversation.objects.create(user=alice, title="warm"))
+        with CaptureQueriesContext(connection) as queries:
+            start_in(alice, Conversation.objects.create(user=alice))
+        tables = [q["sql"] for q in queries.captured_queries]
+        assert sum('FROM "chat_cataloguecache"' in s for s in tables) == 1
+        assert sum('FROM "chat_providerkey"' in s for s in tables) == 1
+
+    def test_a_start_beside_a_running_run_is_busy_and_leaves_no_turn(self, alice, start_upstream):
+        conversation = Conversation.objects.create(user=alice)
+        running, _, _ = start_in(alice, conversation)
+        assert running.status == RunStatus.RUNNING
+        with pytest.raises(RunError) as refused:
+            start_in(alice, conversation)
+        assert refused.value.code == "busy"
+        assert Turn.objects.filter(conversation=conversation).count() == 1
+        assert Run.objects.filter(conversation=conversation).count() == 1
+
+    def test_the_same_client_run_id_again_is_that_run_not_busy(self, alice, start_upstream):
+        conversation = Conversation.objects.create(user=alice)
+        client_run_id = uuid.uuid4().hex
+        kw = {"prompt": "Hi", "panel_data": START_PANEL, "follow_up_mode": None}
+        first, _, _ = services._start_and_read(
+            user=alice, conversation_id=conversation.pk, client_run_id=client_run_id, **kw
+        )
+        again, request, inputs = services._start_and_read(
+            user=alice, conversation_id=conversation.pk, client_run_id=client_run_id, **kw
+        )
+        assert again.pk == first.pk and request is None and inputs == {}
+
+
+# --------------------------------------------------------------------------- 7. database threads
+
+
+@pytest.mark.django_db(transaction=True)
+class TestDbThread:
+    async def test_it_runs_in_a_fusion_db_thread_and_returns_the_value(self, alice):
+        def work(x: int, *, y: int) -> tuple[str, int, int]:
+            return threading.current_thread().name, x + y, Conversation.objects.filter(user=alice).count()
+
+        name, total, count = await dbthread.in_db_thread(work, 2, y=3)
+        assert name.startswith("fusion-db") and name != threading.current_thread().name
+        assert (total, count) == (5, 0)
+
+    async def test_its_connection_stays_open_between_calls(self, alice):
+        def open_connection() -> Any:
+            connection.ensure_connection()
+            return id(connection.connection)
+
+        if dbthread.db_threads() > 1:
+            pytest.skip("several threads: the next call may run in another one")
+        first = await dbthread.in_db_thread(open_connection)
+        assert (
+            await dbthread.in_db_thread(lambda: id(connection.connection) if connection.connection else None) == first
+        )
+
+    async def test_an_exception_is_raised_again_and_the_connection_closed(self, alice):
+        def fail() -> None:
+            connection.ensure_connection()
+            raise ValueError("boom")
+
+        with pytest.raises(ValueError, match="boom"):
+            await dbthread.in_db_thread(fail)
+        assert await dbthread.in_db_thread(lambda: connection.connection) is None
+        assert await dbthread.in_db_thread(lambda: Conversation.objects.count()) == 0
+
+    def test_one_thread_on_sqlite_unless_configured(self, settings):
+        if connection.vendor == "sqlite":
+            assert dbthread.db_threads() == 1
+        else:
+            assert dbthread.db_threads() == 4
+        settings.FUSION_DB_THREADS = 3
+        assert dbthread.db_threads() == 3
