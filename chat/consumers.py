@@ -238,7 +238,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if handler is None:
             await self._error("invalid", f"Unknown frame type {frame['type'][:40]!r}.")
             return
-        if frame["type"] in STEERING and not await watch.still_valid(self):
+        # A start checks its session with the start itself (one query for a batch of starts).
+        if frame["type"] in STEERING and frame["type"] != "start" and not await watch.still_valid(self):
             await self.session_ended()
             return
         try:
@@ -271,16 +272,22 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if preset is not None and panel is not None:
             raise FrameError("Send either a panel or a preset, not both.")
         shown_runs = _shown_runs(frame.get("shown_runs"))
-        state, created = await runs.run_start(
-            user=self.scope["user"],
-            conversation_id=self.conversation_id,
-            client_run_id=run_id,
-            prompt=prompt,
-            panel=panel,
-            follow_up_mode=mode,
-            preset=preset,
-            shown_runs=shown_runs,
-        )
+        try:
+            state, created = await runs.run_start(
+                user=self.scope["user"],
+                conversation_id=self.conversation_id,
+                client_run_id=run_id,
+                prompt=prompt,
+                panel=panel,
+                follow_up_mode=mode,
+                preset=preset,
+                shown_runs=shown_runs,
+                session=(self.session_key, self.user_id),
+            )
+        except runs.SessionEnded:
+            await watch.still_valid(self)  # also stops a deactivated user's runs
+            await self.session_ended()
+            return
         if not created:  # attached to the existing run: send where it is now
             await self._send({"type": "snapshot", "runs": [state]})
 
@@ -336,6 +343,16 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         )
 
     # ----------------------------------------------------------------- server side
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """A run's frames go straight to the socket. Channels' own dispatch first closes old
+        database connections through the thread-sensitive executor, for every message: with a
+        hundred live runs, hundreds of thread hops a second for a handler that never touches the
+        database. Every other message still goes through it."""
+        if message.get("type") == "run.frame":
+            await self.run_frame(message)
+        else:
+            await super().dispatch(message)
 
     async def run_frame(self, message: dict[str, Any]) -> None:
         """A frame from a run of this conversation (channel-layer group message), encoded once

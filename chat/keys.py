@@ -15,6 +15,7 @@ import base64
 import functools
 import logging
 import re
+from collections.abc import Iterable
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
@@ -162,15 +163,26 @@ def user_keys_decrypted(*, user: User) -> dict[str, str | KeyUnavailable]:
     """Provider → the user's raw key (or the reason it cannot be used). For the run's registry only."""
 
     def read() -> dict[str, str | KeyUnavailable]:
-        result: dict[str, str | KeyUnavailable] = {}
-        for provider, token in ProviderKey.objects.filter(user=user).values_list("provider", "encrypted_key"):
-            try:
-                result[provider] = key_decrypt(token)
-            except KeyUnavailable as exc:
-                result[provider] = exc
-        return result
+        return _decrypted(ProviderKey.objects.filter(user=user).values_list("provider", "encrypted_key"))
 
     return dict(memoized(("keys", "own", user.pk), read))
+
+
+def _decrypted(stored: Iterable[tuple[str, str]]) -> dict[str, str | KeyUnavailable]:
+    result: dict[str, str | KeyUnavailable] = {}
+    for provider, token in stored:
+        try:
+            result[provider] = key_decrypt(token)
+        except KeyUnavailable as exc:
+            result[provider] = exc
+    return result
+
+
+def remember_user_keys(*, user_id: int, stored: Iterable[tuple[str, str]], allow_server_key: bool | None) -> None:
+    """Hand a user's stored keys and server-key override, read for a batch of starts, to the
+    reads of this unit of work (chat.memo): ``user_keys_decrypted`` and ``server_key_allowed``."""
+    memoized(("keys", "own", user_id), lambda: _decrypted(stored))
+    memoized(("keys", "allowed", user_id), lambda: allow_server_key)
 
 
 def key_sources(*, user: User) -> dict[str, str]:

@@ -47,3 +47,14 @@ def memo_update(name: str, entries: dict[Any, Any]) -> None:
     memo = _memo.get()
     if memo is not None:
         memo.setdefault(("many", name), {}).update(entries)
+
+
+MISSING: Any = object()
+
+
+def memo_entry(name: str, key: Hashable, default: Any = MISSING) -> Any:
+    """One entry remembered under *name*, or *default* (``MISSING``) when there is none."""
+    memo = _memo.get()
+    if memo is None:
+        return default
+    return memo.get(("many", name), {}).get(key, default)

@@ -114,14 +114,23 @@ def _needs_refresh(row: CatalogueCache | None, now: datetime) -> bool:
 def _load(providers: Iterable[str], *, fetch_missing: bool = False) -> dict[str, CatalogueCache | None]:
     """The cached rows of *providers*; stale ones are refreshed in the background."""
     names = list(dict.fromkeys(providers))
+    known = memo_get("catalogue")
     if fetch_missing:
-        rows = _load_rows(names, fetch_missing=True)
+        # Rows read in this unit of work do; a provider without a copy yet is fetched now.
+        fresh = all(known.get(n) is not None for n in names)
+        rows = known if fresh else _load_rows(names, fetch_missing=True)
     else:
-        known = memo_get("catalogue")
         missing = [n for n in names if n not in known]
         rows = {**known, **(_load_rows(missing, fetch_missing=False) if missing else {})}
     memo_update("catalogue", rows)  # a later read in the same unit of work uses these rows
     return {n: rows[n] for n in names}
+
+
+def prefetch_for_panels(panels: Iterable[Any]) -> None:
+    """Before a batch of starts: read every provider's copy once (into ``chat.memo``), fetching
+    the ones never fetched yet, outside the batch's transaction."""
+    del panels  # every start may name any provider; one query reads them all
+    _load(build_registry().names, fetch_missing=True)
 
 
 def _load_rows(names: list[str], *, fetch_missing: bool) -> dict[str, CatalogueCache | None]:

@@ -1018,3 +1018,194 @@ class TestDbThread:
             assert dbthread.db_threads() == 4
         settings.FUSION_DB_THREADS = 3
         assert dbthread.db_threads() == 3
+
+
+# --------------------------------------------------------------------------- 8. starts in batches
+
+
+def batch_item(user: Any, conversation: Conversation, *, session: tuple[str, int] | None = None, **over: Any) -> Any:
+    from chat.runs.starts import StartItem
+
+    start = {
+        "conversation_id": conversation.pk,
+        "client_run_id": uuid.uuid4().hex,
+        "prompt": "Why is the sky blue?",
+        "panel_data": START_PANEL,
+        "follow_up_mode": None,
+        **over,
+    }
+    return StartItem(user=user, start=start, future=None, session=session)  # type: ignore[arg-type]
+
+
+def signed_in_session(user: Any) -> str:
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    store = SessionStore()
+    store[SESSION_KEY] = str(user.pk)
+    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    store.create()
+    return store.session_key or ""
+
+
+@pytest.mark.django_db(transaction=True)
+class TestStartBatches:
+    def test_a_batch_starts_each_run_with_one_read_of_what_they_share(self, alice, bob, start_upstream):
+        from chat.runs.starts import start_many
+
+        start_in(alice, Conversation.objects.create(user=alice, title="warm"))  # the catalogue is fetched once
+        items = [batch_item(u, Conversation.objects.create(user=u)) for u in (alice, bob, alice, bob)]
+        with CaptureQueriesContext(connection) as queries:
+            results = start_many(items)
+        assert all(isinstance(r, tuple) and r[1] is not None for r in results)
+        assert [r[0].user_id for r in results] == [alice.pk, bob.pk, alice.pk, bob.pk]  # type: ignore[index]
+        sql = [q["sql"] for q in queries.captured_queries]
+        assert sum('FROM "chat_cataloguecache"' in s for s in sql) == 1
+        assert sum('FROM "chat_providerkey"' in s for s in sql) == 1
+        assert sum(s.startswith('SELECT "chat_conversation"') for s in sql) == 1
+        assert Run.objects.filter(status=RunStatus.RUNNING).count() == 5
+
+    def test_one_refused_start_leaves_the_others_of_its_batch(self, alice, start_upstream):
+        from chat.runs.starts import start_many
+
+        busy = Conversation.objects.create(user=alice)
+        start_in(alice, busy)
+        items = [
+            batch_item(alice, Conversation.objects.create(user=alice)),
+            batch_item(alice, busy),  # a run is going there
+            batch_item(alice, Conversation.objects.create(user=alice), prompt="   "),  # nothing to ask
+            batch_item(alice, Conversation.objects.create(user=alice)),
+        ]
+        first, refused, empty, last = start_many(items)
+        assert isinstance(first, tuple) and isinstance(last, tuple)
+        assert isinstance(refused, RunError) and refused.code == "busy"
+        assert isinstance(empty, RunError) and empty.code == "invalid"
+        assert Turn.objects.filter(conversation=busy).count() == 1  # the refused start left no turn
+
+    def test_the_concurrency_limit_counts_the_runs_started_earlier_in_the_batch(self, settings, alice, start_upstream):
+        from chat.runs.starts import start_many
+
+        settings.FUSION_MAX_CONCURRENT_RUNS_PER_USER = 2
+        results = start_many([batch_item(alice, Conversation.objects.create(user=alice)) for _ in range(3)])
+        assert [isinstance(r, tuple) for r in results] == [True, True, False]
+        assert isinstance(results[2], RunError) and results[2].code == "limit"
+        assert Run.objects.filter(user=alice, status=RunStatus.RUNNING).count() == 2
+
+    def test_a_start_whose_session_ended_is_refused_and_writes_nothing(self, alice, bob, start_upstream):
+        from chat.runs.checks import SessionEnded
+        from chat.runs.starts import start_many
+
+        valid = (signed_in_session(alice), alice.pk)
+        ended = ("no-such-session", bob.pk)
+        bobs = Conversation.objects.create(user=bob)
+        ok, gone = start_many(
+            [
+                batch_item(alice, Conversation.objects.create(user=alice), session=valid),
+                batch_item(bob, bobs, session=ended),
+            ]
+        )
+        assert isinstance(ok, tuple) and isinstance(gone, SessionEnded)
+        assert not Turn.objects.filter(conversation=bobs).exists()
+
+    async def test_simultaneous_starts_share_a_batch_and_each_gets_its_own_run(self, settings, alice, start_upstream):
+        from channels.db import database_sync_to_async
+
+        from chat.runs import starts
+
+        settings.FUSION_MAX_CONCURRENT_RUNS_PER_USER = 100
+        conversations = [await database_sync_to_async(Conversation.objects.create)(user=alice) for _ in range(6)]
+        sizes: list[int] = []
+        real = starts.start_many
+
+        def counting(items: list[Any]) -> list[Any]:
+            sizes.append(len(items))
+            return real(items)
+
+        starts.start_many = counting  # type: ignore[assignment]
+        try:
+            batcher = starts.StartBatcher()
+            results = await asyncio.gather(
+                *(
+                    batcher.start(
+                        user=alice,
+                        conversation_id=c.pk,
+                        client_run_id=uuid.uuid4().hex,
+                        prompt="Hi",
+                        panel_data=START_PANEL,
+                        follow_up_mode=None,
+                    )
+                    for c in conversations
+                )
+            )
+        finally:
+            starts.start_many = real  # type: ignore[assignment]
+        assert [r[0].conversation_id for r in results] == [c.pk for c in conversations]
+        assert sum(sizes) == 6 and len(sizes) < 6  # the ones that waited went together
+        assert max(sizes) <= starts.MAX_BATCH
+
+
+class TestReadWatch:
+    async def test_a_deadline_passing_between_reads_does_not_cancel_other_work(self) -> None:
+        from chat.fusion.client import _ReadWatch
+
+        loop = asyncio.get_running_loop()
+        call = SimpleNamespace(
+            sent=loop.time(), last_token_at=None, total_deadline=loop.time() + 60, read_deadline=None
+        )
+        limits = SimpleNamespace(first_token=0.05, idle=0.05)
+        call.next_deadline = lambda lim: min(call.sent + lim.first_token, call.total_deadline)
+        call.read_deadline = lambda lim: (call.next_deadline(lim), "No first token within 0.05 s.")
+        watch = _ReadWatch(loop, call, limits)  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)  # the consumer's own work: past the deadline, not cancelled
+        with pytest.raises(TimeoutError, match="No first token"):
+            await watch.read(iter([]))  # the next read times out at once
+        watch.close()
+
+    async def test_a_deadline_passing_during_a_read_raises_timeout_and_leaves_the_task_uncancelled(self) -> None:
+        from chat.fusion.client import _ReadWatch
+
+        loop = asyncio.get_running_loop()
+        call = SimpleNamespace(sent=loop.time(), last_token_at=None, total_deadline=loop.time() + 60)
+        call.next_deadline = lambda lim: min(call.sent + lim.first_token, call.total_deadline)
+        call.read_deadline = lambda lim: (call.next_deadline(lim), "No first token within 0.05 s.")
+        watch = _ReadWatch(loop, call, SimpleNamespace(first_token=0.05, idle=0.05))  # type: ignore[arg-type]
+
+        async def never() -> Any:
+            await asyncio.sleep(10)
+
+        class Chunks:
+            def __aiter__(self) -> Any:
+                return self
+
+            async def __anext__(self) -> bytes:
+                await never()
+                return b""
+
+        with pytest.raises(TimeoutError):
+            await watch.read(Chunks())
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+        await asyncio.sleep(0)  # the task still runs normally
+        watch.close()
+
+
+class TestConsumerDispatch:
+    async def test_run_frames_skip_channels_connection_cleanup(self, monkeypatch) -> None:
+        from chat import consumers
+
+        calls: list[str] = []
+
+        async def cleanup() -> None:
+            calls.append("cleanup")
+
+        monkeypatch.setattr("channels.consumer.aclose_old_connections", cleanup)
+        consumer = consumers.ConversationConsumer()
+        sent: list[str] = []
+
+        async def send_text(text: str) -> None:
+            sent.append(text)
+
+        consumer._send_text = send_text  # type: ignore[method-assign]
+        await consumer.dispatch({"type": "run.frame", "text": '{"type":"pong"}'})
+        assert sent == ['{"type":"pong"}'] and calls == []

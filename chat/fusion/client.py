@@ -249,6 +249,11 @@ class _Call:
         self.done = False
         self.error = None
 
+    def next_deadline(self, limits: Limits) -> float:
+        """``read_deadline``'s instant alone (no message built)."""
+        start = self.sent + limits.first_token if self.last_token_at is None else self.last_token_at + limits.idle
+        return min(start, self.total_deadline)
+
     def read_deadline(self, limits: Limits) -> tuple[float, str]:
         """The instant the next read must complete by, and what it means if it does not."""
         if self.last_token_at is None:
@@ -345,6 +350,64 @@ def _reasoning_text(delta: dict[str, Any]) -> str:
 
 
 # =========================================================================== the client
+
+
+class _ReadWatch:
+    """The deadline of a stream's reads (first token, idle, total: ``_Call.read_deadline``).
+
+    One timer per call instead of a timeout context per read: a read of a few bytes happens
+    hundreds of times a second per process, and ``asyncio.timeout`` costs a task lookup, a
+    timer and a context per read. The timer re-arms itself at the current deadline (which moves
+    with every token) and cancels the task only while it waits in ``read``; that read then raises
+    ``TimeoutError`` with the reason.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, call: _Call, limits: Limits) -> None:
+        self.loop, self.call, self.limits = loop, call, limits
+        self.task = asyncio.current_task()
+        self.reading = False
+        self.expired: str | None = None
+        self.armed_at = call.next_deadline(limits)
+        self.timer: asyncio.TimerHandle | None = loop.call_at(self.armed_at, self._check)
+
+    def _arm(self, deadline: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.armed_at = deadline
+        self.timer = self.loop.call_at(deadline, self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        deadline, why = self.call.read_deadline(self.limits)
+        if self.loop.time() < deadline:
+            self._arm(deadline)
+        elif not self.reading:  # past it, but between reads: the next read times out at once
+            self.expired = why
+        elif self.task is not None:
+            self.expired = why
+            self.task.cancel()
+
+    async def read(self, chunks: Any) -> bytes:
+        if self.expired is None and self.timer is not None:
+            deadline = self.call.next_deadline(self.limits)
+            if deadline < self.armed_at:  # the first token came: the idle limit is sooner
+                self._arm(deadline)
+        if self.expired is not None:
+            raise TimeoutError(self.expired)
+        self.reading = True
+        try:
+            return await anext(chunks)
+        except asyncio.CancelledError:
+            if self.expired is not None and self.task is not None and self.task.uncancel() == 0:
+                raise TimeoutError(self.expired) from None
+            raise
+        finally:
+            self.reading = False
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class ChatClient:
@@ -560,32 +623,34 @@ class ChatClient:
         loop = asyncio.get_running_loop()
         decoder = SSEDecoder()
         chunks = response.aiter_bytes()
-        while True:
-            deadline, why = call.read_deadline(limits)
-            ended = False
-            try:
-                async with asyncio.timeout_at(deadline):
-                    items = decoder.feed(await anext(chunks))
-            except StopAsyncIteration:
-                items, ended = decoder.close(), True
-            except TimeoutError:
-                call.error = _error("timeout", why, scrub=scrub)
-                return
-            except httpx.TransportError as exc:
-                if call.finish_reason is None:
-                    call.error = _error("incomplete", f"The connection broke: {type(exc).__name__}.", scrub=scrub)
-                return
-            for item in items:
-                if isinstance(item, KeepAlive):
-                    continue  # proves the connection is alive, but it is not progress
-                for event in self._take_payload(item.data, call, loop.time(), scrub):
-                    yield event
-                if call.error or call.done or call.truncated_at is not None:
-                    return  # past the cap: _attempt closes the response, the provider stops
-            if ended:
-                if call.finish_reason is None:
-                    call.error = _error("incomplete", "No finish reason and no [DONE].", scrub=scrub)
-                return
+        watch = _ReadWatch(loop, call, limits)
+        try:
+            while True:
+                ended = False
+                try:
+                    items = decoder.feed(await watch.read(chunks))
+                except StopAsyncIteration:
+                    items, ended = decoder.close(), True
+                except TimeoutError as exc:
+                    call.error = _error("timeout", str(exc), scrub=scrub)
+                    return
+                except httpx.TransportError as exc:
+                    if call.finish_reason is None:
+                        call.error = _error("incomplete", f"The connection broke: {type(exc).__name__}.", scrub=scrub)
+                    return
+                for item in items:
+                    if isinstance(item, KeepAlive):
+                        continue  # proves the connection is alive, but it is not progress
+                    for event in self._take_payload(item.data, call, loop.time(), scrub):
+                        yield event
+                    if call.error or call.done or call.truncated_at is not None:
+                        return  # past the cap: _attempt closes the response, the provider stops
+                if ended:
+                    if call.finish_reason is None:
+                        call.error = _error("incomplete", "No finish reason and no [DONE].", scrub=scrub)
+                    return
+        finally:
+            watch.close()
 
     def _take_payload(self, data: str, call: _Call, now: float, scrub: _Scrubber) -> list[ClientEvent]:
         if data.strip() == "[DONE]":

@@ -17,7 +17,7 @@ or views, which import it.
 
 from __future__ import annotations
 
-from chat.runs.checks import RunError
+from chat.runs.checks import RunError, SessionEnded
 from chat.runs.live import ActiveRun, RunManager, control_group, group_name, join_control_group, manager
 from chat.runs.recovery import PROCESS_ID, mark_interrupted, recover_interrupted_runs, stale_after
 from chat.runs.reruns import run_regenerate, run_rerun, run_retry_member
@@ -37,6 +37,7 @@ from chat.runs.services import (
 from chat.runs.state import RunState
 
 __all__ = [
+    "SessionEnded",
     "PROCESS_ID",
     "ActiveRun",
     "RunError",

@@ -16,6 +16,7 @@ from django.contrib.auth.models import User
 from chat import keys, model_catalogue, spend
 from chat.engine import build_registry
 from chat.fusion.types import FusionRequest
+from chat.memo import MISSING, memo_entry, memo_update
 from chat.models import Conversation, Run, RunStatus
 
 
@@ -28,6 +29,10 @@ class RunError(Exception):
         self.message = message
 
 
+class SessionEnded(Exception):
+    """The socket's session no longer signs its user in (checked with the start, in its batch)."""
+
+
 def search_price_usd() -> float:
     return float(settings.FUSION_SEARCH_PRICE_USD or 0)
 
@@ -37,8 +42,18 @@ def check_limits(*, user: User, conversation: Conversation) -> None:
     database (constraint one_running_run_per_conversation) when the run is written: the caller
     turns that IntegrityError into "busy", so there is no query for it here."""
     limit = settings.FUSION_MAX_CONCURRENT_RUNS_PER_USER
-    if Run.objects.filter(user=user, status=RunStatus.RUNNING).count() >= limit:
+    running = memo_entry("running_runs", user.pk)
+    if running is MISSING:
+        running = Run.objects.filter(user=user, status=RunStatus.RUNNING).count()
+    if running >= limit:
         raise RunError("limit", f"You already have {limit} runs going. Wait for one to finish or stop one.")
+
+
+def count_started(*, user: User) -> None:
+    """A run of *user* was written: a batch's later starts count it (see ``check_limits``)."""
+    running = memo_entry("running_runs", user.pk)
+    if running is not MISSING:
+        memo_update("running_runs", {user.pk: running + 1})
 
 
 def check_models_and_keys(*, user: User, panel: dict[str, Any]) -> None:

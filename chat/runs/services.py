@@ -35,9 +35,16 @@ from chat.fusion.pipeline import FusionRun
 from chat.fusion.providers import ProviderRegistry
 from chat.fusion.types import FusionRequest, Message
 from chat.models import Conversation, FollowUpMode, MemberResponse, MemberStatus, Run, RunStatus, Turn
-from chat.runs.checks import RunError, check_limits, check_models_and_keys, search_price_usd, spend_hold
-from chat.dbthread import in_db_thread
-from chat.memo import reads_once
+from chat.runs.checks import (
+    RunError,
+    check_limits,
+    check_models_and_keys,
+    count_started,
+    search_price_usd,
+    spend_hold,
+)
+from chat.memo import MISSING, memo_entry, reads_once
+from chat.runs import starts
 from chat.runs.frames import frame_message
 from chat.runs.live import ActiveRun, control_group, group_name, join_control_group, manager
 from chat.runs.recovery import PROCESS_ID, mark_interrupted, stale_after
@@ -249,13 +256,19 @@ def _start_sync(
     A ``panel`` or ``preset`` sent with start is for this turn only; the conversation keeps its
     own panel, except that a conversation without one yet adopts it.
     """
-    known = Run.objects.filter(user=user, client_run_id=client_run_id)
-    existing = known.select_related("turn").first() if known.exists() else None
+    # A batch of starts (chat.runs.starts) read these for all of its starts at once.
+    existing = memo_entry("existing_runs", (user.pk, client_run_id))
+    if existing is MISSING:
+        known = Run.objects.filter(user=user, client_run_id=client_run_id)
+        prefetched = memo_entry("existing_runs_known", (user.pk, client_run_id), False)
+        existing = None if prefetched or not known.exists() else known.select_related("turn").first()
     if existing is not None:
         if existing.conversation_id != conversation_id:
             raise RunError("not_found", "No such run.")
         return existing, None
-    conversation = Conversation.objects.filter(user=user, pk=conversation_id).first()
+    conversation = memo_entry("conversations", (user.pk, conversation_id), None)
+    if conversation is None:
+        conversation = Conversation.objects.filter(user=user, pk=conversation_id).first()
     if conversation is None:
         raise RunError("not_found", "No such conversation.")
     prompt = _checked_prompt(prompt)
@@ -307,6 +320,7 @@ def _start_sync(
         raise RunError(
             "busy", "A run is already going in this conversation. Stop it or wait for it to finish."
         ) from None
+    count_started(user=user)
     return run, request
 
 
@@ -411,15 +425,17 @@ async def run_start(
     follow_up_mode: str | None = None,
     preset: Any = None,
     shown_runs: Collection[str] = (),
+    session: tuple[str, int] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Start a run, or attach to the one this client run id already started.
 
-    *shown_runs*: the run (version) of each earlier turn the user is looking at.
+    *shown_runs*: the run (version) of each earlier turn the user is looking at. *session*:
+    (session key, user id) that must still be valid (else ``SessionEnded``), checked with the start.
     Returns (state or run.started frame, created).
     """
-    run, request, inputs = await in_db_thread(
-        _start_and_read,
+    run, request, inputs = await starts.batcher().start(
         user=user,
+        session=session,
         conversation_id=conversation_id,
         client_run_id=client_run_id,
         prompt=prompt,
