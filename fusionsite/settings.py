@@ -132,10 +132,20 @@ REDIS_URL = os.environ.get("REDIS_URL", "").strip()
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels_redis, reading this process's messages in batches (chat.layers).
+            "BACKEND": "chat.layers.PumpedRedisChannelLayer",
             # socket_timeout=None: redis-py 8's default 5 s read timeout kills channels_redis' 5 s
             # BZPOPMIN wait, so every idle consumer died (django/channels_redis#422).
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}], "capacity": 1500, "expiry": 30},
+            # A process's own channels (its sockets') share one Redis inbox, and channels_redis
+            # checks a channel's capacity against that inbox: 1500 for all of a process's sockets
+            # dropped frames once a busy process fell a second behind. Each socket's own buffer
+            # in the process stays at 1500.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                "capacity": 1500,
+                "channel_capacity": {"specific.*": 50_000},
+                "expiry": 30,
+            },
         }
     }
 else:

@@ -203,6 +203,12 @@ class _Scrubber:
         return _BEARER.sub("Bearer [redacted]", text)
 
 
+@functools.lru_cache(maxsize=256)
+def _scrubber_for(secrets: tuple[str, ...]) -> _Scrubber:
+    """One scrubber per set of keys (each call of each run used to build its own pattern)."""
+    return _Scrubber(list(secrets))
+
+
 def _error(
     kind: str, detail: str = "", *, scrub: _Scrubber, status: int | None = None, retry_after: float | None = None
 ) -> ProviderError:
@@ -453,7 +459,7 @@ class ChatClient:
         limits: Limits | None = None,
     ) -> AsyncGenerator[ClientEvent, None]:
         limits = limits or self.limits
-        scrub = _Scrubber([*self.registry.secrets(), *self._extra_secrets])
+        scrub = _scrubber_for(tuple(sorted({*self.registry.secrets(), *self._extra_secrets})))
         try:
             provider, model_id = self.registry.resolve(spec.model)
         except UnknownProvider as exc:

@@ -131,6 +131,10 @@ class StartBatcher:
 
     async def _drain(self) -> None:
         try:
+            # Let the starts that arrived in the same burst (frames already read, their
+            # consumers a step behind) join the first batch: a few loop turns, no timer.
+            for _ in range(3):
+                await asyncio.sleep(0)
             while self.waiting:
                 batch, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
                 try:
