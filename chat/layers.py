@@ -156,7 +156,7 @@ class PumpedRedisChannelLayer(RedisChannelLayer):
                 self._last_seen[channel] = now
             elif now - seen > self.expiry and channel in self.receive_buffer:
                 queue = self.receive_buffer[channel]
-                if not queue._getters:  # type: ignore[attr-defined]  # nobody waiting
+                if not queue._getters:  # nobody waiting
                     del self.receive_buffer[channel]
                     del self._last_seen[channel]
 

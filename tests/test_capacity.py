@@ -1209,3 +1209,70 @@ class TestConsumerDispatch:
         consumer._send_text = send_text  # type: ignore[method-assign]
         await consumer.dispatch({"type": "run.frame", "text": '{"type":"pong"}'})
         assert sent == ['{"type":"pong"}'] and calls == []
+
+
+# --------------------------------------------------------------------------- 9. the Redis layer's reader
+
+PUMP_REDIS_URL = "redis://127.0.0.1:6379/13"
+
+
+@pytest.fixture
+async def pumped_layer() -> Any:
+    import redis
+
+    from chat.layers import PumpedRedisChannelLayer
+
+    try:
+        redis.Redis.from_url(PUMP_REDIS_URL, socket_connect_timeout=1).ping()
+    except Exception as exc:
+        if os.environ.get("CI", "").strip().lower() == "true":
+            raise
+        pytest.skip(f"Redis is not running on 127.0.0.1:6379 ({exc})")
+    layer = PumpedRedisChannelLayer(
+        hosts=[{"address": PUMP_REDIS_URL, "socket_timeout": None}],
+        capacity=1500,
+        channel_capacity={"specific.*": 50_000},
+    )
+    await layer.flush()
+    yield layer
+    await layer.flush()
+
+
+class TestPumpedRedisChannelLayer:
+    async def test_a_group_message_reaches_each_of_the_process_channels_in_it(self, pumped_layer) -> None:
+        a, b, other = [await pumped_layer.new_channel() for _ in range(3)]
+        for channel in (a, b):
+            await pumped_layer.group_add("conv_1", channel)
+        await pumped_layer.group_add("conv_2", other)
+        await pumped_layer.group_send("conv_1", {"type": "run.frame", "text": '{"type":"pong"}'})
+        for channel in (a, b):
+            got = await asyncio.wait_for(pumped_layer.receive(channel), 3)
+            assert got == {"type": "run.frame", "text": '{"type":"pong"}'}
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pumped_layer.receive(other), 0.3)
+
+    async def test_thousands_of_frames_to_one_socket_arrive_all_and_in_order(self, pumped_layer) -> None:
+        channel = await pumped_layer.new_channel()
+        await pumped_layer.group_add("conv_1", channel)
+        for i in range(1200):
+            await pumped_layer.group_send("conv_1", {"type": "run.frame", "text": str(i)})
+        got = [(await asyncio.wait_for(pumped_layer.receive(channel), 5))["text"] for _ in range(1200)]
+        assert got == [str(i) for i in range(1200)]
+
+    async def test_more_messages_than_one_channel_holds_fit_in_the_process_inbox(self, pumped_layer) -> None:
+        # 40 sockets × 100 frames waiting at once: 4,000 in the process's one Redis inbox, more
+        # than the per-channel capacity (1500) that channels_redis checked it against.
+        channels = [await pumped_layer.new_channel() for _ in range(40)]
+        for i, channel in enumerate(channels):
+            await pumped_layer.group_add(f"conv_{i}", channel)
+        for n in range(100):
+            for i in range(len(channels)):
+                await pumped_layer.group_send(f"conv_{i}", {"type": "run.frame", "text": f"{i}:{n}"})
+        for i, channel in enumerate(channels):
+            got = [(await asyncio.wait_for(pumped_layer.receive(channel), 5))["text"] for _ in range(100)]
+            assert got == [f"{i}:{n}" for n in range(100)]
+
+    async def test_a_direct_send_to_a_process_channel_arrives(self, pumped_layer) -> None:
+        channel = await pumped_layer.new_channel()
+        await pumped_layer.send(channel, {"type": "run.control", "action": "stop"})
+        assert await asyncio.wait_for(pumped_layer.receive(channel), 3) == {"type": "run.control", "action": "stop"}
