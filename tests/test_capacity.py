@@ -71,24 +71,9 @@ from chat.runs.store import (
 )
 from fusionsite.asgi import application
 from tests.conftest import serve_from
+from tests.rows import row_like
 
 # --------------------------------------------------------------------------- helpers
-
-
-def row_like(run_id: uuid.UUID | None = None) -> SimpleNamespace:
-    """A look-alike of a Run row, enough for RunState.start."""
-    return SimpleNamespace(
-        pk=run_id or uuid.uuid4(),
-        client_run_id="client-1",
-        turn_id=7,
-        turn=SimpleNamespace(index=0, prompt="Why is the sky blue?"),
-        created_at=datetime(2026, 6, 1, 12, 0, tzinfo=UTC),
-        analyst_model="sim/analyst",
-        writer_model="sim/writer",
-        analysis=None,
-        label_map={},
-        config={},
-    )
 
 
 def new_state(members: int = 2, run: Any = None) -> RunState:

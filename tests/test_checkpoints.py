@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime
-from types import SimpleNamespace
 
 import pytest
 
 from chat.fusion.types import FinalDelta, ModelSpec, PanelDelta
 from chat.runs.state import RunState
 from chat.runs.store import Checkpoint, keep_checkpointing
+from tests.rows import row_like
 
 
 class FakeStore:
@@ -38,18 +37,7 @@ class FakeStore:
 
 
 def new_state() -> RunState:
-    row = SimpleNamespace(
-        pk=uuid.UUID(int=1),
-        client_run_id="client-1",
-        turn_id=7,
-        turn=SimpleNamespace(index=0, prompt="Why is the sky blue?"),
-        created_at=datetime(2026, 6, 1, 12, 0, tzinfo=UTC),
-        analyst_model="sim/analyst",
-        writer_model="sim/writer",
-        analysis=None,
-        label_map={},
-        config={},
-    )
+    row = row_like(uuid.UUID(int=1))
     return RunState.start(row, [ModelSpec(model="sim/a")])
 
 

@@ -52,6 +52,7 @@ from typing import Any
 
 import httpx
 
+from chat.fusion.loops import PerLoop
 from chat.fusion.providers import ProviderRegistry, UnknownProvider
 from chat.fusion.sse import KeepAlive, SSEDecoder
 from chat.fusion.types import (
@@ -791,7 +792,7 @@ def _error_message(body: bytes) -> str:
 # with the square of the connections), so one pool for hundreds of live streams would cost more
 # than the connects it saves.
 HTTP_SHARDS = 32
-_shared_clients: dict[asyncio.AbstractEventLoop, list[httpx.AsyncClient | None]] = {}
+_shared_clients: PerLoop[list[httpx.AsyncClient | None]] = PerLoop(lambda: [None] * HTTP_SHARDS)
 _next_shard = itertools.count()
 
 
@@ -802,12 +803,7 @@ def shared_http() -> httpx.AsyncClient:
     No cookie is ever kept (runs of different users share it), and the pool has no cap on
     connections. ``ChatClient`` does not close a client it was given.
     """
-    loop = asyncio.get_running_loop()
-    shards = _shared_clients.get(loop)
-    if shards is None:
-        for old in [lp for lp in _shared_clients if lp.is_closed()]:
-            del _shared_clients[old]
-        shards = _shared_clients[loop] = [None] * HTTP_SHARDS
+    shards = _shared_clients.get()
     index = next(_next_shard) % HTTP_SHARDS
     client = shards[index]
     if client is None or client.is_closed:

@@ -28,6 +28,7 @@ from django.db import transaction
 
 from chat import keys, model_catalogue
 from chat.dbthread import in_db_thread
+from chat.fusion.loops import PerLoop
 from chat.fusion.types import FusionRequest
 from chat.memo import memo_update, reads_once
 from chat.models import Conversation, ProviderKey, Run, RunStatus, UserLimits
@@ -152,14 +153,8 @@ class StartBatcher:
             self.busy = False
 
 
-_batchers: dict[asyncio.AbstractEventLoop, StartBatcher] = {}
+_batchers: PerLoop[StartBatcher] = PerLoop(StartBatcher)
 
 
 def batcher() -> StartBatcher:
-    loop = asyncio.get_running_loop()
-    found = _batchers.get(loop)
-    if found is None:
-        for old in [lp for lp in _batchers if lp.is_closed()]:
-            del _batchers[old]
-        found = _batchers[loop] = StartBatcher()
-    return found
+    return _batchers.get()

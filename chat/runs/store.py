@@ -23,6 +23,7 @@ from django.db.models import Field
 from django.utils import timezone
 
 from chat import spend
+from chat.fusion.loops import PerLoop
 from chat.fusion.types import RunCompleted
 from chat.dbthread import in_db_thread
 from chat.models import Conversation, MemberResponse, Run
@@ -282,17 +283,11 @@ class CheckpointBatcher:
                         entry.in_flight = None
 
 
-_batchers: dict[asyncio.AbstractEventLoop, CheckpointBatcher] = {}
+_batchers: PerLoop[CheckpointBatcher] = PerLoop(CheckpointBatcher)
 
 
 def _batcher() -> CheckpointBatcher:
-    loop = asyncio.get_running_loop()
-    batcher = _batchers.get(loop)
-    if batcher is None:
-        for old in [lp for lp in _batchers if lp.is_closed()]:
-            del _batchers[old]
-        batcher = _batchers[loop] = CheckpointBatcher()
-    return batcher
+    return _batchers.get()
 
 
 async def keep_checkpointing(
