@@ -155,8 +155,15 @@ def test_signup_send_stream_analysis_fused_totals(app: App) -> None:
         expect(card(page, slot).locator(".card-model")).to_have_attribute("title", model)
     # Three columns: the cards sit on one row, left to right in slot order.
     expect(turn(page, 0).locator(".panel-row")).to_have_attribute("data-cols", "3")
-    boxes = [card(page, slot).bounding_box() for slot in range(3)]
-    assert all(b is not None for b in boxes)
+    # A box is read at one instant; while the first deltas arrive a card can be mid-update
+    # (no box for that instant), so read until the three are there.
+    boxes: list[Any] = []
+    for _ in range(40):
+        boxes = [card(page, slot).bounding_box() for slot in range(3)]
+        if all(b is not None for b in boxes):
+            break
+        page.wait_for_timeout(50)
+    assert all(b is not None for b in boxes), boxes
     assert max(b["y"] for b in boxes) - min(b["y"] for b in boxes) < 2, boxes
     for left, right in zip(boxes, boxes[1:]):
         assert left["x"] + left["width"] <= right["x"] + 1, boxes
