@@ -13,13 +13,13 @@ import secrets
 from typing import Any
 
 import pytest
+from playwright.sync_api import Page, expect
 
 from chat.testing.scripted import generate_answer, last_user_text
 
 from .conftest import (
     ANALYST,
     EXFIL_HOST,
-    IN_CI,
     PANEL,
     SLOW_MODEL,
     STYLES,
@@ -29,12 +29,6 @@ from .conftest import (
     wait_until,
 )
 
-try:
-    from playwright.sync_api import Page, expect
-except ImportError:  # pragma: no cover - requirements-dev.txt installs it
-    if IN_CI:
-        raise
-    pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
 
 pytestmark = pytest.mark.browser
 

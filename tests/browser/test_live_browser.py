@@ -16,16 +16,11 @@ import re
 from typing import Any
 
 import pytest
+from playwright.sync_api import Page, Route, WebSocketRoute, expect
 
-from .conftest import IN_CI, SLOW_MODEL, App
+from .conftest import SLOW_MODEL, App
 from .test_chatroom import card, send_from_home, set_panel, turn, wait_run_done, wait_streaming
 
-try:
-    from playwright.sync_api import Page, Route, WebSocketRoute, expect
-except ImportError:  # pragma: no cover - requirements-dev.txt installs it
-    if IN_CI:
-        raise
-    pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
 
 pytestmark = pytest.mark.browser
 

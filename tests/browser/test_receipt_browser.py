@@ -5,16 +5,11 @@ server's ledger (``/c/<id>/state.json``). Screenshot: test-artifacts/browser-rec
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
-from .conftest import IN_CI, App
+from .conftest import App
 from .test_chatroom import RUN_TIMEOUT, send_from_home, stored_state, token, turn, wait_run_done
 
-try:
-    from playwright.sync_api import expect
-except ImportError:  # pragma: no cover - requirements-dev.txt installs it
-    if IN_CI:
-        raise
-    pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
 
 pytestmark = pytest.mark.browser
 

@@ -24,16 +24,11 @@ import json
 import re
 
 import pytest
+from playwright.sync_api import Page, expect
 
-from .conftest import ANALYST, IN_CI, METADATA_URL, PAGES, PROBER, RESEARCHER, SCRIBE, App, ResearchWeb
+from .conftest import ANALYST, METADATA_URL, PAGES, PROBER, RESEARCHER, SCRIBE, App, ResearchWeb
 from .test_chatroom import card, requests_with, stored_state, token, turn, wait_run_done
 
-try:
-    from playwright.sync_api import Page, expect
-except ImportError:  # pragma: no cover - requirements-dev.txt installs it
-    if IN_CI:
-        raise
-    pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
 
 pytestmark = pytest.mark.browser
 

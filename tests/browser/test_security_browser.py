@@ -13,16 +13,11 @@ import time
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
-from .conftest import BIG_CODE_MODEL, IN_CI, SLOW_MODEL, App
+from .conftest import BIG_CODE_MODEL, SLOW_MODEL, App
 from .test_chatroom import card, send_from_home, set_panel, token, turn
 
-try:
-    from playwright.sync_api import expect
-except ImportError:  # pragma: no cover - requirements-dev.txt installs it
-    if IN_CI:
-        raise
-    pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
 
 pytestmark = pytest.mark.browser
 

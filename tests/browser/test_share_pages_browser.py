@@ -14,15 +14,10 @@ import re
 import secrets
 
 import pytest
+from playwright.sync_api import expect
 
-from .conftest import ANALYST, IN_CI, PANEL, WRITER, App
+from .conftest import ANALYST, PANEL, WRITER, App
 
-try:
-    from playwright.sync_api import expect
-except ImportError:  # pragma: no cover - requirements-dev.txt installs it
-    if IN_CI:
-        raise
-    pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
 
 pytestmark = pytest.mark.browser
 

@@ -7,8 +7,9 @@ import json
 import re
 
 import pytest
+from playwright.sync_api import expect
 
-from .conftest import IN_CI, SLOW_MODEL, WRITER, App
+from .conftest import SLOW_MODEL, WRITER, App
 from .test_chatroom import (
     RUN_TIMEOUT,
     card,
@@ -22,12 +23,6 @@ from .test_chatroom import (
     wait_run_done,
 )
 
-try:
-    from playwright.sync_api import expect
-except ImportError:  # pragma: no cover - requirements-dev.txt installs it
-    if IN_CI:
-        raise
-    pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
 
 pytestmark = pytest.mark.browser
 
