@@ -41,6 +41,7 @@ import chat.layers
 from chat import dbthread, memo
 from chat.consumers import ConversationConsumer
 from chat.fusion import client as fusion_client
+from chat.fusion import transport
 from chat.fusion.types import (
     CallRecord,
     FinalDelta,
@@ -734,7 +735,7 @@ class TestFastInMemoryChannelLayer:
 
 
 async def _close_shared_clients(loop: asyncio.AbstractEventLoop) -> None:
-    for client in fusion_client._shared_clients.pop(loop, None) or []:
+    for client in transport._shared_clients.pop(loop, None) or []:
         if client is not None:
             await client.aclose()
 
@@ -772,9 +773,9 @@ class TestSharedHttp:
     async def test_calls_rotate_over_the_shards_and_come_back(self):
         loop = asyncio.get_running_loop()
         try:
-            clients = [fusion_client.shared_http() for _ in range(fusion_client.HTTP_SHARDS)]
-            assert len({id(c) for c in clients}) == fusion_client.HTTP_SHARDS
-            again = [fusion_client.shared_http() for _ in range(fusion_client.HTTP_SHARDS)]
+            clients = [transport.shared_http() for _ in range(transport.HTTP_SHARDS)]
+            assert len({id(c) for c in clients}) == transport.HTTP_SHARDS
+            again = [transport.shared_http() for _ in range(transport.HTTP_SHARDS)]
             assert all(a is c for a, c in zip(again, clients, strict=True))  # back after HTTP_SHARDS calls
             assert all(not c.is_closed for c in clients)
         finally:
@@ -782,7 +783,7 @@ class TestSharedHttp:
 
     def test_another_event_loop_gets_other_clients(self):
         async def take() -> tuple[asyncio.AbstractEventLoop, list[httpx.AsyncClient]]:
-            return asyncio.get_running_loop(), [fusion_client.shared_http() for _ in range(fusion_client.HTTP_SHARDS)]
+            return asyncio.get_running_loop(), [transport.shared_http() for _ in range(transport.HTTP_SHARDS)]
 
         got = []
         for _ in range(2):
@@ -801,7 +802,7 @@ class TestSharedHttp:
                 await plain.get(f"{base}/set")
                 assert (await plain.get(f"{base}/echo")).text == "session=secret-of-user-a"
             try:
-                shared = fusion_client.shared_http()
+                shared = transport.shared_http()
                 response = await shared.get(f"{base}/set")
                 assert "session=secret-of-user-a" in response.headers["set-cookie"]
                 assert (await shared.get(f"{base}/echo")).text == ""
@@ -812,7 +813,7 @@ class TestSharedHttp:
     async def test_a_chat_client_leaves_a_shared_client_open(self):
         loop = asyncio.get_running_loop()
         try:
-            shared = fusion_client.shared_http()
+            shared = transport.shared_http()
             client = fusion_client.ChatClient(None, http=shared)  # type: ignore[arg-type]
             await client.aclose()
             assert not shared.is_closed

@@ -35,26 +35,28 @@ engine's ``types``, ``providers`` and ``sse``: no Django, no pipeline module.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import email.utils
-import functools
-import http.cookiejar
-import itertools
 import json
-import re
-import ssl
 import time
-import urllib.parse
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from chat.fusion.loops import PerLoop
 from chat.fusion.providers import ProviderRegistry, UnknownProvider
+from chat.fusion.scrub import Scrubber, scrubber_for
 from chat.fusion.sse import KeepAlive, SSEDecoder
+from chat.fusion.transport import shared_ssl_context
+from chat.fusion.wire import (
+    RETRYABLE_STATUS,
+    _int,
+    error_kind,
+    parse_citations,
+    parse_retry_after,
+    parse_server_tool_use,
+    parse_usage,
+)
 from chat.fusion.types import (
     ERROR_MESSAGES,
     TRUNCATED,
@@ -88,130 +90,12 @@ __all__ = [
     "parse_usage",
 ]
 
-RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
-_STATUS_KINDS = {
-    400: "bad_request",
-    401: "invalid_key",
-    402: "insufficient_credits",
-    403: "moderation",
-    404: "model_not_found",
-    408: "timeout",
-    429: "rate_limited",
-}
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_DETAIL = 300
-_BEARER = re.compile(r"(?i)bearer\s+\S+")
-
-
-# =========================================================================== small helpers
-
-
-def error_kind(status: int | None, message: str = "") -> str:
-    """The ErrorKind for an HTTP status (or in-stream error code) and the provider's text."""
-    if "not a valid model id" in message.lower():
-        return "model_not_found"  # OpenRouter sends this with 400 as well as 404
-    if status in _STATUS_KINDS:
-        return _STATUS_KINDS[status]
-    if status is not None and 400 <= status < 500:
-        return "bad_request"
-    return "upstream_error"
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def parse_usage(raw: dict[str, Any]) -> Usage:
-    """types.Usage from an OpenAI/OpenRouter ``usage`` object (missing fields count as zero)."""
-    details = raw.get("completion_tokens_details") or {}
-    prompt = _int(raw.get("prompt_tokens"))
-    completion = _int(raw.get("completion_tokens"))
-    cost = raw.get("cost")
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        reasoning_tokens=_int(details.get("reasoning_tokens") if isinstance(details, dict) else 0),
-        total_tokens=_int(raw.get("total_tokens")) or prompt + completion,
-        cost=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
-    )
-
-
-def parse_citations(raw: Any) -> list[dict[str, str]]:
-    """``url_citation`` annotations (OpenRouter nests them: ``{"type": "url_citation",
-    "url_citation": {url, title, content}}``; the Responses shape is flat) → [{url, title, content}]."""
-    citations: list[dict[str, str]] = []
-    for item in raw if isinstance(raw, list) else []:
-        if not isinstance(item, dict) or item.get("type") not in (None, "url_citation"):
-            continue
-        nested = item.get("url_citation")
-        inner: dict[str, Any] = nested if isinstance(nested, dict) else item
-        url = inner.get("url")
-        if isinstance(url, str) and url.startswith(("http://", "https://")):
-            citations.append(
-                {
-                    "url": url,
-                    "title": str(inner.get("title") or "")[:300],
-                    "content": str(inner.get("content") or "")[:500],
-                }
-            )
-    return citations
-
-
-def parse_server_tool_use(raw: dict[str, Any]) -> dict[str, int] | None:
-    """``usage.server_tool_use`` (or ``server_tool_use_details``) as {name: count}, or None."""
-    value = raw.get("server_tool_use") or raw.get("server_tool_use_details")
-    if not isinstance(value, dict):
-        return None
-    counts = {str(k): _int(v) for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return counts or None
-
-
-def _int(value: Any) -> int:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
-
-
-class _Scrubber:
-    """Removes API keys (and any bearer token) from text that may reach a user or a log."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        # Each key also as a provider might echo it: in any case, percent-encoded, base64 (alone,
-        # or as HTTP Basic's ":key"/"key:"). Longest first, so a key inside another goes whole.
-        forms: set[str] = set()
-        for secret in {s for s in secrets if len(s) >= 4}:
-            forms.update({secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)})
-            for raw in (secret, f":{secret}", f"{secret}:"):
-                encoded = base64.b64encode(raw.encode()).decode()
-                forms.update(
-                    {encoded, encoded.rstrip("="), base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")}
-                )
-        ordered = sorted(forms, key=len, reverse=True)
-        self._pattern = re.compile("|".join(re.escape(f) for f in ordered), re.IGNORECASE) if ordered else None
-
-    def __call__(self, text: str) -> str:
-        if self._pattern is not None:
-            text = self._pattern.sub("[redacted]", text)
-        return _BEARER.sub("Bearer [redacted]", text)
-
-
-@functools.lru_cache(maxsize=256)
-def _scrubber_for(secrets: tuple[str, ...]) -> _Scrubber:
-    """One scrubber per set of keys (each call of each run used to build its own pattern)."""
-    return _Scrubber(list(secrets))
 
 
 def _error(
-    kind: str, detail: str = "", *, scrub: _Scrubber, status: int | None = None, retry_after: float | None = None
+    kind: str, detail: str = "", *, scrub: Scrubber, status: int | None = None, retry_after: float | None = None
 ) -> ProviderError:
     detail = scrub(" ".join(detail.split()))
     if len(detail) > _MAX_DETAIL:
@@ -431,7 +315,7 @@ class ChatClient:
         self.registry = registry
         self.limits = limits
         self._extra_secrets = tuple(s for s in extra_secrets if s)
-        self._http = http or httpx.AsyncClient(timeout=None, verify=_shared_ssl_context())
+        self._http = http or httpx.AsyncClient(timeout=None, verify=shared_ssl_context())
         self._owns_http = http is None
 
     def __repr__(self) -> str:
@@ -460,7 +344,7 @@ class ChatClient:
         limits: Limits | None = None,
     ) -> AsyncGenerator[ClientEvent, None]:
         limits = limits or self.limits
-        scrub = _scrubber_for(tuple(sorted({*self.registry.secrets(), *self._extra_secrets})))
+        scrub = scrubber_for(tuple(sorted({*self.registry.secrets(), *self._extra_secrets})))
         try:
             provider, model_id = self.registry.resolve(spec.model)
         except UnknownProvider as exc:
@@ -591,7 +475,7 @@ class ChatClient:
     # ----------------------------------------------------------------------- one attempt
 
     async def _attempt(
-        self, request: httpx.Request, call: _Call, limits: Limits, scrub: _Scrubber
+        self, request: httpx.Request, call: _Call, limits: Limits, scrub: Scrubber
     ) -> AsyncGenerator[ClientEvent, None]:
         """Send once and yield deltas; the outcome is left in ``call`` (error / finish / done)."""
         deadline, why = call.read_deadline(limits)
@@ -625,7 +509,7 @@ class ChatClient:
             await response.aclose()
 
     async def _read_stream(
-        self, response: httpx.Response, call: _Call, limits: Limits, scrub: _Scrubber
+        self, response: httpx.Response, call: _Call, limits: Limits, scrub: Scrubber
     ) -> AsyncGenerator[ClientEvent, None]:
         loop = asyncio.get_running_loop()
         decoder = SSEDecoder()
@@ -659,7 +543,7 @@ class ChatClient:
         finally:
             watch.close()
 
-    def _take_payload(self, data: str, call: _Call, now: float, scrub: _Scrubber) -> list[ClientEvent]:
+    def _take_payload(self, data: str, call: _Call, now: float, scrub: Scrubber) -> list[ClientEvent]:
         if data.strip() == "[DONE]":
             call.done = True
             return []
@@ -687,7 +571,7 @@ class ChatClient:
             call.error = _error("upstream_error", "The stream reported finish reason 'error'.", scrub=scrub)
         return events
 
-    def _chunk_error(self, raw: Any, scrub: _Scrubber) -> ProviderError:
+    def _chunk_error(self, raw: Any, scrub: Scrubber) -> ProviderError:
         if not isinstance(raw, dict):
             raw = {"message": str(raw)}
         code = raw.get("code")
@@ -701,7 +585,7 @@ class ChatClient:
         return _error(kind, f"Provider said: {message}" if message else "", scrub=scrub, status=status)
 
     async def _status_error(
-        self, response: httpx.Response, call: _Call, limits: Limits, scrub: _Scrubber
+        self, response: httpx.Response, call: _Call, limits: Limits, scrub: Scrubber
     ) -> ProviderError:
         status = response.status_code
         body = b""
@@ -722,7 +606,7 @@ class ChatClient:
         )
 
     async def _read_json_body(
-        self, response: httpx.Response, call: _Call, limits: Limits, scrub: _Scrubber
+        self, response: httpx.Response, call: _Call, limits: Limits, scrub: Scrubber
     ) -> list[ClientEvent]:
         loop = asyncio.get_running_loop()
         deadline, why = call.read_deadline(limits)
@@ -785,38 +669,3 @@ def _error_message(body: bytes) -> str:
             return str(error.get("message") or error.get("detail") or "")
         return str(error)
     return text[:_MAX_DETAIL]
-
-
-# Clients a process's runs share, per event loop. Several, each given to every SHARDS-th run:
-# httpcore's pool walks all of its connections for each request it assigns (a cost that grows
-# with the square of the connections), so one pool for hundreds of live streams would cost more
-# than the connects it saves.
-HTTP_SHARDS = 32
-_shared_clients: PerLoop[list[httpx.AsyncClient | None]] = PerLoop(lambda: [None] * HTTP_SHARDS)
-_next_shard = itertools.count()
-
-
-def shared_http() -> httpx.AsyncClient:
-    """An HTTP client shared by the runs of the process: its connections to a provider are kept
-    open and reused by later runs (no TCP connect per member per run).
-
-    No cookie is ever kept (runs of different users share it), and the pool has no cap on
-    connections. ``ChatClient`` does not close a client it was given.
-    """
-    shards = _shared_clients.get()
-    index = next(_next_shard) % HTTP_SHARDS
-    client = shards[index]
-    if client is None or client.is_closed:
-        client = shards[index] = httpx.AsyncClient(
-            timeout=None,
-            verify=_shared_ssl_context(),
-            cookies=http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=16, keepalive_expiry=30),
-        )
-    return client
-
-
-@functools.cache
-def _shared_ssl_context() -> ssl.SSLContext:
-    # Loading the CA bundle costs ~60 ms; one context serves every client of the process.
-    return httpx.create_ssl_context()

@@ -30,7 +30,8 @@ from chat.engine import (
     search_unavailable_reason,
 )
 from chat.errors import NotFound
-from chat.fusion.client import ChatClient, shared_http
+from chat.fusion.client import ChatClient
+from chat.fusion.transport import shared_http
 from chat.fusion.pipeline import FusionRun
 from chat.fusion.providers import ProviderRegistry
 from chat.fusion.types import FusionRequest, Message
