@@ -4,7 +4,8 @@ The protocol is documented in docs/protocol.md. Runs are owned by chat.runs.mana
 this consumer: closing the socket only leaves the conversation's group.
 
 Every frame is rate limited (a bucket per socket and one per user) before it is parsed; frames
-that start or steer a run re-check the session first (chat.ws_security), and the process's
+that steer a run re-check the session first (chat.ws_security), a start checks it in the same
+database call that writes it (chat.runs.starts), and the process's
 SessionWatch closes sockets whose session ended even when they are idle. No server frame is
 larger than FUSION_MAX_WS_FRAME_BYTES: bigger ones are sent as ``chunk`` frames.
 """
@@ -357,7 +358,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     async def run_frame(self, message: dict[str, Any]) -> None:
         """A frame from a run of this conversation (channel-layer group message), encoded once
         by its sender (chat.runs.frames.frame_message)."""
-        text = message.get("text")
+        text = message.get("text")  # a "frame" dict still comes from processes of an older version
         if isinstance(text, str):
             await self._send_text(text)
         else:
