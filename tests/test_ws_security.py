@@ -241,7 +241,7 @@ class TestSessionEnds:
         before = len(app.upstream.requests)
         async with socket_for(app, client, ids["conversation"]) as ws:
             await ws.recv()
-            app.orm(
+            await app.aorm(
                 f"from django.contrib.sessions.models import Session\nSession.objects.all().delete()\n"
                 f"result = Run.objects.filter(user_id={ids['user']}).count()"
             )
@@ -282,11 +282,11 @@ class TestSessionEnds:
             await ws.recv()
             await ws.send(start_frame(SLOW_PANEL))
             await wait_for(ws, {"panel.delta"})
-            app.orm(f"User.objects.filter(pk={ids['user']}).update(is_active=False)")
+            await app.aorm(f"User.objects.filter(pk={ids['user']}).update(is_active=False)")
             assert await close_code(ws, within=5) == 4401
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            status = app.orm(
+            status = await app.aorm(
                 f"result = list(Run.objects.filter(user_id={ids['user']}).values_list('status', flat=True))"
             )
             if status != ["running"]:
