@@ -16,9 +16,17 @@ class FollowUpMode(models.TextChoices):
     PER_MEMBER = "per_member", "Each member sees its own previous answers"
 
 
+class ConversationSource(models.TextChoices):
+    CHAT = "chat", "Chatroom"
+    API = "api", "API"
+    MCP = "mcp", "MCP"
+
+
 class Conversation(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, default="New conversation")
+    # Which door started it: the sidebar marks conversations made through the API or MCP.
+    source = models.CharField(max_length=10, choices=ConversationSource.choices, default=ConversationSource.CHAT)
     follow_up_mode = models.CharField(max_length=20, choices=FollowUpMode.choices, default=FollowUpMode.FUSED)
     # The panel chosen for this conversation: {"members": [{model, temperature, ...}], "analyst": {...}, ...}
     panel = models.JSONField(default=dict, blank=True)
@@ -39,6 +47,9 @@ class Turn(models.Model):
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="turns")
     index = models.PositiveIntegerField()
     prompt = models.TextField()
+    # Messages an API request sent before its last user message (system prompts, earlier turns
+    # written by the client): [{role, content}]. They go to the models ahead of the prompt.
+    context = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -155,6 +166,8 @@ class Preset(models.Model):
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="presets")
     name = models.CharField(max_length=100)
+    # The API names it ``fusion/<slug>``: set when the preset is made, kept when it is renamed.
+    slug = models.SlugField(max_length=60)
     description = models.TextField(blank=True, max_length=2000)
     config = models.JSONField(default=dict)
     is_default = models.BooleanField(default=False)
@@ -170,6 +183,7 @@ class Preset(models.Model):
             models.UniqueConstraint(
                 fields=["user"], condition=models.Q(is_default=True), name="one_default_preset_per_user"
             ),
+            models.UniqueConstraint(fields=["user", "slug"], name="preset_slug_unique_per_user"),
         ]
 
     def __str__(self) -> str:
@@ -287,3 +301,23 @@ class SpendEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} {self.model} {self.cost_usd}"
+
+
+class ApiToken(models.Model):
+    """A user's API token (``Authorization: Bearer fsn_…``). Only its SHA-256 is stored; the token
+    itself is shown once, when it is made. It acts as its user: presets, keys, limits."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    token_hash = models.CharField(max_length=64, unique=True)
+    # The first characters after the prefix, so a user can tell their tokens apart.
+    hint = models.CharField(max_length=16)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"API token {self.name} ({self.hint}…)"

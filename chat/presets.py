@@ -26,9 +26,10 @@ from typing import Any, Union
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.text import slugify
 
 from chat import model_catalogue, spend
 from chat.errors import NotFound, PresetError
@@ -299,11 +300,38 @@ def estimate_text(estimate: Any) -> str | None:
 # --------------------------------------------------------------------------- services
 
 
+def preset_slug(*, user: User, name: str) -> str:
+    """A slug for a new preset of *user*'s named *name*, unused among their presets (the API's
+    ``fusion/<slug>``): ``deep-research``, then ``deep-research-2``, …"""
+    base = slugify(name)[:50].strip("-") or "preset"
+    taken = set(Preset.objects.filter(user=user, slug__startswith=base).values_list("slug", flat=True))
+    builtin = {b.key for b in builtin_presets()}  # fusion/<key> names a built-in
+    if base not in taken and base not in builtin:
+        return base
+    n = 2
+    while f"{base}-{n}" in taken or f"{base}-{n}" in builtin:
+        n += 1
+    return f"{base}-{n}"
+
+
+def _new_preset(*, user: User, name: str, **fields: Any) -> Preset:
+    """Create a preset row with a fresh slug; a slug taken a moment ago by a concurrent create gets
+    the next one."""
+    for _ in range(3):
+        try:
+            with transaction.atomic():
+                return Preset.objects.create(user=user, name=name, slug=preset_slug(user=user, name=name), **fields)
+        except IntegrityError:
+            if not Preset.objects.filter(user=user, slug=preset_slug(user=user, name=name)).exists():
+                raise
+    raise PresetError("Could not name this preset; try again.")
+
+
 def preset_create(
     *, user: User, name: str, description: str = "", config: Any, copied_from_share: bool = False
 ) -> Preset:
     name, description = _clean_text(name, description)
-    return Preset.objects.create(
+    return _new_preset(
         user=user, name=name, description=description, config=check_config(config), copied_from_share=copied_from_share
     )
 
@@ -318,7 +346,7 @@ def preset_update(*, preset: Preset, name: str, description: str = "", config: A
 
 def preset_duplicate(*, preset: Preset) -> Preset:
     """An independent copy in the same user's presets (not default, not shared)."""
-    return Preset.objects.create(
+    return _new_preset(
         user=preset.user,
         name=_copy_name(preset.name),
         description=preset.description,
@@ -328,7 +356,7 @@ def preset_duplicate(*, preset: Preset) -> Preset:
 
 def preset_copy_builtin(*, user: User, key: str) -> Preset:
     builtin = builtin_get(key=key)
-    return Preset.objects.create(
+    return _new_preset(
         user=user, name=builtin.name, description=builtin.description, config=copy.deepcopy(builtin.config)
     )
 
@@ -365,7 +393,7 @@ def preset_unshare(*, preset: Preset) -> None:
 def preset_copy_shared(*, user: User, token: str) -> Preset:
     """Copy a shared preset into ``user``'s presets: a deep copy, unaffected by later edits."""
     shared = preset_get_shared(token=token)
-    return Preset.objects.create(
+    return _new_preset(
         user=user,
         name=shared.name,
         description=shared.description,
@@ -410,8 +438,6 @@ def preset_export(preset: AnyPreset) -> dict[str, Any]:
 
 
 def export_filename(preset: AnyPreset) -> str:
-    from django.utils.text import slugify
-
     return f"fusion-preset-{slugify(preset.name)[:60] or 'preset'}.json"
 
 

@@ -450,6 +450,12 @@ FUSION_WS_USER_RATE_PER_S = env_float("FUSION_WS_USER_RATE_PER_S", 20.0)
 FUSION_WS_USER_BURST = env_int("FUSION_WS_USER_BURST", 80)
 # Frames refused for the rate limit in a row before the socket is closed (4429).
 FUSION_WS_FLOOD_CLOSE_AFTER = env_int("FUSION_WS_FLOOD_CLOSE_AFTER", 50)
+# API requests per token (a token bucket; across processes with REDIS_URL).
+FUSION_API_RATE_PER_MIN = env_float("FUSION_API_RATE_PER_MIN", 60.0)
+FUSION_API_BURST = env_int("FUSION_API_BURST", 20)
+# A streamed API response sends an SSE comment after this many seconds without an event, so
+# proxies in between do not time the connection out while the panel and the analyst work.
+FUSION_API_KEEPALIVE_S = env_float("FUSION_API_KEEPALIVE_S", 5.0)
 # Sign-in attempts (POST) per client address: a token bucket in front of django-axes' lockout.
 FUSION_LOGIN_RATE_PER_MIN = env_float("FUSION_LOGIN_RATE_PER_MIN", 10.0)
 FUSION_LOGIN_BURST = env_int("FUSION_LOGIN_BURST", 10)

@@ -28,5 +28,6 @@ accounts = [
 urlpatterns = [
     path("accounts/", include(accounts)),
     path("admin/", admin.site.urls),
+    path("api/v1/", include("chat.api.urls")),
     path("", include("chat.urls")),
 ]

@@ -345,7 +345,7 @@ class TestValidation:
                 panel_data=panel,
                 follow_up_mode=None,
             )
-        assert exc.value.code == "invalid" and "Unknown model 'sim/typo'" in exc.value.message
+        assert exc.value.code == "unknown_model" and "Unknown model 'sim/typo'" in exc.value.message
         assert chat_requests(upstream) == [] and not Run.objects.exists() and not conversation.turns.exists()
 
     def test_a_regenerate_with_an_unknown_writer_is_refused_too(self, upstream, alice):
@@ -366,7 +366,7 @@ class TestValidation:
             _rerun_sync(
                 user=alice, conversation_id=conversation.pk, client_run_id="old", slot=None, writer="sim/nowriter"
             )
-        assert exc.value.code == "invalid" and "sim/nowriter" in exc.value.message
+        assert exc.value.code == "unknown_model" and "sim/nowriter" in exc.value.message
         assert Run.objects.count() == 1
 
 
@@ -386,7 +386,7 @@ class TestOverTheWebsocket:
             panel = {**PANEL, "analyst": {"model": "sim/ghost-analyst"}}
             await ws.send_json_to({"type": "start", "run_id": str(uuid.uuid4()), "prompt": "hi", "panel": panel})
             [*_, error] = await collect_until(ws, {"error"})
-            assert error["code"] == "invalid" and "sim/ghost-analyst" in error["message"]
+            assert error["code"] == "unknown_model" and "sim/ghost-analyst" in error["message"]
             assert up.requests == []
             await ws.disconnect()
         await manager.shutdown()

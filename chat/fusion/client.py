@@ -90,6 +90,10 @@ __all__ = [
     "parse_usage",
 ]
 
+# Every call this client makes carries it: a server that is itself a fusion API (this one, or a
+# provider configured to point back at it) refuses to start a fusion for such a request.
+DEPTH_HEADER = "X-Fusion-Depth"
+
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_DETAIL = 300
 
@@ -460,7 +464,7 @@ class ChatClient:
             body["tools"] = tools
         if tool_choice is not None:
             body["tool_choice"] = tool_choice
-        headers = {"Accept": "text/event-stream", **provider.extra_headers}
+        headers = {"Accept": "text/event-stream", DEPTH_HEADER: "1", **provider.extra_headers}
         if provider.api_key:
             headers["Authorization"] = f"Bearer {provider.api_key}"
         return self._http.build_request(

@@ -71,7 +71,7 @@ def check_models_and_keys(*, user: User, panel: dict[str, Any]) -> None:
     ]
     errors = model_catalogue.validate_models(models)
     if errors:
-        raise RunError("invalid", " ".join(errors))
+        raise RunError("unknown_model", " ".join(errors))
     registry = build_registry()
     problems = keys.key_problems(user=user, providers=[registry.resolve(m)[0].name for m in models])
     if problems:

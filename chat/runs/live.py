@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -69,6 +70,7 @@ class ActiveRun:
         state: RunState,
         store: RunStore | None = None,
         control_channel: str | None = None,
+        listener: Callable[[PipelineEvent | None], None] | None = None,
     ) -> None:
         self.run_id: uuid.UUID = run.pk
         self.user_id = run.user_id
@@ -84,6 +86,9 @@ class ActiveRun:
         self.frames = Flusher(run_id=str(run.pk), send=self._send, interval=settings.FUSION_FRAME_INTERVAL_MS / 1000)
         self.done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        # The API's request in this process hears the engine's events as they come, then None
+        # once the run's final write is done (chat.api.runs).
+        self.listener = listener
 
     @property
     def streams(self) -> list[Stream]:
@@ -151,6 +156,8 @@ class ActiveRun:
         try:
             async for event in self.fusion.events():
                 await self._step(event)
+                if self.listener is not None:
+                    self.listener(event)
         except Exception as exc:  # a bug in the engine: fail the run loudly, keep what we have
             log.exception("run %s crashed", self.run_id)
             self.state.crash(exc)
@@ -170,6 +177,8 @@ class ActiveRun:
             self.frames.emit(self.state.terminal_frame())
             await self.frames.aclose()
             self.done.set()
+            if self.listener is not None:
+                self.listener(None)
 
     async def _step(self, event: PipelineEvent) -> None:
         """One engine event: its Markdown rendered (inline when it is small, in a worker thread

@@ -86,7 +86,7 @@ def history_messages(
         runs_q = runs_q.prefetch_related(Prefetch("members", queryset=members))
     turns = (
         conversation.turns.filter(index__lt=before_index)
-        .only("id", "index", "prompt", "conversation_id")
+        .only("id", "index", "prompt", "context", "conversation_id")
         .order_by("index")
         .prefetch_related(Prefetch("runs", queryset=runs_q))
     )
@@ -98,6 +98,7 @@ def history_messages(
             or runs
         )
         run = done[-1] if done else None
+        fused += list(turn.context or [])
         fused.append({"role": "user", "content": turn.prompt})
         if run and run.answer:
             fused.append({"role": "assistant", "content": run.answer})
@@ -107,6 +108,7 @@ def history_messages(
             else {}
         )
         for slot in threads:
+            threads[slot] += list(turn.context or [])
             threads[slot].append({"role": "user", "content": turn.prompt})
             own = answers.get(slot) or (run.answer if run else "")
             if own:
@@ -124,12 +126,13 @@ def build_request(
     fused, threads = history_messages(
         conversation, turn.index, panel_size=len(members), shown_runs=shown_runs, member_threads=per_member
     )
-    question = {"role": "user", "content": turn.prompt}
+    question: Message = {"role": "user", "content": turn.prompt}
+    context = list(turn.context or [])
     member_messages = None
     if per_member:
-        member_messages = {slot: thread + [question] for slot, thread in threads.items()}
+        member_messages = {slot: thread + context + [question] for slot, thread in threads.items()}
     return FusionRequest(
-        messages=fused + [question],
+        messages=fused + context + [question],
         panel=members,  # type: ignore[arg-type]
         analyst=panels.spec_from_dict(panel["analyst"]),  # type: ignore[arg-type]
         writer=panels.spec_from_dict(panel["writer"]),  # type: ignore[arg-type]
@@ -251,11 +254,13 @@ def _start_sync(
     follow_up_mode: str | None,
     preset_ref: Any = None,
     shown_runs: Collection[str] = (),
+    context: list[Message] | None = None,
 ) -> tuple[Run, FusionRequest | None]:
     """Validate and write the turn and the run; return (run, request) or (existing run, None).
 
     A ``panel`` or ``preset`` sent with start is for this turn only; the conversation keeps its
-    own panel, except that a conversation without one yet adopts it.
+    own panel, except that a conversation without one yet adopts it. *context*: messages an API
+    request sent before its prompt (system, earlier turns), stored on the turn.
     """
     # A batch of starts (chat.runs.starts) read these for all of its starts at once.
     existing = memo_entry("existing_runs", (user.pk, client_run_id))
@@ -287,7 +292,7 @@ def _start_sync(
     try:
         with transaction.atomic():
             index = conversation.turns.count()
-            turn = Turn.objects.create(conversation=conversation, index=index, prompt=prompt)
+            turn = Turn.objects.create(conversation=conversation, index=index, prompt=prompt, context=context or [])
             if follow_up_mode in (FollowUpMode.FUSED, FollowUpMode.PER_MEMBER):
                 conversation.follow_up_mode = follow_up_mode
             elif not conversation.panel and resolved is not None:
@@ -354,6 +359,7 @@ def _launch(
     price_lookup: Any = None,
     reused: dict[int, dict[str, Any]] | None = None,
     reused_research: dict[int, dict[str, Any]] | None = None,
+    listener: Any = None,
     **fusion_kw: Any,
 ) -> ActiveRun:
     """Run the pipeline with *registry*: the run's user's own keys (chat.engine.build_registry).
@@ -377,7 +383,13 @@ def _launch(
             list(research.get(k) or []) for k in ("tool_calls", "sources", "notes")
         )
     active = ActiveRun(
-        run=run, request=request, client=client, fusion=fusion, state=state, control_channel=control_channel
+        run=run,
+        request=request,
+        client=client,
+        fusion=fusion,
+        state=state,
+        control_channel=control_channel,
+        listener=listener,
     )
     manager.launch(active)
     return active

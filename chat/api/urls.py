@@ -1,0 +1,11 @@
+"""``/api/v1/…`` (chat/views/api.py)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from chat.views import api
+
+urlpatterns = [
+    path("chat/completions", api.chat_completions, name="api_chat_completions"),
+]

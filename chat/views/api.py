@@ -1,0 +1,77 @@
+"""The HTTP API's views (``/api/v1/…``): parse, authenticate, call one service, serialize.
+
+Errors are OpenRouter's ``{"error": {"code", "message", "metadata"}}`` with their HTTP status
+(chat.api.errors); docs/api.md has the details and ``/api/v1/openapi.json`` the schema.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from chat.api import completions
+from chat.api.auth import api_authenticate, refuse_inner_calls
+from chat.api.errors import ApiError, invalid
+from chat.api.schemas import ChatCompletionsBody, parse_body
+from chat.models import ApiToken
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+View = Callable[..., Awaitable[HttpResponse]]
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def error_response(exc: ApiError) -> JsonResponse:
+    return JsonResponse(exc.body(), status=exc.status, headers=exc.headers())
+
+
+def api_view(method: str) -> Callable[[Callable[..., Awaitable[HttpResponse]]], View]:
+    """An API endpoint: *method* only, token authenticated (``request.api_token``), errors as JSON."""
+
+    def decorate(view: Callable[..., Awaitable[HttpResponse]]) -> View:
+        @csrf_exempt
+        @wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                if request.method != method:
+                    raise ApiError(405, "method_not_allowed", f"Use {method} for this endpoint.")
+                token = await api_authenticate(request)
+                return await view(request, token, *args, **kwargs)
+            except ApiError as exc:
+                return error_response(exc)
+
+        return wrapper
+
+    return decorate
+
+
+def json_body(request: HttpRequest) -> Any:
+    if len(request.body) > MAX_BODY_BYTES:
+        raise ApiError(413, "too_large", f"The request body is limited to {MAX_BODY_BYTES // 1024} KiB.")
+    try:
+        return json.loads(request.body or b"null")
+    except (ValueError, RecursionError):
+        raise invalid("The request body must be JSON.") from None
+
+
+@api_view("POST")
+async def chat_completions(request: HttpRequest, token: ApiToken) -> HttpResponse:
+    refuse_inner_calls(request)
+    body = parse_body(ChatCompletionsBody, json_body(request))
+    run = await completions.completion_start(user=token.user, body=body)
+    if body.stream:
+        return StreamingHttpResponse(
+            completions.completion_stream(run), content_type="text/event-stream", headers=SSE_HEADERS
+        )
+    try:
+        return JsonResponse(await completions.completion_json(run))
+    except ApiError as exc:
+        return error_response(exc)

@@ -1,0 +1,177 @@
+"""The HTTP API against a live Daphne and the scripted upstream, read by the official ``openai``
+client: each way of naming the panel, streamed and not, sync and async; errors; disconnects."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.live import LiveApp, live_app
+
+SCRIPTS: dict[str, Any] = {
+    "sim/a": {"ttft_ms": 10, "tokens_per_s": 4000, "chunk_chars": 20, "content": "Alpha says the sky is blue."},
+    "sim/b": {"ttft_ms": 10, "tokens_per_s": 4000, "chunk_chars": 20, "content": "Beta says blue, by Rayleigh scattering."},
+    "sim/slow": {"ttft_ms": 30, "tokens_per_s": 5, "chunk_chars": 4, "content": "slow " * 400},
+    "sim/broken": {"faults": [{"type": "http", "status": 400, "times": -1}]},
+    "sim/analyst": {},
+    "sim/writer": {"ttft_ms": 10, "tokens_per_s": 4000, "chunk_chars": 20, "content": "The sky is blue because of Rayleigh scattering."},
+}
+SIM_ROLES = {"analyst": {"model": "sim/analyst"}, "writer": {"model": "sim/writer"}}
+BUILTINS = {
+    "quality": {"name": "Quality", "members": [{"model": "sim/a"}, {"model": "sim/b"}], **SIM_ROLES},
+    "fast": {"name": "Fast", "members": [{"model": "sim/a"}], **SIM_ROLES},
+}
+QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
+    env = {
+        "FUSION_BUILTIN_PRESETS": json.dumps(BUILTINS),
+        "FUSION_DEFAULT_PANEL": "sim/a,sim/b",
+        "FUSION_DEFAULT_ANALYST": "sim/analyst",
+        "FUSION_DEFAULT_WRITER": "sim/writer",
+        "FUSION_MAX_CONCURRENT_RUNS_PER_USER": "20",
+        "FUSION_API_RATE_PER_MIN": "6000",
+        "FUSION_API_BURST": "1000",
+        "FUSION_API_KEEPALIVE_S": "0.5",
+    }
+    with live_app(tmp_path_factory.mktemp("api"), SCRIPTS, env, name="api") as live:
+        yield live
+
+
+def new_token(app: LiveApp, **user_fields: Any) -> tuple[str, int]:
+    name = f"api_{uuid.uuid4().hex[:8]}"
+    got = app.orm(
+        "from chat.api.tokens import api_token_create\n"
+        f"u = User.objects.create_user({name!r}, password='x-long-password-1')\n"
+        f"result = [api_token_create(user=u, name='tests').secret, u.pk]"
+    )
+    return got[0], got[1]
+
+
+def client(app: LiveApp, token: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{app.url}/api/v1", api_key=token, max_retries=0, timeout=30)
+
+
+def aclient(app: LiveApp, token: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{app.url}/api/v1", api_key=token, max_retries=0, timeout=30)
+
+
+class TestNamingThePanel:
+    @pytest.mark.parametrize("model", ["fusion", "openrouter/fusion", "fusion/quality", "fusion/fast", "openrouter/fusion-flash"])
+    def test_each_fusion_model_answers_with_the_fused_answer(self, app, model):
+        token, _ = new_token(app)
+        done = client(app, token).chat.completions.create(model=model, messages=QUESTION)
+        assert done.choices[0].message.content == SCRIPTS["sim/writer"]["content"]
+        assert done.model == model
+        assert done.usage is not None and done.usage.total_tokens > 0
+        fusion = done.model_extra["fusion"]
+        assert fusion["status"] == "completed"
+        assert {r["model"] for r in fusion["responses"]} <= {"sim/a", "sim/b"}
+
+    def test_a_users_preset_is_named_by_its_slug(self, app):
+        token, user_id = new_token(app)
+        app.orm(
+            "from chat.presets import preset_create\n"
+            f"u = User.objects.get(pk={user_id})\n"
+            "p = preset_create(user=u, name='Deep Research', config={'members': [{'model': 'sim/b'}], "
+            "'analyst': {'model': 'sim/analyst'}, 'writer': {'model': 'sim/writer'}})\n"
+            "result = p.slug"
+        )
+        done = client(app, token).chat.completions.create(model="fusion/deep-research", messages=QUESTION)
+        assert [r["model"] for r in done.model_extra["fusion"]["responses"]] == ["sim/b"]
+
+    def test_the_plugin_configures_the_panel_inline(self, app):
+        token, _ = new_token(app)
+        done = client(app, token).chat.completions.create(
+            model="fusion/quality",
+            messages=QUESTION,
+            extra_body={"plugins": [{"id": "fusion", "analysis_models": ["sim/b"], "tools": []}]},
+        )
+        assert [r["model"] for r in done.model_extra["fusion"]["responses"]] == ["sim/b"]
+
+
+class TestStreaming:
+    def test_the_openai_client_reads_the_stream_and_the_last_chunk_has_usage(self, app):
+        token, _ = new_token(app)
+        stream = client(app, token).chat.completions.create(model="fusion", messages=QUESTION, stream=True)
+        text, kinds, usage = "", [], None
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+            extra = chunk.model_extra or {}
+            if extra.get("fusion") and "type" in extra["fusion"]:
+                kinds.append(extra["fusion"]["type"])
+            usage = chunk.usage or usage
+        assert text == SCRIPTS["sim/writer"]["content"]
+        assert kinds[0] == "response.fusion_call.in_progress"
+        for kind in ("panel.added", "panel.delta", "panel.completed", "analysis.in_progress", "analysis.completed"):
+            assert f"response.fusion_call.{kind}" in kinds
+        assert usage is not None and usage.model_extra["cost"] >= 0
+
+    async def test_the_async_client_streams_too(self, app):
+        token, _ = new_token(app)
+        stream = await aclient(app, token).chat.completions.create(model="fusion/fast", messages=QUESTION, stream=True)
+        text = ""
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+        assert text == SCRIPTS["sim/writer"]["content"]
+
+
+class TestErrors:
+    def test_a_bad_token_is_401(self, app):
+        with pytest.raises(openai.AuthenticationError) as exc:
+            client(app, "fsn_" + "x" * 40).chat.completions.create(model="fusion", messages=QUESTION)
+        assert exc.value.status_code == 401
+
+    def test_an_unknown_preset_is_404(self, app):
+        token, _ = new_token(app)
+        with pytest.raises(openai.NotFoundError) as exc:
+            client(app, token).chat.completions.create(model="fusion/nope", messages=QUESTION)
+        assert exc.value.body["metadata"]["field"] == "model"
+
+    def test_a_bad_field_is_400_and_named(self, app):
+        token, _ = new_token(app)
+        with pytest.raises(openai.BadRequestError) as exc:
+            client(app, token).chat.completions.create(model="fusion", messages=QUESTION, temperature=7)
+        assert exc.value.body["metadata"]["field"] == "temperature"
+
+    def test_every_member_failing_is_502_with_the_failure_reason(self, app):
+        token, _ = new_token(app)
+        with pytest.raises(openai.APIStatusError) as exc:
+            client(app, token).chat.completions.create(
+                model="fusion", messages=QUESTION, extra_body={"plugins": [{"id": "fusion", "analysis_models": ["sim/broken"], "tools": []}]}
+            )
+        assert exc.value.status_code == 502
+        assert exc.value.body["metadata"]["failure_reason"] == "all_panels_failed"
+
+
+class TestDisconnect:
+    def test_a_client_that_goes_away_cancels_the_run_and_its_upstream_streams(self, app):
+        token, user_id = new_token(app)
+        with httpx.stream(
+            "POST",
+            f"{app.url}/api/v1/chat/completions",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"model": "fusion", "messages": QUESTION, "stream": True,
+                  "plugins": [{"id": "fusion", "analysis_models": ["sim/slow"], "tools": []}]},
+            timeout=30,
+        ) as response:
+            for line in response.iter_lines():
+                if "panel.delta" in line:
+                    break
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "sim/slow" not in app.upstream.disconnects:
+            time.sleep(0.1)
+        assert "sim/slow" in app.upstream.disconnects
+        status = app.orm(f"result = list(Run.objects.filter(user_id={user_id}).values_list('status', flat=True))")
+        assert status == ["cancelled"]
