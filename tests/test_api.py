@@ -175,3 +175,79 @@ class TestDisconnect:
         assert "sim/slow" in app.upstream.disconnects
         status = app.orm(f"result = list(Run.objects.filter(user_id={user_id}).values_list('status', flat=True))")
         assert status == ["cancelled"]
+
+
+class TestResponses:
+    def test_the_event_sequence_of_a_streamed_response(self, app):
+        token, _ = new_token(app)
+        stream = client(app, token).responses.create(
+            model="fusion/quality", input="Why is the sky blue?", instructions="Be brief.", stream=True
+        )
+        kinds, text, final = [], "", None
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "response.output_text.delta":
+                text += event.delta
+            if event.type == "response.completed":
+                final = event.response
+        assert kinds[0] == "response.created"
+        order = [
+            "response.created",
+            "response.fusion_call.in_progress",
+            "response.fusion_call.panel.added",
+            "response.fusion_call.panel.delta",
+            "response.fusion_call.panel.completed",
+            "response.fusion_call.analysis.in_progress",
+            "response.fusion_call.analysis.completed",
+            "response.fusion_call.completed",
+            "response.output_text.delta",
+            "response.completed",
+        ]
+        positions = [kinds.index(k) for k in order]
+        assert positions == sorted(positions), kinds
+        assert text == SCRIPTS["sim/writer"]["content"]
+        assert final is not None and final.usage is not None and final.usage.total_tokens > 0
+        fusion = final.output[0].model_dump()
+        assert fusion["type"] == "openrouter:fusion" and fusion["status"] == "completed"
+        assert "analysis" in fusion and {r["model"] for r in fusion["responses"]} == {"sim/a", "sim/b"}
+        assert final.output_text == text
+
+    def test_the_server_tool_shape_runs_its_panel_and_the_outer_model_writes(self, app):
+        token, _ = new_token(app)
+        done = client(app, token).responses.create(
+            model="sim/writer",
+            input="Why is the sky blue?",
+            tools=[{"type": "openrouter:fusion", "parameters": {"analysis_models": ["sim/b"], "model": "sim/analyst", "tools": []}}],
+        )
+        fusion = done.output[0].model_dump()
+        assert [r["model"] for r in fusion["responses"]] == ["sim/b"]
+        assert done.output_text == SCRIPTS["sim/writer"]["content"]
+
+
+class TestModels:
+    def test_the_list_has_fusion_the_builtins_the_aliases_and_my_presets_only(self, app):
+        token, user_id = new_token(app)
+        other, other_id = new_token(app)
+        app.orm(
+            "from chat.presets import preset_create\n"
+            f"u = User.objects.get(pk={other_id})\n"
+            "preset_create(user=u, name='Secret Panel', config={'members': [{'model': 'sim/b'}], "
+            "'analyst': {'model': 'sim/analyst'}, 'writer': {'model': 'sim/writer'}})"
+        )
+        ids = [m.id for m in client(app, token).models.list()]
+        assert ids[:3] == ["fusion", "openrouter/fusion", "openrouter/fusion-flash"]
+        assert "fusion/quality" in ids and "fusion/fast" in ids
+        assert "fusion/secret-panel" not in ids
+        assert "fusion/secret-panel" in [m.id for m in client(app, other).models.list()]
+
+    def test_a_second_users_token_cannot_run_the_first_users_preset(self, app):
+        token, user_id = new_token(app)
+        app.orm(
+            "from chat.presets import preset_create\n"
+            f"u = User.objects.get(pk={user_id})\n"
+            "preset_create(user=u, name='Mine Only', config={'members': [{'model': 'sim/b'}], "
+            "'analyst': {'model': 'sim/analyst'}, 'writer': {'model': 'sim/writer'}})"
+        )
+        intruder, _ = new_token(app)
+        with pytest.raises(openai.NotFoundError):
+            client(app, intruder).chat.completions.create(model="fusion/mine-only", messages=QUESTION)

@@ -24,7 +24,12 @@ from chat.api.errors import ApiError, invalid
 from chat.errors import NotFound, PresetError
 from chat.models import Preset
 from chat.panels import default_panel
-from chat.openrouter_shapes import OPENROUTER_PRESETS, config_from_openrouter_plugin
+from chat.openrouter_shapes import (
+    OPENROUTER_PRESETS,
+    config_from_openrouter_plugin,
+    config_from_openrouter_server_tool,
+    fusion_server_tool,
+)
 
 FUSION = "fusion"
 ALIASES = {"openrouter/fusion": None, "openrouter/fusion-flash": "fast"}  # → built-in key (None: default)
@@ -168,3 +173,23 @@ def _forward(
             spec["reasoning_effort"] = reasoning_effort
     if max_tokens is not None:
         writer["max_tokens"] = max_tokens
+
+
+def server_tool(tools: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The request's ``openrouter:fusion`` tool (FusionServerTool_OpenRouter), or None."""
+    return fusion_server_tool({"tools": tools}) if tools else None
+
+
+def choose_server_tool(*, user: User, model: str, tool: dict[str, Any], **forwarded: Any) -> Chosen:
+    """A plain model with the ``openrouter:fusion`` tool: the tool's ``analysis_models`` are the
+    panel, its ``model`` the analyst (default: the request's model), and the request's model
+    writes the answer from the analysis, as OpenRouter's outer model does."""
+    try:
+        config = config_from_openrouter_server_tool(
+            tool, builtins={b.key: b for b in presets.builtin_presets()}, outer_model=model
+        )
+    except PresetError as exc:
+        raise invalid(str(exc), field="tools") from None
+    chosen = Chosen(model=model, config=config)
+    _forward(chosen.config, **forwarded)
+    return chosen

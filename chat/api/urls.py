@@ -8,4 +8,6 @@ from chat.views import api
 
 urlpatterns = [
     path("chat/completions", api.chat_completions, name="api_chat_completions"),
+    path("responses", api.create_response, name="api_responses"),
+    path("models", api.models, name="api_models"),
 ]

@@ -15,10 +15,12 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from chat.api import completions
+from chat.api import completions, responses
+from chat.api.models_list import api_models_for_user
+from chat.dbthread import in_db_thread
 from chat.api.auth import api_authenticate, refuse_inner_calls
 from chat.api.errors import ApiError, invalid
-from chat.api.schemas import ChatCompletionsBody, parse_body
+from chat.api.schemas import ChatCompletionsBody, ResponsesBody, parse_body
 from chat.models import ApiToken
 
 log = logging.getLogger(__name__)
@@ -75,3 +77,23 @@ async def chat_completions(request: HttpRequest, token: ApiToken) -> HttpRespons
         return JsonResponse(await completions.completion_json(run))
     except ApiError as exc:
         return error_response(exc)
+
+
+@api_view("POST")
+async def create_response(request: HttpRequest, token: ApiToken) -> HttpResponse:
+    refuse_inner_calls(request)
+    body = parse_body(ResponsesBody, json_body(request))
+    run = await responses.response_start(user=token.user, body=body)
+    if body.stream:
+        return StreamingHttpResponse(
+            responses.response_stream(run), content_type="text/event-stream", headers=SSE_HEADERS
+        )
+    try:
+        return JsonResponse(await responses.response_json(run))
+    except ApiError as exc:
+        return error_response(exc)
+
+
+@api_view("GET")
+async def models(request: HttpRequest, token: ApiToken) -> HttpResponse:
+    return JsonResponse(await in_db_thread(api_models_for_user, user=token.user))
