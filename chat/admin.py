@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from chat import accounts
+from chat.api.tokens import api_token_revoke
 from chat.models import (
+    ApiToken,
     CatalogueCache,
     Conversation,
     Invite,
@@ -158,3 +162,26 @@ class InviteAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: object) -> bool:
         return False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Which users hold which API tokens. Read-only: users make and revoke their own in Settings →
+    API tokens; staff can revoke here. Neither the token nor its hash is shown."""
+
+    list_display = ("name", "user", "hint", "created_at", "last_used_at", "revoked_at")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    search_fields = ("name", "hint", "user__username")
+    fields = ("user", "name", "hint", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = fields
+    actions = ["revoke"]
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        tokens = list(queryset.filter(revoked_at=None))
+        for token in tokens:
+            api_token_revoke(token=token)
+        self.message_user(request, f"Revoked {len(tokens)} token(s).")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a token is shown once, to its user, in Settings → API tokens

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from chat.views import catalogue, conversations, health, invites, keys, presets, usage
+from chat.views import catalogue, conversations, health, invites, keys, presets, tokens, usage
 
 urlpatterns = [
     # conversations (chat/views/conversations.py)
@@ -28,6 +28,8 @@ urlpatterns = [
     path("usage", usage.usage_page, name="usage"),
     path("settings/invites", invites.invites_page, name="invites"),
     path("settings/invites/<int:pk>/revoke", invites.invite_revoke, name="invite_revoke"),
+    path("settings/api-tokens", tokens.api_tokens_page, name="api_tokens"),
+    path("settings/api-tokens/<int:pk>/revoke", tokens.api_token_revoke, name="api_token_revoke"),
     # presets (chat/views/presets.py)
     path("presets/", presets.preset_list, name="presets"),
     path("presets/new", presets.preset_new, name="preset_new"),

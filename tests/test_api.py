@@ -17,11 +17,33 @@ from tests.live import LiveApp, live_app
 
 SCRIPTS: dict[str, Any] = {
     "sim/a": {"ttft_ms": 10, "tokens_per_s": 4000, "chunk_chars": 20, "content": "Alpha says the sky is blue."},
-    "sim/b": {"ttft_ms": 10, "tokens_per_s": 4000, "chunk_chars": 20, "content": "Beta says blue, by Rayleigh scattering."},
+    "sim/b": {
+        "ttft_ms": 10,
+        "tokens_per_s": 4000,
+        "chunk_chars": 20,
+        "content": "Beta says blue, by Rayleigh scattering.",
+    },
     "sim/slow": {"ttft_ms": 30, "tokens_per_s": 5, "chunk_chars": 4, "content": "slow " * 400},
     "sim/broken": {"faults": [{"type": "http", "status": 400, "times": -1}]},
     "sim/analyst": {},
-    "sim/writer": {"ttft_ms": 10, "tokens_per_s": 4000, "chunk_chars": 20, "content": "The sky is blue because of Rayleigh scattering."},
+    "sim/outer": {
+        "steps": [{"tool_calls": [{"name": "fusion", "arguments": {}}]}, {"content": "Outer answer from the panel."}]
+    },
+    "sim/direct": {"ttft_ms": 5, "content": "Two plus two is four."},
+    "sim/greedy": {
+        "steps": [
+            {"tool_calls": [{"name": "fusion", "arguments": {}}]},
+            {"tool_calls": [{"name": "fusion", "arguments": {}}]},
+            {"content": "Answered after a capped second call."},
+        ]
+    },
+    "sim/clienttool": {"steps": [{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}]},
+    "sim/writer": {
+        "ttft_ms": 10,
+        "tokens_per_s": 4000,
+        "chunk_chars": 20,
+        "content": "The sky is blue because of Rayleigh scattering.",
+    },
 }
 SIM_ROLES = {"analyst": {"model": "sim/analyst"}, "writer": {"model": "sim/writer"}}
 BUILTINS = {
@@ -66,7 +88,9 @@ def aclient(app: LiveApp, token: str) -> openai.AsyncOpenAI:
 
 
 class TestNamingThePanel:
-    @pytest.mark.parametrize("model", ["fusion", "openrouter/fusion", "fusion/quality", "fusion/fast", "openrouter/fusion-flash"])
+    @pytest.mark.parametrize(
+        "model", ["fusion", "openrouter/fusion", "fusion/quality", "fusion/fast", "openrouter/fusion-flash"]
+    )
     def test_each_fusion_model_answers_with_the_fused_answer(self, app, model):
         token, _ = new_token(app)
         done = client(app, token).chat.completions.create(model=model, messages=QUESTION)
@@ -149,7 +173,9 @@ class TestErrors:
         token, _ = new_token(app)
         with pytest.raises(openai.APIStatusError) as exc:
             client(app, token).chat.completions.create(
-                model="fusion", messages=QUESTION, extra_body={"plugins": [{"id": "fusion", "analysis_models": ["sim/broken"], "tools": []}]}
+                model="fusion",
+                messages=QUESTION,
+                extra_body={"plugins": [{"id": "fusion", "analysis_models": ["sim/broken"], "tools": []}]},
             )
         assert exc.value.status_code == 502
         assert exc.value.body["metadata"]["failure_reason"] == "all_panels_failed"
@@ -162,8 +188,12 @@ class TestDisconnect:
             "POST",
             f"{app.url}/api/v1/chat/completions",
             headers={"Authorization": f"Bearer {token}"},
-            json={"model": "fusion", "messages": QUESTION, "stream": True,
-                  "plugins": [{"id": "fusion", "analysis_models": ["sim/slow"], "tools": []}]},
+            json={
+                "model": "fusion",
+                "messages": QUESTION,
+                "stream": True,
+                "plugins": [{"id": "fusion", "analysis_models": ["sim/slow"], "tools": []}],
+            },
             timeout=30,
         ) as response:
             for line in response.iter_lines():
@@ -217,7 +247,12 @@ class TestResponses:
         done = client(app, token).responses.create(
             model="sim/writer",
             input="Why is the sky blue?",
-            tools=[{"type": "openrouter:fusion", "parameters": {"analysis_models": ["sim/b"], "model": "sim/analyst", "tools": []}}],
+            tools=[
+                {
+                    "type": "openrouter:fusion",
+                    "parameters": {"analysis_models": ["sim/b"], "model": "sim/analyst", "tools": []},
+                }
+            ],
         )
         fusion = done.output[0].model_dump()
         assert [r["model"] for r in fusion["responses"]] == ["sim/b"]
@@ -251,3 +286,76 @@ class TestModels:
         intruder, _ = new_token(app)
         with pytest.raises(openai.NotFoundError):
             client(app, intruder).chat.completions.create(model="fusion/mine-only", messages=QUESTION)
+
+
+FUSION_TOOL = {
+    "type": "openrouter:fusion",
+    "parameters": {"analysis_models": ["sim/a", "sim/b"], "model": "sim/analyst", "tools": []},
+}
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+
+
+class TestServerTool:
+    def test_the_outer_model_calls_fusion_reads_the_result_and_answers(self, app):
+        token, _ = new_token(app)
+        done = client(app, token).chat.completions.create(model="sim/outer", messages=QUESTION, tools=[FUSION_TOOL])
+        assert done.choices[0].message.content == "Outer answer from the panel."
+        fusion = done.model_extra["fusion"]
+        assert fusion["invoked"] and {r["model"] for r in fusion["responses"]} == {"sim/a", "sim/b"}
+        # The outer model was offered the fusion function, then read the OutputFusionServerToolItem.
+        outer = [r for r in app.upstream.requests if r["model"] == "sim/outer"][-2:]
+        assert any(t["function"]["name"] == "fusion" for t in outer[0]["params"]["tools"])
+        result = json.loads(outer[1]["messages"][-1]["content"])
+        assert result["type"] == "openrouter:fusion" and result["status"] == "completed"
+        assert set(result) >= {"analysis", "responses"}
+        roles = [c["role"] for c in fusion["calls"]]
+        assert roles.count("writer") == 2 and roles.count("panel") == 2  # both outer calls are billed
+
+    def test_an_outer_model_that_answers_alone_runs_no_panel(self, app):
+        token, _ = new_token(app)
+        before = len([r for r in app.upstream.requests if r["model"] in ("sim/a", "sim/b")])
+        done = client(app, token).chat.completions.create(model="sim/direct", messages=QUESTION, tools=[FUSION_TOOL])
+        assert done.choices[0].message.content == "Two plus two is four."
+        assert done.model_extra["fusion"]["invoked"] is False
+        assert len([r for r in app.upstream.requests if r["model"] in ("sim/a", "sim/b")]) == before
+
+    def test_a_second_fusion_call_is_capped(self, app):
+        token, _ = new_token(app)
+        done = client(app, token).chat.completions.create(model="sim/greedy", messages=QUESTION, tools=[FUSION_TOOL])
+        assert done.choices[0].message.content == "Answered after a capped second call."
+        last = [r for r in app.upstream.requests if r["model"] == "sim/greedy"][-1]
+        replies = [json.loads(m["content"]) for m in last["messages"] if m["role"] == "tool"]
+        assert replies[0]["status"] == "completed"
+        assert replies[1]["failure_reason"] == "fusion_invocation_capped"
+        assert len([r for r in app.upstream.requests if r["model"] == "sim/analyst"]) >= 1
+
+    def test_the_clients_own_tools_come_back_as_tool_calls(self, app):
+        token, _ = new_token(app)
+        done = client(app, token).chat.completions.create(
+            model="sim/clienttool", messages=QUESTION, tools=[FUSION_TOOL, WEATHER]
+        )
+        choice = done.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        assert choice.message.tool_calls[0].function.name == "get_weather"
+        assert json.loads(choice.message.tool_calls[0].function.arguments) == {"city": "Paris"}
+
+    def test_streamed_the_fusion_call_events_come_before_the_answer(self, app):
+        token, _ = new_token(app)
+        stream = client(app, token).chat.completions.create(
+            model="sim/outer", messages=QUESTION, tools=[FUSION_TOOL], stream=True
+        )
+        kinds, text = [], ""
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+                kinds.append("content")
+            fusion = (chunk.model_extra or {}).get("fusion")
+            if fusion and "type" in fusion and "sequence_number" in fusion:
+                kinds.append(fusion["type"])
+        assert text == "Outer answer from the panel."
+        assert kinds.count("response.fusion_call.in_progress") == 1
+        assert kinds.count("response.fusion_call.completed") == 1
+        assert kinds.index("response.fusion_call.completed") < kinds.index("content")

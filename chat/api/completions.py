@@ -18,12 +18,12 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from chat.api import shapes
-from chat.api.choose import Chosen, choose
-from chat.api.errors import ApiError
+from chat.api.choose import Chosen, choose, choose_server_tool, is_fusion_model, server_tool
+from chat.api.errors import ApiError, invalid
 from chat.api.runs import ApiRun, Outcome, api_run_start
 from chat.api.schemas import ChatCompletionsBody
 from chat.fusion import types as ev
-from chat.fusion.types import Message
+from chat.fusion.types import Message, OuterRequest
 from chat.models import ConversationSource
 
 log = logging.getLogger(__name__)
@@ -52,14 +52,44 @@ def messages_of(body: ChatCompletionsBody) -> list[Message]:
 
 
 def chosen_for(user: User, body: ChatCompletionsBody) -> Chosen:
-    return choose(
-        user=user,
-        model=body.model,
-        plugins=body.plugins,
-        temperature=body.temperature,
-        max_tokens=body.max_completion_tokens or body.max_tokens,
-        reasoning_effort=body.reasoning.effort if body.reasoning else None,
-    )
+    forwarded: dict[str, Any] = {
+        "temperature": body.temperature,
+        "max_tokens": body.max_completion_tokens or body.max_tokens,
+        "reasoning_effort": body.reasoning.effort if body.reasoning else None,
+    }
+    tool = _server_tool(body)
+    if tool is not None:
+        return choose_server_tool(user=user, model=body.model, tool=tool, **forwarded)
+    return choose(user=user, model=body.model, plugins=body.plugins, **forwarded)
+
+
+def _server_tool(body: ChatCompletionsBody) -> dict[str, Any] | None:
+    """The ``openrouter:fusion`` tool of a request for a plain model (the server-tool shape)."""
+    if is_fusion_model(body.model) or not body.tools:
+        return None
+    return server_tool([t.model_dump(exclude_none=True) for t in body.tools])
+
+
+def outer_request(body: ChatCompletionsBody) -> OuterRequest | None:
+    """The outer model's conversation and the client's own function tools (server-tool shape)."""
+    if _server_tool(body) is None:
+        return None
+    tools = []
+    for i, tool in enumerate(body.tools or []):
+        if tool.type == "openrouter:fusion":
+            continue
+        if tool.type != "function" or not isinstance(tool.function, dict) or not tool.function.get("name"):
+            raise invalid(
+                "Beside openrouter:fusion, only function tools ({type: function, function: {name, …}}) are supported.",
+                field=f"tools.{i}",
+            )
+        if tool.function["name"] == "fusion":
+            raise invalid(
+                "A function tool may not be named 'fusion': that name is the fusion tool's.", field=f"tools.{i}"
+            )
+        tools.append(tool.model_dump(exclude_none=True))
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    return OuterRequest(messages=messages, tools=tools)  # type: ignore[arg-type]
 
 
 def failure_error(outcome: Outcome) -> ApiError:
@@ -79,7 +109,8 @@ async def completion_start(*, user: User, body: ChatCompletionsBody, source: str
     from chat.dbthread import in_db_thread
 
     chosen = await in_db_thread(chosen_for, user, body)
-    return await api_run_start(user=user, chosen=chosen, messages=messages_of(body), source=source)
+    outer = outer_request(body)
+    return await api_run_start(user=user, chosen=chosen, messages=messages_of(body), source=source, outer=outer)
 
 
 async def completion_json(run: ApiRun) -> dict[str, Any]:
@@ -103,17 +134,32 @@ async def completion_stream(run: ApiRun) -> AsyncIterator[bytes]:
         seq += 1
         return shapes.sse(shapes.chunk(run, fusion={**event, "output_index": 0, "sequence_number": seq}))
 
+    call_open = False  # a fusion call's in_progress went out, its completed not yet
     try:
         yield shapes.sse(shapes.chunk(run, delta={"role": "assistant", "content": ""}))
-        yield progress(shapes.in_progress(item_id))
+        if not run.outer:  # an outer model starts a fusion call only if it calls the tool
+            call_open = True
+            yield progress(shapes.in_progress(item_id))
         async for event in run.events(keepalive_s=settings.FUSION_API_KEEPALIVE_S):
             if event is None:
                 yield shapes.KEEPALIVE
             elif isinstance(event, ev.FinalDelta):
                 if event.delta:
                     yield shapes.sse(shapes.chunk(run, delta={"content": event.delta}))
-            elif (fusion := shapes.fusion_event(event, item_id=item_id)) is not None:
-                yield progress(fusion)
+            elif isinstance(event, ev.OuterToolCalls):
+                calls = [{"index": i, **c} for i, c in enumerate(event.calls)]
+                yield shapes.sse(shapes.chunk(run, delta={"tool_calls": calls}))
+            elif isinstance(event, ev.FinalStarted):
+                if call_open:  # the answer is being written: the fusion call is over
+                    call_open = False
+                    yield progress({"type": f"{shapes.PREFIX}.completed", "item_id": item_id})
+            else:
+                if isinstance(event, ev.PanelAdded) and not call_open and event.attempt == 1:
+                    call_open = True
+                    yield progress(shapes.in_progress(item_id))
+                fusion = shapes.fusion_event(event, item_id=item_id)
+                if fusion is not None:
+                    yield progress(fusion)
         outcome = run.outcome
         bill = await run.bill()
         if outcome.run_failed is not None:

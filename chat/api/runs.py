@@ -9,6 +9,7 @@ are stored on the turn as its context; the last user message is the prompt.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -21,7 +22,7 @@ from chat.api.choose import Chosen
 from chat.api.errors import ApiError, from_run_error, invalid
 from chat.dbthread import in_db_thread
 from chat.fusion import types as ev
-from chat.fusion.types import Message
+from chat.fusion.types import Message, OuterRequest
 from chat.models import Conversation, ConversationSource, Run, SpendEntry
 from chat.runs import services
 from chat.runs.checks import RunError
@@ -29,14 +30,17 @@ from chat.runs.live import ActiveRun
 from chat.spend import daily_limit, spent_today
 
 
-def split_messages(messages: list[Message]) -> tuple[list[Message], str]:
-    """(context, prompt): the prompt is the last message, which must be the user's."""
-    if not messages or messages[-1].get("role") != "user":
+def split_messages(messages: list[Message], *, outer: bool = False) -> tuple[list[Message], str]:
+    """(context, prompt): the prompt is the last message, which must be the user's (with an outer
+    model, the last user message: the client's tool round trips may follow it)."""
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    last = users[-1] if users else -1
+    if last < 0 or (not outer and last != len(messages) - 1):
         raise invalid("The last message must be the user's: it is the question the panel answers.", field="messages")
-    prompt = str(messages[-1].get("content") or "")
+    prompt = str(messages[last].get("content") or "")
     if not prompt.strip():
-        raise invalid("The last user message is empty.", field=f"messages.{len(messages) - 1}.content")
-    return [dict(m) for m in messages[:-1]], prompt  # type: ignore[misc]
+        raise invalid("The last user message is empty.", field=f"messages.{last}.content")
+    return [dict(m) for m in messages[:last]], prompt  # type: ignore[misc]
 
 
 def _start_sync(
@@ -69,9 +73,17 @@ class Outcome:
     answer: str = ""
     completed: ev.RunCompleted | None = None
     run_failed: ev.RunFailed | None = None
+    fused: bool = False  # the panel was asked (an outer model may answer without it)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # the client's tools, to run
 
     def take(self, event: ev.PipelineEvent) -> None:
-        if isinstance(event, ev.PanelCompleted):
+        if isinstance(event, ev.PanelAdded):
+            self.fused = True
+        elif isinstance(event, ev.FinalStarted):
+            self.answer = ""  # a fallback writer, or the outer model's next call, starts over
+        elif isinstance(event, ev.OuterToolCalls):
+            self.tool_calls = event.calls
+        elif isinstance(event, ev.PanelCompleted):
             self.responses[event.slot] = {"model": event.model, "content": event.content}
             self.failed.pop(event.slot, None)
         elif isinstance(event, ev.PanelFailed):
@@ -150,8 +162,9 @@ def run_bill(*, run_id: uuid.UUID) -> Bill:
 class ApiRun:
     """One API request's run: its events as they come (``events``), then its bill."""
 
-    def __init__(self, *, run: Run, chosen: Chosen) -> None:
+    def __init__(self, *, run: Run, chosen: Chosen, outer: bool = False) -> None:
         self.run_id: uuid.UUID = run.pk
+        self.outer = outer
         self.conversation_id = run.conversation_id
         self.created = int(run.created_at.timestamp())
         self.chosen = chosen
@@ -195,11 +208,17 @@ class ApiRun:
 
 
 async def api_run_start(
-    *, user: User, chosen: Chosen, messages: list[Message], source: str = ConversationSource.API
+    *,
+    user: User,
+    chosen: Chosen,
+    messages: list[Message],
+    source: str = ConversationSource.API,
+    outer: OuterRequest | None = None,
 ) -> ApiRun:
     """Start the fusion *chosen* names for *messages*; ApiError when it is refused (nothing is
-    paid or stored then)."""
-    context, prompt = split_messages(messages)
+    paid or stored then). With *outer*, the writer is an outer model that calls fusion if it
+    wants to (the ``openrouter:fusion`` server tool, chat.fusion.outer)."""
+    context, prompt = split_messages(messages, outer=outer is not None)
     try:
         run, request, inputs = await in_db_thread(
             _start_sync,
@@ -212,7 +231,9 @@ async def api_run_start(
         )
     except RunError as exc:
         raise await _refusal(user, exc) from None
-    api_run = ApiRun(run=run, chosen=chosen)
+    api_run = ApiRun(run=run, chosen=chosen, outer=outer is not None)
+    if outer is not None:
+        request = dataclasses.replace(request, outer=outer)
     frame = services._run_started_frame(run, request)
     api_run.active = await services._start_active(run, request, frame, listener=api_run.hear, **inputs)
     return api_run

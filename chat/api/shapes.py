@@ -101,10 +101,12 @@ def fusion_item(run: ApiRun, outcome: Outcome, *, sources: list[dict[str, Any]] 
 
 
 def fusion_summary(run: ApiRun, outcome: Outcome, bill: Bill) -> dict[str, Any]:
-    """The ``fusion`` object of a non-streamed completion: the tool item, the panel, the calls,
-    and where to read the run in the chatroom."""
+    """The ``fusion`` object of a completion: the tool item (``invoked`` false when an outer model
+    answered without calling fusion), the panel, the calls, and where to read the run."""
+    item = fusion_item(run, outcome) if outcome.fused else {"id": fusion_item_id(run), "type": "openrouter:fusion"}
     return {
-        **fusion_item(run, outcome),
+        **item,
+        "invoked": outcome.fused,
         "run_id": str(run.run_id),
         "conversation_id": run.conversation_id,
         "conversation_url": f"/c/{run.conversation_id}/",
@@ -136,24 +138,25 @@ def chunk(
 
 
 def completion(run: ApiRun, outcome: Outcome, bill: Bill) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": outcome.answer or None}
+    if outcome.tool_calls:
+        message["tool_calls"] = outcome.tool_calls
+    elif message["content"] is None:
+        message["content"] = ""
     return {
         "id": completion_id(run),
         "object": "chat.completion",
         "created": run.created,
         "model": run.chosen.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": outcome.answer},
-                "finish_reason": finish_reason(outcome),
-            }
-        ],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(outcome)}],
         "usage": bill.usage(),
         "fusion": fusion_summary(run, outcome, bill),
     }
 
 
 def finish_reason(outcome: Outcome) -> str:
+    if outcome.tool_calls:
+        return "tool_calls"
     if outcome.completed is not None:
         truncated = outcome.completed.timings.get("final_truncated_at")
         return "length" if truncated else "stop"

@@ -77,6 +77,7 @@ from chat.fusion.analysis import distinct_model_ids
 from chat.fusion.analyst import AnalysisOutcome, Analyst, Answers
 from chat.fusion.calls import RUN_CANCELLED_MESSAGE, RunContext, clause
 from chat.fusion.member import STOPPED_MESSAGE, Member, MemberRun
+from chat.fusion.outer import Outer
 from chat.fusion.research import ResearchLog
 from chat.fusion.sources import merge_sources, run_sources
 from chat.fusion.types import (
@@ -206,6 +207,7 @@ class FusionRun:
         self._started = False
         self._fusing = False
         self._cancel_requested = False
+        self._panel_asked = True  # False while an outer model has not called fusion
 
     # ----------------------------------------------------------------------- public API
 
@@ -299,6 +301,9 @@ class FusionRun:
             self._ctx.emit(self._run_failed("invalid_request", "Invalid request: " + " ".join(problems)))
             return
 
+        if self.request.outer is not None:
+            await self._outer_phases(started)
+            return
         self._phase = RunPhase.PANEL
         answers = await self._panel()
         panel_done = time.monotonic()
@@ -331,6 +336,72 @@ class FusionRun:
         if self._writer.truncated_at:  # not a time: the characters the fused answer was cut at
             timings["final_truncated_at"] = self._writer.truncated_at
         self._ctx.emit(self._completed(written.text, analysis, timings))
+
+    async def _outer_phases(self, started: float) -> None:
+        """The server-tool shape (chat.fusion.outer): the panel runs only if the outer model calls it."""
+        assert self.request.outer is not None
+        self._phase = RunPhase.FINAL
+        self._panel_asked = False
+        analysis = AnalysisOutcome()
+
+        async def fuse() -> dict[str, Any]:
+            nonlocal analysis
+            self._panel_asked = True
+            self._phase = RunPhase.PANEL
+            answers = await self._panel()
+            self._phase = RunPhase.ANALYSIS
+            if not answers:
+                failed = self._all_panels_failed()
+                item = {"type": "openrouter:fusion", "status": "failed", "failure_reason": failed.kind}
+                self._phase = RunPhase.FINAL
+                return {**item, "error": failed.message, "failed_models": self._failed_items()}
+            analysis = await self._analyst.analyse(answers)
+            self._phase = RunPhase.FINAL
+            return self._tool_item(analysis)
+
+        outer = Outer(self._ctx, self.request.writer, self.request.outer)
+        result = await outer.run(fuse)
+        finished = time.monotonic()
+        if result.text is None:
+            self._ctx.emit(self._run_failed("writer_failed", " ".join(result.problems)))
+            return
+        timings = {"total": ms(finished - started), "final_ttft": ms((result.first_delta_at or finished) - started)}
+        if result.truncated_at:
+            timings["final_truncated_at"] = result.truncated_at
+        self._ctx.emit(self._completed(result.text, analysis, timings))
+
+    def _tool_item(self, analysis: AnalysisOutcome) -> dict[str, Any]:
+        """What the outer model reads: OpenRouter's OutputFusionServerToolItem."""
+        item: dict[str, Any] = {
+            "type": "openrouter:fusion",
+            "status": "completed",
+            "responses": [
+                {"model": m.spec.model, "content": m.content} for m in self._members if m.content is not None
+            ],
+        }
+        if analysis.analysis is not None:
+            item["analysis"] = analysis.analysis
+        else:
+            item["error"] = (
+                f"No analysis: {analysis.degraded_reason or 'the analyst failed'}. Compare the responses yourself."
+            )
+        failed = self._failed_items()
+        if failed:
+            item["failed_models"] = failed
+        sources = [{"url": s["url"], "title": s.get("title") or s["url"]} for s in self._run_sources()]
+        if sources:
+            item["sources"] = sources
+        return item
+
+    def _failed_items(self) -> list[dict[str, Any]]:
+        items = []
+        for m in self._members:
+            if m.content is None:
+                item: dict[str, Any] = {"model": m.spec.model, "error": m.error.message if m.error else "No answer."}
+                if m.error is not None and m.error.status_code is not None:
+                    item["status_code"] = m.error.status_code
+                items.append(item)
+        return items
 
     def _completed(self, answer: str, analysis: AnalysisOutcome, timings: dict[str, int]) -> RunCompleted:
         return RunCompleted(
@@ -428,6 +499,8 @@ class FusionRun:
         return self._run_failed(kind, message)
 
     def _failed_models(self) -> list[str]:
+        if not self._panel_asked:  # the outer model answered without calling fusion
+            return []
         return [m.model_id for m in self._members if m.content is None]
 
     # ----------------------------------------------------------------------- research totals

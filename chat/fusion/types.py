@@ -139,6 +139,16 @@ class ResearchSettings:
 
 
 @dataclass
+class OuterRequest:
+    """The conversation an outer model reads (OpenAI shape: the client's own tool calls and tool
+    results kept) and the client's function tools, which the outer model may call too: those
+    calls end the run and go back to the client (``OuterToolCalls``)."""
+
+    messages: list[Message]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
 class FusionRequest:
     """One fusion run.
 
@@ -155,6 +165,9 @@ class FusionRequest:
     fallback_writer: ModelSpec | None = None
     member_messages: dict[int, list[Message]] | None = None
     research: ResearchSettings | None = None
+    # The ``openrouter:fusion`` server tool: the writer is an outer model that is offered a
+    # ``fusion`` function, and the panel runs only if it calls it (chat.fusion.outer).
+    outer: OuterRequest | None = None
 
     @property
     def question(self) -> str:
@@ -495,6 +508,15 @@ class FinalDelta:
 
 
 @dataclass
+class OuterToolCalls:
+    """The outer model called the client's own function tools: the run ends with them, for the
+    client to run and send back (``[{id, type: "function", function: {name, arguments}}]``)."""
+
+    calls: list[dict[str, Any]]
+    type: str = "outer.tool_calls"
+
+
+@dataclass
 class RunCompleted:
     answer: str
     analysis: dict[str, Any] | None
@@ -548,6 +570,7 @@ PipelineEvent = (
     | AnalysisDegraded
     | FinalStarted
     | FinalDelta
+    | OuterToolCalls
     | RunCompleted
     | RunFailed
 )

@@ -31,6 +31,7 @@ from chat.fusion.types import (
     FinalStarted,
     MemberStatus,
     ModelSpec,
+    OuterToolCalls,
     PanelAdded,
     PanelCompleted,
     PanelDelta,
@@ -649,6 +650,8 @@ _HANDLERS: dict[type, Callable[[RunState, Any, RenderUpdate | None], Emit | None
     AnalysisDegraded: RunState._on_analysis_degraded,
     FinalStarted: RunState._on_final_started,
     FinalDelta: RunState._on_final_delta,
+    # The API's server-tool shape: the client runs its own tools; nothing to show in the room.
+    OuterToolCalls: lambda state, event, ahead: None,
     RunCompleted: RunState._on_run_completed,
     RunFailed: RunState._on_run_failed,
 }
