@@ -21,7 +21,7 @@ from chat import spend
 from chat.errors import NotFound
 from chat.models import Conversation, FollowUpMode, Run, RunStatus, Turn
 from chat.panels import default_panel
-from chat.runs.state import RunState  # the one serialiser of a run: page state and exports
+from chat.runs.state import RunState, turn_summary  # the one serialiser of a run: page state and exports
 
 DEFAULT_TITLE = "New conversation"
 EXPORT_FORMAT_VERSION = 1
@@ -147,7 +147,7 @@ def conversation_turns_state(*, conversation: Conversation) -> list[dict[str, An
                     "client_run_id": None,
                     "status": "error",
                     "phase": "done",
-                    "turn": {"id": turn.pk, "index": turn.index, "prompt": turn.prompt},
+                    "turn": turn_summary(turn),
                     "members": [],
                     "analysis": None,
                     "final": {"content": "", "blocks_html": "", "consumed": 0},
@@ -271,6 +271,7 @@ def conversation_export_json(*, conversation: Conversation) -> dict[str, Any]:
             {
                 "index": turn.index,
                 "prompt": turn.prompt,
+                "context": turn.context or [],
                 "created_at": turn.created_at.isoformat(),
                 "runs": [RunState.from_rows(r).export() for r in runs],
             }
@@ -356,7 +357,11 @@ def conversation_export_markdown(*, conversation: Conversation) -> str:
     lines = [f"# {conversation.title}", ""]
     lines.append(f"Exported {timezone.now():%Y-%m-%d %H:%M} UTC from Fusion chatroom.")
     for turn, _ in conversation_turns(conversation=conversation):
-        lines += ["", "---", "", f"## Turn {turn.index + 1}", "", "### Prompt", "", turn.prompt]
+        lines += ["", "---", "", f"## Turn {turn.index + 1}", ""]
+        if turn.context:
+            lines += ["### Sent before the prompt (API)", ""]
+            lines += [f"**{m.get('role', '')}:** {m.get('content') or ''}" for m in turn.context] + [""]
+        lines += ["### Prompt", "", turn.prompt]
         runs = turn_runs(turn)
         for number, run in enumerate(runs, start=1):
             if len(runs) > 1:

@@ -89,7 +89,7 @@ def outer_request(body: ChatCompletionsBody) -> OuterRequest | None:
             )
         tools.append(tool.model_dump(exclude_none=True))
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    return OuterRequest(messages=messages, tools=tools)  # type: ignore[arg-type]
+    return OuterRequest(messages=messages, tools=tools)
 
 
 def failure_error(outcome: Outcome) -> ApiError:

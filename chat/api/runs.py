@@ -40,7 +40,7 @@ def split_messages(messages: list[Message], *, outer: bool = False) -> tuple[lis
     prompt = str(messages[last].get("content") or "")
     if not prompt.strip():
         raise invalid("The last user message is empty.", field=f"messages.{last}.content")
-    return [dict(m) for m in messages[:last]], prompt  # type: ignore[misc]
+    return [dict(m) for m in messages[:last]], prompt
 
 
 def _start_sync(

@@ -10,4 +10,5 @@ urlpatterns = [
     path("chat/completions", api.chat_completions, name="api_chat_completions"),
     path("responses", api.create_response, name="api_responses"),
     path("models", api.models, name="api_models"),
+    path("openapi.json", api.openapi_json, name="api_openapi"),
 ]

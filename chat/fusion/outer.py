@@ -143,7 +143,8 @@ class Outer:
         record = self.ctx.open_record("writer", self.spec.model)
         started = time.monotonic()
         unreported = Unreported(record, self.spec, messages)
-        turn, calls, finish = OuterTurn(), {}, None
+        turn, finish = OuterTurn(), None
+        calls: dict[int, ToolCall] = {}
         announced = False
         try:
             async with aclosing(self.ctx.client.stream(self.spec, messages, tools=tools, tool_choice="auto")) as stream:

@@ -49,7 +49,7 @@ from chat.runs import starts
 from chat.runs.frames import frame_message
 from chat.runs.live import ActiveRun, control_group, group_name, join_control_group, manager
 from chat.runs.recovery import PROCESS_ID, mark_interrupted, stale_after
-from chat.runs.state import RunState
+from chat.runs.state import RunState, turn_summary
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +400,7 @@ def _run_started_frame(run: Run, request: FusionRequest, replaces: str | None = 
         "type": "run.started",
         "run": str(run.pk),
         "client_run_id": run.client_run_id,
-        "turn": {"id": run.turn_id, "index": run.turn.index, "prompt": run.turn.prompt},
+        "turn": turn_summary(run.turn),
         "members": [{"slot": i, "model": s.model, "label": s.label or ""} for i, s in enumerate(request.panel)],
         "analyst": request.analyst.model,
         "writer": run.writer_model,

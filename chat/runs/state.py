@@ -161,6 +161,16 @@ class MemberState:
         }
 
 
+def turn_summary(turn: Any) -> dict[str, Any]:
+    """A turn as clients see it: its prompt, and the messages an API request sent before it."""
+    summary: dict[str, Any] = {"id": turn.pk, "index": turn.index, "prompt": turn.prompt}
+    if turn.context:
+        summary["context"] = [
+            {"role": str(m.get("role", "")), "content": str(m.get("content") or "")} for m in turn.context
+        ]
+    return summary
+
+
 @dataclass
 class RunState:
     """One run. ``apply`` takes engine events; the serialisers give the protocol's shapes."""
@@ -220,7 +230,7 @@ class RunState:
         return cls(
             run_id=str(run.pk),
             client_run_id=run.client_run_id,
-            turn={"id": run.turn_id, "index": run.turn.index, "prompt": run.turn.prompt},
+            turn=turn_summary(run.turn),
             started_at=run.created_at,
             members=[MemberState(slot=i, model=s.model, key=keys[i], label=s.label or "") for i, s in enumerate(panel)],
             analyst=run.analyst_model,
@@ -273,7 +283,7 @@ class RunState:
         return cls(
             run_id=str(run.pk),
             client_run_id=run.client_run_id,
-            turn={"id": run.turn_id, "index": run.turn.index, "prompt": run.turn.prompt},
+            turn=turn_summary(run.turn),
             started_at=run.created_at,
             members=states,
             analyst=run.analyst_model,

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from functools import wraps
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from chat.api import completions, responses
@@ -26,7 +26,7 @@ from chat.models import ApiToken
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
-View = Callable[..., Awaitable[HttpResponse]]
+View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -35,13 +35,13 @@ def error_response(exc: ApiError) -> JsonResponse:
     return JsonResponse(exc.body(), status=exc.status, headers=exc.headers())
 
 
-def api_view(method: str) -> Callable[[Callable[..., Awaitable[HttpResponse]]], View]:
+def api_view(method: str) -> Callable[[View], View]:
     """An API endpoint: *method* only, token authenticated (``request.api_token``), errors as JSON."""
 
-    def decorate(view: Callable[..., Awaitable[HttpResponse]]) -> View:
+    def decorate(view: View) -> View:
         @csrf_exempt
         @wraps(view)
-        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             try:
                 if request.method != method:
                     raise ApiError(405, "method_not_allowed", f"Use {method} for this endpoint.")
@@ -65,7 +65,7 @@ def json_body(request: HttpRequest) -> Any:
 
 
 @api_view("POST")
-async def chat_completions(request: HttpRequest, token: ApiToken) -> HttpResponse:
+async def chat_completions(request: HttpRequest, token: ApiToken) -> HttpResponseBase:
     refuse_inner_calls(request)
     body = parse_body(ChatCompletionsBody, json_body(request))
     run = await completions.completion_start(user=token.user, body=body)
@@ -80,7 +80,7 @@ async def chat_completions(request: HttpRequest, token: ApiToken) -> HttpRespons
 
 
 @api_view("POST")
-async def create_response(request: HttpRequest, token: ApiToken) -> HttpResponse:
+async def create_response(request: HttpRequest, token: ApiToken) -> HttpResponseBase:
     refuse_inner_calls(request)
     body = parse_body(ResponsesBody, json_body(request))
     run = await responses.response_start(user=token.user, body=body)
@@ -95,5 +95,14 @@ async def create_response(request: HttpRequest, token: ApiToken) -> HttpResponse
 
 
 @api_view("GET")
-async def models(request: HttpRequest, token: ApiToken) -> HttpResponse:
+async def models(request: HttpRequest, token: ApiToken) -> HttpResponseBase:
     return JsonResponse(await in_db_thread(api_models_for_user, user=token.user))
+
+
+def openapi_json(request: HttpRequest) -> JsonResponse:
+    """``GET /api/v1/openapi.json``: the API's OpenAPI 3.1 description, public like the docs."""
+    from chat.api.openapi import openapi_document  # kept with its one user, at the end of the file
+
+    if request.method not in ("GET", "HEAD"):
+        return error_response(ApiError(405, "method_not_allowed", "Use GET for this endpoint."))
+    return JsonResponse(openapi_document())

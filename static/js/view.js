@@ -17,6 +17,16 @@ const TOOL_ICONS = {
 };
 
 /** A source as a link: built with DOM APIs, only for http(s) URLs; text, never HTML. */
+// Messages an API request sent before its prompt (system prompts, earlier turns), folded.
+function contextOf(turn) {
+  const messages = turn.context || [];
+  if (!messages.length) return null;
+  const label = `Sent with ${messages.length} earlier message${messages.length === 1 ? "" : "s"} (API)`;
+  return h("details", { class: "turn-context" },
+    h("summary", {}, label),
+    h("ol", {}, ...messages.map((m) => h("li", {}, h("span", { class: "context-role" }, `${m.role}: `), m.content))));
+}
+
 function sourceLink(source) {
   const href = safeHttpUrl(source.url);
   if (!href) return null;
@@ -199,7 +209,7 @@ export class TurnView {
     this.root.dataset.turn = String(run.turn.id ?? "");
     this.root.setAttribute("aria-label", `Turn ${run.turn.index === null ? "" : run.turn.index + 1}`.trim());
 
-    this.promptEl = h("div", { class: "turn-prompt" }, h("div", { class: "prompt-bubble" }, run.turn.prompt || ""));
+    this.promptEl = h("div", { class: "turn-prompt" }, contextOf(run.turn), h("div", { class: "prompt-bubble" }, run.turn.prompt || ""));
 
     this.panelActions = h("div", { class: "section-actions" });
     this.panelMeta = h("span", { class: "section-meta" });
