@@ -359,3 +359,103 @@ class TestServerTool:
         assert kinds.count("response.fusion_call.in_progress") == 1
         assert kinds.count("response.fusion_call.completed") == 1
         assert kinds.index("response.fusion_call.completed") < kinds.index("content")
+
+
+def post(app: LiveApp, token: str | None, body: Any, **headers: str) -> httpx.Response:
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.post(f"{app.url}/api/v1/chat/completions", json=body, headers={**auth, **headers}, timeout=30)
+
+
+SIMPLE = {"model": "fusion/fast", "messages": QUESTION}
+
+
+class TestEveryErrorStatus:
+    def test_no_token_and_a_revoked_token_are_401(self, app):
+        token, user_id = new_token(app)
+        assert post(app, None, SIMPLE).json()["error"]["code"] == 401
+        app.orm(
+            "from chat.api.tokens import api_token_revoke\nfrom chat.models import ApiToken\n"
+            f"[api_token_revoke(token=t) for t in ApiToken.objects.filter(user_id={user_id})]"
+        )
+        response = post(app, token, SIMPLE)
+        assert response.status_code == 401
+        assert response.json()["error"]["metadata"]["reason"] == "bad_token"
+
+    def test_the_spend_limit_is_402_with_the_amount_left(self, app):
+        token, user_id = new_token(app)
+        app.orm(f"UserLimits.objects.create(user_id={user_id}, daily_spend_limit_usd='0.0001')")
+        response = post(app, token, SIMPLE)
+        assert response.status_code == 402
+        error = response.json()["error"]
+        assert error["metadata"]["reason"] == "spend_limit" and error["metadata"]["left_usd"] == pytest.approx(0.0001)
+        assert "left today" in error["message"]
+        assert app.orm(f"result = Run.objects.filter(user_id={user_id}).count()") == 0  # nothing paid, nothing stored
+        assert app.orm(f"result = Conversation.objects.filter(user_id={user_id}).count()") == 0
+
+    def test_the_concurrency_limit_is_429_with_retry_after(self, app):
+        token, user_id = new_token(app)
+        app.orm(
+            "from django.utils import timezone\n"
+            f"for i in range(20):\n"
+            f"    c = Conversation.objects.create(user_id={user_id})\n"
+            "    t = Turn.objects.create(conversation=c, index=0, prompt='busy')\n"
+            f"    Run.objects.create(user_id={user_id}, conversation=c, turn=t, client_run_id=f'busy-{{i}}', status='running', heartbeat_at=timezone.now() + timezone.timedelta(hours=1))"
+        )
+        response = post(app, token, SIMPLE)
+        assert response.status_code == 429
+        assert int(response.headers["Retry-After"]) >= 1
+        assert response.json()["error"]["metadata"]["reason"] == "limit"
+
+    def test_a_request_from_a_fusions_inner_call_cannot_start_one(self, app):
+        token, _ = new_token(app)
+        client(app, token).chat.completions.create(**SIMPLE)
+        assert app.upstream.requests[-1]["headers"].get("x-fusion-depth") == "1"  # inner calls carry it
+        response = post(app, token, SIMPLE, **{"X-Fusion-Depth": "1"})
+        assert response.status_code == 400
+        assert response.json()["error"]["metadata"]["reason"] == "fusion_recursion"
+
+    def test_wrong_method_bad_json_and_a_huge_body(self, app):
+        token, _ = new_token(app)
+        got = httpx.get(f"{app.url}/api/v1/chat/completions", headers={"Authorization": f"Bearer {token}"})
+        assert got.status_code == 405
+        bad = httpx.post(
+            f"{app.url}/api/v1/chat/completions",
+            content=b"{not json",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        assert bad.status_code == 400 and "JSON" in bad.json()["error"]["message"]
+        huge = post(app, token, {**SIMPLE, "messages": [{"role": "user", "content": "x" * 1_100_000}]})
+        assert huge.status_code == 413
+
+    @pytest.mark.parametrize(
+        ("body", "field"),
+        [
+            ({"messages": QUESTION}, "model"),
+            ({"model": "fusion", "messages": [{"role": "assistant", "content": "hi"}]}, "messages"),
+            ({"model": "fusion", "messages": [{"role": "user", "content": "  "}]}, "messages.0.content"),
+            ({"model": "fusion", "messages": QUESTION, "plugins": [{"id": "web"}]}, "plugins.0.id"),
+            ({"model": "fusion", "messages": QUESTION, "max_tokens": 0}, "max_tokens"),
+            ({"model": "fusion", "messages": QUESTION, "reasoning": {"effort": "extreme"}}, "reasoning.effort"),
+        ],
+    )
+    def test_validation_errors_name_the_field(self, app, body, field):
+        token, _ = new_token(app)
+        response = post(app, token, body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["metadata"]["field"] == field
+
+    def test_a_non_streamed_request_whose_client_gives_up_cancels_the_run(self, app):
+        token, user_id = new_token(app)
+        slow = {**SIMPLE, "plugins": [{"id": "fusion", "analysis_models": ["sim/slow"], "tools": []}]}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"{app.url}/api/v1/chat/completions", json=slow, headers={"Authorization": f"Bearer {token}"}, timeout=2
+            )
+        deadline = time.monotonic() + 10
+        status: list[str] = []
+        while time.monotonic() < deadline:
+            status = app.orm(f"result = list(Run.objects.filter(user_id={user_id}).values_list('status', flat=True))")
+            if status == ["cancelled"]:
+                break
+            time.sleep(0.3)
+        assert status == ["cancelled"]
