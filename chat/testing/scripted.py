@@ -211,6 +211,14 @@ DEMO_SCRIPTS: dict[str, dict[str, Any]] = {
     },
     "sim/analyst": {"name": "Sim Analyst", "ttft_ms": 400, "tokens_per_s": 150},
     "sim/writer": {"name": "Sim Writer", "ttft_ms": 300, "tokens_per_s": 70},
+    # An outer model for the API's openrouter:fusion server tool: offered tools, it calls fusion
+    # first, then answers from the result (offered none, it just answers).
+    "sim/agent": {
+        "name": "Sim Agent",
+        "ttft_ms": 300,
+        "tokens_per_s": 70,
+        "steps": [{"tool_calls": [{"name": "fusion", "arguments": {}}]}, {}],
+    },
     "*": {"ttft_ms": 200, "tokens_per_s": 60},
 }
 

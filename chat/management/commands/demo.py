@@ -99,12 +99,15 @@ class Command(BaseCommand):
             subprocess.run([py, "manage.py", "recover_runs", "--all"], cwd=base, env=env, check=True)
             subprocess.run([py, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=base, env=env, check=True)
             password = secrets.token_urlsafe(9)
-            subprocess.run(
+            made = subprocess.run(
                 [py, "-c", _MAKE_USER, "demo", password],
                 cwd=base,
                 env={**env, "DJANGO_SETTINGS_MODULE": "fusionsite.settings"},
                 check=True,
+                capture_output=True,
+                text=True,
             )
+            token = made.stdout.strip().splitlines()[-1]
             url = f"http://{options['host']}:{options['port']}/"
             self.stdout.write(
                 self.style.SUCCESS(
@@ -112,6 +115,7 @@ class Command(BaseCommand):
                     f"  Open      {url}\n"
                     f"  Username  demo\n"
                     f"  Password  {password}\n"
+                    f"  API       {url}api/v1  (token {token}; docs/api.md)\n"
                     f"  Upstream  {upstream_url} (scripted: {DEMO_PANEL}, sim/analyst, sim/writer)\n"
                 )
             )
@@ -169,4 +173,9 @@ User = get_user_model()
 user, _ = User.objects.get_or_create(username=sys.argv[1])
 user.set_password(sys.argv[2])
 user.save()
+# A fresh API token for each start; the one of the last start is revoked (its secret is gone).
+from chat.api.tokens import api_token_create, api_token_revoke
+for old in user.api_tokens.filter(name="make demo", revoked_at=None):
+    api_token_revoke(token=old)
+print(api_token_create(user=user, name="make demo").secret)
 """
