@@ -18,6 +18,7 @@ http_app = django_asgi_app
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from chat.api import mcp  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.runs import manager  # noqa: E402
 from chat.ws_security import SameOriginValidator  # noqa: E402
@@ -46,4 +47,7 @@ async def application(scope: Scope, receive: ASGIReceiveCallable, send: ASGISend
     # Daphne has no lifespan events: the first request of the process (of its event loop) starts
     # the run sweep, which marks runs of dead processes interrupted whatever command started us.
     manager.ensure_sweeper()
+    if scope["type"] == "http" and mcp.claims(scope["path"]):
+        await mcp.http_app(scope, receive, send)  # the MCP server's streamable HTTP (chat/api/mcp.py)
+        return
     await router(scope, receive, send)

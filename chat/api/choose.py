@@ -67,7 +67,7 @@ def _named(user: User, key: str, *, model: str) -> Chosen:
             404,
             "unknown_preset",
             f"No preset {key!r}: use a built-in ({', '.join(b.key for b in presets.builtin_presets())}) "
-            "or the slug of one of your presets (GET /api/v1/models lists them).",
+            "or the slug of one of your presets (each preset's page shows it).",
             field="model",
         )
     return Chosen(model=model, config=copy.deepcopy(preset.config), preset=preset)

@@ -219,6 +219,24 @@ async def api_run_start(
     paid or stored then). With *outer*, the writer is an outer model that calls fusion if it
     wants to (the ``openrouter:fusion`` server tool, chat.fusion.outer)."""
     context, prompt = split_messages(messages, outer=outer is not None)
+    starting = asyncio.ensure_future(_start(user, chosen, prompt, context, source, outer))
+    try:
+        # Shielded: a client that leaves while the run's rows are being written must not leave a
+        # written run that nobody drives (it would hold its reservation until the sweep).
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        starting.add_done_callback(_cancel_started)
+        raise
+
+
+def _cancel_started(task: asyncio.Future[ApiRun]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().cancel()
+
+
+async def _start(
+    user: User, chosen: Chosen, prompt: str, context: list[Message], source: str, outer: OuterRequest | None
+) -> ApiRun:
     try:
         run, request, inputs = await in_db_thread(
             _start_sync,
