@@ -20,6 +20,7 @@ class ConversationSource(models.TextChoices):
     CHAT = "chat", "Chatroom"
     API = "api", "API"
     MCP = "mcp", "MCP"
+    EVAL = "eval", "Eval"
 
 
 class Conversation(models.Model):
@@ -265,6 +266,7 @@ class SpendRole(models.TextChoices):
     ANALYST = "analyst", "Analyst"
     WRITER = "writer", "Writer"
     SEARCH = "search", "Web search"
+    JUDGE = "judge", "Evaluation judge"
     RUN = "run", "Whole run (recorded before the ledger)"
 
 
@@ -321,3 +323,103 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"API token {self.name} ({self.hint}…)"
+
+
+# --------------------------------------------------------------------------- evaluations
+
+
+class EvaluationStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPED = "stopped"  # a limit was reached, or the user stopped it: running it again resumes
+    COMPLETE = "complete"
+
+
+class Evaluation(models.Model):
+    """Configurations compared on rubric tasks (chat/evals/). Self-contained: the tasks, the
+    configurations and the settings are stored, so running it again resumes where it stopped."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="evaluations")
+    name = models.CharField(max_length=200)
+    tasks_name = models.CharField(max_length=200, blank=True)  # the file the tasks came from
+    tasks = models.JSONField(default=list)  # chat.evals.tasks.Task as dicts, in order
+    # [{key, name, kind: "preset" | "panel" | "solo", config: a preset config}]
+    configs = models.JSONField(default=list)
+    judge_model = models.CharField(max_length=200)
+    passes = models.PositiveSmallIntegerField(default=3)
+    research = models.JSONField(default=dict, blank=True)  # the same for every configuration
+    guard_hosts = models.JSONField(default=list, blank=True)  # the contamination guard
+    accept_threshold = models.FloatField(default=70.0)  # 0–100: an answer scoring this is accepted
+    baseline = models.CharField(max_length=100, blank=True)  # a config key
+    concurrency = models.PositiveSmallIntegerField(default=4)
+    max_cost_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    status = models.CharField(max_length=20, choices=EvaluationStatus.choices, default=EvaluationStatus.PENDING)
+    stopped_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class EvalItemStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    ANSWERED = "answered"
+    FAILED = "failed"
+    REFUSED = "refused"  # the model declined (a content filter or a refusal), reported, not hidden
+
+
+class EvalItem(models.Model):
+    """One configuration's answer to one task: a run of the user's (a conversation marked Eval)."""
+
+    evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="items")
+    config_key = models.CharField(max_length=100)
+    task_id = models.CharField(max_length=200)
+    status = models.CharField(max_length=20, choices=EvalItemStatus.choices, default=EvalItemStatus.PENDING)
+    run_id = models.UUIDField(null=True, blank=True)  # a plain value: deleting the conversation keeps the item
+    conversation_id = models.BigIntegerField(null=True, blank=True)
+    answer = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    latency_ms = models.IntegerField(null=True, blank=True)
+    # Tool calls or sources that touched a guarded host: [{host, url, where}]
+    guard_flags = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["evaluation", "config_key", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["evaluation", "config_key", "task_id"], name="eval_item_unique"),
+        ]
+
+
+class EvalJudgement(models.Model):
+    """One judging pass over one answer: a verdict per criterion, with the judge's reason."""
+
+    item = models.ForeignKey(EvalItem, on_delete=models.CASCADE, related_name="judgements")
+    pass_index = models.PositiveSmallIntegerField()
+    verdicts = models.JSONField(default=dict)  # criterion id → {met: bool | None, reason}
+    failures = models.JSONField(default=list, blank=True)
+    score = models.FloatField(null=True, blank=True)  # 0–1; None when a verdict is missing
+    section_scores = models.JSONField(default=dict, blank=True)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["item", "pass_index"]
+        constraints = [models.UniqueConstraint(fields=["item", "pass_index"], name="eval_judgement_unique")]
+
+
+class AnswerFeedback(models.Model):
+    """A user's accept or reject of a fused answer in the chatroom, with an optional note."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="answer_feedback")
+    run = models.OneToOneField(Run, on_delete=models.CASCADE, related_name="feedback")
+    accepted = models.BooleanField()
+    note = models.TextField(blank=True, max_length=2000)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
