@@ -121,8 +121,11 @@ def _with_plugin(user: User, base: Chosen | None, plugin: dict[str, Any], *, out
         if base is None:
             return Chosen(model=outer_model, config=config_from_openrouter_plugin(plugin, builtins=builtins))
         config = copy.deepcopy(base.config)
-        if "analysis_models" in plugin:
-            config["members"] = [{"model": m} for m in plugin["analysis_models"]]
+        models = plugin.get("analysis_models")
+        if models is not None:  # null is left out, as config_from_openrouter_plugin reads it
+            if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+                raise PresetError("analysis_models must be a list of model ids (strings).")
+            config["members"] = [{"model": m} for m in models]
         if "model" in plugin:
             config["analyst"] = {"model": plugin["model"]}
             config["writer"] = {"model": plugin["model"]}

@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import User
+from django.urls import reverse
 
 from chat import model_catalogue, presets
 from chat.api.choose import ALIASES, FUSION, Chosen, choose_by_model
+from chat.api.errors import ApiError
 from chat.models import Preset
 from chat.panels import PanelError, parse_panel
 
@@ -28,6 +30,15 @@ def _estimate(config: dict[str, Any]) -> tuple[float, float] | None:
     except (PanelError, KeyError, TypeError, ValueError):
         return None
     return float(low), float(high)
+
+
+def _details(chosen: Chosen) -> str:
+    """The page that shows this panel: the preset's, a built-in's, or the presets list."""
+    if chosen.preset is not None:
+        return reverse("preset_detail", args=[chosen.preset.pk])
+    if chosen.builtin_key:
+        return reverse("builtin_preset", args=[chosen.builtin_key])
+    return reverse("presets")
 
 
 def _entry(model_id: str, name: str, description: str, chosen: Chosen, created: int) -> dict[str, Any]:
@@ -59,7 +70,7 @@ def _entry(model_id: str, name: str, description: str, chosen: Chosen, created: 
         "supported_parameters": SUPPORTED_PARAMETERS,
         "default_parameters": None,
         "supported_voices": None,
-        "links": {"details": f"/api/v1/models/{model_id}"},
+        "links": {"details": _details(chosen)},
         "fusion": {
             "panel": members,
             "analyst": (config.get("analyst") or {}).get("model"),
@@ -76,7 +87,10 @@ def api_models_for_user(*, user: User) -> dict[str, Any]:
     default_name = f"Fusion (your default: {default.preset.name})" if default.preset else "Fusion (default panel)"
     data.append(_entry(FUSION, default_name, "", default, 0))
     for alias in ALIASES:
-        chosen = choose_by_model(user, alias)
+        try:
+            chosen = choose_by_model(user, alias)
+        except ApiError:
+            continue  # the alias of a built-in this server's FUSION_BUILTIN_PRESETS leaves out
         data.append(_entry(alias, f"{alias} (alias)", "OpenRouter's name, accepted here.", chosen, 0))
     for builtin in presets.builtin_presets():
         chosen = choose_by_model(user, f"{FUSION}/{builtin.key}")

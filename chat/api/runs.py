@@ -214,12 +214,14 @@ async def api_run_start(
     messages: list[Message],
     source: str = ConversationSource.API,
     outer: OuterRequest | None = None,
+    panel_only: bool = False,
 ) -> ApiRun:
     """Start the fusion *chosen* names for *messages*; ApiError when it is refused (nothing is
     paid or stored then). With *outer*, the writer is an outer model that calls fusion if it
-    wants to (the ``openrouter:fusion`` server tool, chat.fusion.outer)."""
+    wants to (the ``openrouter:fusion`` server tool, chat.fusion.outer). *panel_only*: the panel
+    answers and nothing follows (an evaluation's solo model)."""
     context, prompt = split_messages(messages, outer=outer is not None)
-    starting = asyncio.ensure_future(_start(user, chosen, prompt, context, source, outer))
+    starting = asyncio.ensure_future(_start(user, chosen, prompt, context, source, outer, panel_only))
     try:
         # Shielded: a client that leaves while the run's rows are being written must not leave a
         # written run that nobody drives (it would hold its reservation until the sweep).
@@ -235,7 +237,13 @@ def _cancel_started(task: asyncio.Future[ApiRun]) -> None:
 
 
 async def _start(
-    user: User, chosen: Chosen, prompt: str, context: list[Message], source: str, outer: OuterRequest | None
+    user: User,
+    chosen: Chosen,
+    prompt: str,
+    context: list[Message],
+    source: str,
+    outer: OuterRequest | None,
+    panel_only: bool,
 ) -> ApiRun:
     try:
         run, request, inputs = await in_db_thread(
@@ -253,7 +261,8 @@ async def _start(
     if outer is not None:
         request = dataclasses.replace(request, outer=outer)
     frame = services._run_started_frame(run, request)
-    api_run.active = await services._start_active(run, request, frame, listener=api_run.hear, **inputs)
+    extra = {"panel_only": True} if panel_only else {}  # a solo answer: the member, nothing after it
+    api_run.active = await services._start_active(run, request, frame, listener=api_run.hear, **inputs, **extra)
     return api_run
 
 

@@ -9,6 +9,7 @@ names its field.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -129,10 +130,22 @@ def parse_body(model: type[T], data: Any) -> T:
     """*data* as *model*, or a 400 that names the first bad field and says what is wrong with it."""
     if not isinstance(data, dict):
         raise invalid("The request body must be a JSON object.")
+    if _has_lone_surrogate(data):
+        raise invalid("The request body has a lone surrogate escape (such as \\ud800); send valid Unicode text.")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise _first_error(exc) from None
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """JSON may escape half of a UTF-16 pair (``"\\ud800"``): json.loads reads it into a str that no
+    UTF-8 encoder, and so no database, accepts."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _first_error(exc: ValidationError) -> ApiError:

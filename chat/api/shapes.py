@@ -82,7 +82,8 @@ def fusion_item(run: ApiRun, outcome: Outcome, *, sources: list[dict[str, Any]] 
     item: dict[str, Any] = {
         "id": fusion_item_id(run),
         "type": "openrouter:fusion",
-        "status": "completed" if outcome.run_failed is None and outcome.responses else "failed",
+        # OpenRouter's ToolCallStatus: a run that failed is "incomplete" (with its failure_reason).
+        "status": "completed" if outcome.run_failed is None and outcome.responses else "incomplete",
         "responses": [outcome.responses[s] for s in sorted(outcome.responses)],
     }
     if outcome.analysis is not None:

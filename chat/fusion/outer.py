@@ -60,7 +60,7 @@ FUSION_FUNCTION = {
 }
 CAPPED = {
     "type": "openrouter:fusion",
-    "status": "failed",
+    "status": "incomplete",
     "failure_reason": "fusion_invocation_capped",
     "error": "fusion was already called in this turn; answer from its first result.",
 }

@@ -352,7 +352,7 @@ class FusionRun:
             self._phase = RunPhase.ANALYSIS
             if not answers:
                 failed = self._all_panels_failed()
-                item = {"type": "openrouter:fusion", "status": "failed", "failure_reason": failed.kind}
+                item = {"type": "openrouter:fusion", "status": "incomplete", "failure_reason": failed.kind}
                 self._phase = RunPhase.FINAL
                 return {**item, "error": failed.message, "failed_models": self._failed_items()}
             analysis = await self._analyst.analyse(answers)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine
 from functools import wraps
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -56,10 +57,15 @@ def api_view(method: str) -> Callable[[View], View]:
 
 
 def json_body(request: HttpRequest) -> Any:
-    if len(request.body) > MAX_BODY_BYTES:
-        raise ApiError(413, "too_large", f"The request body is limited to {MAX_BODY_BYTES // 1024} KiB.")
+    too_large = ApiError(413, "too_large", f"The request body is limited to {MAX_BODY_BYTES // 1024} KiB.")
     try:
-        return json.loads(request.body or b"null")
+        body = request.body
+    except RequestDataTooBig:  # over Django's DATA_UPLOAD_MAX_MEMORY_SIZE, refused before our check
+        raise too_large from None
+    if len(body) > MAX_BODY_BYTES:
+        raise too_large
+    try:
+        return json.loads(body or b"null")
     except (ValueError, RecursionError):
         raise invalid("The request body must be JSON.") from None
 
@@ -99,6 +105,7 @@ async def models(request: HttpRequest, token: ApiToken) -> HttpResponseBase:
     return JsonResponse(await in_db_thread(api_models_for_user, user=token.user))
 
 
+@csrf_exempt
 def openapi_json(request: HttpRequest) -> JsonResponse:
     """``GET /api/v1/openapi.json``: the API's OpenAPI 3.1 description, public like the docs."""
     from chat.api.openapi import openapi_document  # kept with its one user, at the end of the file
