@@ -8,7 +8,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -17,94 +16,166 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Conversation',
+            name="Conversation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('title', models.CharField(default='New conversation', max_length=200)),
-                ('follow_up_mode', models.CharField(choices=[('fused', 'Members see previous prompts and fused answers'), ('per_member', 'Each member sees its own previous answers')], default='fused', max_length=20)),
-                ('panel', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='conversations', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("title", models.CharField(default="New conversation", max_length=200)),
+                (
+                    "follow_up_mode",
+                    models.CharField(
+                        choices=[
+                            ("fused", "Members see previous prompts and fused answers"),
+                            ("per_member", "Each member sees its own previous answers"),
+                        ],
+                        default="fused",
+                        max_length=20,
+                    ),
+                ),
+                ("panel", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="conversations",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-updated_at', '-id'],
+                "ordering": ["-updated_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='Turn',
+            name="Turn",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('index', models.PositiveIntegerField()),
-                ('prompt', models.TextField()),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('conversation', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='turns', to='chat.conversation')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("index", models.PositiveIntegerField()),
+                ("prompt", models.TextField()),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "conversation",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="turns", to="chat.conversation"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['index'],
+                "ordering": ["index"],
             },
         ),
         migrations.CreateModel(
-            name='Run',
+            name="Run",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('client_run_id', models.CharField(max_length=64)),
-                ('status', models.CharField(choices=[('running', 'Running'), ('complete', 'Complete'), ('cancelled', 'Cancelled'), ('error', 'Error'), ('timeout', 'Timeout'), ('interrupted', 'Interrupted')], db_index=True, default='running', max_length=20)),
-                ('config', models.JSONField(default=dict)),
-                ('analysis', models.JSONField(blank=True, null=True)),
-                ('label_map', models.JSONField(blank=True, default=dict)),
-                ('analysis_error', models.TextField(blank=True)),
-                ('analyst_model', models.CharField(blank=True, max_length=200)),
-                ('writer_model', models.CharField(blank=True, max_length=200)),
-                ('answer', models.TextField(blank=True)),
-                ('failed_models', models.JSONField(blank=True, default=list)),
-                ('calls', models.JSONField(blank=True, default=list)),
-                ('usage', models.JSONField(blank=True, default=dict)),
-                ('timings', models.JSONField(blank=True, default=dict)),
-                ('error_kind', models.CharField(blank=True, max_length=40)),
-                ('error_message', models.TextField(blank=True)),
-                ('process_id', models.CharField(blank=True, max_length=80)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('heartbeat_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('conversation', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='runs', to='chat.conversation')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='runs', to=settings.AUTH_USER_MODEL)),
-                ('turn', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='runs', to='chat.turn')),
+                ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                ("client_run_id", models.CharField(max_length=64)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("running", "Running"),
+                            ("complete", "Complete"),
+                            ("cancelled", "Cancelled"),
+                            ("error", "Error"),
+                            ("timeout", "Timeout"),
+                            ("interrupted", "Interrupted"),
+                        ],
+                        db_index=True,
+                        default="running",
+                        max_length=20,
+                    ),
+                ),
+                ("config", models.JSONField(default=dict)),
+                ("analysis", models.JSONField(blank=True, null=True)),
+                ("label_map", models.JSONField(blank=True, default=dict)),
+                ("analysis_error", models.TextField(blank=True)),
+                ("analyst_model", models.CharField(blank=True, max_length=200)),
+                ("writer_model", models.CharField(blank=True, max_length=200)),
+                ("answer", models.TextField(blank=True)),
+                ("failed_models", models.JSONField(blank=True, default=list)),
+                ("calls", models.JSONField(blank=True, default=list)),
+                ("usage", models.JSONField(blank=True, default=dict)),
+                ("timings", models.JSONField(blank=True, default=dict)),
+                ("error_kind", models.CharField(blank=True, max_length=40)),
+                ("error_message", models.TextField(blank=True)),
+                ("process_id", models.CharField(blank=True, max_length=80)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("heartbeat_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "conversation",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="runs", to="chat.conversation"
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="runs", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
+                (
+                    "turn",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="runs", to="chat.turn"),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='MemberResponse',
+            name="MemberResponse",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slot', models.PositiveSmallIntegerField()),
-                ('model', models.CharField(max_length=200)),
-                ('label', models.CharField(blank=True, max_length=200)),
-                ('status', models.CharField(choices=[('waiting', 'Waiting'), ('streaming', 'Streaming'), ('complete', 'Complete'), ('failed', 'Failed'), ('stopped', 'Stopped')], default='waiting', max_length=20)),
-                ('content', models.TextField(blank=True)),
-                ('reasoning', models.TextField(blank=True)),
-                ('error_kind', models.CharField(blank=True, max_length=40)),
-                ('error_message', models.TextField(blank=True)),
-                ('ttft_ms', models.IntegerField(blank=True, null=True)),
-                ('duration_ms', models.IntegerField(blank=True, null=True)),
-                ('usage', models.JSONField(blank=True, default=dict)),
-                ('attempt', models.PositiveSmallIntegerField(default=1)),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='members', to='chat.run')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("slot", models.PositiveSmallIntegerField()),
+                ("model", models.CharField(max_length=200)),
+                ("label", models.CharField(blank=True, max_length=200)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("waiting", "Waiting"),
+                            ("streaming", "Streaming"),
+                            ("complete", "Complete"),
+                            ("failed", "Failed"),
+                            ("stopped", "Stopped"),
+                        ],
+                        default="waiting",
+                        max_length=20,
+                    ),
+                ),
+                ("content", models.TextField(blank=True)),
+                ("reasoning", models.TextField(blank=True)),
+                ("error_kind", models.CharField(blank=True, max_length=40)),
+                ("error_message", models.TextField(blank=True)),
+                ("ttft_ms", models.IntegerField(blank=True, null=True)),
+                ("duration_ms", models.IntegerField(blank=True, null=True)),
+                ("usage", models.JSONField(blank=True, default=dict)),
+                ("attempt", models.PositiveSmallIntegerField(default=1)),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="members", to="chat.run"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['slot'],
-                'constraints': [models.UniqueConstraint(fields=('run', 'slot'), name='member_slot_unique')],
+                "ordering": ["slot"],
+                "constraints": [models.UniqueConstraint(fields=("run", "slot"), name="member_slot_unique")],
             },
         ),
         migrations.AddConstraint(
-            model_name='turn',
-            constraint=models.UniqueConstraint(fields=('conversation', 'index'), name='turn_index_unique'),
+            model_name="turn",
+            constraint=models.UniqueConstraint(fields=("conversation", "index"), name="turn_index_unique"),
         ),
         migrations.AddConstraint(
-            model_name='run',
-            constraint=models.UniqueConstraint(fields=('user', 'client_run_id'), name='run_client_id_unique'),
+            model_name="run",
+            constraint=models.UniqueConstraint(fields=("user", "client_run_id"), name="run_client_id_unique"),
         ),
         migrations.AddConstraint(
-            model_name='run',
-            constraint=models.UniqueConstraint(condition=models.Q(('status', 'running')), fields=('conversation',), name='one_running_run_per_conversation'),
+            model_name="run",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "running")),
+                fields=("conversation",),
+                name="one_running_run_per_conversation",
+            ),
         ),
     ]

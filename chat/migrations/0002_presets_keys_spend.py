@@ -7,95 +7,115 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0001_initial'),
+        ("chat", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='CatalogueCache',
+            name="CatalogueCache",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('provider', models.CharField(max_length=50, unique=True)),
-                ('models_json', models.JSONField(default=list)),
-                ('fetched_at', models.DateTimeField(blank=True, null=True)),
-                ('last_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('last_error', models.TextField(blank=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("provider", models.CharField(max_length=50, unique=True)),
+                ("models_json", models.JSONField(default=list)),
+                ("fetched_at", models.DateTimeField(blank=True, null=True)),
+                ("last_attempt_at", models.DateTimeField(blank=True, null=True)),
+                ("last_error", models.TextField(blank=True)),
             ],
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='builtin_preset',
+            model_name="conversation",
+            name="builtin_preset",
             field=models.CharField(blank=True, max_length=40),
         ),
         migrations.AddField(
-            model_name='run',
-            name='cost_usd',
+            model_name="run",
+            name="cost_usd",
             field=models.DecimalField(blank=True, decimal_places=6, max_digits=12, null=True),
         ),
         migrations.AddField(
-            model_name='run',
-            name='reserved_usd',
+            model_name="run",
+            name="reserved_usd",
             field=models.DecimalField(decimal_places=6, default=0, max_digits=12),
         ),
         migrations.CreateModel(
-            name='Preset',
+            name="Preset",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('description', models.TextField(blank=True, max_length=2000)),
-                ('config', models.JSONField(default=dict)),
-                ('is_default', models.BooleanField(default=False)),
-                ('share_token', models.CharField(blank=True, max_length=64, null=True, unique=True)),
-                ('copied_from_share', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='presets', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100)),
+                ("description", models.TextField(blank=True, max_length=2000)),
+                ("config", models.JSONField(default=dict)),
+                ("is_default", models.BooleanField(default=False)),
+                ("share_token", models.CharField(blank=True, max_length=64, null=True, unique=True)),
+                ("copied_from_share", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="presets", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name', 'pk'],
+                "ordering": ["name", "pk"],
             },
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='preset',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='chat.preset'),
+            model_name="conversation",
+            name="preset",
+            field=models.ForeignKey(
+                blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name="+", to="chat.preset"
+            ),
         ),
         migrations.CreateModel(
-            name='ProviderKey',
+            name="ProviderKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('provider', models.CharField(max_length=50)),
-                ('encrypted_key', models.TextField()),
-                ('last4', models.CharField(max_length=4)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='provider_keys', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("provider", models.CharField(max_length=50)),
+                ("encrypted_key", models.TextField()),
+                ("last4", models.CharField(max_length=4)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="provider_keys",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['provider'],
+                "ordering": ["provider"],
             },
         ),
         migrations.CreateModel(
-            name='UserLimits',
+            name="UserLimits",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('daily_spend_limit_usd', models.DecimalField(blank=True, decimal_places=4, max_digits=10, null=True)),
-                ('allow_server_key', models.BooleanField(blank=True, null=True)),
-                ('user', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='limits', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("daily_spend_limit_usd", models.DecimalField(blank=True, decimal_places=4, max_digits=10, null=True)),
+                ("allow_server_key", models.BooleanField(blank=True, null=True)),
+                (
+                    "user",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="limits", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'user limits',
+                "verbose_name_plural": "user limits",
             },
         ),
         migrations.AddConstraint(
-            model_name='preset',
-            constraint=models.UniqueConstraint(condition=models.Q(('is_default', True)), fields=('user',), name='one_default_preset_per_user'),
+            model_name="preset",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("is_default", True)), fields=("user",), name="one_default_preset_per_user"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='providerkey',
-            constraint=models.UniqueConstraint(fields=('user', 'provider'), name='one_key_per_provider'),
+            model_name="providerkey",
+            constraint=models.UniqueConstraint(fields=("user", "provider"), name="one_key_per_provider"),
         ),
     ]

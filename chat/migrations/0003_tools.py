@@ -4,35 +4,34 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0002_presets_keys_spend'),
+        ("chat", "0002_presets_keys_spend"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='memberresponse',
-            name='notes',
+            model_name="memberresponse",
+            name="notes",
             field=models.JSONField(blank=True, default=list),
         ),
         migrations.AddField(
-            model_name='memberresponse',
-            name='sources',
+            model_name="memberresponse",
+            name="sources",
             field=models.JSONField(blank=True, default=list),
         ),
         migrations.AddField(
-            model_name='memberresponse',
-            name='tool_calls',
+            model_name="memberresponse",
+            name="tool_calls",
             field=models.JSONField(blank=True, default=list),
         ),
         migrations.AddField(
-            model_name='run',
-            name='sources',
+            model_name="run",
+            name="sources",
             field=models.JSONField(blank=True, default=list),
         ),
         migrations.AddField(
-            model_name='run',
-            name='tool_usage',
+            model_name="run",
+            name="tool_usage",
             field=models.JSONField(blank=True, default=dict),
         ),
     ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0003_tools'),
+        ("chat", "0003_tools"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='cataloguecache',
-            name='base_url',
+            model_name="cataloguecache",
+            name="base_url",
             field=models.CharField(blank=True, max_length=500),
         ),
     ]

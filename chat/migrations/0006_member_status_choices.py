@@ -4,15 +4,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0005_security_invites_server_key'),
+        ("chat", "0005_security_invites_server_key"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='memberresponse',
-            name='status',
-            field=models.CharField(choices=[('waiting', 'Waiting'), ('thinking', 'Thinking'), ('streaming', 'Streaming'), ('searching', 'Searching'), ('complete', 'Complete'), ('failed', 'Failed'), ('stopped', 'Stopped')], default='waiting', max_length=20),
+            model_name="memberresponse",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("waiting", "Waiting"),
+                    ("thinking", "Thinking"),
+                    ("streaming", "Streaming"),
+                    ("searching", "Searching"),
+                    ("complete", "Complete"),
+                    ("failed", "Failed"),
+                    ("stopped", "Stopped"),
+                ],
+                default="waiting",
+                max_length=20,
+            ),
         ),
     ]

@@ -7,17 +7,11 @@ selector's SearchVector builds. Each operation runs only on its own database.
 
 from django.db import migrations
 
+from chat.migrations._search_sql import TURN_TRIGGERS, RunSQLOn
+
 SQLITE_FORWARDS = [
     "CREATE VIRTUAL TABLE chat_turn_search USING fts5(prompt, answers)",
-    """CREATE TRIGGER chat_turn_search_ai AFTER INSERT ON chat_turn BEGIN
-        INSERT INTO chat_turn_search(rowid, prompt, answers) VALUES (new.id, new.prompt, '');
-    END""",
-    """CREATE TRIGGER chat_turn_search_au AFTER UPDATE OF prompt ON chat_turn BEGIN
-        UPDATE chat_turn_search SET prompt = new.prompt WHERE rowid = new.id;
-    END""",
-    """CREATE TRIGGER chat_turn_search_ad AFTER DELETE ON chat_turn BEGIN
-        DELETE FROM chat_turn_search WHERE rowid = old.id;
-    END""",
+    *TURN_TRIGGERS,
 ]
 
 # A turn's answers: those of its finished runs (every version). A run's answer counts once the
@@ -73,26 +67,6 @@ POSTGRES_BACKWARDS = [
     "DROP INDEX IF EXISTS chat_turn_prompt_search",
     "DROP INDEX IF EXISTS chat_run_answer_search",
 ]
-
-
-class RunSQLOn(migrations.RunSQL):
-    """RunSQL for one database vendor only ("sqlite", "postgresql"); a no-op on the others."""
-
-    def __init__(self, vendor, sql, reverse_sql):
-        super().__init__(sql, reverse_sql)
-        self.vendor = vendor
-
-    def deconstruct(self):
-        name, args, kwargs = super().deconstruct()
-        return name, [self.vendor, kwargs.pop("sql"), kwargs.pop("reverse_sql")], kwargs
-
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if schema_editor.connection.vendor == self.vendor:
-            super().database_forwards(app_label, schema_editor, from_state, to_state)
-
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        if schema_editor.connection.vendor == self.vendor:
-            super().database_backwards(app_label, schema_editor, from_state, to_state)
 
 
 class Migration(migrations.Migration):

@@ -24,52 +24,55 @@ def fill_slugs(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0008_conversation_search'),
+        ("chat", "0008_conversation_search"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ApiToken',
+            name="ApiToken",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('token_hash', models.CharField(max_length=64, unique=True)),
-                ('hint', models.CharField(max_length=16)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('last_used_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100)),
+                ("token_hash", models.CharField(max_length=64, unique=True)),
+                ("hint", models.CharField(max_length=16)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("last_used_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'ordering': ['-created_at', '-pk'],
+                "ordering": ["-created_at", "-pk"],
             },
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='source',
-            field=models.CharField(choices=[('chat', 'Chatroom'), ('api', 'API'), ('mcp', 'MCP')], default='chat', max_length=10),
+            model_name="conversation",
+            name="source",
+            field=models.CharField(
+                choices=[("chat", "Chatroom"), ("api", "API"), ("mcp", "MCP")], default="chat", max_length=10
+            ),
         ),
         migrations.AddField(
-            model_name='preset',
-            name='slug',
-            field=models.SlugField(default='', max_length=60),
+            model_name="preset",
+            name="slug",
+            field=models.SlugField(default="", max_length=60),
             preserve_default=False,
         ),
         migrations.AddField(
-            model_name='turn',
-            name='context',
+            model_name="turn",
+            name="context",
             field=models.JSONField(blank=True, default=list),
         ),
         migrations.RunPython(fill_slugs, migrations.RunPython.noop),
         migrations.AddConstraint(
-            model_name='preset',
-            constraint=models.UniqueConstraint(fields=('user', 'slug'), name='preset_slug_unique_per_user'),
+            model_name="preset",
+            constraint=models.UniqueConstraint(fields=("user", "slug"), name="preset_slug_unique_per_user"),
         ),
         migrations.AddField(
-            model_name='apitoken',
-            name='user',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_tokens', to=settings.AUTH_USER_MODEL),
+            model_name="apitoken",
+            name="user",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="api_tokens", to=settings.AUTH_USER_MODEL
+            ),
         ),
     ]

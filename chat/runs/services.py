@@ -400,7 +400,7 @@ def _run_started_frame(run: Run, request: FusionRequest, replaces: str | None = 
         "type": "run.started",
         "run": str(run.pk),
         "client_run_id": run.client_run_id,
-        "turn": turn_summary(run.turn),
+        "turn": turn_summary(run.turn, run.turn_id),
         "members": [{"slot": i, "model": s.model, "label": s.label or ""} for i, s in enumerate(request.panel)],
         "analyst": request.analyst.model,
         "writer": run.writer_model,

@@ -161,10 +161,10 @@ class MemberState:
         }
 
 
-def turn_summary(turn: Any) -> dict[str, Any]:
+def turn_summary(turn: Any, turn_id: Any = None) -> dict[str, Any]:
     """A turn as clients see it: its prompt, and the messages an API request sent before it."""
-    summary: dict[str, Any] = {"id": turn.pk, "index": turn.index, "prompt": turn.prompt}
-    if turn.context:
+    summary: dict[str, Any] = {"id": turn.pk if turn_id is None else turn_id, "index": turn.index, "prompt": turn.prompt}
+    if getattr(turn, "context", None):
         summary["context"] = [
             {"role": str(m.get("role", "")), "content": str(m.get("content") or "")} for m in turn.context
         ]
@@ -230,7 +230,7 @@ class RunState:
         return cls(
             run_id=str(run.pk),
             client_run_id=run.client_run_id,
-            turn=turn_summary(run.turn),
+            turn=turn_summary(run.turn, run.turn_id),
             started_at=run.created_at,
             members=[MemberState(slot=i, model=s.model, key=keys[i], label=s.label or "") for i, s in enumerate(panel)],
             analyst=run.analyst_model,
@@ -283,7 +283,7 @@ class RunState:
         return cls(
             run_id=str(run.pk),
             client_run_id=run.client_run_id,
-            turn=turn_summary(run.turn),
+            turn=turn_summary(run.turn, run.turn_id),
             started_at=run.created_at,
             members=states,
             analyst=run.analyst_model,
