@@ -163,7 +163,11 @@ class MemberState:
 
 def turn_summary(turn: Any, turn_id: Any = None) -> dict[str, Any]:
     """A turn as clients see it: its prompt, and the messages an API request sent before it."""
-    summary: dict[str, Any] = {"id": turn.pk if turn_id is None else turn_id, "index": turn.index, "prompt": turn.prompt}
+    summary: dict[str, Any] = {
+        "id": turn.pk if turn_id is None else turn_id,
+        "index": turn.index,
+        "prompt": turn.prompt,
+    }
     if getattr(turn, "context", None):
         summary["context"] = [
             {"role": str(m.get("role", "")), "content": str(m.get("content") or "")} for m in turn.context
