@@ -72,9 +72,16 @@ def text_of(response: httpx.Response) -> str:
 class TestModelsEndpoint:
     async def test_it_lists_scripted_models_in_openrouter_shape(self, http: httpx.AsyncClient) -> None:
         models = {m["id"]: m for m in (await http.get("/v1/models")).json()["data"]}
-        assert {"sim/atlas", "sim/borealis", "sim/cirrus", "sim/analyst", "sim/writer", "sim/agent", "m/plain"} == set(
-            models
-        )
+        assert {
+            "sim/atlas",
+            "sim/borealis",
+            "sim/cirrus",
+            "sim/analyst",
+            "sim/writer",
+            "sim/agent",
+            "sim/judge",
+            "m/plain",
+        } == set(models)
         atlas = models["sim/atlas"]
         assert atlas["name"] and atlas["context_length"] > 0
         assert set(atlas["pricing"]) >= {"prompt", "completion"}

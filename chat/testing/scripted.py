@@ -158,6 +158,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chat.fusion.prompts import ANALYSIS_MARKER  # the pipeline puts it in every analyst prompt
+from chat.testing.scripted_judge import is_judge_request, judge_reply
 
 SCRIPT_KEYS = frozenset(
     {
@@ -165,6 +166,7 @@ SCRIPT_KEYS = frozenset(
         "chunk_chars", "keepalive_ms", "pricing", "usage", "style", "name", "context_length",
         "fence_json", "sse_crlf", "sse_multiline", "sse_no_space", "ignore_stream", "faults",
         "steps", "loop_tools", "no_tools_support", "server_tools", "cite", "content_chars", "pathological",
+        "verdicts", "judge_first_reply",
     }
 )  # fmt: skip
 STEP_KEYS = SCRIPT_KEYS - {"steps", "faults", "name", "context_length", "pricing"}
@@ -211,6 +213,8 @@ DEMO_SCRIPTS: dict[str, dict[str, Any]] = {
     },
     "sim/analyst": {"name": "Sim Analyst", "ttft_ms": 400, "tokens_per_s": 150},
     "sim/writer": {"name": "Sim Writer", "ttft_ms": 300, "tokens_per_s": 70},
+    # A rubric judge (chat.evals.judge): verdicts from the words of each requirement in the answer.
+    "sim/judge": {"name": "Sim Judge", "ttft_ms": 100, "tokens_per_s": 0},
     # An outer model for the API's openrouter:fusion server tool: offered tools, it calls fusion
     # first, then answers from the result (offered none, it just answers).
     "sim/agent": {
@@ -747,6 +751,8 @@ def _generated_content(model: str, script: dict[str, Any], body: dict[str, Any])
     messages = body.get("messages") or []
     blocks = labelled_blocks(messages)
     question = question_of(messages)
+    if is_judge_request(messages):
+        return judge_reply(script, messages)
     asks_json = bool(body.get("response_format")) and any(_RESPONSE_BLOCK.search(message_text(m)) for m in messages)
     if asks_json or any(ANALYSIS_MARKER in message_text(m) for m in messages):
         text = json.dumps(generate_analysis(blocks, question), ensure_ascii=False, indent=2)
