@@ -320,7 +320,10 @@ class EvaluationRunner:
         self.configs = {c["key"]: c for c in evaluation.configs}
         self.budget = _Budget(evaluation.max_cost_usd, await in_db_thread(evaluation_spent, evaluation.pk))
         client = self._judge_client or ChatClient(
-            build_registry(user=self.user), limits=build_limits(), extra_secrets=known_secrets(), http=shared_http()
+            await in_db_thread(build_registry, user=self.user),
+            limits=build_limits(),
+            extra_secrets=known_secrets(),
+            http=shared_http(),
         )
         self.judge = client
         queue: asyncio.Queue[EvalItem] = asyncio.Queue()

@@ -7,13 +7,16 @@ again). Script keys:
 ``verdicts``            ``{criterion id: true | false | "omit", "*": default}``: fixed verdicts;
                         ``"omit"`` leaves the id out of the reply (a judge failure).
                         Without it, a criterion is met when at least a third of its
-                        requirement's longer words appear in the answer: deterministic.
+                        requirement's longer words appear in the answer, or else by a stable
+                        hash of (id, answer) that favours longer answers: deterministic, so
+                        a fused answer tends to score above a solo one, as in the real claim.
 ``judge_first_reply``   the text of the first reply (e.g. ``"not json"``); the repair call then
                         gets proper verdicts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -37,12 +40,13 @@ def is_judge_request(messages: list[dict[str, Any]]) -> bool:
     return any(JUDGE_MARKER in _text(m) for m in messages)
 
 
-def _met_by_words(requirement: str, answer: str) -> bool:
+def _met_by_words(cid: str, requirement: str, answer: str) -> bool:
     words = set(_WORD.findall(requirement.lower()))
-    if not words:
-        return False
     have = set(_WORD.findall(answer.lower()))
-    return len(words & have) * 3 >= len(words)
+    if words and len(words & have) * 3 >= len(words):
+        return True
+    digest = hashlib.sha256(f"{cid}\0{answer}".encode()).digest()
+    return digest[0] % 10 < min(8, 2 + len(answer) // 500)
 
 
 def judge_reply(script: dict[str, Any], messages: list[dict[str, Any]]) -> str:
@@ -65,7 +69,7 @@ def judge_reply(script: dict[str, Any], messages: list[dict[str, Any]]) -> str:
         verdict = fixed.get(cid, fixed.get("*"))
         if verdict == "omit":
             continue
-        met = _met_by_words(requirement, answer) if verdict is None else bool(verdict)
+        met = _met_by_words(cid, requirement, answer) if verdict is None else bool(verdict)
         reason = "The answer covers this." if met else "The answer does not say this."
         verdicts.append({"id": cid, "met": met, "reason": reason})
     return json.dumps({"verdicts": verdicts})

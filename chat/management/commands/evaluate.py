@@ -1,6 +1,6 @@
 """`manage.py evaluate` — compare configurations on rubric tasks, judged by a model.
 
-    python manage.py evaluate --tasks FILE --config preset:quality --config solo:MODEL … \\
+    python manage.py evaluate --tasks FILE | --from-feedback --config preset:quality --config solo:MODEL … \\
         --judge MODEL --passes 3 [--limit N] [--concurrency K] [--max-cost USD] [--json OUT]
 
 A progress bar per configuration goes to stderr, the report table to stdout. Running the same
@@ -26,7 +26,8 @@ from chat.evals.estimate import evaluation_estimate
 from chat.evals.evaluations import evaluation_create, evaluation_update_limits
 from chat.evals.report import evaluation_report, report_table
 from chat.evals.runner import evaluation_run
-from chat.evals.tasks import TaskFileError, load_tasks
+from chat.evals.from_feedback import feedback_tasks
+from chat.evals.tasks import Task, TaskFileError, load_tasks
 from chat.models import Evaluation, EvaluationStatus
 
 BAR = 30
@@ -45,8 +46,8 @@ class Bars:
 
     def __call__(self, event: dict[str, Any]) -> None:
         now = time.monotonic()
-        if self.tty and now - self.last < 0.1 and event.get("event") != "done":
-            return
+        if event.get("event") != "done" and (not self.tty or now - self.last < 0.1):
+            return  # a log gets a block per finished task; a terminal is redrawn in place
         self.last = now
         self.draw(event["counts"])
 
@@ -71,7 +72,12 @@ class Command(BaseCommand):
     help = "Evaluate configurations (presets, panels, solo models) on rubric tasks, judged by a model."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--tasks", required=True, help="DRACO manifest, DRACO dataset rows, or simple JSONL.")
+        parser.add_argument("--tasks", help="DRACO manifest, DRACO dataset rows, or simple JSONL.")
+        parser.add_argument(
+            "--from-feedback",
+            action="store_true",
+            help="Tasks from the user's accepted and rejected answers in the chatroom (instead of --tasks).",
+        )
         parser.add_argument(
             "--config",
             action="append",
@@ -96,15 +102,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         user = self._user(options.get("user"))
-        path = Path(options["tasks"])
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise CommandError(f"Cannot read {path}: {exc.strerror}.") from None
-        try:
-            tasks = load_tasks(data, name=path.name)
-        except TaskFileError as exc:
-            raise CommandError(f"{path} was not loaded:\n  " + "\n  ".join(exc.problems)) from None
+        tasks, tasks_name = self._tasks(user, options)
         guard = [*([] if options["no_guard"] else DRACO_GUARD_HOSTS), *options["guard_host"]]
         research = {"web_tools": bool(options["web_tools"]), "max_tool_calls": options["max_tool_calls"]}
         limit = options.get("limit")
@@ -114,7 +112,7 @@ class Command(BaseCommand):
                 evaluation = evaluation_create(
                     user=user,
                     tasks=tasks,
-                    tasks_name=path.name,
+                    tasks_name=tasks_name,
                     config_refs=options["config"],
                     judge_model=options["judge"],
                     name=options["name"],
@@ -153,6 +151,24 @@ class Command(BaseCommand):
             self.stderr.write(f"Report written to {options['json_out']}")
         if evaluation.status != EvaluationStatus.COMPLETE:
             self.stderr.write(f"Stopped: {evaluation.stopped_reason}")
+
+    def _tasks(self, user: User, options: dict[str, Any]) -> tuple[list[Task], str]:
+        if options["from_feedback"] == bool(options.get("tasks")):
+            raise CommandError("Give --tasks FILE, or --from-feedback for your accepted and rejected answers.")
+        if options["from_feedback"]:
+            tasks = feedback_tasks(user=user, limit=options.get("limit") or None)
+            if not tasks:
+                raise CommandError("You have not accepted or rejected any answer in the chatroom yet.")
+            return tasks, "accepted and rejected answers"
+        path = Path(options["tasks"])
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CommandError(f"Cannot read {path}: {exc.strerror}.") from None
+        try:
+            return load_tasks(data, name=path.name), path.name
+        except TaskFileError as exc:
+            raise CommandError(f"{path} was not loaded:\n  " + "\n  ".join(exc.problems)) from None
 
     def _user(self, name: str | None) -> User:
         if name:
