@@ -125,6 +125,7 @@ async def test_every_configuration_answers_every_task_and_the_scores_are_the_for
     # The ledger: every judge call is a row of role judge; the answers are the runs' rows.
     judged = await database_sync_to_async(lambda: list(SpendEntry.objects.filter(role="judge")))()
     assert len(judged) == 8
+    assert all(e.uses_server_key for e in judged)  # the server's key paid: its daily cap counts them
     total_judging = sum((j.cost_usd for j in judgements), Decimal(0))
     assert total_judging == sum((e.cost_usd for e in judged), Decimal(0))
     answer_rows = await database_sync_to_async(

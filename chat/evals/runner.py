@@ -52,7 +52,8 @@ from chat.models import (
     SpendRole,
 )
 from chat.runs.recovery import mark_interrupted, stale_after
-from chat.spend import daily_limit, priced_calls, spend_record, spent_today
+from chat import keys
+from chat.spend import daily_limit, priced_calls, server_daily_limit, server_spent_today, spend_record, spent_today
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ def _started(item_id: int, run_id: Any, conversation_id: int) -> None:
 
 
 def _record_judgement(
-    *, item: EvalItem, user_id: int, pass_index: int, task: Task, judgement: Any
+    *, item: EvalItem, user_id: int, pass_index: int, task: Task, judgement: Any, server_key: bool
 ) -> EvalJudgement | None:
     """The pass and its calls' ledger rows, in one transaction: paid calls are always counted."""
     calls = priced_calls([r.to_dict() for r in judgement.records])
@@ -259,7 +260,7 @@ def _record_judgement(
             conversation_id=item.conversation_id,
             turn_id=None,
             turn_index=None,
-            uses_server_key=False,
+            uses_server_key=server_key,
             calls=calls,
         )
         cost = sum((r.cost_usd for r in rows), Decimal(0))
@@ -279,9 +280,25 @@ def _record_judgement(
         return row
 
 
-def _spend_room(user: User) -> Decimal | None:
+def _spend_room(user: User, *, server_key: bool) -> Decimal | None:
+    """What the user may still spend today; with the server's key, the server's cap counts too."""
+    rooms = []
     limit = daily_limit(user=user)
-    return None if limit is None else limit - spent_today(user=user)
+    if limit is not None:
+        rooms.append(limit - spent_today(user=user))
+    cap = server_daily_limit() if server_key else None
+    if cap is not None:
+        rooms.append(cap - server_spent_today())
+    return min(rooms) if rooms else None
+
+
+def _judge_uses_server_key(user: User, model: str) -> bool:
+    """Whether the judge's calls are paid with the server's key (the user has none of their own)."""
+    try:
+        provider, _ = build_registry().resolve(model)
+    except ValueError:
+        return False
+    return not isinstance(keys.user_keys_decrypted(user=user).get(provider.name), str)
 
 
 # --------------------------------------------------------------------------- the runner
@@ -326,6 +343,7 @@ class EvaluationRunner:
             http=shared_http(),
         )
         self.judge = client
+        self.judge_server_key = await in_db_thread(_judge_uses_server_key, self.user, evaluation.judge_model)
         queue: asyncio.Queue[EvalItem] = asyncio.Queue()
         for item in items:
             if item.task_id in self.tasks and item.config_key in self.configs:
@@ -428,7 +446,7 @@ class EvaluationRunner:
     async def _judge(self, item: EvalItem, task: Task, pass_index: int) -> None:
         estimate = await in_db_thread(_judge_estimate, self.evaluation.judge_model, task, item.answer)
         self.budget.check(estimate)
-        room = await in_db_thread(_spend_room, self.user)
+        room = await in_db_thread(_spend_room, self.user, server_key=self.judge_server_key)
         if room is not None and room < estimate:
             raise EvaluationStopped(
                 "Your daily spend limit is reached. Run the evaluation again tomorrow, or raise the limit."
@@ -449,6 +467,7 @@ class EvaluationRunner:
                 pass_index=pass_index,
                 task=task,
                 judgement=judgement,
+                server_key=self.judge_server_key,
             )
             if row is not None:
                 self.budget.spent += row.cost_usd
