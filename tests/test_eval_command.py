@@ -160,3 +160,10 @@ def test_killed_mid_run_and_started_again_it_asks_no_answer_twice(scripted_threa
     assert repeats <= 1
     asked_twice = {p for p in prompts if prompts.count(p) > 1}
     assert len(asked_twice) == repeats
+
+
+def test_the_documented_example_task_file_loads():
+    from chat.evals.tasks import load_tasks
+
+    tasks = load_tasks((ROOT / "docs" / "examples" / "tasks.jsonl").read_bytes())
+    assert [t.id for t in tasks] == ["sky", "primes"] and any(c.weight < 0 for c in tasks[0].criteria)
