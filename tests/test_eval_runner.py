@@ -37,6 +37,7 @@ SCRIPTS: dict[str, Any] = {
     "sim/repaired": {**FAST, "judge_first_reply": "Sure! Here are my verdicts: a1 met.", "verdicts": {"*": True}},
     "sim/forgetful": {**FAST, "verdicts": {"a2": "omit", "*": True}},
     "sim/broken": {**FAST, "faults": [{"type": "http", "status": 400, "times": -1}]},
+    "sim/prude": {**FAST, "content": "I'm sorry, but I can't help with that request."},
     "sim/leaky": {
         **FAST,
         "steps": [
@@ -260,3 +261,12 @@ async def test_a_failed_answer_is_reported_and_not_judged(alice, upstream):
     assert {i.status for i in items} == {EvalItemStatus.FAILED} and judgements == []
     assert all(i.error for i in items)
     assert done.status == EvaluationStatus.COMPLETE
+
+
+async def test_a_refusal_is_reported_as_refused_and_not_judged(alice, upstream):
+    evaluation = await create(alice, config_refs=["solo:sim/prude"], passes=1)
+    await evaluation_run(evaluation.pk)
+    items, judgements = await rows(evaluation)
+    assert {i.status for i in items} == {EvalItemStatus.REFUSED} and judgements == []
+    report = await database_sync_to_async(evaluation_report)(evaluation)
+    assert report["configurations"][0]["refused"] == 2 and report["configurations"][0]["score"] is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -58,6 +59,13 @@ from chat.spend import daily_limit, priced_calls, server_daily_limit, server_spe
 log = logging.getLogger(__name__)
 
 START_RETRY_S = 0.5
+# A short answer that opens like this is a refusal, reported as such (not judged, not hidden).
+REFUSAL_RE = re.compile(
+    r"^\W*(i'?m sorry|i am sorry|sorry, but|i can(?:no|'|’)t (?:help|assist|provide|answer)|i cannot (?:help|assist|provide|answer)"
+    r"|i(?:'m| am) (?:unable|not able) to (?:help|assist|provide|answer)|i won'?t (?:help|assist|provide|answer))",
+    re.IGNORECASE,
+)
+REFUSAL_MAX_CHARS = 600
 REFUSAL_KINDS = {"moderation", "content_filter", "refused"}
 Progress = Callable[[dict[str, Any]], None]
 
@@ -150,6 +158,10 @@ def guard_flags(run: Run, members: list[MemberResponse], guard: list[str]) -> li
     return flags
 
 
+def looks_like_refusal(answer: str) -> bool:
+    return len(answer.strip()) <= REFUSAL_MAX_CHARS and bool(REFUSAL_RE.match(answer.strip()))
+
+
 def harvest(item: EvalItem, *, solo: bool, guard: list[str]) -> bool:
     """Fill *item* from its finished run. False when the run is not finished (still running)."""
     run = Run.objects.filter(pk=item.run_id).first() if item.run_id is not None else None
@@ -169,7 +181,10 @@ def harvest(item: EvalItem, *, solo: bool, guard: list[str]) -> bool:
     item.cost_usd = _answer_cost(run.pk)
     item.latency_ms = run.wall_ms()
     item.guard_flags = guard_flags(run, members, guard)
-    if run.status == RunStatus.COMPLETE and answer.strip():
+    if run.status == RunStatus.COMPLETE and answer.strip() and looks_like_refusal(answer):
+        item.status, item.answer = EvalItemStatus.REFUSED, answer
+        item.error = "The model declined to answer."
+    elif run.status == RunStatus.COMPLETE and answer.strip():
         item.status, item.answer, item.error = EvalItemStatus.ANSWERED, answer, ""
     elif kind in REFUSAL_KINDS:
         item.status, item.error = EvalItemStatus.REFUSED, message or "The model refused to answer."
