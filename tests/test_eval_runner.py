@@ -37,6 +37,7 @@ SCRIPTS: dict[str, Any] = {
     "sim/repaired": {**FAST, "judge_first_reply": "Sure! Here are my verdicts: a1 met.", "verdicts": {"*": True}},
     "sim/forgetful": {**FAST, "verdicts": {"a2": "omit", "*": True}},
     "sim/broken": {**FAST, "faults": [{"type": "http", "status": 400, "times": -1}]},
+    "sim/slow": {"ttft_ms": 300000, "tokens_per_s": 0},  # 3 s at the test's time scale
     "sim/prude": {**FAST, "content": "I'm sorry, but I can't help with that request."},
     "sim/leaky": {
         **FAST,
@@ -270,3 +271,26 @@ async def test_a_refusal_is_reported_as_refused_and_not_judged(alice, upstream):
     assert {i.status for i in items} == {EvalItemStatus.REFUSED} and judgements == []
     report = await database_sync_to_async(evaluation_report)(evaluation)
     assert report["configurations"][0]["refused"] == 2 and report["configurations"][0]["score"] is None
+
+
+async def test_stopping_cancels_the_runs_in_flight_and_leaves_their_items_to_resume(alice, upstream):
+    import asyncio
+
+    from chat.evals.runner import evaluation_is_running_here, evaluation_stop
+    from chat.models import Run, RunStatus
+
+    evaluation = await create(alice, config_refs=["solo:sim/slow"], passes=1)
+    running = asyncio.ensure_future(evaluation_run(evaluation.pk))
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        if len(chat_requests(upstream, "sim/slow")) == 2:
+            break
+    assert evaluation_is_running_here(evaluation.pk)
+    assert evaluation_stop(evaluation=evaluation)
+    stopped = await asyncio.wait_for(running, 10)
+    assert stopped.status == EvaluationStatus.STOPPED and "Stopped by you" in stopped.stopped_reason
+    items, _ = await rows(evaluation)
+    assert {i.status for i in items} == {EvalItemStatus.PENDING} and all(i.run_id is None for i in items)
+    statuses = await database_sync_to_async(lambda: set(Run.objects.values_list("status", flat=True)))()
+    assert statuses == {RunStatus.CANCELLED}
+    assert not evaluation_is_running_here(evaluation.pk)

@@ -327,13 +327,24 @@ class EvaluationRunner:
         self.progress = progress
         self._judge_client = judge_client
         self._stop_reason: str | None = None
-        self._stopping = asyncio.Event()
+        self._stopping = asyncio.Event()  # stop now: runs in flight are cancelled
+        self._draining = asyncio.Event()  # a limit: nothing new starts, what is in flight ends
         self.counts: dict[str, dict[str, int]] = {}
 
     def stop(self, reason: str = "Stopped by you. Run the evaluation again to continue.") -> None:
         if self._stop_reason is None:
             self._stop_reason = reason
         self._stopping.set()
+        self._draining.set()
+
+    def drain(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._draining.set()
+
+    @property
+    def halted(self) -> bool:
+        return self._draining.is_set()
 
     def _tick(self, key: str, what: str) -> None:
         self.counts.setdefault(key, {}).setdefault(what, 0)
@@ -367,7 +378,7 @@ class EvaluationRunner:
         try:
             await asyncio.gather(*workers)
         except EvaluationStopped as exc:
-            self.stop(str(exc))
+            self.drain(str(exc))
         finally:
             for w in workers:
                 w.cancel()
@@ -375,7 +386,7 @@ class EvaluationRunner:
         return await in_db_thread(_finish, self.evaluation_id, self._stop_reason)
 
     async def _worker(self, queue: asyncio.Queue[EvalItem]) -> None:
-        while not self._stopping.is_set():
+        while not self.halted:
             try:
                 item = queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -383,7 +394,7 @@ class EvaluationRunner:
             try:
                 await self._item(item)
             except EvaluationStopped as exc:
-                self.stop(str(exc))
+                self.drain(str(exc))
                 return
 
     async def _item(self, item: EvalItem) -> None:
@@ -393,9 +404,10 @@ class EvaluationRunner:
         if item.status == EvalItemStatus.ANSWERED:
             done = {j.pass_index for j in item.judgements.all()} if item.pk else set()
             for pass_index in range(self.evaluation.passes):
-                if pass_index not in done and not self._stopping.is_set():
+                if pass_index not in done and not self.halted:
                     await self._judge(item, task, pass_index)
-        self._tick(item.config_key, "done")
+        if not self.halted:
+            self._tick(item.config_key, "done")
 
     async def _answer(self, item: EvalItem, task: Task, config: dict[str, Any]) -> None:
         from chat.model_catalogue import estimate_panel_cost, tokens_of_chars
