@@ -19,9 +19,11 @@ from django.utils.text import slugify
 
 from chat import spend
 from chat.errors import NotFound
-from chat.models import Conversation, FollowUpMode, Run, RunStatus, Turn
+from chat.models import AnswerFeedback, Conversation, FollowUpMode, Run, RunStatus, Turn
 from chat.panels import default_panel
-from chat.runs.state import RunState, turn_summary  # the one serialiser of a run: page state and exports
+
+# The one serialiser of a run: page state and exports.
+from chat.runs.state import RunState, feedback_summary, turn_summary
 
 DEFAULT_TITLE = "New conversation"
 EXPORT_FORMAT_VERSION = 1
@@ -138,6 +140,7 @@ def version_title(run: Run, number: int, count: int) -> str:
 def conversation_turns_state(*, conversation: Conversation) -> list[dict[str, Any]]:
     """The page's initial state: one run state per turn, in the snapshot shape of the protocol."""
     states: list[dict[str, Any]] = []
+    verdicts = {f.run_id: f for f in AnswerFeedback.objects.filter(run__conversation=conversation)}
     for turn, run in conversation_turns(conversation=conversation):
         if run is None:
             # A turn whose run never got going: show the prompt, nothing else.
@@ -161,6 +164,7 @@ def conversation_turns_state(*, conversation: Conversation) -> list[dict[str, An
             state = RunState.from_rows(version)
             # Every call of the turn, from the ledger: the footer's totals and the receipt.
             state.receipt = spend.turn_receipt(turn_id=turn.pk, shown_run_id=version.pk)
+            state.feedback = feedback_summary(verdicts.get(version.pk))  # the user's accept or reject
             versions.append(state.snapshot())
         states.append({**versions[-1], "versions": versions})
     return states

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from django.urls import path
+from django.urls import register_converter
 
-from chat.views import catalogue, conversations, health, invites, keys, presets, tokens, usage
+from chat.views import catalogue, conversations, feedback, health, invites, keys, presets, tokens, usage
+from chat.views import evaluations
 
 urlpatterns = [
     # conversations (chat/views/conversations.py)
@@ -17,6 +19,7 @@ urlpatterns = [
     path("c/<int:pk>/settings", conversations.conversation_settings, name="conversation_settings"),
     path("c/<int:pk>/export.md", conversations.conversation_export_md, name="conversation_export_md"),
     path("c/<int:pk>/export.json", conversations.conversation_export_json, name="conversation_export_json"),
+    path("c/<int:pk>/runs/<uuid:run>/feedback", feedback.run_feedback, name="run_feedback"),
     path("healthz", health.healthz, name="healthz"),
     # the composer's model picker and estimate (chat/views/catalogue.py)
     path("models.json", catalogue.models_json, name="models_json"),
@@ -47,4 +50,25 @@ urlpatterns = [
     path("presets/builtin/<slug:key>/export.json", presets.builtin_export, name="builtin_preset_export"),
     path("p/s/<slug:token>/", presets.shared_detail, name="shared_preset"),
     path("p/s/<slug:token>/copy", presets.shared_copy, name="shared_preset_copy"),
+]
+
+# evaluations (chat/views/evaluations.py); a task id may hold any character, "/" too
+register_converter(evaluations.TaskIdConverter, "taskid")
+urlpatterns += [
+    path("evaluations/", evaluations.evaluation_list, name="evaluations"),
+    path("evaluations/new", evaluations.evaluation_new, name="evaluation_new"),
+    path("evaluations/<int:pk>", evaluations.evaluation_detail, name="evaluation_detail"),
+    path("evaluations/<int:pk>/progress.json", evaluations.evaluation_progress, name="evaluation_progress"),
+    path("evaluations/<int:pk>/start", evaluations.evaluation_start, name="evaluation_start"),
+    path("evaluations/<int:pk>/stop", evaluations.evaluation_stop_view, name="evaluation_stop"),
+    path("evaluations/<int:pk>/delete", evaluations.evaluation_delete_view, name="evaluation_delete"),
+    path("evaluations/<int:pk>/report.json", evaluations.evaluation_report_json, name="evaluation_report_json"),
+    path("evaluations/<int:pk>/report.csv", evaluations.evaluation_report_csv, name="evaluation_report_csv"),
+    path(
+        "evaluations/<int:pk>/score-cost.svg",
+        evaluations.evaluation_chart_score_cost,
+        name="evaluation_chart_score_cost",
+    ),
+    path("evaluations/<int:pk>/domains.svg", evaluations.evaluation_chart_domains, name="evaluation_chart_domains"),
+    path("evaluations/<int:pk>/tasks/<taskid:task_id>", evaluations.evaluation_task, name="evaluation_task"),
 ]

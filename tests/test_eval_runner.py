@@ -294,3 +294,23 @@ async def test_stopping_cancels_the_runs_in_flight_and_leaves_their_items_to_res
     statuses = await database_sync_to_async(lambda: set(Run.objects.values_list("status", flat=True)))()
     assert statuses == {RunStatus.CANCELLED}
     assert not evaluation_is_running_here(evaluation.pk)
+
+
+async def test_an_evaluation_whose_runs_go_on_in_another_process_is_left_alone(alice, upstream):
+    from chat.evals.runner import EvaluationBusy
+    from chat.models import Run, RunStatus
+
+    evaluation = await create(alice, config_refs=["solo:sim/atlas"], passes=1)
+    await evaluation_run(evaluation.pk)
+
+    @database_sync_to_async
+    def elsewhere() -> None:  # a live process (this one's pid, a fresh heartbeat) still runs it
+        item = EvalItem.objects.filter(evaluation=evaluation).first()
+        EvalItem.objects.filter(pk=item.pk).update(status=EvalItemStatus.RUNNING)
+        Run.objects.filter(pk=item.run_id).update(status=RunStatus.RUNNING)
+
+    await elsewhere()
+    with pytest.raises(EvaluationBusy, match="another process"):
+        await evaluation_run(evaluation.pk)
+    fresh = await database_sync_to_async(Evaluation.objects.get)(pk=evaluation.pk)
+    assert fresh.stopped_reason == ""

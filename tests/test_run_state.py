@@ -65,6 +65,7 @@ SNAPSHOT_KEYS = {
     "started_at",
     "can_retry",
     "version",
+    "feedback",
 }
 MEMBER_KEYS = {
     "slot",

@@ -580,7 +580,13 @@ class TestNotFoundIsA404:
         alice.is_staff = True  # so Settings → Invites is reachable too
         alice.save()
         client.force_login(alice)
-        missing = {"pk": 999_999, "key": "no-such-builtin", "token": "no-such-token"}
+        missing = {
+            "pk": 999_999,
+            "key": "no-such-builtin",
+            "token": "no-such-token",
+            "run": "00000000-0000-0000-0000-000000000000",
+            "task_id": "no/such task?",
+        }
         checked = []
         for pattern in urlpatterns:
             assert isinstance(pattern, URLPattern)

@@ -56,7 +56,7 @@ def judge_pass_cost(model: str, task: Task, *, answer_chars: int, lookup: Any = 
     return call_price(row, prompt_tokens=prompt, completion_tokens=completion) or 0.0
 
 
-def _answer_range(config: dict[str, Any], task: Task) -> tuple[float, float]:
+def answer_range(config: dict[str, Any], task: Task) -> tuple[float, float]:
     panel = config["config"]
     if config["kind"] == "solo":
         panel = {"members": panel["members"], "research": panel.get("research")}
@@ -87,7 +87,7 @@ def estimate_for(
             item = done.get((config["key"], task.id))
             answered = item is not None and item.status != EvalItemStatus.PENDING
             if not answered:
-                a_low, a_high = _answer_range(config, task)
+                a_low, a_high = answer_range(config, task)
                 low, high = low + a_low, high + a_high
             if item is not None and item.status in (EvalItemStatus.FAILED, EvalItemStatus.REFUSED):
                 continue  # nothing to judge

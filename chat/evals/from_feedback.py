@@ -72,7 +72,9 @@ def feedback_tasks(*, user: User, limit: int | None = DEFAULT_LIMIT) -> list[Tas
     )
     tasks: list[Task] = []
     seen: set[str] = set()
-    for feedback in rows[: max(1, limit) if limit else None]:
+    for feedback in rows:
+        if limit and len(tasks) >= limit:
+            break
         run = feedback.run
         prompt = run.turn.prompt.strip()
         if not prompt or prompt in seen:  # the same prompt judged twice: its newest verdict
@@ -80,7 +82,7 @@ def feedback_tasks(*, user: User, limit: int | None = DEFAULT_LIMIT) -> list[Tas
         seen.add(prompt)
         tasks.append(
             Task(
-                id=f"feedback-{str(run.pk)[:8]}",
+                id=f"feedback-{run.pk.hex}",
                 problem=prompt,
                 criteria=_accepted(run.answer) if feedback.accepted else _rejected(run.answer, feedback.note),
                 domain="Accepted before" if feedback.accepted else "Rejected before",

@@ -74,6 +74,10 @@ class EvaluationStopped(Exception):
     """A limit was reached or a stop was asked: the evaluation stops cleanly, resumable."""
 
 
+class EvaluationBusy(Exception):
+    """The evaluation's runs are going on in another process: this one leaves it alone."""
+
+
 @dataclass
 class _Budget:
     """``max_cost_usd`` of the evaluation: what it spent so far, from the ledger, plus what its
@@ -356,7 +360,7 @@ class EvaluationRunner:
         try:
             evaluation, items = await in_db_thread(_prepare, self.evaluation_id)
         except EvaluationStopped as exc:
-            return await in_db_thread(_finish, self.evaluation_id, str(exc))
+            raise EvaluationBusy(str(exc)) from None  # the other process owns its status
         self.evaluation = evaluation
         self.user: User = await in_db_thread(lambda: evaluation.user)
         self.tasks = {t["id"]: Task.from_dict(t) for t in evaluation.tasks}
@@ -410,11 +414,9 @@ class EvaluationRunner:
             self._tick(item.config_key, "done")
 
     async def _answer(self, item: EvalItem, task: Task, config: dict[str, Any]) -> None:
-        from chat.model_catalogue import estimate_panel_cost, tokens_of_chars
+        from chat.evals.estimate import answer_range
 
-        _, high = await in_db_thread(
-            estimate_panel_cost, config["config"], prompt_tokens=tokens_of_chars(len(task.problem))
-        )
+        _, high = await in_db_thread(answer_range, config, task)  # a solo model: its member alone
         estimate = Decimal(str(high))
         self.budget.check(estimate)
         self.budget.held += estimate
@@ -543,10 +545,19 @@ def evaluation_start_in_background(*, evaluation: Evaluation) -> bool:
     if evaluation.pk in _RUNNING:
         return False
     runner = _RUNNING[evaluation.pk] = EvaluationRunner(evaluation.pk)
-    task = asyncio.get_running_loop().create_task(evaluation_run(evaluation.pk, runner=runner))
+    task = asyncio.get_running_loop().create_task(_in_background(evaluation.pk, runner))
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)
     return True
+
+
+async def _in_background(evaluation_id: int, runner: EvaluationRunner) -> None:
+    try:
+        await evaluation_run(evaluation_id, runner=runner)
+    except EvaluationBusy as exc:
+        log.warning("evaluation %s not started here: %s", evaluation_id, exc)
+    except Exception:
+        log.exception("evaluation %s crashed; starting it again resumes it", evaluation_id)
 
 
 def evaluation_stop(*, evaluation: Evaluation) -> bool:

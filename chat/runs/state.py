@@ -175,6 +175,13 @@ def turn_summary(turn: Any, turn_id: Any = None) -> dict[str, Any]:
     return summary
 
 
+def feedback_summary(feedback: Any) -> dict[str, Any] | None:
+    """A user's verdict on a run's fused answer (an ``AnswerFeedback`` row) as clients see it."""
+    if feedback is None:
+        return None
+    return {"accepted": bool(feedback.accepted), "note": feedback.note}
+
+
 @dataclass
 class RunState:
     """One run. ``apply`` takes engine events; the serialisers give the protocol's shapes."""
@@ -208,6 +215,9 @@ class RunState:
     user_id: int | None = None
     uses_server_key: bool = False
     receipt: Mapping[str, Any] | None = None
+    # The user's accept or reject of the fused answer (feedback_summary), set by whoever reads
+    # the rows: the page (chat.conversations.conversation_turns_state). None: not judged.
+    feedback: dict[str, Any] | None = None
     # The engine's last event (live runs only): the call records the final write prices.
     result: RunCompleted | RunFailed | None = None
     # Live runs: answers carried over from an earlier run keep that run's metrics; the
@@ -343,6 +353,7 @@ class RunState:
             "started_at": self.started_at.isoformat(),
             "can_retry": self.status in RETRYABLE_RUN,
             "version": self.version,
+            "feedback": self.feedback,
             **({"receipt": self.receipt} if self.receipt is not None else {}),
         }
 

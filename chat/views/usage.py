@@ -1,4 +1,5 @@
-"""The usage page: what a user spent per day and per model, and what is left of today's limit."""
+"""The usage page: what a user spent per day and per model, what is left of today's limit, and
+how many fused answers they accepted per preset (chat.feedback)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from chat import spend
+from chat import feedback, spend
 from chat.views._common import AuthedRequest, sidebar
 
 DAYS = 30
@@ -17,4 +18,6 @@ DAYS = 30
 @require_GET
 def usage_page(request: AuthedRequest) -> HttpResponse:
     report = spend.usage_report(user=request.user, days=DAYS)
-    return render(request, "settings/usage.html", {**sidebar(request), "report": report, "days": DAYS})
+    acceptance = feedback.feedback_by_preset(user=request.user, days=DAYS)
+    context = {**sidebar(request), "report": report, "acceptance": acceptance, "days": DAYS}
+    return render(request, "settings/usage.html", context)

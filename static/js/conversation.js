@@ -694,6 +694,7 @@ class ConversationPage {
       this.announcer.say("Copied the fused answer.");
       return;
     }
+    if (action === "feedback") return this.#saveFeedback(run, extra);
     const make = frames[action];
     if (!make) return;
     if (!this.socket.send(make())) {
@@ -701,6 +702,22 @@ class ConversationPage {
       const entry = this.find(run);
       if (entry) entry.view.render();
     }
+  }
+
+  /** Accept or reject a run's fused answer (chat/views/feedback.py): {ok, status, data}. */
+  async #saveFeedback(run, { accepted, note }) {
+    // Next to state.json: /c/<id>/runs/<run>/feedback.
+    const url = new URL(`runs/${encodeURIComponent(run.run)}/feedback`, new URL(this.config.state_url, window.location.href));
+    const token = document.querySelector("[data-composer] input[name=csrfmiddlewaretoken]");
+    const response = await fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRFToken": token ? token.value : "" },
+      body: JSON.stringify({ accepted, note }),
+    });
+    // The controls' own status line (role=status) says what happened.
+    const data = await response.json().catch(() => ({}));
+    return { ok: response.ok, status: response.status, data: data && typeof data === "object" ? data : {} };
   }
 
   /** On a phone the stacked cards push the fused answer off screen: bring it into view. */

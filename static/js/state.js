@@ -76,6 +76,7 @@ export function normalizeRun(raw) {
     started_at: raw.started_at || null,
     version: raw.version || null, // what made this run a version of its turn (null: the original)
     receipt: raw.receipt || null, // every call of the turn, from the server's ledger (chat.spend.turn_receipt)
+    feedback: raw.feedback ? { accepted: Boolean(raw.feedback.accepted), note: String(raw.feedback.note || "") } : null, // the user's accept or reject
     pending: Boolean(raw.pending),
   };
 }

@@ -4,6 +4,7 @@
 // update one part for a live event. Both read the same state, so live and reloaded runs match.
 import { analysisCounts, renderAnalysisBody } from "./analysis.js";
 import { appendHTML, h, icon, ICONS, setHTML } from "./dom.js";
+import { FeedbackControls } from "./feedback.js";
 import { fmtCost, fmtInt, fmtMs, splitModel, tailBlocks, tokensOf } from "./format.js";
 import { describeToolCall, isRunning, LIVE_MEMBER, MEMBER, memberEnding, memberStatusLabel, PHASE, RUN, runStatusSentence, safeHttpUrl, slotForModel, TERMINAL_MEMBER } from "./state.js";
 
@@ -155,6 +156,8 @@ export class TurnView {
         this.#regenerate();
       }
     });
+    // Accept / Reject under the fused answer; kept across redraws, so a note being typed stays.
+    this.feedback = new FeedbackControls((r, body) => this.onAction("feedback", r, body));
     this.render();
   }
 
@@ -512,6 +515,7 @@ export class TurnView {
       this.runSourcesEl,
       this.finalError,
       this.recoverEl,
+      this.feedback.root,
       h("footer", { class: "fused-foot" }, this.totals, this.regen),
       (this.receiptEl = h("details", { class: "receipt", hidden: true })),
     );
@@ -679,6 +683,7 @@ export class TurnView {
     this.tick();
     this.#recoverControls();
     this.#regenControls();
+    this.feedback.update(run);
     this.#finalPlaceholder();
   }
 

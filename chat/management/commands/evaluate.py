@@ -25,7 +25,7 @@ from chat.evals.configs import DRACO_GUARD_HOSTS, EvalConfigError
 from chat.evals.estimate import evaluation_estimate
 from chat.evals.evaluations import evaluation_create, evaluation_update_limits
 from chat.evals.report import evaluation_report, report_table
-from chat.evals.runner import evaluation_run
+from chat.evals.runner import EvaluationBusy, evaluation_run
 from chat.evals.from_feedback import feedback_tasks
 from chat.evals.tasks import Task, TaskFileError, load_tasks
 from chat.models import Evaluation, EvaluationStatus
@@ -142,6 +142,8 @@ class Command(BaseCommand):
         bars = Bars(evaluation, sys.stderr)
         try:
             evaluation = asyncio.run(evaluation_run(evaluation.pk, progress=bars))
+        except EvaluationBusy as exc:
+            raise CommandError(str(exc)) from None
         except KeyboardInterrupt:
             raise CommandError(f"Interrupted. Run the same command again to resume evaluation #{evaluation.pk}.")
         report = evaluation_report(evaluation)
