@@ -20,7 +20,7 @@ from django.core.management import CommandError, call_command
 from chat.models import EvalItem, EvalJudgement, Evaluation
 
 ROOT = Path(__file__).resolve().parent.parent
-DRACO = ROOT.parent / "shared" / "reference" / "draco_tasks.json"
+DRACO = ROOT / "tests" / "fixtures" / "draco_tasks.json"  # a copy of ../shared/reference/draco_tasks.json
 PANEL = "panel:sim/atlas,sim/borealis;analyst=sim/analyst;writer=sim/writer"
 FAST = {"ttft_ms": 5, "tokens_per_s": 0, "chunk_chars": 400}
 SCRIPTS = {m: FAST for m in ("sim/atlas", "sim/borealis", "sim/analyst", "sim/writer", "sim/judge")}

@@ -13,7 +13,7 @@ from chat.evals import stats
 from chat.evals.scoring import section_scores, task_score
 from chat.evals.tasks import Criterion, Task, TaskFileError, load_tasks
 
-DRACO_FILE = Path("/work/shared/reference/draco_tasks.json")
+DRACO_FILE = Path(__file__).resolve().parent / "fixtures" / "draco_tasks.json"  # a copy of ../shared/reference/
 
 
 def make_task(*criteria: tuple[str, float] | tuple[str, float, str]) -> Task:
