@@ -6,7 +6,7 @@ from django.urls import path
 from django.urls import register_converter
 
 from chat.views import catalogue, conversations, feedback, health, invites, keys, presets, tokens, usage
-from chat.views import evaluations
+from chat.views import evaluation_task, evaluations
 
 urlpatterns = [
     # conversations (chat/views/conversations.py)
@@ -70,5 +70,5 @@ urlpatterns += [
         name="evaluation_chart_score_cost",
     ),
     path("evaluations/<int:pk>/domains.svg", evaluations.evaluation_chart_domains, name="evaluation_chart_domains"),
-    path("evaluations/<int:pk>/tasks/<taskid:task_id>", evaluations.evaluation_task, name="evaluation_task"),
+    path("evaluations/<int:pk>/tasks/<taskid:task_id>", evaluation_task.evaluation_task, name="evaluation_task"),
 ]

@@ -111,15 +111,7 @@ def score_cost_svg(report: dict[str, Any]) -> str:
         color=MUTED,
         va="bottom",
     )
-    fig.legend(
-        handles=handles,
-        loc="outside lower center",
-        ncols=min(2, len(handles)),
-        frameon=False,
-        fontsize=9,
-        labelcolor=TEXT,
-        handlelength=2.6,
-    )
+    _legend(fig, handles, handlelength=2.6)
     return _svg(fig)
 
 
@@ -184,15 +176,7 @@ def domain_bars_svg(report: dict[str, Any]) -> str:
     ax.grid(axis="y", visible=False)
     ax.tick_params(axis="y", length=0)
     ax.set_title("Score per domain", loc="left", fontsize=12, color=TEXT, fontweight="bold")
-    fig.legend(
-        handles=handles,
-        loc="outside lower center",
-        ncols=min(2, len(handles)),
-        frameon=False,
-        fontsize=9,
-        labelcolor=TEXT,
-        handlelength=1.2,
-    )
+    _legend(fig, handles, handlelength=1.2)
     return _svg(fig)
 
 
@@ -286,3 +270,16 @@ class _Dollars(Formatter):
         while places < 8 and abs(round(step, places) - step) > step * 1e-6:
             places += 1
         return rf"\${x:,.{places}f}"
+
+
+def _legend(fig: Figure, handles: list[Any], *, handlelength: float) -> None:
+    """The configurations' legend under the plot, two per row."""
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=min(2, len(handles)),
+        frameon=False,
+        fontsize=9,
+        labelcolor=TEXT,
+        handlelength=handlelength,
+    )
