@@ -8,9 +8,7 @@ redirect must never reach": its request log has to stay empty.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import socket
-import ssl
 import time
 
 import httpcore
@@ -20,6 +18,7 @@ from chat.fusion.tools import FetchPolicy, Fetcher, WebTools, netguard
 from chat.fusion.tools.domains import DomainFilter
 from chat.fusion.tools.fetch import PinnedNetworkBackend
 from chat.fusion.tools.text import UNTRUSTED_NOTE, clean_untrusted, wrap_page_content
+from tests.tls import tls_pair
 from tests.webserver import HIDDEN_INJECTION, LocalWebServer
 
 
@@ -511,57 +510,8 @@ async def test_fetches_are_cached_per_run(server):
 # --------------------------------------------------------------------------- TLS through the pin
 
 
-def _tls_pair(tmp_path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context with a certificate for ``name``, client context trusting its CA)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
-    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert_file, key_file)
-    client_ctx = ssl.create_default_context(cadata=ca.public_bytes(serialization.Encoding.PEM).decode())
-    return server_ctx, client_ctx
-
-
 async def test_https_through_the_pin_uses_the_name_for_sni_and_verification(tmp_path):
-    server_ctx, client_ctx = _tls_pair(tmp_path, "pinned.example")
+    server_ctx, client_ctx = tls_pair(tmp_path, "pinned.example")
 
     async def resolver(host, port):
         return ["93.184.216.34"]

@@ -47,7 +47,7 @@ import httpx
 from chat.fusion.providers import ProviderRegistry, UnknownProvider
 from chat.fusion.scrub import Scrubber, scrubber_for
 from chat.fusion.sse import KeepAlive, SSEDecoder
-from chat.fusion.transport import shared_ssl_context
+from chat.fusion.transport import new_http_client
 from chat.fusion.wire import (
     RETRYABLE_STATUS,
     _int,
@@ -319,7 +319,7 @@ class ChatClient:
         self.registry = registry
         self.limits = limits
         self._extra_secrets = tuple(s for s in extra_secrets if s)
-        self._http = http or httpx.AsyncClient(timeout=None, verify=shared_ssl_context())
+        self._http = http or new_http_client()
         self._owns_http = http is None
 
     def __repr__(self) -> str:

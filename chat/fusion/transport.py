@@ -6,10 +6,12 @@ import functools
 import http.cookiejar
 import itertools
 import ssl
+import urllib.request
 
 import httpx
 
 from chat.fusion.loops import PerLoop
+from chat.fusion.netio import AsyncioTransport
 
 # Clients a process's runs share, per event loop. Several, each given to every SHARDS-th run:
 # httpcore's pool walks all of its connections for each request it assigns (a cost that grows
@@ -31,13 +33,28 @@ def shared_http() -> httpx.AsyncClient:
     index = next(_next_shard) % HTTP_SHARDS
     client = shards[index]
     if client is None or client.is_closed:
-        client = shards[index] = httpx.AsyncClient(
-            timeout=None,
-            verify=shared_ssl_context(),
+        client = shards[index] = new_http_client(
             cookies=http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=16, keepalive_expiry=30),
         )
     return client
+
+
+def new_http_client(
+    *,
+    limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5),
+    cookies: http.cookiejar.CookieJar | None = None,
+) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` for model calls (no timeout: ``ChatClient`` watches its reads).
+
+    Its connections are plain asyncio ones (``chat.fusion.netio``), cheaper per read than
+    httpx's default; with a proxy configured in the environment (``HTTPS_PROXY`` …) it is
+    httpx's default transport, which honours it.
+    """
+    if urllib.request.getproxies():
+        return httpx.AsyncClient(timeout=None, verify=shared_ssl_context(), limits=limits, cookies=cookies)
+    transport = AsyncioTransport(ssl_context=shared_ssl_context(), limits=limits)
+    return httpx.AsyncClient(timeout=None, transport=transport, cookies=cookies)
 
 
 @functools.cache
