@@ -375,6 +375,17 @@ class Sampler(threading.Thread):
         self.samples = 0
         self._stop = threading.Event()
 
+    @staticmethod
+    def _family(name: str, p: psutil.Process) -> list[psutil.Process]:
+        """A process, and for a Daphne its children: the app's Markdown worker process(es)
+        (chat.render.pool), whose RSS and CPU are the app's too."""
+        if not name.startswith("daphne"):
+            return [p]
+        try:
+            return [p, *p.children(recursive=True)]
+        except psutil.Error:
+            return [p]
+
     def sample(self) -> dict[str, int]:
         now = {}
         for name, p in self.procs.items():
@@ -382,6 +393,11 @@ class Sampler(threading.Thread):
                 now[name] = p.memory_info().rss
             except psutil.Error:
                 continue
+            for child in self._family(name, p)[1:]:
+                try:
+                    now[name] += child.memory_info().rss
+                except psutil.Error:
+                    pass
             self.peak[name] = max(self.peak[name], now[name])
         self.samples += 1
         return now
@@ -393,11 +409,12 @@ class Sampler(threading.Thread):
     def cpu(self) -> dict[str, float]:
         out = {}
         for name, p in self.procs.items():
-            try:
-                t = p.cpu_times()
-                out[name] = t.user + t.system
-            except psutil.Error:
-                pass
+            for member in self._family(name, p):
+                try:
+                    t = member.cpu_times()
+                except psutil.Error:
+                    continue
+                out[name] = out.get(name, 0.0) + t.user + t.system
         return out
 
     def run(self) -> None:

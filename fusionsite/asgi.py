@@ -42,6 +42,14 @@ import chat.fusion.tools.fetch  # noqa: E402,F401  (trafilatura and lxml: second
 gc.collect()
 gc.freeze()
 
+# The Markdown worker process(es) of the live runs (chat.render.pool) start with the server, so
+# the first answer does not wait for one to spawn.
+from django.conf import settings  # noqa: E402
+
+from chat.render import pool as render_pool  # noqa: E402
+
+render_pool.start(settings.FUSION_RENDER_PROCESSES)
+
 
 async def application(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
     # Daphne has no lifespan events: the first request of the process (of its event loop) starts

@@ -322,6 +322,9 @@ FUSION_MAX_CONCURRENT_RUNS_PER_USER = env_int("FUSION_MAX_CONCURRENT_RUNS_PER_US
 FUSION_MAX_WS_MESSAGE_BYTES = env_int("FUSION_MAX_WS_MESSAGE_BYTES", 64 * 1024)
 FUSION_FRAME_INTERVAL_MS = env_int("FUSION_FRAME_INTERVAL_MS", 40)
 FUSION_CHECKPOINT_INTERVAL_S = env_float("FUSION_CHECKPOINT_INTERVAL_S", 1.0)
+# Worker processes that render live runs' Markdown off the event loop (chat.render.pool): one
+# where there is a second core; 0 renders in the Daphne process itself.
+FUSION_RENDER_PROCESSES = env_int("FUSION_RENDER_PROCESSES", 1 if (os.cpu_count() or 1) >= 2 else 0)
 
 # Set by `make demo`: marks every page as running against simulated models.
 FUSION_DEMO = env_bool("FUSION_DEMO", False)

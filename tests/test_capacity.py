@@ -58,6 +58,8 @@ from chat.fusion.types import (
 from chat.layers import FastInMemoryChannelLayer
 from chat.models import Conversation, MemberResponse, Run, RunStatus, Turn
 from chat.render import IncrementalRenderer, render_markdown
+from chat.render import pool as render_pool
+from chat.render.blocks import render_sources
 from chat.runs import live, services
 from chat.runs.checks import RunError
 from chat.runs.frames import Stream, frame_message
@@ -456,9 +458,9 @@ class TestWholeHtml:
     def test_the_streamed_path_renders_only_the_tail(self, monkeypatch):
         stream = stream_in_chunks(ANSWER)
         whole = []
-        monkeypatch.setattr("chat.runs.frames.render_markdown", lambda t: whole.append(t) or render_markdown(t))
+        monkeypatch.setattr("chat.render.blocks.render_markdown", lambda t: whole.append(t) or render_markdown(t))
         stream.whole_html(ANSWER)
-        assert whole == []  # no second conversion of the whole answer
+        assert whole == ["A last paragraph, still streaming"]  # no second conversion of the whole answer
 
     def test_a_reference_definition_makes_the_text_render_whole(self):
         text = "See [the docs][d] first.\n\nThen more text.\n\n[d]: https://example.com/docs\n"
@@ -484,29 +486,33 @@ class TestWholeHtml:
     def test_a_text_over_one_units_limits_is_rendered_whole(self):
         text = "\n\n".join(f"Paragraph {i}." for i in range(600))  # 1,199 lines
         stream = stream_in_chunks(text, size=500)
-        assert stream.whole_cost(text) == len(text)
+        job = stream.whole_job(text)
+        assert job is not None and job.sources == [(text, False)]
         assert stream.whole_html(text) == render_markdown(text)
 
-    def test_whole_cost_is_the_tail_for_a_streamed_text_and_the_length_otherwise(self):
+    def test_the_whole_job_is_the_tail_for_a_streamed_text_and_all_of_it_otherwise(self):
         text = "First paragraph.\n\nSecond paragraph, still open"
+        other = text + " and longer"
+        other_job = stream_in_chunks(text).whole_job(other)
+        assert other_job is not None and other_job.chars == len(other)
         stream = stream_in_chunks(text)
         assert stream.renderer.tail == "Second paragraph, still open"
-        assert stream.whole_cost(text) == len("Second paragraph, still open")
-        other = text + " and longer"
-        assert stream.whole_cost(other) == len(other)
-        stream.whole_html(text)
-        assert stream.whole_cost(text) == 0  # already computed
+        job = stream.whole_job(text)
+        assert job is not None and job.sources == [("Second paragraph, still open", False)]
+        job.finish(["<p>Second paragraph, still open</p>\n"])
+        assert stream.whole_html(text) == "<p>First paragraph.</p>\n<p>Second paragraph, still open</p>"
+        assert stream.whole_job(text) is None  # already computed
 
     @pytest.mark.parametrize("streamed", [True, False])
     def test_the_result_is_memoized(self, monkeypatch, streamed):
         text = "One.\n\nTwo *three*."
         stream = stream_in_chunks(text if streamed else "Something else")
         renders: list[str] = []
-        monkeypatch.setattr("chat.runs.frames.render_markdown", lambda t: renders.append(t) or render_markdown(t))
+        monkeypatch.setattr("chat.render.blocks.render_markdown", lambda t: renders.append(t) or render_markdown(t))
         first = stream.whole_html(text)
-        count = len(renders)
+        assert renders == (["Two *three*."] if streamed else [text])  # the tail, or the whole text
         assert stream.whole_html(text) == first
-        assert len(renders) == count == (0 if streamed else 1)
+        assert len(renders) == 1
 
 
 # --------------------------------------------------------------------------- 3. inline or in a thread
@@ -519,23 +525,46 @@ def long_code_block() -> str:
 
 
 class TestRenderPlacement:
-    def test_prerender_reports_the_characters_each_job_converts(self):
+    def test_prerender_reports_what_each_job_converts(self):
         state = new_state()
         assert state.prerender(delta(0, "no newline")) is None
         state.apply(delta(0, "no newline"))
         job = state.prerender(delta(0, " end.\n\nNext"))
-        assert job is not None and job[1] == len("no newline") + len(" end.\n\nNext")
+        assert job is not None and job.sources == [("no newline end.\n\n", False)]
         big = long_code_block()
-        assert state.prerender(FinalDelta(delta=big))[1] == len(big)  # type: ignore[index]
+        big_job = state.prerender(FinalDelta(delta=big))
+        assert big_job is not None and big_job.chars == 0  # the block is not finished yet: nothing to render
+        state.apply(FinalDelta(delta=big), big_job.finish([]))
 
         answer = "x" * 9000
         done = RunCompleted(
             answer=answer, analysis=None, analysis_error=None, failed_models=[], records=[], usage=Usage(), timings={}
         )
-        assert state.prerender(done)[1] == len(answer)  # type: ignore[index]  # not what streamed: all of it
+        done_job = state.prerender(done)
+        assert done_job is not None and done_job.sources == [(answer, False)]  # not what streamed: all of it
+
+    def test_a_snapshot_while_a_job_is_out_counts_only_what_its_blocks_and_tail_show(self):
+        stream = stream_in_chunks("First paragraph.\n\nSecond")
+        before = stream.state()
+        job = stream.delta_job(" paragraph.\n\nThird")
+        assert job is not None and job.sources == [("Second paragraph.\n\n", False)]
+        assert stream.state() == before  # the cut-off block is neither in the blocks nor counted
+        update = job.finish(render_sources(job.sources))
+        frame = stream.feed(" paragraph.\n\nThird", update)
+        assert frame["blocks"] == ["<p>Second paragraph.</p>"]
+        assert stream.state()["consumed"] == len("First paragraph.\n\nSecond paragraph.\n\n") == frame["consumed"]
+
+    @staticmethod
+    def owner(state: RunState) -> SimpleNamespace:
+        emitted: list[tuple[dict[str, Any], bool]] = []
+        frames = SimpleNamespace(emit=lambda f, now=False: emitted.append((f, now)))
+        return SimpleNamespace(state=state, frames=frames, emitted=emitted)
+
+    # -- with FUSION_RENDER_PROCESSES=0: in this process, big jobs in a thread
 
     @pytest.fixture
-    def threads(self, monkeypatch) -> list[Any]:
+    def threads(self, monkeypatch, settings) -> list[Any]:
+        settings.FUSION_RENDER_PROCESSES = 0
         calls: list[Any] = []
         real = asyncio.to_thread
 
@@ -543,14 +572,8 @@ class TestRenderPlacement:
             calls.append(fn)
             return await real(fn, *args, **kwargs)
 
-        monkeypatch.setattr(live.asyncio, "to_thread", counting)
+        monkeypatch.setattr(render_pool.asyncio, "to_thread", counting)
         return calls
-
-    @staticmethod
-    def owner(state: RunState) -> SimpleNamespace:
-        emitted: list[tuple[dict[str, Any], bool]] = []
-        frames = SimpleNamespace(emit=lambda f, now=False: emitted.append((f, now)))
-        return SimpleNamespace(state=state, frames=frames, emitted=emitted)
 
     async def test_small_render_jobs_run_inline(self, threads):
         state = new_state()
@@ -561,21 +584,20 @@ class TestRenderPlacement:
         assert state.members[0].stream.blocks == ["<p>A short paragraph.</p>"]
         assert [f["blocks"] for f, _ in me.emitted] == [["<p>A short paragraph.</p>"], []]
 
-    async def test_a_big_code_block_delta_goes_to_a_thread(self, threads):
+    async def test_a_big_code_block_goes_to_a_thread_when_it_is_finished(self, threads):
         state = new_state()
         me = self.owner(state)
         big = long_code_block()
-        assert len(big) > live.INLINE_RENDER_CHARS
+        assert len(big) > render_pool.INLINE_RENDER_CHARS
         await live.ActiveRun._step(me, FinalDelta(delta=big))  # type: ignore[arg-type]
-        assert len(threads) == 1
-        # The block ends when the next one starts: its conversion is big too.
+        # The block ends when the next one starts: its conversion is big.
         await live.ActiveRun._step(me, FinalDelta(delta="\nAfter"))  # type: ignore[arg-type]
-        assert len(threads) == 2
+        assert len(threads) == 1
         assert 'class="highlight"' in state.final.blocks[0]  # the thread's result was applied
 
     async def test_a_long_finished_answer_goes_to_a_thread_unless_only_its_tail_is_left(self, threads):
         text = "\n\n".join(f"Paragraph {i} of a long answer." for i in range(300))
-        assert len(text) > live.INLINE_RENDER_CHARS
+        assert len(text) > render_pool.INLINE_RENDER_CHARS
 
         def completed() -> RunCompleted:
             return RunCompleted(
@@ -605,6 +627,81 @@ class TestRenderPlacement:
         await live.ActiveRun._step(me, done)  # type: ignore[arg-type]
         assert threads == []
         assert between_blocks(state.members[0].stream.html or "") == between_blocks(render_markdown(text))
+
+    # -- with the default, a worker process
+
+    @pytest.fixture
+    async def worker(self, settings) -> render_pool.RenderPool:
+        settings.FUSION_RENDER_PROCESSES = 1
+        return render_pool.for_loop(1)
+
+    async def test_a_run_renders_in_the_worker_process_the_same_html(self, worker, threads_forbidden):
+        state = new_state()
+        me = self.owner(state)
+        batches = worker.batches
+        text = ANSWER + "\n"
+        for i in range(0, len(text), 23):
+            await live.ActiveRun._step(me, delta(0, text[i : i + 23]))  # type: ignore[arg-type]
+        done = PanelCompleted(slot=0, model="sim/m0", content=text, record=CallRecord(role="panel", model="sim/m0"))
+        await live.ActiveRun._step(me, done)  # type: ignore[arg-type]
+        assert worker.batches > batches and worker.fallbacks == 0
+        assert state.members[0].stream.html == live_join(text, size=23)
+        assert 'class="highlight"' in (state.members[0].stream.html or "")
+
+    async def test_jobs_submitted_while_one_is_out_go_together(self, worker):
+        await worker.render([("warm *up*\n\n", False)])  # the worker has started
+        batches = worker.batches
+        jobs = [[(f"Paragraph **{i}**.\n\n", False)] for i in range(40)]
+        results = await asyncio.gather(*(worker.render(job) for job in jobs))
+        assert results == [render_sources(job) for job in jobs]
+        assert worker.batches - batches == 2  # the first alone, the other 39 in one round trip
+
+    async def test_a_dead_worker_is_replaced_and_its_jobs_render_here(self, worker):
+        await worker.render([("warm\n\n", False)])
+        assert worker.executor is not None
+        pool = worker.executor.get()
+        for process in list(pool._processes.values()):  # type: ignore[attr-defined]
+            process.kill()
+            process.join()
+        fallbacks = worker.fallbacks
+        job = [("After the *crash*.\n\n", False)]
+        assert await worker.render(job) == render_sources(job)
+        assert worker.fallbacks == fallbacks + 1
+        assert worker.executor.get() is not pool  # a new pool for the next jobs
+        assert await worker.render(job) == render_sources(job)
+        assert worker.fallbacks == fallbacks + 1
+
+    async def test_in_process_a_job_that_fails_fails_alone(self, worker, monkeypatch):
+        def picky(sources):
+            if "boom" in sources[0][0]:
+                raise ValueError("boom")
+            return [s for s, _ in sources]
+
+        monkeypatch.setattr(render_pool, "render_sources", picky)
+        results = await worker._here([[("boom", False)], [("fine", False)]])
+        assert isinstance(results[0], ValueError) and results[1] == ["fine"]
+
+    async def test_a_step_cancelled_while_its_job_is_out_keeps_the_whole_text(self, worker):
+        state = new_state()
+        me = self.owner(state)
+        await live.ActiveRun._step(me, delta(0, "First paragraph.\n\nSecond"))  # type: ignore[arg-type]
+        step = asyncio.ensure_future(live.ActiveRun._step(me, delta(0, " paragraph.\n\nThird")))  # type: ignore[arg-type]
+        await asyncio.sleep(0)  # the job is out
+        step.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await step
+        stream = state.members[0].stream
+        assert stream.blocks == ["<p>First paragraph.</p>"]  # the delta was not applied …
+        stream.feed(" paragraph.\n\nThird")  # … and when the text is completed, no block is missing
+        assert "<p>Second paragraph.</p>" in stream.whole_html(stream.text)
+
+
+@pytest.fixture
+def threads_forbidden(monkeypatch) -> None:
+    async def no_threads(fn, *args, **kwargs):
+        raise AssertionError(f"rendered in a thread: {fn}")
+
+    monkeypatch.setattr(render_pool.asyncio, "to_thread", no_threads)
 
 
 # --------------------------------------------------------------------------- 4. the channel layer

@@ -94,6 +94,32 @@ class RenderUpdate:
     done: bool = False
 
 
+# A finished block's source, and whether it is past MAX_RENDER_CHARS (shown escaped).
+BlockSource = tuple[str, bool]
+
+
+@dataclass
+class PendingBlocks:
+    """What :meth:`IncrementalRenderer.split` cut off: the sources still to render, and the
+    tail and ``consumed`` the ``RenderUpdate`` will carry."""
+
+    sources: list[BlockSource]
+    tail: str = ""
+    consumed: int = 0
+    done: bool = False
+
+    @property
+    def chars(self) -> int:
+        return sum(len(source) for source, _ in self.sources)
+
+
+def render_sources(sources: list[BlockSource]) -> list[str]:
+    """Each source's sanitised HTML, as :func:`render_markdown` (or, past the limit,
+    ``render_escaped``) gives it. Pure, and its input and output are plain strings:
+    ``chat.render.pool`` runs it in worker processes."""
+    return [render_escaped(s) if escaped else render_markdown(s) for s, escaped in sources]
+
+
 # Exactly Python-Markdown's fenced_code opening line (FENCED_BLOCK_RE), for one line.
 _LIST_ITEM_RE = re.compile(r"^[ \t]*(?:[*+-]|\d+[.)])(?:[ \t]|$)")
 _QUOTE_RE = re.compile(r"^[ \t]*>")
@@ -164,41 +190,52 @@ class IncrementalRenderer:
         return RenderUpdate(list(self.blocks), self._pending, self.consumed, self._done)
 
     def feed(self, delta: str) -> RenderUpdate:
-        if self._done:
-            raise RuntimeError("IncrementalRenderer.feed() after finish()")
-        new_blocks: list[str] = []
-        if delta:
-            self._pending += delta
-            self._scan(new_blocks)
-        return RenderUpdate(new_blocks, self._pending, self.consumed)
+        return self.complete(self.split(delta))
 
     def finish(self) -> RenderUpdate:
+        return self.complete(self.split_finish())
+
+    def split(self, delta: str) -> PendingBlocks:
+        """The scan of :meth:`feed` without the rendering: the blocks *delta* finishes, as sources
+        to render (anywhere: :func:`render_sources` is a pure function), then :meth:`complete`."""
         if self._done:
-            return RenderUpdate([], "", self.consumed, True)
-        new_blocks: list[str] = []
-        self._emit(len(self._pending), new_blocks)
+            raise RuntimeError("IncrementalRenderer.feed() after finish()")
+        sources: list[BlockSource] = []
+        if delta:
+            self._pending += delta
+            self._scan(sources)
+        return PendingBlocks(sources, self._pending, self.consumed)
+
+    def split_finish(self) -> PendingBlocks:
+        """:meth:`finish` without the rendering (see :meth:`split`)."""
+        if self._done:
+            return PendingBlocks([], "", self.consumed, True)
+        sources: list[BlockSource] = []
+        self._emit(len(self._pending), sources)
         self._done = True
-        return RenderUpdate(new_blocks, "", self.consumed, True)
+        return PendingBlocks(sources, "", self.consumed, True)
+
+    def complete(self, pending: PendingBlocks, rendered: list[str] | None = None) -> RenderUpdate:
+        """Take the HTML of *pending*'s sources (rendered here when not given) as finished blocks."""
+        html = render_sources(pending.sources) if rendered is None else rendered
+        if len(html) != len(pending.sources):
+            raise ValueError("one rendered block per source")
+        blocks = [b for b in (h.strip() for h in html) if b]  # a block may render to nothing
+        self.blocks.extend(blocks)
+        return RenderUpdate(blocks, pending.tail, pending.consumed, pending.done)
 
     # -- internals ----------------------------------------------------------
 
-    def _emit(self, end: int, out: list[str]) -> None:
-        """Render ``_pending[:end]`` as one finished block."""
+    def _emit(self, end: int, out: list[BlockSource]) -> None:
+        """Cut ``_pending[:end]`` off as one finished block, to be rendered."""
         source, self._pending = self._pending[:end], self._pending[end:]
         self.consumed += end
         self._line_start -= end
         self._search_from = max(0, self._search_from - end)
-        rendered = self._render(source).strip()
-        if rendered:
-            out.append(rendered)
-            self.blocks.append(rendered)
+        # Past the overall limit a block is shown as escaped text, as render_markdown does.
+        out.append((source, self.consumed > MAX_RENDER_CHARS))
 
-    def _render(self, source: str) -> str:
-        if self.consumed > MAX_RENDER_CHARS:  # past the overall limit, as render_markdown does
-            return render_escaped(source)
-        return render_markdown(source)
-
-    def _scan(self, out: list[str]) -> None:
+    def _scan(self, out: list[BlockSource]) -> None:
         pending = self._pending
         while True:
             nl = pending.find("\n", self._search_from)
@@ -308,6 +345,6 @@ class _BlockSplitter(IncrementalRenderer):
         super().__init__()
         self.sources: list[str] = []
 
-    def _render(self, source: str) -> str:
-        self.sources.append(source)
-        return ""
+    def complete(self, pending: PendingBlocks, rendered: list[str] | None = None) -> RenderUpdate:
+        self.sources.extend(source for source, _ in pending.sources)
+        return RenderUpdate([], pending.tail, pending.consumed, pending.done)

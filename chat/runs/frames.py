@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chat.render import IncrementalRenderer, RenderUpdate, render_markdown
+from chat.render.blocks import BlockSource, render_sources
 from chat.render.bounds import MAX_BLOCK_CHARS, MAX_BLOCK_LINES
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,20 @@ _REFERENCE_DEFINITION_RE = re.compile(r"\[[^\]\n]*\]:")
 
 # Deltas of one stream that follow each other merge into one frame until the next flush.
 COALESCED = frozenset({"panel.delta", "panel.reasoning.delta", "final.delta"})
+
+
+@dataclass
+class RenderJob:
+    """Markdown to render before an event is applied: block *sources* (plain strings, so the
+    rendering can run anywhere: ``chat.render.pool``), and *finish*, which takes their HTML
+    (one string per source, in order) on the event loop."""
+
+    sources: list[BlockSource]
+    finish: Callable[[list[str]], Any]
+
+    @property
+    def chars(self) -> int:
+        return sum(len(source) for source, _ in self.sources)
 
 
 @dataclass
@@ -51,31 +66,46 @@ class Stream:
         self.text, self.reasoning, self.html, self.first_sent = "", "", None, False
         self.renderer = IncrementalRenderer()
         self.blocks = []
+        self.consumed = 0
         self._whole = None
 
+    # How much of ``text`` the blocks hold. Kept here, not read off the renderer: a render job
+    # cut its blocks off the renderer before their HTML is back, and a snapshot taken meanwhile
+    # must not count text that neither its blocks nor its tail show.
+    consumed: int = 0
     _whole: tuple[str, str] | None = None  # (text, its whole HTML), once computed
 
     def whole_html(self, text: str) -> str:
-        """The finished *text* as HTML. When it is what streamed, the live blocks are already that
-        HTML: only the tail is rendered (no second conversion of the whole answer), unless a
-        reference-style definition may link across blocks or the text is over one unit's limits."""
-        if self._whole is not None and self._whole[0] == text:
-            return self._whole[1]
-        if not text:
-            html = ""
-        elif self._streamed(text):
-            self.renderer.finish()
-            html = "\n".join(self.renderer.blocks)
-        else:
-            html = render_markdown(text)
-        self._whole = (text, html)
-        return html
+        """The finished *text* as HTML, rendered here (:meth:`whole_job` renders it elsewhere)."""
+        job = self.whole_job(text)
+        if job is not None:
+            job.finish(render_sources(job.sources))
+        assert self._whole is not None and self._whole[0] == text
+        return self._whole[1]
 
-    def whole_cost(self, text: str) -> int:
-        """About how many characters ``whole_html(text)`` still has to convert."""
+    def whole_job(self, text: str) -> RenderJob | None:
+        """What rendering the finished *text* takes, or None when nothing is left to render.
+        When it is what streamed, the live blocks are already that HTML: only the tail is
+        rendered (no second conversion of the whole answer), unless a reference-style
+        definition may link across blocks or the text is over one unit's limits."""
         if self._whole is not None and self._whole[0] == text:
-            return 0
-        return len(self.renderer.tail) if self._streamed(text) else len(text)
+            return None
+        if not text:
+            self._whole = (text, "")
+            return None
+        if self._streamed(text):
+            pending = self.renderer.split_finish()
+
+            def finish_streamed(html: list[str]) -> None:
+                self.renderer.complete(pending, html)
+                self._whole = (text, "\n".join(self.renderer.blocks))
+
+            return RenderJob(pending.sources, finish_streamed)
+
+        def finish_whole(html: list[str]) -> None:
+            self._whole = (text, html[0])
+
+        return RenderJob([(text, False)], finish_whole)
 
     def _streamed(self, text: str) -> bool:
         return (
@@ -86,13 +116,22 @@ class Stream:
             and not _REFERENCE_DEFINITION_RE.search(text)
         )
 
+    def delta_job(self, delta: str) -> RenderJob | None:
+        """What *delta* takes to render (None: it finishes no block); its ``finish`` returns the
+        ``RenderUpdate`` to pass to :meth:`feed`."""
+        if "\n" not in delta:
+            return None  # only a newline can finish a block
+        pending = self.renderer.split(delta)
+        return RenderJob(pending.sources, lambda html: self.renderer.complete(pending, html))
+
     def feed(self, delta: str, update: RenderUpdate | None = None) -> dict[str, Any]:
         """Append *delta*; *update* is the renderer's result when it was computed ahead, off the loop."""
         offset = len(self.text)
         self.text += delta
         update = update if update is not None else self.renderer.feed(delta)
         self.blocks.extend(update.blocks)
-        return {"offset": offset, "delta": delta, "blocks": list(update.blocks), "consumed": self.renderer.consumed}
+        self.consumed = update.consumed
+        return {"offset": offset, "delta": delta, "blocks": list(update.blocks), "consumed": self.consumed}
 
     def feed_reasoning(self, delta: str) -> dict[str, Any]:
         offset = len(self.reasoning)
@@ -115,7 +154,7 @@ class Stream:
             "content": self.text,
             "html": None,
             "blocks_html": "".join(self.blocks),
-            "consumed": self.renderer.consumed,
+            "consumed": self.consumed,
         }
 
 

@@ -26,6 +26,8 @@ from chat.fusion.pipeline import FusionRun
 from chat.fusion.types import FusionRequest, PipelineEvent
 from chat.models import Run, RunStatus
 from chat.render import RenderUpdate
+from chat.render import pool as render_pool
+from chat.render.blocks import render_sources
 from chat.dbthread import in_db_thread
 from chat.runs.frames import Flusher, Frame, Stream, frame_message
 from chat.runs.recovery import mark_interrupted, stale_after
@@ -34,11 +36,6 @@ from chat.runs.store import RunStore, default_store, keep_checkpointing
 from chat.ws_security import inactive_users
 
 log = logging.getLogger(__name__)
-
-# Markdown work on at most this many characters is done on the event loop (about a millisecond
-# or two): a hop to a worker thread costs more than that under load, where the threads and the
-# loop take turns at the GIL. Bigger work (a long code block, a whole long answer) goes to a thread.
-INLINE_RENDER_CHARS = 4000
 
 
 def group_name(conversation_id: int) -> str:
@@ -181,14 +178,20 @@ class ActiveRun:
                 self.listener(None)
 
     async def _step(self, event: PipelineEvent) -> None:
-        """One engine event: its Markdown rendered (inline when it is small, in a worker thread
-        when it is big, so a long answer never stalls the event loop), then applied to the
-        state, and its frame queued."""
+        """One engine event: its Markdown rendered off the event loop (chat.render.pool: in a
+        worker process, so a hundred streams' rendering never stalls the loop), then applied to
+        the state, and its frame queued."""
         job = self.state.prerender(event)
         ahead: Any = None
         if job is not None:
-            render, chars = job
-            ahead = render() if chars <= INLINE_RENDER_CHARS else await asyncio.to_thread(render)
+            try:
+                html = await render_pool.for_loop(settings.FUSION_RENDER_PROCESSES).render(job.sources)
+            except asyncio.CancelledError:
+                # The job has cut its blocks off the stream's renderer: put their HTML in place
+                # before the run winds up, so the final write still holds the whole text.
+                job.finish(render_sources(job.sources))
+                raise
+            ahead = job.finish(html)
         emitted = self.state.apply(event, ahead if isinstance(ahead, RenderUpdate) else None)
         if emitted is not None:
             frame, now = emitted

@@ -10,7 +10,6 @@ Pure: no database query and no channel layer (rows may be model instances or pla
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from chat.fusion.types import (
 )
 from chat.models import RunStatus
 from chat.render import RenderUpdate, render_markdown
-from chat.runs.frames import Frame, Stream
+from chat.runs.frames import Frame, RenderJob, Stream
 
 log = logging.getLogger(__name__)
 
@@ -423,20 +422,18 @@ class RunState:
 
     # ----------------------------------------------------------------- engine events
 
-    def prerender(self, event: PipelineEvent) -> tuple[Callable[[], Any], int] | None:
-        """The Markdown work an event needs before ``apply``, and about how many characters it
-        converts (the caller runs a big job in a worker thread, a small one inline).
+    def prerender(self, event: PipelineEvent) -> RenderJob | None:
+        """The Markdown an event needs rendered before ``apply`` (the caller renders it off the
+        loop: chat.render.pool), or None when there is none.
 
-        Only deltas with a newline can finish a block (a Markdown call); other deltas are just
-        appended to the tail, inline. A finished answer's HTML is its live blocks plus the tail
-        (``Stream.whole_html``), kept on the stream for ``apply``. A delta's job returns the
-        ``RenderUpdate`` to pass to ``apply`` as *ahead*.
+        Only deltas with a newline can finish a block; other deltas are just appended to the
+        tail. A finished answer's HTML is its live blocks plus the tail (``Stream.whole_job``),
+        kept on the stream for ``apply``. A delta job's ``finish`` returns the ``RenderUpdate``
+        to pass to ``apply`` as *ahead*.
         """
         if isinstance(event, (PanelDelta, FinalDelta)):
             stream = self.final if isinstance(event, FinalDelta) else self.members[event.slot].stream
-            if "\n" not in event.delta:
-                return None
-            return functools.partial(stream.renderer.feed, event.delta), len(stream.renderer.tail) + len(event.delta)
+            return stream.delta_job(event.delta)
         text = ""
         if isinstance(event, PanelCompleted):
             stream, text = self.members[event.slot].stream, event.content
@@ -447,7 +444,7 @@ class RunState:
             stream, text = self.final, event.answer
         if not text:
             return None
-        return functools.partial(stream.whole_html, text), stream.whole_cost(text)
+        return stream.whole_job(text)
 
     def apply(self, event: PipelineEvent, ahead: RenderUpdate | None = None) -> Emit | None:
         """Apply one engine event; return the frame it makes for clients, if any."""

@@ -1,0 +1,194 @@
+"""Markdown rendering off the event loop: a worker process for the live runs' finished blocks.
+
+Python-Markdown and nh3 cost about a fifth of the event loop's time when a process streams a
+hundred answers at once (issue 11's probe: ``_sanitize`` was the first cause of loop stalls),
+and pure-Python work in a thread would still hold the loop's GIL. So a process that streams
+sends what it has to render (plain strings, :func:`chat.render.blocks.render_sources`) to
+``processes`` worker processes and awaits the HTML.
+
+Jobs submitted while a batch is in flight wait and go together as the next one: under load a
+round trip carries the blocks of many runs, so its cost does not grow with the number of runs.
+When rendering in a worker fails for any reason but the input (the worker died, the pool could
+not start), the job is rendered here instead, with the same functions; the pool is started
+again for later jobs. With ``processes=0`` (``FUSION_RENDER_PROCESSES=0``, the default on a
+one-core machine) every job is rendered in this process: small ones inline, big ones in a
+thread (:data:`INLINE_RENDER_CHARS`), as before the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import threading
+from concurrent.futures.process import BrokenProcessPool
+
+from chat.fusion.loops import PerLoop
+from chat.render.blocks import BlockSource, render_sources
+
+log = logging.getLogger(__name__)
+
+# Without a pool, a job converting more characters than this goes to a thread (asyncio.to_thread).
+INLINE_RENDER_CHARS = 4000
+
+Job = list[BlockSource]
+
+
+def default_processes() -> int:
+    """One worker where there is a second core, none on a single core (it would only compete)."""
+    return 1 if (os.cpu_count() or 1) >= 2 else 0
+
+
+def render_batch(jobs: list[Job]) -> list[list[str]]:
+    """In a worker: each job's HTML, in order."""
+    return [render_sources(job) for job in jobs]
+
+
+def _warm() -> None:
+    # Build the Markdown instance and Pygments' lexers once, before the first real job.
+    render_sources([("*warm* `up`\n\n```python\nx = 1\n```\n", False)])
+
+
+class _Executor:
+    """The process-wide worker pool, started on first use and again after it broke."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._lock = threading.Lock()
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def get(self) -> concurrent.futures.ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                # spawn, not fork: the parent has threads (database, channel layer) and sockets.
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_warm
+                )
+            return self._pool
+
+    def discard(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RenderPool:
+    """Renders jobs for one event loop, in batches, through a shared :class:`_Executor`."""
+
+    def __init__(self, executor: _Executor | None) -> None:
+        self.executor = executor
+        self._waiting: list[tuple[Job, asyncio.Future[list[str]]]] = []
+        self._in_flight = 0
+        self.batches = 0  # round trips made (for tests and the bench)
+        self.fallbacks = 0  # jobs rendered here because the worker could not
+
+    async def render(self, job: Job) -> list[str]:
+        """*job*'s HTML, one string per source (see :func:`render_sources`)."""
+        if not job:
+            return []
+        if self.executor is None:
+            chars = sum(len(source) for source, _ in job)
+            return render_sources(job) if chars <= INLINE_RENDER_CHARS else await asyncio.to_thread(render_sources, job)
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((job, future))
+        if self._in_flight < self.executor.processes:
+            self._send()
+        return await future
+
+    def _send(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._in_flight += 1
+        self.batches += 1
+        asyncio.get_running_loop().create_task(self._round_trip(batch))
+
+    async def _round_trip(self, batch: list[tuple[Job, asyncio.Future[list[str]]]]) -> None:
+        assert self.executor is not None
+        jobs = [job for job, _ in batch]
+        pool: concurrent.futures.ProcessPoolExecutor | None = None
+        try:
+            try:
+                pool = self.executor.get()
+                results: list[list[str] | BaseException] = list(
+                    await asyncio.wrap_future(pool.submit(render_batch, jobs))
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, BrokenProcessPool) and pool is not None:
+                    self.executor.discard(pool)
+                log.warning("rendering %d job(s) in-process: the render worker failed (%r)", len(jobs), exc)
+                results = await self._here(jobs)
+            for (_, future), html in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(html, BaseException):
+                    future.set_exception(html)
+                else:
+                    future.set_result(html)
+        except BaseException as exc:  # the loop is stopping: nobody is left to render for
+            for _, future in batch:
+                if not future.done():
+                    future.cancel()
+            raise exc
+        finally:
+            self._in_flight -= 1
+            if self._waiting and self._in_flight < self.executor.processes:
+                self._send()
+
+    async def _here(self, jobs: list[Job]) -> list[list[str] | BaseException]:
+        """Each job rendered in a thread of this process; a job that raises fails alone."""
+        self.fallbacks += len(jobs)
+
+        def one_by_one() -> list[list[str] | BaseException]:
+            out: list[list[str] | BaseException] = []
+            for job in jobs:
+                try:
+                    out.append(render_sources(job))
+                except Exception as exc:
+                    out.append(exc)
+            return out
+
+        return await asyncio.to_thread(one_by_one)
+
+
+_executors: dict[int, _Executor] = {}
+_executors_lock = threading.Lock()
+_pools: PerLoop[RenderPool] | None = None
+_pools_processes = -1
+
+
+def for_loop(processes: int) -> RenderPool:
+    """The running loop's :class:`RenderPool` with *processes* workers (0: render in-process)."""
+    global _pools, _pools_processes
+    if _pools is None or _pools_processes != processes:
+        with _executors_lock:
+            executor = None
+            if processes > 0:
+                executor = _executors.get(processes) or _executors.setdefault(processes, _Executor(processes))
+        _pools, _pools_processes = PerLoop(lambda: RenderPool(executor)), processes
+    return _pools.get()
+
+
+def start(processes: int) -> None:
+    """Start the worker processes now (fusionsite.asgi, at startup), not on the first render."""
+    if processes > 0:
+        with _executors_lock:
+            executor = _executors.setdefault(processes, _Executor(processes))
+        executor.get().submit(render_batch, [])
+
+
+def shutdown() -> None:
+    """Stop the worker processes (they are started again on the next job)."""
+    with _executors_lock:
+        executors = list(_executors.values())
+    for executor in executors:
+        executor.shutdown()
