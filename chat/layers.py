@@ -8,7 +8,8 @@ few hundred channels for each of several hundred frames a second. Here:
 
 * expiry is swept at most once a second (messages live ``expiry`` seconds, 60 by default, so
   a sweep a second late changes nothing a client can see);
-* a group message is put on each member's queue directly (``send`` never waits: it only puts);
+* a group message is put on each member's queue directly (``send`` never waits: it only puts,
+  and ``group_send_nowait`` does it without a coroutine);
 * a message whose values are all strings, numbers or None (a run's frames are one encoded
   string, chat.runs.frames.frame_message) is copied shallowly; anything else is deep-copied,
   as before.
@@ -47,6 +48,10 @@ class FastInMemoryChannelLayer(InMemoryChannelLayer):
         super()._clean_expired()
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
+        self.send_nowait(channel, message)
+
+    def send_nowait(self, channel: str, message: dict[str, Any]) -> None:
+        """``send`` without a coroutine: it never waits (a full channel is ``ChannelFull``)."""
         assert isinstance(message, dict), "message is not a dict"
         self.require_valid_channel_name(channel)
         assert "__asgi_channel__" not in message
@@ -63,12 +68,17 @@ class FastInMemoryChannelLayer(InMemoryChannelLayer):
         return asyncio.Queue(maxsize=self.get_capacity(channel))
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        self.group_send_nowait(group, message)
+
+    def group_send_nowait(self, group: str, message: dict[str, Any]) -> None:
+        """``group_send`` without a coroutine: a run's frames go out from the flush timer's own
+        callback, with no task and no extra turn of the event loop per frame."""
         assert isinstance(message, dict), "Message is not a dict"
         self.require_valid_group_name(group)
         self._clean_expired()
         for channel in list(self.groups.get(group, {})):
             try:
-                await self.send(channel, message)
+                self.send_nowait(channel, message)
             except ChannelFull:
                 pass
 

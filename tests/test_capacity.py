@@ -737,6 +737,14 @@ class TestFastInMemoryChannelLayer:
         await layer.group_send("conv_1", {"type": "run.frame", "text": "2"})
         assert b not in layer.channels and (await received(layer, a))["text"] == "2"
 
+    async def test_group_send_nowait_delivers_before_it_returns(self):
+        layer = FastInMemoryChannelLayer()
+        a = await layer.new_channel()
+        await layer.group_add("conv_1", a)
+        assert layer.group_send_nowait("conv_1", {"type": "run.frame", "text": "now"}) is None  # not a coroutine
+        assert layer.channels[a].qsize() == 1
+        assert await received(layer, a) == {"type": "run.frame", "text": "now"}
+
     async def test_a_flat_message_arrives_equal_but_as_its_own_dict(self):
         layer = FastInMemoryChannelLayer()
         channel = await layer.new_channel()

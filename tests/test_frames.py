@@ -196,3 +196,68 @@ class TestFlusher:
         await flusher.aclose()
         assert sent[-1] == {"type": "completed", "run": "r1"}
         assert "sending frames of run r1 failed" in caplog.text
+
+
+class TestFlusherSendingAtOnce:
+    """With ``send_nowait`` (the in-memory layer), a flush sends from its own callback: no task."""
+
+    @staticmethod
+    def flusher(interval: float, answer: bool = True) -> tuple[Flusher, list[Any], list[Any]]:
+        now: list[Any] = []
+        later: list[Any] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            later.append(message)
+
+        def send_nowait(message: dict[str, Any]) -> bool:
+            if answer:
+                now.append(message)
+            return answer
+
+        return Flusher(run_id="r1", send=send, send_nowait=send_nowait, interval=interval), now, later
+
+    async def test_an_urgent_frame_is_sent_inside_emit(self) -> None:
+        flusher, now, later = self.flusher(60)
+        flusher.emit({"type": "panel.added", "slot": 0}, now=True)
+        assert now == [{"type": "panel.added", "slot": 0, "run": "r1"}]  # no await in between
+        assert flusher._sending is None
+        flusher.emit(delta(0, "a"))
+        await asyncio.wait_for(flusher.aclose(), 1)
+        assert now[-1] == {**delta(0, "a"), "run": "r1"} and later == []
+
+    async def test_coalesced_frames_go_from_the_timer(self) -> None:
+        flusher, now, later = self.flusher(0.02)
+        flusher.emit(delta(0, "a"), now=True)
+        flusher.emit(delta(0, "b"))
+        flusher.emit(delta(0, "c"))
+        assert len(now) == 1
+        await asyncio.sleep(0.06)
+        assert now[1] == {**delta(0, "b"), "delta": "bc", "run": "r1"} and later == []
+        await flusher.aclose()
+
+    async def test_when_it_cannot_the_frames_go_through_send(self) -> None:
+        flusher, now, later = self.flusher(60, answer=False)
+        flusher.emit(delta(0, "a"), now=True)
+        flusher.emit({"type": "completed"})
+        await asyncio.wait_for(flusher.aclose(), 1)
+        assert now == [] and [m.get("type") for m in later] == ["panel.delta", "completed"]
+
+    async def test_a_failing_send_nowait_is_logged_and_later_frames_still_go(self, caplog) -> None:
+        sent: list[Any] = []
+
+        def send_nowait(message: dict[str, Any]) -> bool:
+            if not sent:
+                sent.append("failed")
+                raise RuntimeError("layer down")
+            sent.append(message)
+            return True
+
+        async def send(message: dict[str, Any]) -> None:
+            raise AssertionError("not used")
+
+        flusher = Flusher(run_id="r1", send=send, send_nowait=send_nowait, interval=0.001)
+        flusher.emit({"type": "panel.added", "slot": 0}, now=True)
+        flusher.emit({"type": "completed"}, now=True)
+        await flusher.aclose()
+        assert sent == ["failed", {"type": "completed", "run": "r1"}]
+        assert "sending frames of run r1 failed" in caplog.text

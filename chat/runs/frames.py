@@ -211,9 +211,19 @@ class Flusher:
     flight at a time, so a run's frames reach the group in order.
     """
 
-    def __init__(self, *, run_id: str, send: Callable[[Frame], Awaitable[None]], interval: float) -> None:
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        send: Callable[[Frame], Awaitable[None]],
+        interval: float,
+        send_nowait: Callable[[Frame], bool] | None = None,
+    ) -> None:
         self.run_id = run_id
         self.send = send
+        # Sends a payload at once, without a task, when it can (the in-memory layer): False
+        # means it could not, and the payload goes through ``send`` instead.
+        self.send_nowait = send_nowait
         self.interval = interval
         self.frames = Coalescer()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -253,7 +263,18 @@ class Flusher:
         message = payload(self.frames.take())
         if message is None:
             return
+        if self._sent_now(message):
+            return
         self._sending = self._loop.create_task(self._send(message))
+
+    def _sent_now(self, message: Frame) -> bool:
+        if self.send_nowait is None:
+            return False
+        try:
+            return self.send_nowait(message)
+        except Exception:  # as in _send: these frames are lost, the client's offsets catch it
+            log.exception("sending frames of run %s failed", self.run_id)
+            return True
 
     async def _send(self, message: Frame) -> None:
         try:
@@ -273,7 +294,7 @@ class Flusher:
             self._timer = None
         self._last = asyncio.get_running_loop().time()
         message = payload(self.frames.take())
-        if message is not None:
+        if message is not None and not self._sent_now(message):
             await self.send(message)
 
     async def aclose(self) -> None:

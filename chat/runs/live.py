@@ -80,7 +80,12 @@ class ActiveRun:
         self.control_channel = control_channel
         self.loop = asyncio.get_running_loop()
         self.t0 = time.monotonic()
-        self.frames = Flusher(run_id=str(run.pk), send=self._send, interval=settings.FUSION_FRAME_INTERVAL_MS / 1000)
+        self.frames = Flusher(
+            run_id=str(run.pk),
+            send=self._send,
+            send_nowait=self._send_nowait,
+            interval=settings.FUSION_FRAME_INTERVAL_MS / 1000,
+        )
         self.done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         # The API's request in this process hears the engine's events as they come, then None
@@ -100,6 +105,13 @@ class ActiveRun:
 
     async def _send(self, payload: Frame) -> None:
         await get_channel_layer().group_send(group_name(self.conversation_id), frame_message(payload))
+
+    def _send_nowait(self, payload: Frame) -> bool:
+        send = getattr(get_channel_layer(), "group_send_nowait", None)  # the in-memory layer's
+        if send is None:
+            return False
+        send(group_name(self.conversation_id), frame_message(payload))
+        return True
 
     # ----------------------------------------------------------------- controls
 
