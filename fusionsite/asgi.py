@@ -50,6 +50,12 @@ from chat.render import pool as render_pool  # noqa: E402
 
 render_pool.start(settings.FUSION_RENDER_PROCESSES)
 
+# The channel layer is built now too (with REDIS_URL, redis and msgpack are ~5 MB of imports),
+# not by the first run's first frame.
+from channels.layers import get_channel_layer  # noqa: E402
+
+get_channel_layer()
+
 
 async def application(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
     # Daphne has no lifespan events: the first request of the process (of its event loop) starts

@@ -132,8 +132,8 @@ REDIS_URL = os.environ.get("REDIS_URL", "").strip()
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            # channels_redis, reading this process's messages in batches (chat.layers).
-            "BACKEND": "chat.layers.PumpedRedisChannelLayer",
+            # channels_redis, reading this process's messages in batches (chat.redis_layer).
+            "BACKEND": "chat.redis_layer.PumpedRedisChannelLayer",
             # socket_timeout=None: redis-py 8's default 5 s read timeout kills channels_redis' 5 s
             # BZPOPMIN wait, so every idle consumer died (django/channels_redis#422).
             # A process's own channels (its sockets') share one Redis inbox, and channels_redis

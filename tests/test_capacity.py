@@ -527,10 +527,12 @@ def long_code_block() -> str:
 class TestRenderPlacement:
     def test_prerender_reports_what_each_job_converts(self):
         state = new_state()
-        assert state.prerender(delta(0, "no newline")) is None
-        state.apply(delta(0, "no newline"))
+        first = state.prerender(delta(0, "no newline"))
+        assert first is not None and first.sources == []
+        state.apply(delta(0, "no newline"), first.finish([]))
         job = state.prerender(delta(0, " end.\n\nNext"))
         assert job is not None and job.sources == [("no newline end.\n\n", False)]
+        state.apply(delta(0, " end.\n\nNext"), job.finish(render_sources(job.sources)))
         big = long_code_block()
         big_job = state.prerender(FinalDelta(delta=big))
         assert big_job is not None and big_job.chars == 0  # the block is not finished yet: nothing to render
@@ -542,6 +544,18 @@ class TestRenderPlacement:
         )
         done_job = state.prerender(done)
         assert done_job is not None and done_job.sources == [(answer, False)]  # not what streamed: all of it
+
+    def test_a_delta_without_a_newline_can_finish_the_block_before_it(self):
+        # A block ends when the next one starts: here the paragraph's end is only known when
+        # "Second" arrives, in a delta without a newline. Its rendering must be a job too (it
+        # went to the event loop before).
+        stream = Stream()
+        for piece in ("First paragraph.\n", "\n"):
+            stream.feed(piece, stream.delta_job(piece).finish([]))
+        job = stream.delta_job("Second")
+        assert job.sources == [("First paragraph.\n\n", False)]
+        frame = stream.feed("Second", job.finish(render_sources(job.sources)))
+        assert frame["blocks"] == ["<p>First paragraph.</p>"]
 
     def test_a_snapshot_while_a_job_is_out_counts_only_what_its_blocks_and_tail_show(self):
         stream = stream_in_chunks("First paragraph.\n\nSecond")
@@ -820,6 +834,20 @@ class TestFastInMemoryChannelLayer:
         await layer.group_send("g", {"type": "to all"})
         assert (await received(layer, free)) == {"type": "to all"}
         assert [await received(layer, full), await received(layer, full)] == [{"type": "1"}, {"type": "2"}]
+
+    def test_a_server_without_redis_imports_neither_redis_nor_the_chart_library(self):
+        # ~5 MB (redis, msgpack) and ~40 MB (matplotlib, numpy) a one-process server never uses
+        # until someone opens an evaluation chart.
+        code = (
+            "import os, sys; os.environ['DJANGO_SETTINGS_MODULE'] = 'fusionsite.settings';"
+            "import fusionsite.asgi; from django.urls import resolve; resolve('/');"
+            "from channels.layers import get_channel_layer; print(type(get_channel_layer()).__name__);"
+            "print(sorted({'redis', 'channels_redis', 'matplotlib', 'numpy'} & set(sys.modules)))"
+        )
+        env = {**os.environ, "REDIS_URL": "", "FUSION_RENDER_PROCESSES": "0"}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split("\n")[:2] == ["FastInMemoryChannelLayer", "[]"]
 
     def test_settings_use_it_without_redis(self):
         code = "import fusionsite.settings as s; print(s.CHANNEL_LAYERS['default']['BACKEND'])"
@@ -1311,7 +1339,7 @@ PUMP_REDIS_URL = "redis://127.0.0.1:6379/13"
 async def pumped_layer() -> Any:
     import redis
 
-    from chat.layers import PumpedRedisChannelLayer
+    from chat.redis_layer import PumpedRedisChannelLayer
 
     try:
         redis.Redis.from_url(PUMP_REDIS_URL, socket_connect_timeout=1).ping()

@@ -116,11 +116,10 @@ class Stream:
             and not _REFERENCE_DEFINITION_RE.search(text)
         )
 
-    def delta_job(self, delta: str) -> RenderJob | None:
-        """What *delta* takes to render (None: it finishes no block); its ``finish`` returns the
-        ``RenderUpdate`` to pass to :meth:`feed`."""
-        if "\n" not in delta:
-            return None  # only a newline can finish a block
+    def delta_job(self, delta: str) -> RenderJob:
+        """What *delta* takes to render (often nothing); its ``finish`` returns the
+        ``RenderUpdate`` to pass to :meth:`feed`. Any delta may finish a block: one ends when
+        the next one starts, so a delta without a newline can end the block before it."""
         pending = self.renderer.split(delta)
         return RenderJob(pending.sources, lambda html: self.renderer.complete(pending, html))
 

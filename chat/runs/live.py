@@ -197,7 +197,11 @@ class ActiveRun:
         ahead: Any = None
         if job is not None:
             try:
-                html = await render_pool.for_loop(settings.FUSION_RENDER_PROCESSES).render(job.sources)
+                html = (
+                    await render_pool.for_loop(settings.FUSION_RENDER_PROCESSES).render(job.sources)
+                    if job.sources
+                    else []
+                )
             except asyncio.CancelledError:
                 # The job has cut its blocks off the stream's renderer: put their HTML in place
                 # before the run winds up, so the final write still holds the whole text.

@@ -45,7 +45,7 @@ from chat.fusion.types import (
     RunPhase,
 )
 from chat.models import RunStatus
-from chat.render import RenderUpdate, render_markdown
+from chat.render import RenderUpdate
 from chat.runs.frames import Frame, RenderJob, Stream
 
 log = logging.getLogger(__name__)
@@ -426,10 +426,9 @@ class RunState:
         """The Markdown an event needs rendered before ``apply`` (the caller renders it off the
         loop: chat.render.pool), or None when there is none.
 
-        Only deltas with a newline can finish a block; other deltas are just appended to the
-        tail. A finished answer's HTML is its live blocks plus the tail (``Stream.whole_job``),
-        kept on the stream for ``apply``. A delta job's ``finish`` returns the ``RenderUpdate``
-        to pass to ``apply`` as *ahead*.
+        A delta's job holds the blocks it finishes (most finish none); its ``finish`` returns
+        the ``RenderUpdate`` to pass to ``apply`` as *ahead*. A finished answer's HTML is its
+        live blocks plus the tail (``Stream.whole_job``), kept on the stream for ``apply``.
         """
         if isinstance(event, (PanelDelta, FinalDelta)):
             stream = self.final if isinstance(event, FinalDelta) else self.members[event.slot].stream
@@ -442,6 +441,8 @@ class RunState:
             text = event.partial_content or stream.text
         elif isinstance(event, RunCompleted):
             stream, text = self.final, event.answer
+        elif isinstance(event, RunFailed):
+            stream, text = self.final, self.final.text
         if not text:
             return None
         return stream.whole_job(text)
@@ -626,7 +627,7 @@ class RunState:
             search_price_usd=self.search_price_usd,
         )
         if self.final.text:
-            self.final.html = render_markdown(self.final.text)
+            self.final.html = self.final.whole_html(self.final.text)  # rendered ahead by ``prerender``
 
     # ----------------------------------------------------------------- the end
 

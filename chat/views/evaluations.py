@@ -30,7 +30,6 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from chat import presets
 from chat.errors import NotFound
-from chat.evals import charts
 from chat.evals.configs import EvalConfigError
 from chat.evals.estimate import evaluation_estimate
 from chat.evals.evaluations import (
@@ -305,6 +304,8 @@ def evaluation_report_csv(request: AuthedRequest, pk: int) -> HttpResponse:
 @not_found_is_404
 def evaluation_chart_score_cost(request: AuthedRequest, pk: int) -> HttpResponse:
     evaluation = evaluation_get_for_user(user=request.user, pk=pk)
+    from chat.evals import charts  # matplotlib and numpy: ~30 MB no Daphne should carry until asked
+
     return _svg(charts.score_cost_svg(evaluation_report(evaluation)))
 
 
@@ -314,6 +315,8 @@ def evaluation_chart_score_cost(request: AuthedRequest, pk: int) -> HttpResponse
 @not_found_is_404
 def evaluation_chart_domains(request: AuthedRequest, pk: int) -> HttpResponse:
     evaluation = evaluation_get_for_user(user=request.user, pk=pk)
+    from chat.evals import charts
+
     return _svg(charts.domain_bars_svg(evaluation_report(evaluation)))
 
 
