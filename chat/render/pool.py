@@ -74,12 +74,6 @@ class _Executor:
                 self._pool = None
         pool.shutdown(wait=False, cancel_futures=True)
 
-    def shutdown(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-
 
 class RenderPool:
     """Renders jobs for one event loop, in batches, through a shared :class:`_Executor`."""
@@ -166,14 +160,16 @@ _pools: PerLoop[RenderPool] | None = None
 _pools_processes = -1
 
 
+def _executor_for(processes: int) -> _Executor:
+    with _executors_lock:
+        return _executors.setdefault(processes, _Executor(processes))
+
+
 def for_loop(processes: int) -> RenderPool:
     """The running loop's :class:`RenderPool` with *processes* workers (0: render in-process)."""
     global _pools, _pools_processes
     if _pools is None or _pools_processes != processes:
-        with _executors_lock:
-            executor = None
-            if processes > 0:
-                executor = _executors.get(processes) or _executors.setdefault(processes, _Executor(processes))
+        executor = _executor_for(processes) if processes > 0 else None
         _pools, _pools_processes = PerLoop(lambda: RenderPool(executor)), processes
     return _pools.get()
 
@@ -181,14 +177,4 @@ def for_loop(processes: int) -> RenderPool:
 def start(processes: int) -> None:
     """Start the worker processes now (fusionsite.asgi, at startup), not on the first render."""
     if processes > 0:
-        with _executors_lock:
-            executor = _executors.setdefault(processes, _Executor(processes))
-        executor.get().submit(render_batch, [])
-
-
-def shutdown() -> None:
-    """Stop the worker processes (they are started again on the next job)."""
-    with _executors_lock:
-        executors = list(_executors.values())
-    for executor in executors:
-        executor.shutdown()
+        _executor_for(processes).get().submit(render_batch, [])
