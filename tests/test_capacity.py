@@ -685,6 +685,34 @@ class TestRenderPlacement:
         assert await worker.render(job) == render_sources(job)
         assert worker.fallbacks == fallbacks + 1
 
+    def test_a_worker_leaves_when_its_daphne_is_killed(self):
+        import psutil
+
+        code = (
+            "import time; from chat.render import pool; pool.start(1);"
+            # The worker is up, past its start, waiting for jobs:
+            "pool._executor_for(1).get().submit(pool.render_batch, []).result();"
+            "print('ready', flush=True); time.sleep(60)"
+        )
+        parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        try:
+            assert parent.stdout is not None and parent.stdout.readline().strip() == "ready"
+            deadline = time.monotonic() + 20
+            workers: list[psutil.Process] = []
+            while not workers and time.monotonic() < deadline:
+                children = psutil.Process(parent.pid).children()  # the worker, and multiprocessing's resource tracker
+                workers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+                time.sleep(0.05)
+            assert len(workers) == 1
+            workers = children
+        finally:
+            parent.kill()  # SIGKILL: no atexit, no executor shutdown
+            parent.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        for process in alive:
+            process.kill()
+        assert alive == [], "the render worker (or the resource tracker) outlived its killed parent"
+
     async def test_in_process_a_job_that_fails_fails_alone(self, worker, monkeypatch):
         def picky(sources):
             if "boom" in sources[0][0]:

@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures.process import BrokenProcessPool
 
 from chat.fusion.loops import PerLoop
@@ -33,12 +34,9 @@ log = logging.getLogger(__name__)
 # Without a pool, a job converting more characters than this goes to a thread (asyncio.to_thread).
 INLINE_RENDER_CHARS = 4000
 
+PARENT_CHECK_S = 1.0  # how often a worker looks whether the Daphne that started it is still there
+
 Job = list[BlockSource]
-
-
-def default_processes() -> int:
-    """One worker where there is a second core, none on a single core (it would only compete)."""
-    return 1 if (os.cpu_count() or 1) >= 2 else 0
 
 
 def render_batch(jobs: list[Job]) -> list[list[str]]:
@@ -46,9 +44,23 @@ def render_batch(jobs: list[Job]) -> list[list[str]]:
     return [render_sources(job) for job in jobs]
 
 
-def _warm() -> None:
-    # Build the Markdown instance and Pygments' lexers once, before the first real job.
+def _worker_init(parent: int) -> None:
+    """In each worker, first: leave with the parent (*parent* is its pid, given by the parent:
+    if it died while this worker was starting, ``getppid`` would already be someone else's),
+    and build the Markdown instance and Pygments' lexers before the first real job."""
+    if os.getppid() != parent:
+        os._exit(0)
+    threading.Thread(target=_exit_with, args=(parent,), name="parent-watch", daemon=True).start()
     render_sources([("*warm* `up`\n\n```python\nx = 1\n```\n", False)])
+
+
+def _exit_with(parent: int) -> None:
+    # A worker holds both ends of its job queue, so it never sees EOF when Daphne is killed
+    # (SIGKILL, a crash): without this it would wait for jobs forever, an orphan.
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent:
+            os._exit(0)
 
 
 class _Executor:
@@ -64,7 +76,10 @@ class _Executor:
             if self._pool is None:
                 # spawn, not fork: the parent has threads (database, channel layer) and sockets.
                 self._pool = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_warm
+                    max_workers=self.processes,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_worker_init,
+                    initargs=(os.getpid(),),
                 )
             return self._pool
 
