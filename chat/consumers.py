@@ -12,6 +12,7 @@ larger than FUSION_MAX_WS_FRAME_BYTES: bigger ones are sent as ``chunk`` frames.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -19,11 +20,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull, StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chat import ratelimit, runs
 from chat.fusion.types import MAX_PANEL_MEMBERS
+from chat.layers import FastInMemoryChannelLayer
 from chat.models import Conversation
 from chat.ws_security import CLOSE_SESSION_ENDED, SessionWatch
 
@@ -137,11 +141,60 @@ def _slot(value: Any) -> int:
     return value
 
 
+class _Ended:
+    """In a consumer's inbox: its websocket's receive raised *exc*."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
 class ConversationConsumer(AsyncWebsocketConsumer):
     conversation_id: int
     group: str
     session_key: str
     user_id: int
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """On the in-memory layer, one inbox for the socket's messages and the layer's: the layer
+        puts a frame straight into it (``listen``) and this loop takes it, one wake-up per frame.
+        Channels' own loop makes a receive task and an ``asyncio.wait`` per message, and the
+        frame takes two turns of the event loop to get here. Other layers keep Channels' loop."""
+        layer = get_channel_layer(self.channel_layer_alias)
+        if not isinstance(layer, FastInMemoryChannelLayer):
+            await super().__call__(scope, receive, send)
+            return
+        self.scope, self.channel_layer, self.base_send = scope, layer, send
+        self.channel_name = await layer.new_channel()
+        capacity = layer.get_capacity(self.channel_name)
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
+
+        def deliver(message: dict[str, Any]) -> None:
+            if inbox.qsize() >= capacity:
+                raise ChannelFull(self.channel_name)
+            inbox.put_nowait(message)
+
+        async def pump() -> None:
+            try:
+                while True:
+                    inbox.put_nowait(await receive())
+            except BaseException as exc:  # the server's receive failed: end the loop with it
+                inbox.put_nowait(_Ended(exc))
+                raise
+
+        layer.listen(self.channel_name, deliver)
+        pumping = asyncio.ensure_future(pump())
+        try:
+            while True:
+                message = await inbox.get()
+                if isinstance(message, _Ended):
+                    raise message.exc
+                await self.dispatch(message)
+        except StopConsumer:
+            pass
+        finally:
+            layer.unlisten(self.channel_name)
+            pumping.cancel()
+            await asyncio.gather(pumping, return_exceptions=True)
 
     async def connect(self) -> None:
         user = self.scope.get("user")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from copy import deepcopy
 from typing import Any
 
@@ -39,6 +40,16 @@ class FastInMemoryChannelLayer(InMemoryChannelLayer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._swept_at = 0.0
+        self._listeners: dict[str, Callable[[dict[str, Any]], None]] = {}
+
+    def listen(self, channel: str, deliver: Callable[[dict[str, Any]], None]) -> None:
+        """Hand *channel*'s messages to *deliver* as they are sent, instead of queueing them for
+        ``receive`` (chat.consumers' receive loop: one wake-up per frame, not a task and a
+        wait). *deliver* raises ``ChannelFull`` when it cannot take one more."""
+        self._listeners[channel] = deliver
+
+    def unlisten(self, channel: str) -> None:
+        self._listeners.pop(channel, None)
 
     def _clean_expired(self) -> None:
         now = time.monotonic()
@@ -55,10 +66,14 @@ class FastInMemoryChannelLayer(InMemoryChannelLayer):
         assert isinstance(message, dict), "message is not a dict"
         self.require_valid_channel_name(channel)
         assert "__asgi_channel__" not in message
+        flat = all(isinstance(v, _SCALARS) for v in message.values())
+        deliver = self._listeners.get(channel)
+        if deliver is not None:
+            deliver(dict(message) if flat else deepcopy(message))
+            return
         queue = self.channels.get(channel)
         if queue is None:
             queue = self.channels.setdefault(channel, self._new_queue(channel))
-        flat = all(isinstance(v, _SCALARS) for v in message.values())
         try:
             queue.put_nowait((time.time() + self.expiry, dict(message) if flat else deepcopy(message)))
         except asyncio.QueueFull:

@@ -7,6 +7,8 @@ import uuid
 from typing import Any
 
 import pytest
+from channels.exceptions import ChannelFull
+from channels.layers import get_channel_layer
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
@@ -120,6 +122,35 @@ class TestHandshake:
     async def test_a_missing_conversation_is_not_found_the_same_way(self, alice):
         comm = await connect(alice, 999999)
         assert await refused_with(comm) == 4404
+
+
+class TestInbox:
+    """On the in-memory layer a socket's frames go straight into its consumer's inbox."""
+
+    async def test_frames_reach_the_socket_and_the_listener_goes_with_it(self, alice, conv):
+        layer = get_channel_layer()
+        comm = await open_ws(alice, conv.pk)
+        [channel] = [c for c in layer._listeners]  # this socket's, and only it
+        assert channel not in layer.channels  # nothing is queued for receive()
+        await layer.group_send(f"conv_{conv.pk}", {"type": "run.frame", "text": '{"type":"ping.test"}'})
+        assert await comm.receive_json_from(timeout=5) == {"type": "ping.test"}
+        await comm.disconnect()
+        assert channel not in layer._listeners
+
+    async def test_a_full_inbox_drops_frames_for_that_socket_only(self, alice, conv, monkeypatch):
+        layer = get_channel_layer()
+        monkeypatch.setattr(layer, "get_capacity", lambda channel: 2)
+        comm = await open_ws(alice, conv.pk)
+        [channel] = list(layer._listeners)
+        deliver = layer._listeners[channel]
+        deliver({"type": "run.frame", "text": "1"})
+        deliver({"type": "run.frame", "text": "2"})
+        with pytest.raises(ChannelFull):
+            deliver({"type": "run.frame", "text": "3"})
+        layer.group_send_nowait(f"conv_{conv.pk}", {"type": "run.frame", "text": "4"})  # skipped, no error
+        assert [await comm.receive_from(timeout=5), await comm.receive_from(timeout=5)] == ["1", "2"]
+        assert await comm.receive_nothing(timeout=0.2)
+        await comm.disconnect()
 
 
 class TestValidation:
