@@ -67,15 +67,16 @@ class FastInMemoryChannelLayer(InMemoryChannelLayer):
         self.require_valid_channel_name(channel)
         assert "__asgi_channel__" not in message
         flat = all(isinstance(v, _SCALARS) for v in message.values())
+        copy = dict(message) if flat else deepcopy(message)
         deliver = self._listeners.get(channel)
         if deliver is not None:
-            deliver(dict(message) if flat else deepcopy(message))
+            deliver(copy)
             return
         queue = self.channels.get(channel)
         if queue is None:
             queue = self.channels.setdefault(channel, self._new_queue(channel))
         try:
-            queue.put_nowait((time.time() + self.expiry, dict(message) if flat else deepcopy(message)))
+            queue.put_nowait((time.time() + self.expiry, copy))
         except asyncio.QueueFull:
             raise ChannelFull(channel) from None
 

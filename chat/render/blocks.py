@@ -108,10 +108,6 @@ class PendingBlocks:
     consumed: int = 0
     done: bool = False
 
-    @property
-    def chars(self) -> int:
-        return sum(len(source) for source, _ in self.sources)
-
 
 def render_sources(sources: list[BlockSource]) -> list[str]:
     """Each source's sanitised HTML, as :func:`render_markdown` (or, past the limit,

@@ -304,7 +304,7 @@ def evaluation_report_csv(request: AuthedRequest, pk: int) -> HttpResponse:
 @not_found_is_404
 def evaluation_chart_score_cost(request: AuthedRequest, pk: int) -> HttpResponse:
     evaluation = evaluation_get_for_user(user=request.user, pk=pk)
-    from chat.evals import charts  # matplotlib and numpy: ~30 MB no Daphne should carry until asked
+    from chat.evals import charts  # matplotlib and numpy: ~40 MB no Daphne should carry until asked
 
     return _svg(charts.score_cost_svg(evaluation_report(evaluation)))
 
