@@ -60,9 +60,11 @@ from chat.models import Conversation, MemberResponse, Run, RunStatus, Turn
 from chat.render import IncrementalRenderer, render_markdown
 from chat.render import pool as render_pool
 from chat.render.blocks import render_sources
+from chat.render.safe import render_escaped
 from chat.runs import live, services
 from chat.runs.checks import RunError
 from chat.runs.frames import Stream, frame_message
+from chat.runs.rendering import LiveRendering
 from chat.runs.state import RunState
 from chat.runs.store import (
     Checkpoint,
@@ -570,9 +572,12 @@ class TestRenderPlacement:
 
     @staticmethod
     def owner(state: RunState) -> SimpleNamespace:
+        """What ActiveRun._step uses: the run's LiveRendering, its frames collected."""
         emitted: list[tuple[dict[str, Any], bool]] = []
-        frames = SimpleNamespace(emit=lambda f, now=False: emitted.append((f, now)))
-        return SimpleNamespace(state=state, frames=frames, emitted=emitted)
+        rendering = LiveRendering(
+            state, lambda f, now=False: emitted.append((f, now)), django_settings.FUSION_RENDER_PROCESSES
+        )
+        return SimpleNamespace(state=state, rendering=rendering, step=rendering.step, emitted=emitted)
 
     # -- with FUSION_RENDER_PROCESSES=0: in this process, big jobs in a thread
 
@@ -592,8 +597,8 @@ class TestRenderPlacement:
     async def test_small_render_jobs_run_inline(self, threads):
         state = new_state()
         me = self.owner(state)
-        await live.ActiveRun._step(me, delta(0, "A short paragraph.\n\nNext"))  # type: ignore[arg-type]
-        await live.ActiveRun._step(me, delta(0, " one.\n"))  # type: ignore[arg-type]
+        await me.step(delta(0, "A short paragraph.\n\nNext"))
+        await me.step(delta(0, " one.\n"))
         assert threads == []
         assert state.members[0].stream.blocks == ["<p>A short paragraph.</p>"]
         assert [f["blocks"] for f, _ in me.emitted] == [["<p>A short paragraph.</p>"], []]
@@ -603,9 +608,9 @@ class TestRenderPlacement:
         me = self.owner(state)
         big = long_code_block()
         assert len(big) > render_pool.INLINE_RENDER_CHARS
-        await live.ActiveRun._step(me, FinalDelta(delta=big))  # type: ignore[arg-type]
+        await me.step(FinalDelta(delta=big))
         # The block ends when the next one starts: its conversion is big.
-        await live.ActiveRun._step(me, FinalDelta(delta="\nAfter"))  # type: ignore[arg-type]
+        await me.step(FinalDelta(delta="\nAfter"))
         assert len(threads) == 1
         assert 'class="highlight"' in state.final.blocks[0]  # the thread's result was applied
 
@@ -619,15 +624,15 @@ class TestRenderPlacement:
             )
 
         never_streamed = new_state()
-        await live.ActiveRun._step(self.owner(never_streamed), completed())  # type: ignore[arg-type]
+        await self.owner(never_streamed).step(completed())
         assert len(threads) == 1 and never_streamed.final.html == render_markdown(text)
 
         streamed = new_state()
         me = self.owner(streamed)
         for i in range(0, len(text), 40):
-            await live.ActiveRun._step(me, FinalDelta(delta=text[i : i + 40]))  # type: ignore[arg-type]
+            await me.step(FinalDelta(delta=text[i : i + 40]))
         assert len(threads) == 1
-        await live.ActiveRun._step(me, completed())  # type: ignore[arg-type]
+        await me.step(completed())
         assert len(threads) == 1  # only the last paragraph was left to convert: inline
         assert between_blocks(streamed.final.html or "") == between_blocks(render_markdown(text))
 
@@ -636,9 +641,9 @@ class TestRenderPlacement:
         state = new_state()
         me = self.owner(state)
         for i in range(0, len(text), 50):
-            await live.ActiveRun._step(me, delta(0, text[i : i + 50]))  # type: ignore[arg-type]
+            await me.step(delta(0, text[i : i + 50]))
         done = PanelCompleted(slot=0, model="sim/m0", content=text, record=CallRecord(role="panel", model="sim/m0"))
-        await live.ActiveRun._step(me, done)  # type: ignore[arg-type]
+        await me.step(done)
         assert threads == []
         assert between_blocks(state.members[0].stream.html or "") == between_blocks(render_markdown(text))
 
@@ -655,9 +660,9 @@ class TestRenderPlacement:
         batches = worker.batches
         text = ANSWER + "\n"
         for i in range(0, len(text), 23):
-            await live.ActiveRun._step(me, delta(0, text[i : i + 23]))  # type: ignore[arg-type]
+            await me.step(delta(0, text[i : i + 23]))
         done = PanelCompleted(slot=0, model="sim/m0", content=text, record=CallRecord(role="panel", model="sim/m0"))
-        await live.ActiveRun._step(me, done)  # type: ignore[arg-type]
+        await me.step(done)
         assert worker.batches > batches and worker.fallbacks == 0
         assert state.members[0].stream.html == live_join(text, size=23)
         assert 'class="highlight"' in (state.members[0].stream.html or "")
@@ -723,19 +728,110 @@ class TestRenderPlacement:
         results = await worker._here([[("boom", False)], [("fine", False)]])
         assert isinstance(results[0], ValueError) and results[1] == ["fine"]
 
-    async def test_a_step_cancelled_while_its_job_is_out_keeps_the_whole_text(self, worker):
+    async def test_a_deltas_text_is_sent_before_its_blocks_come_back(self, worker):
         state = new_state()
         me = self.owner(state)
-        await live.ActiveRun._step(me, delta(0, "First paragraph.\n\nSecond"))  # type: ignore[arg-type]
-        step = asyncio.ensure_future(live.ActiveRun._step(me, delta(0, " paragraph.\n\nThird")))  # type: ignore[arg-type]
-        await asyncio.sleep(0)  # the job is out
+        first = "First paragraph.\n\nSecond"  # "Second" ends the first block: a job for the worker
+        await me.step(delta(0, first))
+        assert me.emitted == [
+            ({"type": "panel.delta", "slot": 0, "offset": 0, "delta": first, "blocks": [], "consumed": 0}, True)
+        ]
+        assert me.rendering.rendering == 1
+        assert state.members[0].stream.state()["consumed"] == 0  # a snapshot shows it in the tail
+        await me.step(delta(0, " one"))  # text goes on while the block is out
+        await me.rendering.drain()
+        assert me.rendering.rendering == 0
+        frames = [f for f, _ in me.emitted]
+        assert frames[1]["delta"] == " one" and frames[1]["blocks"] == []
+        assert frames[2] == {
+            "type": "panel.delta",
+            "slot": 0,
+            "offset": len(first + " one"),  # at the end of the text: a client appends the blocks
+            "delta": "",
+            "blocks": ["<p>First paragraph.</p>"],
+            "consumed": len("First paragraph.\n\n"),
+        }
+        assert state.block_finished
+
+    async def test_a_streams_blocks_are_applied_in_the_order_they_were_cut(self, worker, monkeypatch):
+        gates: list[asyncio.Future[None]] = []
+
+        async def held(job):
+            gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            gates.append(gate)
+            await gate
+            return render_sources(job)
+
+        monkeypatch.setattr(worker, "render", held)
+        state = new_state()
+        me = self.owner(state)
+        for piece in ("One.\n\nTwo", ".\n\nThree"):
+            await me.step(delta(0, piece))
+        await asyncio.sleep(0)
+        assert len(gates) == 2
+        gates[1].set_result(None)  # the second block comes back first …
+        await asyncio.sleep(0.01)
+        assert state.members[0].stream.blocks == []  # … and waits for the first
+        gates[0].set_result(None)
+        await me.rendering.drain()
+        assert state.members[0].stream.blocks == ["<p>One.</p>", "<p>Two.</p>"]
+        assert [f["blocks"] for f, _ in me.emitted if f["blocks"]] == [["<p>One.</p>"], ["<p>Two.</p>"]]
+
+    async def test_a_member_completed_waits_for_its_blocks_out(self, worker):
+        state = new_state()
+        me = self.owner(state)
+        text = ANSWER + "\n"
+        for i in range(0, len(text), 23):
+            await me.step(delta(0, text[i : i + 23]))
+        assert me.rendering.rendering > 0
+        done = PanelCompleted(slot=0, model="sim/m0", content=text, record=CallRecord(role="panel", model="sim/m0"))
+        await me.step(done)
+        assert me.rendering.rendering == 0
+        assert state.members[0].stream.html == live_join(text, size=23)
+
+    async def test_a_drain_cancelled_while_blocks_are_out_renders_them_here(self, worker):
+        state = new_state()
+        me = self.owner(state)
+        await me.step(delta(0, "First paragraph.\n\nSecond"))
+        await me.step(delta(0, " paragraph.\n\nThird"))
+        drain = asyncio.ensure_future(me.rendering.drain())
+        await asyncio.sleep(0)  # the jobs are out
+        drain.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await drain
+        stream = state.members[0].stream
+        assert stream.blocks == ["<p>First paragraph.</p>", "<p>Second paragraph.</p>"]
+        assert stream.state()["consumed"] == len("First paragraph.\n\nSecond paragraph.\n\n")
+        await asyncio.sleep(0.5)  # the worker's late answer adds nothing twice
+        assert stream.blocks == ["<p>First paragraph.</p>", "<p>Second paragraph.</p>"]
+
+    async def test_a_step_cancelled_while_a_whole_answer_renders_keeps_the_whole_text(self, worker):
+        state = new_state()
+        me = self.owner(state)
+        text = "First paragraph.\n\nSecond paragraph."
+        await me.step(delta(0, text))
+        await me.rendering.drain()
+        done = PanelCompleted(slot=0, model="sim/m0", content=text, record=CallRecord(role="panel", model="sim/m0"))
+        step = asyncio.ensure_future(me.step(done))
+        await asyncio.sleep(0)  # the tail's job is out
         step.cancel()
         with pytest.raises(asyncio.CancelledError):
             await step
         stream = state.members[0].stream
-        assert stream.blocks == ["<p>First paragraph.</p>"]  # the delta was not applied …
-        stream.feed(" paragraph.\n\nThird")  # … and when the text is completed, no block is missing
-        assert "<p>Second paragraph.</p>" in stream.whole_html(stream.text)
+        assert stream.blocks == ["<p>First paragraph.</p>"]  # the event was not applied …
+        assert "<p>Second paragraph.</p>" in stream.whole_html(stream.text)  # … and no block is missing
+
+    async def test_a_block_the_renderer_fails_on_is_shown_as_text(self, worker, monkeypatch):
+        async def broken(job):
+            raise ValueError("the renderer failed")
+
+        monkeypatch.setattr(worker, "render", broken)
+        state = new_state()
+        me = self.owner(state)
+        await me.step(delta(0, "<b>First</b> paragraph.\n\nSecond"))
+        await me.rendering.drain()
+        assert state.members[0].stream.blocks == [render_escaped("<b>First</b> paragraph.\n\n")]
+        assert "<b>" not in state.members[0].stream.blocks[0]
 
 
 @pytest.fixture

@@ -390,6 +390,35 @@ class TestStreaming:
         assert order[0] == ("PanelDelta", 0)
         assert order.index(("PanelCompleted", 0)) < order.index(("PanelDelta", 1))
 
+    async def test_a_sink_takes_deltas_at_once_and_every_event_is_seen_once_in_order(self) -> None:
+        client = make_client(**{m: Reply(content=text, chunk=3, gap=0.001) for m, text in ANSWERS.items()})
+        run = FusionRun(make_request(), client, rng=random.Random(3))
+        emitted: list[Any] = []  # in the order the phases emitted them
+        emit = run._ctx.emit
+        run._ctx.emit = lambda event: (emitted.append(event), emit(event))[1]
+        seen: list[Any] = []
+        offered = 0
+        taken: list[Any] = []
+
+        def sink(event: Any) -> bool:
+            nonlocal offered
+            if not isinstance(event, (PanelDelta, FinalDelta)):
+                return False
+            offered += 1
+            if offered % 5 == 0:
+                return False  # refuses some, as a consumer busy with an event does
+            taken.append(event)
+            seen.append(event)
+            return True
+
+        run.sink = sink
+        async for event in run.events():
+            seen.append(event)
+            await asyncio.sleep(0)  # a consumer that takes its time: events queue meanwhile
+        assert [id(e) for e in seen] == [id(e) for e in emitted]  # each once, in order
+        deltas = [e for e in emitted if isinstance(e, (PanelDelta, FinalDelta))]
+        assert taken and len(taken) < len(deltas)  # some at once, some queued
+
     async def test_reasoning_is_streamed_but_not_part_of_the_answer(self) -> None:
         client = make_client(**{"m/alpha": Reply(content="Answer.", reasoning="Let me think.")})
         events = await collect(FusionRun(make_request(), client))

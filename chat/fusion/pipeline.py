@@ -68,7 +68,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -196,7 +196,12 @@ class FusionRun:
         ids = distinct_model_ids([spec.model for spec in request.panel])
         self._members = [Member(slot=i, spec=spec, model_id=ids[i]) for i, spec in enumerate(request.panel)]
         self._queue: asyncio.Queue[PipelineEvent | _Crash] = asyncio.Queue()
-        self._ctx = RunContext(request=request, client=client, tools=tools, emit=self._queue.put_nowait)
+        # A consumer that can apply some events at once, in the task that emits them, sets this
+        # (chat.runs.live: a delta's text), which saves a wake-up of the consumer per event. It
+        # returns True when it took the event, and is asked only while nothing waits in the
+        # queue, so the consumer still sees every event once and in order.
+        self.sink: Callable[[PipelineEvent], bool] | None = None
+        self._ctx = RunContext(request=request, client=client, tools=tools, emit=self._emit)
         self._analyst_research = ResearchLog()  # what the analyst looked up (no card of its own)
         self._analyst = Analyst(self._ctx, rng or random.Random(), self._analyst_research, reuse=reuse_analysis)
         self._writer = Writer(self._ctx)
@@ -208,6 +213,12 @@ class FusionRun:
         self._fusing = False
         self._cancel_requested = False
         self._panel_asked = True  # False while an outer model has not called fusion
+
+    def _emit(self, event: PipelineEvent) -> None:
+        sink = self.sink
+        if sink is not None and self._queue.empty() and sink(event):
+            return
+        self._queue.put_nowait(event)
 
     # ----------------------------------------------------------------------- public API
 

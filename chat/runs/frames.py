@@ -132,6 +132,18 @@ class Stream:
         self.consumed = update.consumed
         return {"offset": offset, "delta": delta, "blocks": list(update.blocks), "consumed": self.consumed}
 
+    def text_only(self) -> RenderUpdate:
+        """The update for a delta whose blocks are still rendering elsewhere: no blocks, and
+        ``consumed`` where it is (:meth:`add_blocks` moves it when their HTML is back)."""
+        return RenderUpdate([], "", self.consumed, False)
+
+    def add_blocks(self, update: RenderUpdate) -> dict[str, Any]:
+        """Finished blocks whose HTML came back after their text was sent: a delta with no new
+        text, at the current end of it, that carries them (a client appends the blocks)."""
+        self.blocks.extend(update.blocks)
+        self.consumed = update.consumed
+        return {"offset": len(self.text), "delta": "", "blocks": list(update.blocks), "consumed": self.consumed}
+
     def feed_reasoning(self, delta: str) -> dict[str, Any]:
         offset = len(self.reasoning)
         self.reasoning += delta

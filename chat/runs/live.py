@@ -25,11 +25,9 @@ from chat.fusion.client import ChatClient
 from chat.fusion.pipeline import FusionRun
 from chat.fusion.types import FusionRequest, PipelineEvent
 from chat.models import Run, RunStatus
-from chat.render import RenderUpdate
-from chat.render import pool as render_pool
-from chat.render.blocks import render_sources
 from chat.dbthread import in_db_thread
 from chat.runs.frames import Flusher, Frame, Stream, frame_message
+from chat.runs.rendering import LiveRendering
 from chat.runs.recovery import mark_interrupted, stale_after
 from chat.runs.state import RunState
 from chat.runs.store import RunStore, default_store, keep_checkpointing
@@ -86,6 +84,10 @@ class ActiveRun:
             send_nowait=self._send_nowait,
             interval=settings.FUSION_FRAME_INTERVAL_MS / 1000,
         )
+        self.rendering = LiveRendering(state, self.frames.emit, settings.FUSION_RENDER_PROCESSES)
+        self._stepping = False  # a queued event is being applied (it may await its rendering)
+        self._sink_error: Exception | None = None
+        fusion.sink = self._take_now
         self.done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         # The API's request in this process hears the engine's events as they come, then None
@@ -164,6 +166,8 @@ class ActiveRun:
         listener = asyncio.create_task(self._control_listener())
         try:
             async for event in self.fusion.events():
+                if self._sink_error is not None:
+                    raise self._sink_error
                 await self._step(event)
                 if self.listener is not None:
                     self.listener(event)
@@ -174,6 +178,7 @@ class ActiveRun:
             checkpointer.cancel()
             listener.cancel()
             await asyncio.gather(checkpointer, return_exceptions=True)  # no checkpoint in flight now
+            await self.rendering.drain()  # after a crash: no block arrives after the end
             await self.client.aclose()
             try:
                 wall_ms = int((time.monotonic() - self.t0) * 1000)
@@ -190,28 +195,28 @@ class ActiveRun:
                 self.listener(None)
 
     async def _step(self, event: PipelineEvent) -> None:
-        """One engine event: its Markdown rendered off the event loop (chat.render.pool: in a
-        worker process, so a hundred streams' rendering never stalls the loop), then applied to
-        the state, and its frame queued."""
-        job = self.state.prerender(event)
-        ahead: Any = None
-        if job is not None:
-            try:
-                html = (
-                    await render_pool.for_loop(settings.FUSION_RENDER_PROCESSES).render(job.sources)
-                    if job.sources
-                    else []
-                )
-            except asyncio.CancelledError:
-                # The job has cut its blocks off the stream's renderer: put their HTML in place
-                # before the run winds up, so the final write still holds the whole text.
-                job.finish(render_sources(job.sources))
-                raise
-            ahead = job.finish(html)
-        emitted = self.state.apply(event, ahead if isinstance(ahead, RenderUpdate) else None)
-        if emitted is not None:
-            frame, now = emitted
-            self.frames.emit(frame, now=now)
+        """One engine event applied to the state, its Markdown rendered off the event loop
+        (chat.runs.rendering), and its frames queued."""
+        self._stepping = True
+        try:
+            await self.rendering.step(event)
+        finally:
+            self._stepping = False
+
+    def _take_now(self, event: PipelineEvent) -> bool:
+        """The engine's sink: apply *event* at once, in the task that emitted it, when it needs
+        no waiting (a delta's text) and no queued event is being applied; else it is queued."""
+        if self._stepping or self._sink_error is not None:
+            return False
+        try:
+            if not self.rendering.step_now(event):
+                return False
+        except Exception as exc:  # a bug: the drive fails the run with it (the event is queued)
+            self._sink_error = exc
+            return False
+        if self.listener is not None:
+            self.listener(event)
+        return True
 
 
 class RunManager:

@@ -447,6 +447,19 @@ class RunState:
             return None
         return stream.whole_job(text)
 
+    def stream_of(self, event: PanelDelta | FinalDelta) -> Stream:
+        return self.final if isinstance(event, FinalDelta) else self.members[event.slot].stream
+
+    def apply_blocks(self, slot: int | None, update: RenderUpdate) -> Emit:
+        """The HTML of blocks a delta finished, back after the delta itself was applied (with
+        ``Stream.text_only``): member *slot*'s, or the fused answer's when *slot* is None."""
+        if slot is None:
+            frame = {"type": "final.delta", **self.final.add_blocks(update)}
+        else:
+            frame = {"type": "panel.delta", "slot": slot, **self.members[slot].stream.add_blocks(update)}
+        self.block_finished = self.block_finished or bool(frame["blocks"])
+        return frame, False
+
     def apply(self, event: PipelineEvent, ahead: RenderUpdate | None = None) -> Emit | None:
         """Apply one engine event; return the frame it makes for clients, if any."""
         self.dirty = True
