@@ -38,6 +38,9 @@ router = ProtocolTypeRouter(
 # young generation's threshold to 10,000 saved another 6 % of a core there but cost 0.3 MB of
 # memory per live run, so the thresholds stay Python's.
 import chat.fusion.tools.fetch  # noqa: E402,F401  (trafilatura and lxml: seconds to import, not mid-run)
+from chat.render.pool import warm_up  # noqa: E402
+
+warm_up()  # Markdown's extensions and Pygments' lexers: this process renders history and fallbacks
 
 gc.collect()
 gc.freeze()

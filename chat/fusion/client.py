@@ -546,6 +546,12 @@ class ChatClient:
                     return
         finally:
             watch.close()
+            # Closed here, not by the garbage collector: asyncio's finalizer of an unclosed async
+            # generator wakes the loop through its self-pipe, once per call.
+            aclose = getattr(chunks, "aclose", None)  # typed as an iterator; it is a generator
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
 
     def _take_payload(self, data: str, call: _Call, now: float, scrub: Scrubber) -> list[ClientEvent]:
         if data.strip() == "[DONE]":

@@ -44,6 +44,12 @@ def render_batch(jobs: list[Job]) -> list[list[str]]:
     return [render_sources(job) for job in jobs]
 
 
+def warm_up() -> None:
+    """Import and build what the first render needs (the Markdown instance, its extensions,
+    Pygments' lexers and style), so no run pays for it."""
+    render_sources([("*warm* `up`\n\n```python\nx = 1\n```\n", False)])
+
+
 def _worker_init(parent: int) -> None:
     """In each worker, first: leave with the parent (*parent* is its pid, given by the parent:
     if it died while this worker was starting, ``getppid`` would already be someone else's),
@@ -51,7 +57,7 @@ def _worker_init(parent: int) -> None:
     if os.getppid() != parent:
         os._exit(0)
     threading.Thread(target=_exit_with, args=(parent,), name="parent-watch", daemon=True).start()
-    render_sources([("*warm* `up`\n\n```python\nx = 1\n```\n", False)])
+    warm_up()
 
 
 def _exit_with(parent: int) -> None:

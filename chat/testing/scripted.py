@@ -245,6 +245,7 @@ _DEFAULT_ERRORS = {
     503: "No instances available for {model}",
 }
 _MAX_BODY = 16 * 1024 * 1024
+LISTEN_BACKLOG = 1024
 
 
 def validate_scripts(scripts: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -965,7 +966,10 @@ class ScriptedUpstream:
 
     async def start(self) -> ScriptedUpstream:
         self._loop = asyncio.get_running_loop()
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        # A burst of hundreds of calls connects at once (the bench: 150 runs × 3 members): with
+        # asyncio's default backlog of 100 the kernel drops the SYNs past it, and those calls
+        # connect only on the client's retransmit, a second later.
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, backlog=LISTEN_BACKLOG)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
