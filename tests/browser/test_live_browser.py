@@ -203,6 +203,42 @@ def test_streaming_tail_renders_emphasis_bullets_and_headings_safely(app: App) -
         assert s["headVisible"], "the card's header scrolled out of view while it streamed"
 
 
+BODY_RECORDER = """
+(() => {
+  window.__bodies = [];
+  const sample = () => {
+    for (const c of document.querySelectorAll("[data-turns] .card")) {
+      const blocks = c.querySelector(".blocks"), tail = c.querySelector(".tail");
+      if (!blocks || !tail || !tail.textContent.trim() || !blocks.textContent.trim()) continue;
+      window.__bodies.push({ blocks: blocks.innerText, tail: tail.textContent });
+    }
+  };
+  new MutationObserver(sample).observe(document, { subtree: true, childList: true, characterData: true });
+})();
+"""
+
+
+def test_a_finished_block_is_shown_once_while_its_html_catches_up_with_its_text(app: App) -> None:
+    # A delta's text is sent at once and the HTML of the blocks it finished follows in a later
+    # frame (the render worker): meanwhile the block's text is in the tail, and once its HTML
+    # is in, it is no longer in the tail. At no moment is a paragraph shown twice.
+    page = app.page
+    app.signup()
+    page.add_init_script(BODY_RECORDER)
+    set_panel(page, ["sim/atlas", "sim/cirrus"])
+    send_from_home(page, "How do I plan a garden?")
+    wait_streaming(page, cards=1, chars=150)
+    app.screenshot(page, "live-streaming-blocks-and-tail")
+    wait_run_done(page)
+    samples = page.evaluate("window.__bodies")
+    assert samples, "no card showed finished blocks and a tail at the same time"
+    for s in samples:
+        shown = [line.strip() for line in s["blocks"].splitlines() if len(line.strip()) > 24]
+        tail = " ".join(s["tail"].split())
+        twice = [line for line in shown if " ".join(line.split()) in tail]
+        assert not twice, f"shown as a block and in the tail: {twice[0][:80]!r}"
+
+
 def test_rewrite_with_an_unknown_model_says_so_next_to_the_field_and_clears_when_fixed(app: App) -> None:
     page = app.page
     app.signup()
