@@ -239,6 +239,22 @@ class TestRuns:
         assert conv_after.title == "Why is the sky blue?"
         await comm.disconnect()
 
+    async def test_a_run_whose_rendering_breaks_still_ends_and_is_written(self, alice, conv, upstream, monkeypatch):
+        from chat.runs.rendering import LiveRendering
+
+        async def broken(self: LiveRendering) -> None:
+            raise RuntimeError("a bug in the live rendering")
+
+        monkeypatch.setattr(LiveRendering, "drain", broken)
+        comm = await open_ws(alice, conv.pk)
+        run_id = str(uuid.uuid4())
+        await comm.send_json_to({"type": "start", "run_id": run_id, "prompt": "hi"})
+        events = await collect_until(comm, {"completed", "failed"})
+        assert events[-1]["type"] == "failed" and events[-1]["kind"] == "internal", events[-1]
+        run = await database_sync_to_async(Run.objects.get)(client_run_id=run_id)
+        assert run.status == RunStatus.ERROR  # the final write happened: nothing stays "running"
+        await comm.disconnect()
+
     async def test_first_delta_of_each_member_is_not_held_for_coalescing(self, alice, conv, upstream, settings):
         settings.FUSION_FRAME_INTERVAL_MS = 5000  # were first deltas coalesced, they would wait 5 s
         comm = await open_ws(alice, conv.pk)

@@ -178,7 +178,10 @@ class ActiveRun:
             checkpointer.cancel()
             listener.cancel()
             await asyncio.gather(checkpointer, return_exceptions=True)  # no checkpoint in flight now
-            await self.rendering.drain()  # after a crash: no block arrives after the end
+            try:
+                await self.rendering.drain()  # after a crash: no block arrives after the end
+            except Exception:  # the final write must not depend on the live view's HTML
+                log.exception("rendering the last blocks of run %s failed", self.run_id)
             await self.client.aclose()
             try:
                 wall_ms = int((time.monotonic() - self.t0) * 1000)
