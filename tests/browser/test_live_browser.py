@@ -143,21 +143,29 @@ def test_server_going_away_is_visible_and_nothing_shown_is_taken_away(app: App) 
 
 
 # JS: what the streaming tails look like, sampled on every change until the run ends.
+# Samples every card on each change of the page: its streaming tail (window.__tails) and, when
+# it shows finished blocks beside a tail, both texts (window.__bodies).
 TAIL_RECORDER = """
 (() => {
   window.__tails = [];
+  window.__bodies = [];
   const sample = () => {
     for (const t of document.querySelectorAll("[data-turns] .card .tail")) {
       if (!t.textContent.trim()) continue;
+      const card = t.closest(".card");
       window.__tails.push({
         text: t.textContent,
         shown: t.innerText,
         tags: [...t.querySelectorAll("*")].map((e) => e.tagName.toLowerCase()),
         headVisible: (() => {
-          const head = t.closest(".card").querySelector(".card-head").getBoundingClientRect();
+          const head = card.querySelector(".card-head").getBoundingClientRect();
           return head.height > 0 && head.bottom > 0 && head.top < innerHeight;
         })(),
       });
+      const blocks = card.querySelector(".blocks");
+      if (blocks && blocks.textContent.trim()) {
+        window.__bodies.push({ blocks: blocks.innerText, tail: t.textContent });
+      }
     }
   };
   new MutationObserver(sample).observe(document, { subtree: true, childList: true, characterData: true });
@@ -203,28 +211,13 @@ def test_streaming_tail_renders_emphasis_bullets_and_headings_safely(app: App) -
         assert s["headVisible"], "the card's header scrolled out of view while it streamed"
 
 
-BODY_RECORDER = """
-(() => {
-  window.__bodies = [];
-  const sample = () => {
-    for (const c of document.querySelectorAll("[data-turns] .card")) {
-      const blocks = c.querySelector(".blocks"), tail = c.querySelector(".tail");
-      if (!blocks || !tail || !tail.textContent.trim() || !blocks.textContent.trim()) continue;
-      window.__bodies.push({ blocks: blocks.innerText, tail: tail.textContent });
-    }
-  };
-  new MutationObserver(sample).observe(document, { subtree: true, childList: true, characterData: true });
-})();
-"""
-
-
 def test_a_finished_block_is_shown_once_while_its_html_catches_up_with_its_text(app: App) -> None:
     # A delta's text is sent at once and the HTML of the blocks it finished follows in a later
     # frame (the render worker): meanwhile the block's text is in the tail, and once its HTML
     # is in, it is no longer in the tail. At no moment is a paragraph shown twice.
     page = app.page
     app.signup()
-    page.add_init_script(BODY_RECORDER)
+    page.add_init_script(TAIL_RECORDER)
     set_panel(page, ["sim/atlas", "sim/cirrus"])
     send_from_home(page, "How do I plan a garden?")
     wait_streaming(page, cards=1, chars=150)
