@@ -31,6 +31,7 @@ host. Not part of the app; only the benchmark starts it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -68,16 +69,24 @@ INTERVAL_S = int(os.environ.get("FUSION_FRAME_INTERVAL_MS") or 40) / 1000
 COALESCED = frozenset({"panel.delta", "final.delta"})
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
-# The process's one client, made at import — before Daphne serves — so its TLS context (httpx
-# builds one even for plain http) is not built on the event loop during the first run. No pool limit.
-_http = httpx.AsyncClient(
-    timeout=httpx.Timeout(10.0, read=None),
-    limits=httpx.Limits(max_connections=None, max_keepalive_connections=4096, keepalive_expiry=30),
-)
+# The process's clients, made at import — before Daphne serves — so their TLS contexts (httpx
+# builds one even for plain http) are not built on the event loop during the first run. No pool
+# limit. Several, taken in turn by the calls, as the app's (chat.fusion.transport): httpcore's
+# pool walks all of its connections for each request it assigns, so one pool holding the
+# hundreds of kept-alive connections of 150 runs costs seconds of CPU per burst of starts.
+SHARDS = 32
+_clients = [
+    httpx.AsyncClient(
+        timeout=httpx.Timeout(10.0, read=None),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=16, keepalive_expiry=30),
+    )
+    for _ in range(SHARDS)
+]
+_next_client = itertools.count()
 
 
 def http() -> httpx.AsyncClient:
-    return _http
+    return _clients[next(_next_client) % SHARDS]
 
 
 def dumps(frame: Frame) -> str:
@@ -408,6 +417,7 @@ async def application(scope: dict[str, Any], receive: Callable[[], Awaitable[dic
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await _http.aclose()
+                for client in _clients:
+                    await client.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

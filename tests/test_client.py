@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import time
@@ -133,6 +134,30 @@ class TestStreaming:
         assert (completion.text, completion.reasoning, completion.finish_reason) == (TEXT, "Hmm.", "stop")
         assert completion.ttft_ms is not None and completion.ttft_ms >= 40
         assert completion.duration_ms >= completion.ttft_ms
+
+    async def test_calls_one_after_another_reuse_one_connection(self, upstream: Factory) -> None:
+        # The body's end comes after [DONE]; a response closed before it would close its
+        # connection, and every member of every run would pay a TCP connect.
+        up = await upstream({"m/a": {"content": TEXT, "chunk_chars": 9}})
+        async with client_for(up) as client:
+            texts = []
+            for _ in range(3):
+                texts.append(content_of(await collect(client, "m/a")))
+                await asyncio.sleep(0.02)  # the body's end is read after the call's Finish
+            texts.append((await client.complete(ModelSpec("m/a"), QUESTION)).text)
+        assert texts == [TEXT] * 4
+        assert up.connections == 1
+
+    async def test_a_stream_cut_at_the_output_cap_does_not_leave_its_connection_in_the_pool(
+        self, upstream: Factory
+    ) -> None:
+        up = await upstream({"m/a": {"content": TEXT * 20, "chunk_chars": 9, "tokens_per_s": 2000}})
+        capped = dataclasses.replace(FAST, max_output_chars=50)
+        async with client_for(up, limits=capped) as client:
+            first = content_of(await collect(client, "m/a"))
+            second = content_of(await collect(client, "m/a"))
+        assert len(first) < len(TEXT * 20) and second == first
+        assert up.connections == 2  # the unread rest of the first answer went with its connection
 
     @pytest.mark.parametrize("option", ["sse_crlf", "sse_multiline", "sse_no_space"])
     async def test_unusual_sse_framing_reads_the_same(self, upstream: Factory, option: str) -> None:

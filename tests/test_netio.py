@@ -219,3 +219,38 @@ def test_model_clients_use_the_asyncio_backend_unless_a_proxy_is_configured(monk
     proxied = transport.new_http_client()
     assert not isinstance(proxied._transport, AsyncioTransport)
     assert any(isinstance(getattr(t, "_pool", None), httpcore.AsyncHTTPProxy) for t in proxied._mounts.values() if t)
+
+
+async def done_then_a_slow_end(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _p: str) -> bool:
+    """An SSE answer whose body ends (the empty last chunk) a second after its [DONE]."""
+    w.write(_headers("transfer-encoding: chunked\r\n"))
+    for event in (
+        '{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}',
+        "[DONE]",
+    ):
+        piece = f"data: {event}\n\n".encode()
+        w.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+    await w.drain()
+    await asyncio.sleep(1.0)
+    w.write(b"0\r\n\r\n")
+    await w.drain()
+    return True
+
+
+async def test_a_finished_stream_returns_its_connection_to_the_pool_without_waiting_for_it() -> None:
+    from chat.fusion.client import ChatClient
+    from chat.fusion.providers import ProviderRegistry
+    from chat.fusion.types import ContentDelta, Finish, Limits, ModelSpec, Provider
+
+    async with RawServer({"/v1/chat/completions": done_then_a_slow_end}) as s:
+        registry = ProviderRegistry({"openrouter": Provider("openrouter", s.url("/v1"), api_key="k")})
+        async with ChatClient(registry, limits=Limits(first_token=5, idle=5, total=10)) as client:
+            for round_ in range(2):
+                started = asyncio.get_running_loop().time()
+                events = [e async for e in client.stream(ModelSpec("m/a"), [{"role": "user", "content": "?"}])]
+                took = asyncio.get_running_loop().time() - started
+                assert [e.text for e in events if isinstance(e, ContentDelta)] == ["hi"]
+                assert events[-1] == Finish("stop")
+                assert took < 0.5, f"call {round_} waited {took:.2f} s for the body's end"
+                await asyncio.sleep(1.3)  # the end arrives and is read in the background
+    assert s.connections == 1

@@ -95,6 +95,11 @@ __all__ = [
 DEPTH_HEADER = "X-Fusion-Depth"
 
 _MAX_ERROR_BODY = 64 * 1024
+# After a stream's [DONE], what is left of its body (the chunked encoding's last chunk, at most
+# this much, within this long) is read in the background; then the connection is reused.
+_REST_BYTES = 64 * 1024
+_REST_S = 10.0
+_finishing: set[asyncio.Task[None]] = set()
 _MAX_DETAIL = 300
 
 
@@ -133,6 +138,7 @@ class _Call:
     finish_reason: str | None = None
     done: bool = False
     error: ProviderError | None = None
+    body_handed_off: bool = False  # the response's rest is read (and it is closed) by _finish_body
 
     @property
     def progressed(self) -> bool:
@@ -143,6 +149,7 @@ class _Call:
         self.finish_reason = None
         self.done = False
         self.error = None
+        self.body_handed_off = False
 
     def next_deadline(self, limits: Limits) -> float:
         """``read_deadline``'s instant alone (no message built)."""
@@ -510,7 +517,8 @@ class ChatClient:
                     async for event in events:
                         yield event
         finally:
-            await response.aclose()
+            if not call.body_handed_off:
+                await response.aclose()
 
     async def _read_stream(
         self, response: httpx.Response, call: _Call, limits: Limits, scrub: Scrubber
@@ -538,20 +546,21 @@ class ChatClient:
                         continue  # proves the connection is alive, but it is not progress
                     for event in self._take_payload(item.data, call, loop.time(), scrub):
                         yield event
-                    if call.error or call.done or call.truncated_at is not None:
+                    if call.error or call.truncated_at is not None:
                         return  # past the cap: _attempt closes the response, the provider stops
+                    if call.done:
+                        call.body_handed_off = True
+                        return
                 if ended:
                     if call.finish_reason is None:
                         call.error = _error("incomplete", "No finish reason and no [DONE].", scrub=scrub)
                     return
         finally:
             watch.close()
-            # Closed here, not by the garbage collector: asyncio's finalizer of an unclosed async
-            # generator wakes the loop through its self-pipe, once per call.
-            aclose = getattr(chunks, "aclose", None)  # typed as an iterator; it is a generator
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
+            if call.body_handed_off:
+                _finish_body(response, chunks)
+            else:
+                await _close_chunks(chunks)
 
     def _take_payload(self, data: str, call: _Call, now: float, scrub: Scrubber) -> list[ClientEvent]:
         if data.strip() == "[DONE]":
@@ -679,3 +688,42 @@ def _error_message(body: bytes) -> str:
             return str(error.get("message") or error.get("detail") or "")
         return str(error)
     return text[:_MAX_DETAIL]
+
+
+async def _close_chunks(chunks: Any) -> None:
+    # Closed here, not by the garbage collector: asyncio's finalizer of an unclosed async
+    # generator wakes the loop through its self-pipe, once per call.
+    aclose = getattr(chunks, "aclose", None)  # typed as an iterator; it is a generator
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
+
+
+def _finish_body(response: httpx.Response, chunks: Any) -> None:
+    """Read the rest of a finished stream's body in the background, then close it.
+
+    ``[DONE]`` is the last event, but the body's end (the chunked encoding's empty last chunk)
+    comes after it. A response closed before its end is read closes its connection too, so
+    every call would open a new one (a TCP connect per member per run, and a connection's
+    objects left for the garbage collector); read to the end, the connection goes back to the
+    pool. The call's outcome does not wait for this.
+    """
+    task = asyncio.get_running_loop().create_task(_read_rest(response, chunks))
+    _finishing.add(task)
+    task.add_done_callback(_finishing.discard)
+
+
+async def _read_rest(response: httpx.Response, chunks: Any) -> None:
+    try:
+        async with asyncio.timeout(_REST_S):
+            seen = 0
+            async for data in chunks:
+                seen += len(data)
+                if seen > _REST_BYTES:
+                    break
+    except (TimeoutError, httpx.HTTPError, OSError):
+        pass  # the connection is not reused: closing the response closes it
+    finally:
+        await _close_chunks(chunks)
+        with contextlib.suppress(Exception):
+            await response.aclose()

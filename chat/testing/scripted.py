@@ -849,6 +849,19 @@ class Connection:
         if self._watch and not self._watch.done():
             self._watch.cancel()
 
+    async def response_ended(self) -> bool:
+        """After a whole response: stop watching for a hang-up; whether the connection can take
+        the client's next request (False if the client left or sent something meanwhile)."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.remove_done_callback(self._hung_up)
+            watch.cancel()
+            await asyncio.wait([watch])  # the reader is free again once the cancel has landed
+            if not watch.cancelled():  # it read a byte (or the end): the client left or sent early
+                watch.exception()
+                self.gone.set()
+        return not self.gone.is_set()
+
     async def write(self, data: bytes) -> None:
         if self.gone.is_set():
             raise ClientGone
@@ -895,8 +908,9 @@ def error_payload(status: int, message: str) -> dict[str, Any]:
 class SSEWriter:
     """Chunked ``text/event-stream`` body with the script's line-ending and data-line options."""
 
-    def __init__(self, conn: Connection, script: dict[str, Any]) -> None:
+    def __init__(self, conn: Connection, script: dict[str, Any], *, keep_alive: bool = True) -> None:
         self.conn = conn
+        self.keep_alive = keep_alive
         self.newline = "\r\n" if script.get("sse_crlf") else "\n"
         self.prefix = "data:" if script.get("sse_no_space") else "data: "
         self.multiline = bool(script.get("sse_multiline"))
@@ -906,8 +920,9 @@ class SSEWriter:
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
             "Transfer-Encoding": "chunked",
-            "Connection": "close",  # one stream per connection keeps hang-up detection simple
         }
+        if not self.keep_alive:  # a fault's response: the connection is not reused after it
+            headers["Connection"] = "close"
         await self.conn.write(_status_line(200, headers))
 
     async def raw(self, text: str) -> None:
@@ -952,6 +967,7 @@ class ScriptedUpstream:
         self.scripts = validate_scripts(DEMO_SCRIPTS if scripts is None else scripts)
         self.requests: list[dict[str, Any]] = []
         self.disconnects: list[str] = []
+        self.connections = 0  # TCP connections accepted
         self._counts: dict[str, int] = {}
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -1046,6 +1062,7 @@ class ScriptedUpstream:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self.connections += 1
         conn = Connection(reader, writer)
         try:
             while True:
@@ -1140,7 +1157,9 @@ class ScriptedUpstream:
                 await self._complete(conn, plan, script, fault)
         except ClientGone:
             self.disconnects.append(model)
-        return False
+            return False
+        # Like a provider, a connection whose answer ended cleanly takes the next request.
+        return await conn.response_ended() and fault is None
 
     def _record(self, model: str, body: dict[str, Any], headers: dict[str, str]) -> None:
         safe_headers = dict(headers)
@@ -1192,7 +1211,7 @@ class ScriptedUpstream:
                 await sse.comment()
 
     async def _stream(self, conn: Connection, plan: Plan, script: dict[str, Any], fault: dict[str, Any] | None) -> None:
-        sse = SSEWriter(conn, script)
+        sse = SSEWriter(conn, script, keep_alive=fault is None)
         await sse.open()
         keepalive = self._delay(script.get("keepalive_ms"))
         if fault and fault["type"] == "keepalive_only":
@@ -1298,7 +1317,7 @@ class ScriptedUpstream:
             "choices": [{"index": 0, "message": message, "finish_reason": plan.finish_reason}],
             "usage": plan.usage,
         }
-        await conn.send_json(200, completion, close=True)
+        await conn.send_json(200, completion, close=fault is not None)
 
 
 class _ChunkFactory:
