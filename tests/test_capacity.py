@@ -1519,3 +1519,60 @@ class TestPumpedRedisChannelLayer:
         channel = await pumped_layer.new_channel()
         await pumped_layer.send(channel, {"type": "run.control", "action": "stop"})
         assert await asyncio.wait_for(pumped_layer.receive(channel), 3) == {"type": "run.control", "action": "stop"}
+
+
+# --------------------------------------------------------------------------- 10. finished runs are freed
+
+FREED_SCRIPTS = {
+    "m/a": {"content": "Rayleigh scattering. " * 20, "tokens_per_s": 4000},
+    "m/b": {"content": "Shorter waves scatter more. " * 20, "tokens_per_s": 4000},
+    "m/slow": {"content": "slow " * 400, "tokens_per_s": 40, "chunk_chars": 4},
+    "m/broken": {"faults": [{"type": "http", "status": 500, "times": -1}]},
+    "m/an": {},
+    "m/w": {"tokens_per_s": 4000},
+}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+class TestFinishedRunsAreFreed:
+    """A finished run's objects (its streams and blocks, calls, analysis) are freed when the last
+    reference goes, not at the next full garbage collection: at 50 live runs the garbage of the
+    runs before them was most of the memory growth per run (0.55 → 0.43 MB)."""
+
+    @pytest.mark.parametrize(
+        ("members", "stop"),
+        [(["m/a", "m/b"], False), (["m/a", "m/broken"], False), (["m/slow", "m/a"], True)],
+        ids=["complete", "a member failed", "stopped"],
+    )
+    async def test_nothing_of_a_finished_run_waits_for_the_collector(self, settings, alice, scripted, members, stop):
+        import gc
+        import weakref
+
+        serve_from(settings, await scripted(FREED_SCRIPTS, time_scale=1.0), checkpoint_s=0.05)
+        conversation = await database_sync_to_async(Conversation.objects.create)(user=alice)
+        panel = {"members": [{"model": m} for m in members], "analyst": {"model": "m/an"}, "writer": {"model": "m/w"}}
+        client_run_id = uuid.uuid4().hex
+        frame, _ = await services.run_start(
+            user=alice, conversation_id=conversation.pk, client_run_id=client_run_id, prompt="Why?", panel=panel
+        )
+        active = live.manager.get(uuid.UUID(frame["run"]))
+        assert active is not None
+        if stop:
+            await asyncio.sleep(0.3)
+            await services.run_stop(user=alice, conversation_id=conversation.pk, client_run_id=client_run_id)
+        await asyncio.wait_for(active.done.wait(), 20)
+        assert active.task is not None
+        await asyncio.wait_for(asyncio.shield(active.task), 5)
+        await asyncio.sleep(0.05)  # the connections' rest is read, the render jobs are back
+        watched = [weakref.ref(o) for o in (active, active.fusion, active.state, active.frames, active.rendering)]
+        status = active.state.status
+        gc.collect()
+        gc.disable()
+        try:
+            del active
+            alive = [type(r()).__name__ for r in watched if r() is not None]
+        finally:
+            gc.enable()
+        assert status == ("cancelled" if stop else "complete")
+        assert alive == []

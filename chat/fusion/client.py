@@ -310,6 +310,7 @@ class _ReadWatch:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.task = None  # a cancelled task's traceback holds the reading frame, and so this watch
 
 
 class ChatClient:

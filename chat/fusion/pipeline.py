@@ -66,6 +66,7 @@ Web research (``request.research`` + an injected ``tools`` object, see ``chat.fu
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -113,6 +114,8 @@ _PANEL_FAILURE_KINDS = {
 
 SKIPPED_MESSAGE = "Skipped by fuse now"
 
+log = logging.getLogger(__name__)
+
 
 def validate_request(request: FusionRequest) -> list[str]:
     """Every problem with the request, as sentences a user can act on; empty when it is valid."""
@@ -153,6 +156,10 @@ class _Crash:
     """A bug in the driver: events() re-raises it rather than ending quietly."""
 
     exc: BaseException
+
+
+def _after_the_end(event: PipelineEvent) -> None:
+    log.warning("an event after the run ended was dropped: %s", type(event).__name__)
 
 
 class FusionRun:
@@ -245,6 +252,13 @@ class FusionRun:
             if not driver.done() and not self._cancel_requested:
                 driver.cancel()
             await asyncio.wait([driver])
+            # Nothing emits after the end. The sink and the phases' emit are bound methods that
+            # hold the run in cycles: dropped, the run's objects (streams, calls, analysis) are
+            # freed with the last reference to it, not at the next full garbage collection.
+            self.sink = None
+            self._ctx.emit = _after_the_end
+            for member in self._members:  # a cancelled task's traceback holds this run's frames
+                member.task = None
 
     def stop_member(self, slot: int) -> bool:
         """Stop one running member; it ends with PanelFailed(kind="cancelled")."""

@@ -214,6 +214,10 @@ def payload(frames: list[Frame]) -> Frame | None:
     return frames[0] if len(frames) == 1 else {"type": "batch", "events": frames}
 
 
+async def _closed(message: Frame) -> None:
+    log.warning("a frame sent after its run's end was dropped: %s", message.get("type"))
+
+
 class Flusher:
     """Sends a run's coalesced frames at most every *interval* seconds, or at once when one is urgent.
 
@@ -314,3 +318,6 @@ class Flusher:
         await self.flush()
         while self._sending is not None or self.frames.pending:
             await self.flush()
+        # The sends are the run's bound methods (a cycle through the run): nothing is sent
+        # after the close, so they are dropped and the run is freed without the collector.
+        self.send, self.send_nowait = _closed, None
