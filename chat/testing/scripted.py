@@ -2,7 +2,9 @@
 
 Tests, ``make demo`` and ``bench/`` point the engine at it instead of a paid provider. It speaks
 real HTTP/1.1 on 127.0.0.1 (plain asyncio streams, no dependencies), streams real SSE, and can
-misbehave on purpose, so every failure path of the client can be exercised end to end.
+misbehave on purpose, so every failure path of the client can be exercised end to end. Like a
+provider it keeps a connection alive after an answer that ended cleanly (``connections`` counts
+the ones it accepted); an answer with a fault closes its connection (``Connection: close``).
 
 Endpoints (base URL ``http://127.0.0.1:PORT/v1``)
 -------------------------------------------------
