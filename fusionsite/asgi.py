@@ -42,6 +42,10 @@ from chat.render.pool import warm_up  # noqa: E402
 
 warm_up()  # Markdown's extensions and Pygments' lexers: this process renders history and fallbacks
 
+from chat.fusion.transport import shared_ssl_context  # noqa: E402
+
+shared_ssl_context()  # the CA bundle (~30 ms): loaded now, not by the first run or catalogue fetch
+
 gc.collect()
 gc.freeze()
 

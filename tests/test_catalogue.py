@@ -214,6 +214,26 @@ class TestCache:
         assert {"sim/a", "anthropic/claude-opus-4.5"} <= ids and "*" not in ids
         assert row.fetched_at is not None and row.last_error == ""
 
+    def test_a_refresh_loads_no_ca_bundle_of_its_own(self, upstream, monkeypatch):
+        # Building a TLS context loads the CA bundle (~30 ms holding the GIL): a fetch on a
+        # start's path uses the process's one context instead.
+        import ssl
+
+        from chat.fusion.transport import shared_ssl_context
+
+        shared_ssl_context()
+        loads: list[object] = []
+        real = ssl.SSLContext.load_verify_locations
+
+        def counting(ctx: ssl.SSLContext, *args: object, **kwargs: object) -> None:
+            loads.append(args or kwargs)
+            real(ctx, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting)
+        assert model_catalogue.catalogue_refresh("openrouter")
+        assert model_catalogue.catalogue_refresh("openrouter")
+        assert loads == []
+
     def test_an_unreachable_provider_keeps_the_last_good_copy(self, upstream, no_background):
         assert model_catalogue.catalogue_refresh("openrouter")
         good = CatalogueCache.objects.get(provider="openrouter")

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from chat.fusion.transport import shared_ssl_context
 from chat.fusion.types import Provider
 
 MAX_PAGES = 20  # OpenRouter returns the whole list without paging; this only bounds a loop
@@ -81,7 +82,10 @@ def fetch_models(
     url: str | None = provider.base_url.rstrip("/") + "/models"
     rows: list[Any] = []
     try:
-        with httpx.Client(timeout=timeout, transport=transport, follow_redirects=False) as http:
+        # The process's one TLS context: building one loads the CA bundle (~30 ms holding the
+        # GIL, so every live stream waits), and a catalogue is fetched on a start's path.
+        verify = shared_ssl_context()
+        with httpx.Client(timeout=timeout, transport=transport, verify=verify, follow_redirects=False) as http:
             for _ in range(MAX_PAGES):
                 response = http.get(url, headers=headers)  # type: ignore[arg-type]
                 if response.status_code != 200:
