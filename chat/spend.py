@@ -37,6 +37,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from chat import model_catalogue
+from chat.memo import MISSING, memo_entry, memo_update
 from chat.fusion.types import FusionRequest, Usage
 from chat.models import MemberResponse, MemberStatus, Run, RunStatus, SpendEntry, SpendRole, UserLimits
 
@@ -273,6 +274,51 @@ def _lock_limits(*, user: User) -> UserLimits:
     return UserLimits.objects.select_for_update().get(user=user)
 
 
+def lock_for_starts(user_ids: Iterable[int]) -> None:
+    """For a batch of starts (chat.runs.starts), in its transaction: lock the users' UserLimits
+    rows in one query, in user order (creating the missing ones), and read what each has spent
+    today, for ``spend_reserve``. Each start that writes its run adds its reservation
+    (``spend_counted``), so the batch's later starts of a user count the earlier ones."""
+    ids = sorted(set(user_ids))
+
+    def locked(pks: list[int]) -> dict[int, UserLimits]:
+        return {
+            r.user_id: r for r in UserLimits.objects.select_for_update().filter(user_id__in=pks).order_by("user_id")
+        }
+
+    rows = locked(ids)
+    missing = [pk for pk in ids if pk not in rows]
+    if missing:  # a concurrent creation just means the row exists
+        UserLimits.objects.bulk_create([UserLimits(user_id=pk) for pk in missing], ignore_conflicts=True)
+        rows.update(locked(missing))
+    start = _day_start(timezone.localdate())
+    spent = dict(
+        SpendEntry.objects.filter(user_id__in=ids, created_at__gte=start)
+        .order_by()
+        .values("user_id")
+        .annotate(total=Sum("cost_usd"))
+        .values_list("user_id", "total")
+    )
+    held = dict(
+        Run.objects.filter(user_id__in=ids, status=RunStatus.RUNNING)
+        .order_by()
+        .values("user_id")
+        .annotate(total=Sum("reserved_usd"))
+        .values_list("user_id", "total")
+    )
+    memo_update(
+        "spend_today",
+        {pk: (_limit_of(rows[pk]), (spent.get(pk) or Decimal(0)) + (held.get(pk) or Decimal(0))) for pk in rows},
+    )
+
+
+def spend_counted(*, user: User, amount: Decimal) -> None:
+    """A run of *user* holding *amount* was written in a batch of starts: its later starts count it."""
+    entry = memo_entry("spend_today", user.pk)
+    if entry is not MISSING:
+        memo_update("spend_today", {user.pk: (entry[0], entry[1] + amount)})
+
+
 def _limit_of(row: UserLimits) -> Decimal | None:
     override = row.daily_spend_limit_usd
     limit = Decimal(str(settings.FUSION_DAILY_SPEND_LIMIT_USD)) if override is None else override
@@ -301,9 +347,14 @@ def spend_reserve(*, user: User, high_usd: float | Decimal, server_key: bool = F
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("spend_reserve must run inside the transaction that creates the run.")
     amount = to_decimal(high_usd)
-    limit = _limit_of(_lock_limits(user=user))
+    entry = memo_entry("spend_today", user.pk)  # a batch of starts locked and read it (lock_for_starts)
+    if entry is MISSING:
+        limit = _limit_of(_lock_limits(user=user))
+        spent = spent_today(user=user) if limit is not None else Decimal(0)
+    else:
+        limit, spent = entry
     if limit is not None:
-        left = max(Decimal(0), limit - spent_today(user=user))
+        left = max(Decimal(0), limit - spent)
         if amount > left:
             raise SpendLimitExceeded(
                 f"This run could cost up to {usd(amount)}; you have {usd(left)} left today (daily limit {usd(limit)})."

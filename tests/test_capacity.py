@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+from decimal import Decimal
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -1334,6 +1335,52 @@ class TestStartBatches:
         assert [isinstance(r, tuple) for r in results] == [True, True, False]
         assert isinstance(results[2], RunError) and results[2].code == "limit"
         assert Run.objects.filter(user=alice, status=RunStatus.RUNNING).count() == 2
+
+    def test_the_daily_limit_counts_what_the_batch_reserved_before_but_not_a_refused_start(
+        self, settings, alice, bob, start_upstream
+    ):
+        from chat.runs.starts import start_many
+
+        settings.FUSION_MAX_CONCURRENT_RUNS_PER_USER = 100
+        settings.FUSION_DAILY_SPEND_LIMIT_USD = 1000
+        busy = Conversation.objects.create(user=alice)
+        held, _, _ = start_in(alice, busy)
+        per_run = held.reserved_usd
+        assert per_run > 0
+        # Room for two more runs of alice's beside the one going, not three.
+        settings.FUSION_DAILY_SPEND_LIMIT_USD = float(per_run * Decimal("3.5"))
+        new = [Conversation.objects.create(user=alice) for _ in range(3)]
+        results = start_many(
+            [
+                batch_item(alice, busy),  # refused as busy: reserves nothing
+                batch_item(alice, new[0]),
+                batch_item(bob, Conversation.objects.create(user=bob)),  # bob's own limit
+                batch_item(alice, new[1]),
+                batch_item(alice, new[2]),
+            ]
+        )
+        kinds = [r.code if isinstance(r, RunError) else "started" for r in results]
+        assert kinds == ["busy", "started", "started", "started", "spend_limit"]
+        running = Run.objects.filter(user=alice, status=RunStatus.RUNNING)
+        assert sum(r.reserved_usd for r in running) == 3 * per_run
+        assert not Turn.objects.filter(conversation=new[2]).exists()
+
+    def test_a_batch_counts_turns_and_locks_limits_once_for_all_of_its_starts(self, alice, bob, start_upstream):
+        from chat.runs.starts import start_many
+
+        conversations = [Conversation.objects.create(user=u) for u in (alice, bob, alice, bob)]
+        for c in conversations:  # a turn each already
+            run, _, _ = start_in(c.user, c)
+            Run.objects.filter(pk=run.pk).update(status=RunStatus.COMPLETE, answer="Rayleigh.")
+        with CaptureQueriesContext(connection) as queries:
+            results = start_many([batch_item(c.user, c) for c in conversations])
+        assert [r[0].turn.index for r in results] == [1, 1, 1, 1]  # type: ignore[index]
+        assert [r[1].messages[-2]["content"] for r in results] == ["Rayleigh."] * 4  # type: ignore[index]
+        sql = [q["sql"] for q in queries.captured_queries]
+        assert sum("COUNT(*)" in s and 'FROM "chat_turn"' in s for s in sql) == 0
+        assert sum('FROM "chat_turn"' in s and "GROUP BY" in s for s in sql) == 1
+        assert sum('FROM "chat_userlimits"' in s for s in sql) == 2  # the key flags, the lock
+        assert sum('FROM "chat_spendentry"' in s for s in sql) == 1
 
     def test_a_start_whose_session_ended_is_refused_and_writes_nothing(self, alice, bob, start_upstream):
         from chat.runs.checks import SessionEnded

@@ -20,7 +20,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Prefetch
 from django.utils import timezone
 
-from chat import model_catalogue, panels, presets
+from chat import model_catalogue, panels, presets, spend
 from chat.engine import (
     build_limits,
     build_registry,
@@ -44,7 +44,7 @@ from chat.runs.checks import (
     search_price_usd,
     spend_hold,
 )
-from chat.memo import MISSING, memo_entry, reads_once
+from chat.memo import MISSING, memo_entry, memo_update, reads_once
 from chat.runs import starts
 from chat.runs.frames import frame_message
 from chat.runs.live import ActiveRun, control_group, group_name, join_control_group, manager
@@ -291,7 +291,9 @@ def _start_sync(
     check_models_and_keys(user=user, panel=panel)
     try:
         with transaction.atomic():
-            index = conversation.turns.count()
+            index = memo_entry("turn_counts", conversation.pk)  # a batch of starts counted them
+            if index is MISSING:
+                index = conversation.turns.count()
             turn = Turn.objects.create(conversation=conversation, index=index, prompt=prompt, context=context or [])
             if follow_up_mode in (FollowUpMode.FUSED, FollowUpMode.PER_MEMBER):
                 conversation.follow_up_mode = follow_up_mode
@@ -327,6 +329,8 @@ def _start_sync(
             "busy", "A run is already going in this conversation. Stop it or wait for it to finish."
         ) from None
     count_started(user=user)
+    spend.spend_counted(user=user, amount=reserved)
+    memo_update("turn_counts", {conversation.pk: index + 1})
     return run, request
 
 

@@ -25,13 +25,14 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import Count
 
-from chat import keys, model_catalogue
+from chat import keys, model_catalogue, spend
 from chat.dbthread import in_db_thread
 from chat.fusion.loops import PerLoop
 from chat.fusion.types import FusionRequest
 from chat.memo import memo_update, reads_once
-from chat.models import Conversation, ProviderKey, Run, RunStatus, UserLimits
+from chat.models import Conversation, ProviderKey, Run, RunStatus, Turn, UserLimits
 from chat.runs.checks import SessionEnded
 from chat.ws_security import sessions_valid
 
@@ -75,6 +76,16 @@ def _prefetch(items: list[StartItem]) -> None:
     flags = dict(UserLimits.objects.filter(user_id__in=users).values_list("user_id", "allow_server_key"))
     for pk in users:
         keys.remember_user_keys(user_id=pk, stored=stored[pk], allow_server_key=flags.get(pk))
+    conversation_ids = [c.pk for c in conversations]
+    counts = dict(
+        Turn.objects.filter(conversation_id__in=conversation_ids)
+        .order_by()
+        .values("conversation_id")
+        .annotate(n=Count("id"))
+        .values_list("conversation_id", "n")
+    )
+    memo_update("turn_counts", {pk: counts.get(pk, 0) for pk in conversation_ids})
+    spend.lock_for_starts(users)
 
 
 def start_many(items: list[StartItem]) -> list[Started | BaseException]:
