@@ -10,7 +10,8 @@ conversations: deleting one never changes what was spent, the usage page or what
 ``spend_reserve`` must run inside the transaction that creates the run. It locks the user's
 ``UserLimits`` row (SELECT … FOR UPDATE on PostgreSQL; on SQLite the IMMEDIATE transaction mode
 of the settings already serialises writers), so two runs started at once are checked one after
-the other and cannot overspend together. A run paid with a server key (``Run.uses_server_key``)
+the other and cannot overspend together (a batch of starts locks its users' rows at once, in
+user order, and counts each reservation it makes for its later starts). A run paid with a server key (``Run.uses_server_key``)
 is also checked against FUSION_SERVER_DAILY_LIMIT_USD, what the server's keys may spend per day
 across all users, under a server-wide lock (an advisory lock on PostgreSQL).
 
