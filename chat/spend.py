@@ -11,9 +11,10 @@ conversations: deleting one never changes what was spent, the usage page or what
 ``UserLimits`` row (SELECT … FOR UPDATE on PostgreSQL; on SQLite the IMMEDIATE transaction mode
 of the settings already serialises writers), so two runs started at once are checked one after
 the other and cannot overspend together (a batch of starts locks its users' rows at once, in
-user order, and counts each reservation it makes for its later starts). A run paid with a server key (``Run.uses_server_key``)
-is also checked against FUSION_SERVER_DAILY_LIMIT_USD, what the server's keys may spend per day
-across all users, under a server-wide lock (an advisory lock on PostgreSQL).
+user order, and counts each reservation it makes for its later starts). A run paid with a
+server key (``Run.uses_server_key``) is also checked against FUSION_SERVER_DAILY_LIMIT_USD, what
+the server's keys may spend per day across all users, under a server-wide lock (an advisory
+lock on PostgreSQL).
 
 Every call that reached a provider counts, however it ended: completed, stopped, failed, timed
 out, or cut by a process that died. Its cost is the provider-reported one; what the provider did
