@@ -1381,6 +1381,10 @@ class TestStartBatches:
         assert sum('FROM "chat_turn"' in s and "GROUP BY" in s for s in sql) == 1
         assert sum('FROM "chat_userlimits"' in s for s in sql) == 2  # the key flags, the lock
         assert sum('FROM "chat_spendentry"' in s for s in sql) == 1
+        # History: the batch's earlier turns, their runs and the runs' answers, one query each.
+        assert sum(s.startswith('SELECT "chat_turn"."id"') for s in sql) == 1
+        assert sum('FROM "chat_run"' in s and '"turn_id" IN' in s for s in sql) == 1
+        assert sum('FROM "chat_memberresponse"' in s and '"run_id" IN' in s for s in sql) == 1
 
     def test_a_start_whose_session_ended_is_refused_and_writes_nothing(self, alice, bob, start_upstream):
         from chat.runs.checks import SessionEnded

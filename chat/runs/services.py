@@ -17,7 +17,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import Prefetch
+from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
 from chat import model_catalogue, panels, presets, spend
@@ -79,17 +79,11 @@ def history_messages(
     shown = {str(r) for r in shown_runs}
     if before_index <= 0:
         return fused, threads
-    # Only the columns history needs: a run's analysis, config and calls are big JSON.
-    runs_q = Run.objects.only("id", "turn_id", "created_at", "status", "answer")
-    if member_threads:
-        members = MemberResponse.objects.only("run_id", "slot", "status", "content")
-        runs_q = runs_q.prefetch_related(Prefetch("members", queryset=members))
-    turns = (
-        conversation.turns.filter(index__lt=before_index)
-        .only("id", "index", "prompt", "context", "conversation_id")
-        .order_by("index")
-        .prefetch_related(Prefetch("runs", queryset=runs_q))
-    )
+    read = memo_entry("history_turns", conversation.pk)  # a batch of starts read them (chat.runs.starts)
+    if read is MISSING:
+        turns = list(_history_turns(conversation.turns.filter(index__lt=before_index), members=member_threads))
+    else:
+        turns = [t for t in read if t.index < before_index]
     for turn in turns:
         runs = sorted(turn.runs.all(), key=lambda r: (r.created_at, str(r.pk)))
         done = (
@@ -114,6 +108,28 @@ def history_messages(
             if own:
                 threads[slot].append({"role": "assistant", "content": own})
     return fused, threads
+
+
+def _history_turns(turns: QuerySet[Turn], *, members: bool) -> QuerySet[Turn]:
+    """*turns* in order, with their runs (and, with *members*, the runs' member answers) read
+    along: only the columns history needs (a run's analysis, config and calls are big JSON)."""
+    runs_q = Run.objects.only("id", "turn_id", "created_at", "status", "answer")
+    if members:
+        answers = MemberResponse.objects.only("run_id", "slot", "status", "content")
+        runs_q = runs_q.prefetch_related(Prefetch("members", queryset=answers))
+    return (
+        turns.only("id", "index", "prompt", "context", "conversation_id")
+        .order_by("conversation_id", "index")
+        .prefetch_related(Prefetch("runs", queryset=runs_q))
+    )
+
+
+def history_turns_of(conversation_ids: Collection[int]) -> dict[int, list[Turn]]:
+    """The earlier turns of each conversation, for ``history_messages`` (a batch of starts)."""
+    found: dict[int, list[Turn]] = {pk: [] for pk in conversation_ids}
+    for turn in _history_turns(Turn.objects.filter(conversation_id__in=list(conversation_ids)), members=True):
+        found[turn.conversation_id].append(turn)
+    return found
 
 
 def build_request(

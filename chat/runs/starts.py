@@ -85,6 +85,9 @@ def _prefetch(items: list[StartItem]) -> None:
         .values_list("conversation_id", "n")
     )
     memo_update("turn_counts", {pk: counts.get(pk, 0) for pk in conversation_ids})
+    from chat.runs.services import history_turns_of
+
+    memo_update("history_turns", history_turns_of(conversation_ids))
     spend.lock_for_starts(users)
 
 
