@@ -17,7 +17,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.text import slugify
 
-from chat import spend
+from chat import usage
 from chat.errors import NotFound
 from chat.models import AnswerFeedback, Conversation, FollowUpMode, Run, RunStatus, Turn
 from chat.panels import default_panel
@@ -163,7 +163,7 @@ def conversation_turns_state(*, conversation: Conversation) -> list[dict[str, An
         for version in turn_runs(turn):
             state = RunState.from_rows(version)
             # Every call of the turn, from the ledger: the footer's totals and the receipt.
-            state.receipt = spend.turn_receipt(turn_id=turn.pk, shown_run_id=version.pk)
+            state.receipt = usage.turn_receipt(turn_id=turn.pk, shown_run_id=version.pk)
             state.feedback = feedback_summary(verdicts.get(version.pk))  # the user's accept or reject
             versions.append(state.snapshot())
         states.append({**versions[-1], "versions": versions})

@@ -12,7 +12,7 @@ from channels.db import database_sync_to_async
 from django.apps import apps
 from django.urls import reverse
 
-from chat import conversations, model_catalogue, spend
+from chat import conversations, model_catalogue, spend, usage
 from chat.models import Conversation, Preset, Run, RunStatus, SpendEntry, Turn
 from chat.runs import RunError, manager, run_start
 from chat.runs.services import _start_sync
@@ -33,7 +33,7 @@ async def run_to_end(user: Any, conversation: Conversation, panel: dict[str, Any
 
 
 def usage_numbers(user: Any) -> tuple[Any, ...]:
-    report = spend.usage_report(user=user)
+    report = usage.usage_report(user=user)
     page = logged_in(user).get(reverse("usage")).content.decode()
     rows = [(d["runs"], d["cost"]) for d in report.days]
     models = [(m.model, m.calls, m.cost) for m in report.models]
@@ -160,7 +160,7 @@ class TestReceipt:
 
     def test_it_lists_every_call_of_every_run_and_which_ones_the_shown_version_kept(self, alice):
         _, first, retry = self.make_turn(alice)
-        receipt = spend.turn_receipt(turn_id=first.turn_id)
+        receipt = usage.turn_receipt(turn_id=first.turn_id)
         assert receipt is not None
         lines = [(line["attempt"], line["role"], line["slot"], line["kept"]) for line in receipt["lines"]]
         assert lines == [
@@ -179,7 +179,7 @@ class TestReceipt:
 
     def test_the_shown_version_decides_what_is_kept(self, alice):
         _, first, _ = self.make_turn(alice)
-        receipt = spend.turn_receipt(turn_id=first.turn_id, shown_run_id=first.pk)
+        receipt = usage.turn_receipt(turn_id=first.turn_id, shown_run_id=first.pk)
         assert receipt is not None
         assert [line["kept"] for line in receipt["lines"]] == [False, True, True, True, False, False]
 
@@ -193,7 +193,7 @@ class TestReceipt:
     def test_a_turn_without_calls_has_no_receipt(self, alice):
         conversation = Conversation.objects.create(user=alice)
         turn = Turn.objects.create(conversation=conversation, index=0, prompt="p")
-        assert spend.turn_receipt(turn_id=turn.pk) is None
+        assert usage.turn_receipt(turn_id=turn.pk) is None
 
 
 # --------------------------------------------------------------------------- one estimator

@@ -18,7 +18,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from chat import model_catalogue, keys, spend
+from chat import model_catalogue, keys, spend, usage
 from chat.testing.scripted import ScriptedUpstream
 from chat.models import Conversation, Run, RunStatus, SpendEntry, Turn, UserLimits
 from chat.runs import RunError, manager, mark_interrupted, run_start, run_stop
@@ -409,7 +409,7 @@ class TestUsagePage:
     def test_it_adds_up_spend_per_day_and_per_model(self, alice, settings):
         settings.FUSION_DAILY_SPEND_LIMIT_USD = 2
         self.make_history(alice)
-        report = spend.usage_report(user=alice)
+        report = usage.usage_report(user=alice)
         assert [(d["runs"], d["cost"]) for d in report.days] == [(2, Decimal("0.45")), (1, Decimal("1.25"))]
         assert (report.runs, report.cost, report.runs_today) == (3, Decimal("1.70"), 2)
         assert (report.spent_today, report.left_today, report.limit) == (Decimal("0.45"), Decimal("1.55"), Decimal("2"))
@@ -431,7 +431,7 @@ class TestUsagePage:
     def test_estimated_costs_are_counted_and_marked(self, alice):
         run = finished_run(alice, cost=None, status=RunStatus.CANCELLED)
         entry(run, model="sim/slow", cost="0.04", prompt_tokens=10, completion_tokens=400, estimated=True)
-        report = spend.usage_report(user=alice)
+        report = usage.usage_report(user=alice)
         assert (report.days[0]["cost"], report.days[0]["estimated"]) == (Decimal("0.04"), 1)
         assert [(m.model, m.cost, m.estimated) for m in report.models] == [("sim/slow", Decimal("0.04"), True)]
         page = logged_in(alice).get(reverse("usage")).content.decode()

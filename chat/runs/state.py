@@ -210,7 +210,7 @@ class RunState:
     # else {"kind": "retry_member"|"rewrite"|"retry_stopped"|"resend"|"fuse", "of": run id, …}.
     version: dict[str, Any] | None = None
     # Who pays (live runs: the final write's ledger rows), and the turn's receipt of every call
-    # (chat.spend.turn_receipt), set by whoever reads the ledger: the page, the final write.
+    # (chat.usage.turn_receipt), set by whoever reads the ledger: the page, the final write.
     user_id: int | None = None
     uses_server_key: bool = False
     receipt: Mapping[str, Any] | None = None

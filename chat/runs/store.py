@@ -22,7 +22,7 @@ from django.db import connection, transaction
 from django.db.models import Field
 from django.utils import timezone
 
-from chat import spend
+from chat import spend, usage
 from chat.fusion.loops import PerLoop
 from chat.fusion.types import RunCompleted
 from chat.dbthread import in_db_thread
@@ -162,7 +162,7 @@ class DatabaseRunStore:
                     searches=int(state.tool_usage.get("searches") or 0),
                 )
         # What the turn's footer and receipt show now, this run included (sent with the terminal frame).
-        state.receipt = spend.turn_receipt(turn_id=state.turn["id"], shown_run_id=state.run_id)
+        state.receipt = usage.turn_receipt(turn_id=state.turn["id"], shown_run_id=state.run_id)
 
 
 _STORE = DatabaseRunStore()

@@ -8,7 +8,7 @@ from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from chat import feedback, spend
+from chat import feedback, usage
 from chat.views._common import AuthedRequest, sidebar
 
 DAYS = 30
@@ -17,7 +17,7 @@ DAYS = 30
 @login_required
 @require_GET
 def usage_page(request: AuthedRequest) -> HttpResponse:
-    report = spend.usage_report(user=request.user, days=DAYS)
+    report = usage.usage_report(user=request.user, days=DAYS)
     acceptance = feedback.feedback_by_preset(user=request.user, days=DAYS)
     context = {**sidebar(request), "report": report, "acceptance": acceptance, "days": DAYS}
     return render(request, "settings/usage.html", context)
