@@ -71,11 +71,16 @@ def _headers(extra: str = "") -> bytes:
     return f"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n{extra}\r\n".encode()
 
 
+def _chunk(piece: bytes) -> bytes:
+    """One chunk of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(piece), piece)
+
+
 async def chunked(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _p: str) -> bool:
     w.write(_headers("transfer-encoding: chunked\r\n"))
     for i in range(50):
         piece = f"piece {i:02d};".encode()
-        w.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        w.write(_chunk(piece))
         await w.drain()
         await asyncio.sleep(0.001)
     w.write(b"0\r\n\r\n")
@@ -229,7 +234,7 @@ async def done_then_a_slow_end(_r: asyncio.StreamReader, w: asyncio.StreamWriter
         "[DONE]",
     ):
         piece = f"data: {event}\n\n".encode()
-        w.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        w.write(_chunk(piece))
     await w.drain()
     await asyncio.sleep(1.0)
     w.write(b"0\r\n\r\n")
